@@ -1,0 +1,146 @@
+"""`python -m neurorg_core ...` entry points.
+
+Each sub-command is a thin handler: parse arguments, call the core's public verbs, print. A
+``NeuroRGError`` (bad input) is printed on one line and the exit status is 2; there is never a
+traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.schema import CHANNELS, LAYOUTS
+
+log = logging.getLogger(__name__)
+
+
+def _parse_channel_map(text: str | None) -> dict[str, str] | None:
+    """'nucleus=w1,neuron=w2,microglia=w3' -> {'nucleus': 'w1', ...}."""
+    if not text:
+        return None
+    mapping: dict[str, str] = {}
+    for part in text.split(","):
+        role, sep, ident = part.partition("=")
+        role, ident = role.strip().lower(), ident.strip()
+        if not sep or role not in CHANNELS or not ident:
+            raise NeuroRGError(
+                f"--channels entry {part!r} is not ROLE=ID with ROLE one of {', '.join(CHANNELS)}"
+            )
+        mapping[role] = ident
+    return mapping
+
+
+# --- handlers: one per sub-command, each owned by the module it calls -----------------------
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from neurorg_core.synth import write_synthetic_plates
+
+    paths = write_synthetic_plates(
+        out_dir=Path(args.out), seed=args.seed, n_plates=args.plates, n_wells=args.wells,
+        n_fields=args.fields, size=args.size, layout=args.layout, kind=args.kind,
+    )
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    raise NeuroRGError("inspect is not available yet")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    raise NeuroRGError("train is not available yet")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    raise NeuroRGError("evaluate is not available yet")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    raise NeuroRGError("score is not available yet")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    raise NeuroRGError("export is not available yet")
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m neurorg_core", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="render synthetic plates with ground truth")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--plates", type=int, default=1)
+    s.add_argument("--wells", type=int, choices=(96, 384), default=96)
+    s.add_argument("--fields", type=int, default=4, help="fields (sites) per well")
+    s.add_argument("--size", type=int, default=512, help="field edge, pixels")
+    s.add_argument("--layout", choices=[x for x in LAYOUTS], default="imagexpress")
+    s.add_argument("--kind", choices=("training", "screen"), default="training")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("inspect", help="detect a plate's layout and check it can be scored")
+    s.add_argument("path")
+    s.add_argument("--plate-map")
+    s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("train", help="train a leave-plate-out ensemble (or single-channel model)")
+    s.add_argument("--plates", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--arch", default="efficientnet_b0")
+    s.add_argument("--input-size", type=int, default=96)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--channels", choices=("all", *CHANNELS), default="all")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate", help="crop/well accuracy, confusion, kappa, McNemar")
+    s.add_argument("--plates", nargs="+", required=True)
+    s.add_argument("--model", required=True)
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("score", help="score a plate into the result store")
+    s.add_argument("path")
+    s.add_argument("--plate-map", required=True)
+    s.add_argument("--model")
+    s.add_argument("--db")
+    s.add_argument("--name")
+    s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID")
+    s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("export", help="write a scored plate's well table")
+    s.add_argument("--db", required=True)
+    s.add_argument("--plate", required=True)
+    s.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s", stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except NeuroRGError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

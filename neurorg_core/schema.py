@@ -1,0 +1,71 @@
+"""Every column name, enum and assay constant in one place.
+
+Plate and well metadata follow pycytominer's ``Metadata_*`` convention, so exported tables load
+straight into pycytominer and CellProfiler Analyst. Nothing else in the project spells these
+strings out: import them from here.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+# --- the assay -------------------------------------------------------------------------------
+CHANNELS: Final = ("nucleus", "neuron", "microglia")
+"""Channel roles, in the order the model sees them (last axis of every field and crop)."""
+ChannelRole = Literal["nucleus", "neuron", "microglia"]
+
+CONCENTRATIONS_UM: Final = (0.0, 0.005, 0.05, 0.5, 5.0, 20.0)
+"""Inflammatory stimulus concentration (uM) of each class; the index is the class label."""
+N_CLASSES: Final = len(CONCENTRATIONS_UM)
+CONTROL_CLASS: Final = 0
+DISEASE_CLASS: Final = N_CLASSES - 1
+CLASS_NAMES: Final = tuple(f"{c:g} uM" for c in CONCENTRATIONS_UM)
+
+ROLES: Final = ("control", "disease", "treatment", "empty")
+Role = Literal["control", "disease", "treatment", "empty"]
+
+LAYOUTS: Final = ("imagexpress", "operetta", "tiff", "npy")
+Layout = Literal["imagexpress", "operetta", "tiff", "npy"]
+
+PLATE_FORMATS: Final = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
+"""Wells -> (rows, columns)."""
+
+CROPS_PER_WELL: Final = 15
+"""The study's crops per well."""
+
+# --- plate map / well metadata (pycytominer style) ------------------------------------------
+PLATE: Final = "Metadata_Plate"
+WELL: Final = "Metadata_Well"          # display form, "A01"
+ROW: Final = "Metadata_Row"            # 1-based integer, A = 1
+COL: Final = "Metadata_Col"            # 1-based integer
+COMPOUND: Final = "Metadata_Compound"
+DOSE: Final = "Metadata_Dose_uM"       # compound dose, uM
+ROLE: Final = "Metadata_Role"
+CLASS: Final = "Metadata_Class"        # 0..5, training plates only
+FIELD: Final = "Metadata_Field"        # 1-based site / field index
+CROP: Final = "Metadata_Crop"          # 0-based crop index within a field
+PLATE_MAP_OPTIONAL: Final = (PLATE, COMPOUND, DOSE, ROLE, CLASS)
+
+# --- ground truth written by the synthetic assay -------------------------------------------
+TRUE_SEVERITY: Final = "Truth_Severity"
+TRUE_RESCUE: Final = "Truth_Rescue"            # fraction 0..1 of the disease phenotype undone
+TRUE_EC50: Final = "Truth_EC50_uM"
+TRUE_HILL: Final = "Truth_Hill"
+TRUE_MAX_RESCUE: Final = "Truth_Max_Rescue"
+
+# --- predictions and scores ----------------------------------------------------------------
+MEMBER: Final = "Model_Member"                  # ensemble member (fold) index
+MODEL_ID: Final = "Model_Id"
+FIELD_HASH: Final = "Field_Hash"
+PROB_COLUMNS: Final = tuple(f"P_class{k}" for k in range(N_CLASSES))
+"""Mean softmax probability of each class."""
+VOTE_COLUMNS: Final = tuple(f"Vote_class{k}" for k in range(N_CLASSES))
+"""Fraction of the well's crops whose arg-max is each class (the study's ratio method)."""
+P_CONTROL: Final = "P_control"                  # headline: ensemble mean of class-0 softmax
+P_CONTROL_SD: Final = "P_control_member_sd"     # ensemble disagreement
+CALLED_CLASS: Final = "Called_class"
+N_CROPS: Final = "N_crops"
+RESCUE_PCT: Final = "Rescue_pct"
+
+WellMetric = Literal["P_control", "Called_class", "Rescue_pct", "P_control_member_sd", "N_crops"]
+WELL_METRICS: Final = (P_CONTROL, CALLED_CLASS, RESCUE_PCT, P_CONTROL_SD, N_CROPS)
