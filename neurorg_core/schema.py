@@ -52,6 +52,7 @@ TRUE_RESCUE: Final = "Truth_Rescue"            # fraction 0..1 of the disease ph
 TRUE_EC50: Final = "Truth_EC50_uM"
 TRUE_HILL: Final = "Truth_Hill"
 TRUE_MAX_RESCUE: Final = "Truth_Max_Rescue"
+TRUE_STIMULUS: Final = "Truth_Stimulus_uM"  # inflammatory stimulus concentration, uM
 
 # --- predictions and scores ----------------------------------------------------------------
 MEMBER: Final = "Model_Member"                  # ensemble member (fold) index
@@ -66,6 +67,19 @@ P_CONTROL_SD: Final = "P_control_member_sd"     # ensemble disagreement
 CALLED_CLASS: Final = "Called_class"
 N_CROPS: Final = "N_crops"
 RESCUE_PCT: Final = "Rescue_pct"
+CHANNEL_P_CONTROL: Final = tuple(f"{P_CONTROL}_{c}" for c in CHANNELS)
+"""Per-well P(control) of each single-channel model, in CHANNELS order (``P_control_nucleus``, ...)."""
 
 WellMetric = Literal["P_control", "Called_class", "Rescue_pct", "P_control_member_sd", "N_crops"]
 WELL_METRICS: Final = (P_CONTROL, CALLED_CLASS, RESCUE_PCT, P_CONTROL_SD, N_CROPS)
+
+# --- result store: runs and their provenance (store.py) -------------------------------------
+RUN_ID: Final = "Run_Id"
+RUN_CREATED: Final = "Created"          # UTC timestamp
+RUN_STATUS: Final = "Status"
+CODE_VERSION: Final = "Code_Version"
+CACHE_HITS: Final = "Cache_hits"        # fields whose crop predictions came from the store
+CACHE_MISSES: Final = "Cache_misses"    # fields that went through inference
+N_WELLS: Final = "N_wells"
+SOURCE: Final = "Source"                # the plate's image folder
+PLATE_FORMAT: Final = "Plate_format"    # 96 | 384 | 1536

@@ -1,0 +1,270 @@
+"""Crop-level class probabilities -> one row per well.
+
+The crop-level table (one row per crop and ensemble member) comes from inference:
+``Metadata_Well``, ``Metadata_Field``, ``Metadata_Crop``, ``Model_Member``, ``P_class0..5``.
+``score_plate`` turns it into the per-well table every page and statistic reads:
+
+- ``P_class0..5``: mean softmax over the well's crops and the ensemble members;
+- ``P_control``: the headline, ensemble mean of class 0 (mean over members of each member's mean
+  over crops; equal to ``P_class0``);
+- ``Vote_class0..5``: the study's ratio method, the fraction of the well's crops whose
+  ensemble-mean probabilities peak at each class;
+- ``Called_class``: arg-max of the mean probabilities;
+- ``P_control_member_sd``: how much the members disagree about the well's P(control);
+- ``N_crops``: distinct (field, crop) pairs scored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.schema import (
+    CALLED_CLASS,
+    CHANNEL_P_CONTROL,
+    CHANNELS,
+    COL,
+    CROP,
+    FIELD,
+    MEMBER,
+    N_CLASSES,
+    N_CROPS,
+    P_CONTROL,
+    P_CONTROL_SD,
+    PLATE,
+    PROB_COLUMNS,
+    ROW,
+    VOTE_COLUMNS,
+    WELL,
+)
+from neurorg_core.wells import format_well, parse_well
+
+log = logging.getLogger(__name__)
+
+CROP_PROB_COLUMNS = (WELL, FIELD, CROP, MEMBER, *PROB_COLUMNS)
+"""Columns a crop-level probability table must have."""
+
+PROB_SUM_TOLERANCE = 1e-3
+"""How far a crop's class probabilities may sum from 1 (softmax in float32 rounds a little)."""
+
+
+def check_crop_probs(crop_probs: pd.DataFrame) -> pd.DataFrame:
+    """Validate a crop-level probability table; return a copy with wells spelled ``A01``.
+
+    Parameters
+    ----------
+    crop_probs : DataFrame
+        One row per (well, field, crop, member) with ``P_class0..5`` in [0, 1] summing to 1.
+
+    Returns
+    -------
+    DataFrame
+        The required columns only, wells normalised, probabilities as float64.
+
+    Raises
+    ------
+    NeuroRGError
+        Missing columns, no rows, probabilities that are missing, outside [0, 1] or do not sum
+        to 1, duplicated (well, field, crop, member) rows, or a crop that lacks some ensemble
+        members. The message names the well and the value.
+    """
+    missing = [c for c in CROP_PROB_COLUMNS if c not in crop_probs.columns]
+    if missing:
+        raise NeuroRGError(
+            f"crop probability table lacks column(s) {', '.join(missing)}; "
+            f"expected {', '.join(CROP_PROB_COLUMNS)}"
+        )
+    if crop_probs.empty:
+        raise NeuroRGError("crop probability table has no rows; expected at least one scored crop")
+    df = crop_probs.loc[:, list(CROP_PROB_COLUMNS)].copy()
+    df[WELL] = [format_well(*parse_well(w)) for w in df[WELL]]
+    probs = df[list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
+
+    bad = ~np.isfinite(probs).all(axis=1) | (probs < -PROB_SUM_TOLERANCE).any(axis=1) | (
+        probs > 1 + PROB_SUM_TOLERANCE
+    ).any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise NeuroRGError(
+            f"{int(bad.sum())} crop row(s) have class probabilities missing or outside [0, 1], "
+            f"e.g. {np.round(probs[i], 4).tolist()}; expected softmax outputs",
+            well=df[WELL].iloc[i],
+        )
+    sums = probs.sum(axis=1)
+    off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise NeuroRGError(
+            f"{int(off.sum())} crop row(s) have class probabilities summing to {sums[i]:.4f} "
+            f"(field {df[FIELD].iloc[i]}, crop {df[CROP].iloc[i]}); expected 1 +/- {PROB_SUM_TOLERANCE}",
+            well=df[WELL].iloc[i],
+        )
+    df[list(PROB_COLUMNS)] = probs
+
+    key = [WELL, FIELD, CROP, MEMBER]
+    dup = df.duplicated(key)
+    if dup.any():
+        row = df.loc[dup].iloc[0]
+        raise NeuroRGError(
+            f"{int(dup.sum())} duplicated crop row(s), e.g. field {row[FIELD]}, crop {row[CROP]}, "
+            f"member {row[MEMBER]}; expected one row per (well, field, crop, member)",
+            well=row[WELL],
+        )
+    members = sorted(df[MEMBER].unique().tolist())
+    per_crop = df.groupby([WELL, FIELD, CROP], sort=False)[MEMBER].nunique()
+    short = per_crop[per_crop < len(members)]
+    if not short.empty:
+        well, field, crop = short.index[0]
+        raise NeuroRGError(
+            f"{len(short)} crop(s) lack some ensemble members, e.g. field {field}, crop {crop} has "
+            f"{int(short.iloc[0])} of members {members}; expected every crop scored by every member",
+            well=well,
+        )
+    return df
+
+
+def _prepare_plate_map(plate_map: pd.DataFrame) -> pd.DataFrame:
+    """Plate map -> one row per well (``A01``), without the row/col columns we recompute."""
+    if WELL not in plate_map.columns:
+        raise NeuroRGError(
+            f"plate map lacks column {WELL}; it has {', '.join(map(str, plate_map.columns))}"
+        )
+    pm = plate_map.drop(columns=[c for c in (ROW, COL) if c in plate_map.columns]).copy()
+    pm[WELL] = [format_well(*parse_well(w)) for w in pm[WELL]]
+    if PLATE in pm.columns and pm[PLATE].nunique(dropna=True) > 1:
+        raise NeuroRGError(
+            f"plate map holds {pm[PLATE].nunique()} plates ({', '.join(map(str, pm[PLATE].unique()[:5]))}); "
+            "expected the rows of the one plate being scored"
+        )
+    dup = pm[WELL].duplicated()
+    if dup.any():
+        raise NeuroRGError(
+            f"plate map lists {int(dup.sum())} well(s) more than once; expected one row per well",
+            well=pm.loc[dup, WELL].iloc[0],
+        )
+    return pm
+
+
+def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.DataFrame:
+    """Score every well of a plate from its crop-level class probabilities.
+
+    Parameters
+    ----------
+    crop_probs : DataFrame
+        Crop-level table: ``Metadata_Well``, ``Metadata_Field``, ``Metadata_Crop``,
+        ``Model_Member``, ``P_class0..5`` (softmax, unitless). Other columns are ignored.
+    plate_map : DataFrame or None
+        Plate map with ``Metadata_Well`` (any accepted spelling) and any other ``Metadata_*``
+        columns; left-joined on the well. Wells not in the map get missing values (and a log
+        warning). ``None``: no plate-map columns.
+
+    Returns
+    -------
+    DataFrame
+        One row per scored well, sorted by row then column: ``Metadata_Well``, ``Metadata_Row``,
+        ``Metadata_Col``, the plate-map columns, ``P_control``, ``P_control_member_sd``,
+        ``Called_class``, ``N_crops``, ``P_class0..5``, ``Vote_class0..5``.
+        ``P_control_member_sd`` is the sample SD (ddof 1) over members of each member's mean
+        class-0 probability; 0 for a single member.
+
+    Raises
+    ------
+    NeuroRGError
+        If the crop table is malformed (see ``check_crop_probs``) or the plate map has no well
+        column, repeats a well or holds several plates.
+    """
+    df = check_crop_probs(crop_probs)
+    probs = list(PROB_COLUMNS)
+
+    # each member's mean over the well's crops, then the mean over members
+    member_means = df.groupby([WELL, MEMBER])[probs].mean()
+    well_probs = member_means.groupby(level=WELL).mean()
+    p0_by_member = member_means[PROB_COLUMNS[0]].groupby(level=WELL)
+    n_members = p0_by_member.size()
+    member_sd = p0_by_member.std(ddof=1).where(n_members > 1, 0.0)
+
+    # crop votes: the ensemble-mean probabilities of each crop, arg-max, fraction per class
+    crop_mean = df.groupby([WELL, FIELD, CROP])[probs].mean()
+    crop_call = np.argmax(crop_mean.to_numpy(), axis=1)
+    crop_calls = pd.Series(crop_call, index=crop_mean.index.get_level_values(WELL))
+    vote_counts = (
+        pd.crosstab(crop_calls.index, crop_calls.to_numpy())
+        .reindex(columns=range(N_CLASSES), fill_value=0)
+        .reindex(well_probs.index)
+    )
+    n_crops = vote_counts.sum(axis=1)
+    votes = vote_counts.div(n_crops, axis=0)
+    votes.columns = list(VOTE_COLUMNS)
+
+    out = pd.DataFrame(index=well_probs.index)
+    rc = [parse_well(w) for w in out.index]
+    out[ROW] = [r for r, _ in rc]
+    out[COL] = [c for _, c in rc]
+    out[P_CONTROL] = well_probs[PROB_COLUMNS[0]]
+    out[P_CONTROL_SD] = member_sd.reindex(out.index).astype(float)
+    out[CALLED_CLASS] = np.argmax(well_probs.to_numpy(), axis=1).astype(int)
+    out[N_CROPS] = n_crops.astype(int)
+    out = pd.concat([out, well_probs, votes], axis=1)
+    out = out.rename_axis(WELL).reset_index()
+
+    if plate_map is not None:
+        pm = _prepare_plate_map(plate_map)
+        unmapped = sorted(set(out[WELL]) - set(pm[WELL]))
+        if unmapped:
+            log.warning(
+                "%d scored well(s) are not in the plate map (e.g. %s); their metadata is missing",
+                len(unmapped), ", ".join(unmapped[:5]),
+            )
+        out = out.merge(pm, on=WELL, how="left", validate="one_to_one")
+        meta = [c for c in pm.columns if c != WELL]
+        scores = [c for c in out.columns if c not in (WELL, ROW, COL, *meta)]
+        out = out[[WELL, ROW, COL, *meta, *scores]]
+
+    out = out.sort_values([ROW, COL], kind="stable").reset_index(drop=True)
+    log.info("scored %d wells from %d crop rows (%d members)", len(out), len(df), df[MEMBER].nunique())
+    return out
+
+
+def score_channels(crop_probs_by_channel: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-well P(control) of each single-channel model, side by side.
+
+    Parameters
+    ----------
+    crop_probs_by_channel : mapping of channel role -> DataFrame
+        Keys from ``schema.CHANNELS`` (nucleus, neuron, microglia); each value is a crop-level
+        probability table of that channel's model (one or more members).
+
+    Returns
+    -------
+    DataFrame
+        ``Metadata_Well`` plus one ``P_control_<channel>`` column per given channel (in CHANNELS
+        order), one row per well scored by any channel model (missing where a model did not
+        score that well), sorted by row then column. Merge it onto ``score_plate``'s table and
+        pass the result to ``stats.channel_comparison``.
+
+    Raises
+    ------
+    NeuroRGError
+        If no channel is given, a key is not a channel role, or a table is malformed.
+    """
+    if not crop_probs_by_channel:
+        raise NeuroRGError(f"no channel models given; expected tables for some of {', '.join(CHANNELS)}")
+    unknown = [k for k in crop_probs_by_channel if k not in CHANNELS]
+    if unknown:
+        raise NeuroRGError(
+            f"channel(s) {', '.join(map(repr, unknown))} unknown; expected some of {', '.join(CHANNELS)}"
+        )
+    out: pd.DataFrame | None = None
+    for channel, column in zip(CHANNELS, CHANNEL_P_CONTROL):
+        if channel not in crop_probs_by_channel:
+            continue
+        scored = score_plate(crop_probs_by_channel[channel], None)
+        part = scored[[WELL, ROW, COL, P_CONTROL]].rename(columns={P_CONTROL: column})
+        out = part if out is None else out.merge(part, on=[WELL, ROW, COL], how="outer")
+    assert out is not None  # at least one known channel was given (checked above)
+    out = out.sort_values([ROW, COL], kind="stable").drop(columns=[ROW, COL]).reset_index(drop=True)
+    return out

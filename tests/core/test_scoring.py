@@ -1,0 +1,165 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.schema import (
+    CALLED_CLASS,
+    CHANNEL_P_CONTROL,
+    COL,
+    COMPOUND,
+    CROP,
+    DOSE,
+    FIELD,
+    MEMBER,
+    N_CLASSES,
+    N_CROPS,
+    P_CONTROL,
+    P_CONTROL_SD,
+    PLATE,
+    PROB_COLUMNS,
+    ROLE,
+    ROW,
+    VOTE_COLUMNS,
+    WELL,
+)
+from neurorg_core.scoring import score_channels, score_plate
+
+
+def _rows(well, member, crops, field=1):
+    """Crop rows for one well and member; each crop given as its first few class probabilities."""
+    rows = []
+    for i, p in enumerate(crops):
+        full = list(p) + [0.0] * (N_CLASSES - len(p))
+        rows.append({WELL: well, FIELD: field, CROP: i, MEMBER: member, **dict(zip(PROB_COLUMNS, full))})
+    return rows
+
+
+def _random_crop_table(rng, wells, n_members, n_fields, n_crops):
+    rows = []
+    for w in wells:
+        for m in range(n_members):
+            for f in range(1, n_fields + 1):
+                for c in range(n_crops):
+                    p = rng.dirichlet(np.full(N_CLASSES, 0.7))
+                    rows.append({WELL: w, FIELD: f, CROP: c, MEMBER: m, **dict(zip(PROB_COLUMNS, p))})
+    return pd.DataFrame(rows)
+
+
+def test_hand_worked_well():
+    rows = _rows("A01", 0, [(0.6, 0.4), (0.2, 0.8)]) + _rows("A01", 1, [(0.8, 0.2), (0.5, 0.5)])
+    out = score_plate(pd.DataFrame(rows), None)
+    assert len(out) == 1
+    r = out.iloc[0]
+    # member means of class 0: 0.4 and 0.65
+    assert r[P_CONTROL] == pytest.approx(0.525)
+    assert r["P_class1"] == pytest.approx(0.475)
+    assert r[P_CONTROL_SD] == pytest.approx(np.std([0.4, 0.65], ddof=1))
+    # crop ensemble means: (0.7, 0.3) -> class 0, (0.35, 0.65) -> class 1
+    assert r["Vote_class0"] == pytest.approx(0.5) and r["Vote_class1"] == pytest.approx(0.5)
+    assert r[CALLED_CLASS] == 0 and r[N_CROPS] == 2
+    assert (r[ROW], r[COL]) == (1, 1)
+
+
+def test_votes_and_mean_call_can_disagree_and_single_member_sd_is_zero():
+    rows = _rows("B03", 0, [(0.4, 0.6), (0.4, 0.6), (1.0, 0.0)])
+    r = score_plate(pd.DataFrame(rows), None).iloc[0]
+    assert r[CALLED_CLASS] == 0 and r[P_CONTROL] == pytest.approx(0.6)
+    assert r["Vote_class1"] == pytest.approx(2 / 3) and r["Vote_class0"] == pytest.approx(1 / 3)
+    assert r[P_CONTROL_SD] == 0.0
+    assert (r[ROW], r[COL]) == (2, 3)
+
+
+def test_matches_brute_force_over_a_random_plate():
+    rng = np.random.default_rng(3)
+    wells = ["A01", "A02", "A03", "B01", "B02", "B03"]
+    crop = _random_crop_table(rng, wells, n_members=4, n_fields=2, n_crops=3)
+    crop = crop.sample(frac=1.0, random_state=1)  # row order must not matter
+    out = score_plate(crop, None).set_index(WELL)
+    assert list(out.index) == wells
+    for w in wells:
+        sub = crop[crop[WELL] == w]
+        p = np.stack([sub[sub[MEMBER] == m].sort_values([FIELD, CROP])[list(PROB_COLUMNS)].to_numpy()
+                      for m in range(4)])  # (members, crops, classes)
+        member_p0 = p[:, :, 0].mean(axis=1)
+        assert out.loc[w, P_CONTROL] == pytest.approx(member_p0.mean())
+        assert out.loc[w, P_CONTROL_SD] == pytest.approx(member_p0.std(ddof=1))
+        np.testing.assert_allclose(out.loc[w, list(PROB_COLUMNS)].to_numpy(float), p.mean(axis=(0, 1)))
+        calls = p.mean(axis=0).argmax(axis=1)
+        expected_votes = np.bincount(calls, minlength=N_CLASSES) / calls.size
+        np.testing.assert_allclose(out.loc[w, list(VOTE_COLUMNS)].to_numpy(float), expected_votes)
+        assert out.loc[w, CALLED_CLASS] == p.mean(axis=(0, 1)).argmax()
+        assert out.loc[w, N_CROPS] == 6
+    np.testing.assert_allclose(out[list(VOTE_COLUMNS)].sum(axis=1), 1.0)
+
+
+def test_plate_map_is_left_joined_on_normalised_wells():
+    rng = np.random.default_rng(0)
+    crop = _random_crop_table(rng, ["a1", "A2", "B01"], n_members=2, n_fields=1, n_crops=2)
+    plate_map = pd.DataFrame({
+        PLATE: ["P1"] * 3, WELL: ["A01", "r01c02", "C05"], ROW: [9, 9, 9], COL: [9, 9, 9],
+        COMPOUND: ["", "cmpd-1", ""], DOSE: [np.nan, 0.5, np.nan], ROLE: ["control", "treatment", "empty"],
+    })
+    out = score_plate(crop, plate_map)
+    assert list(out[WELL]) == ["A01", "A02", "B01"]  # C05 is in the map only: not scored
+    assert list(out[ROW]) == [1, 1, 2] and list(out[COL]) == [1, 2, 1]  # recomputed, not the map's 9s
+    assert list(out[ROLE].iloc[:2]) == ["control", "treatment"] and pd.isna(out[ROLE].iloc[2])
+    assert out[DOSE].iloc[1] == 0.5
+    assert list(out.columns[:7]) == [WELL, ROW, COL, PLATE, COMPOUND, DOSE, ROLE]
+
+
+def _valid_rows():
+    return _rows("A01", 0, [(0.5, 0.5), (0.1, 0.9)]) + _rows("A01", 1, [(0.3, 0.7), (0.2, 0.8)])
+
+
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda df: df.drop(columns=[MEMBER]), "Model_Member"),
+        (lambda df: df.assign(P_class1=df["P_class1"] * 0.8), "summing to"),
+        (lambda df: df.assign(P_class0=np.nan), "missing or outside"),
+        (lambda df: pd.concat([df, df.iloc[[0]]]), "duplicated"),
+        (lambda df: df.iloc[1:], "lack some ensemble members"),
+        (lambda df: df.iloc[:0], "no rows"),
+        (lambda df: df.assign(**{WELL: "Z99"}), "not a well name|outside"),
+    ],
+)
+def test_bad_crop_tables_raise(corrupt, match):
+    with pytest.raises(NeuroRGError, match=match):
+        score_plate(corrupt(pd.DataFrame(_valid_rows())), None)
+
+
+def test_bad_probability_error_names_the_well():
+    df = pd.DataFrame(_valid_rows()).assign(P_class1=0.9)
+    with pytest.raises(NeuroRGError, match="well A01"):
+        score_plate(df, None)
+
+
+@pytest.mark.parametrize(
+    "plate_map,match",
+    [
+        (pd.DataFrame({"well": ["A01"]}), "lacks column Metadata_Well"),
+        (pd.DataFrame({WELL: ["A01", "a1"], ROLE: ["control", "disease"]}), "more than once"),
+        (pd.DataFrame({PLATE: ["P1", "P2"], WELL: ["A01", "A01"]}), "2 plates"),
+    ],
+)
+def test_bad_plate_maps_raise(plate_map, match):
+    with pytest.raises(NeuroRGError, match=match):
+        score_plate(pd.DataFrame(_valid_rows()), plate_map)
+
+
+def test_score_channels_side_by_side():
+    nucleus = pd.DataFrame(_rows("A02", 0, [(0.2, 0.8)]) + _rows("A01", 0, [(0.9, 0.1)]))
+    microglia = pd.DataFrame(_rows("A01", 0, [(0.3, 0.7)]) + _rows("A01", 1, [(0.5, 0.5)]))
+    out = score_channels({"microglia": microglia, "nucleus": nucleus})
+    assert list(out.columns) == [WELL, CHANNEL_P_CONTROL[0], CHANNEL_P_CONTROL[2]]
+    assert list(out[WELL]) == ["A01", "A02"]
+    assert out[CHANNEL_P_CONTROL[0]].tolist() == pytest.approx([0.9, 0.2])
+    assert out[CHANNEL_P_CONTROL[2]].iloc[0] == pytest.approx(0.4)
+    assert pd.isna(out[CHANNEL_P_CONTROL[2]].iloc[1])
+
+
+@pytest.mark.parametrize("given,match", [({}, "no channel models"), ({"dapi": None}, "'dapi' unknown")])
+def test_score_channels_rejects_unknown_channels(given, match):
+    with pytest.raises(NeuroRGError, match=match):
+        score_channels(given)
