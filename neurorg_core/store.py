@@ -1,0 +1,658 @@
+"""The result store: a DuckDB file holding plates, cached crop predictions and scored runs.
+
+This is the only module that speaks SQL. One ``ResultStore`` holds one DuckDB connection; every
+method opens its own ``cursor()`` on it, so one store can be shared by many threads (Streamlit
+sessions). A second *process* that wants the file waits up to ``lock_timeout_s`` for DuckDB's file
+lock and then gets a ``NeuroRGError`` saying the file is in use.
+
+Tables (schema version ``SCHEMA_VERSION``)::
+
+    meta         key, value                            ('schema_version', ...)
+    plates       Metadata_Plate, Source, layout, Plate_format, field_height, field_width,
+                 dtype, channel_map (JSON), Created
+    wells        Metadata_Plate, Metadata_Well, Metadata_Row, Metadata_Col, plate-map columns
+    fields       Metadata_Plate, Metadata_Well, Metadata_Field, Field_Hash
+    predictions  Field_Hash, Model_Id, crop_key, n_crops, probs (float32 (n_crops, 6) bytes), Created
+    runs         Run_Id, Metadata_Plate, Model_Id, bundle_card (JSON), params (JSON),
+                 Code_Version, Created, Status, N_wells, Cache_hits, Cache_misses
+    well_scores  Run_Id + the per-well score table of ``scoring.score_plate``
+    channel_scores  Run_Id, Metadata_Well, P_control_nucleus, P_control_neuron, P_control_microglia
+
+Predictions are a content-addressed cache: the key is (field hash, member id, crop key), where
+the field hash is a hash of the field's pixels, the member id a hash of one ensemble member's
+weights and the crop key names which tiles of the field were cropped. Such a row is true whatever
+run produced it, so ``put_predictions`` commits batches as inference produces them (an
+interrupted run keeps its finished inference). A *run* only becomes visible through
+``save_run``, which writes the plate, its wells and fields, the well scores and the run row in a
+single transaction: either all of it is stored or none of it is, and a failure leaves every
+earlier run exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.schema import (
+    CACHE_HITS,
+    CACHE_MISSES,
+    CALLED_CLASS,
+    CHANNEL_P_CONTROL,
+    CLASS,
+    CODE_VERSION,
+    COL,
+    COMPOUND,
+    DOSE,
+    FIELD,
+    FIELD_HASH,
+    MODEL_ID,
+    N_CLASSES,
+    N_CROPS,
+    N_WELLS,
+    P_CONTROL,
+    P_CONTROL_SD,
+    PLATE,
+    PLATE_FORMAT,
+    PROB_COLUMNS,
+    ROLE,
+    ROW,
+    RUN_CREATED,
+    RUN_ID,
+    RUN_STATUS,
+    SOURCE,
+    VOTE_COLUMNS,
+    WELL,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""Bump when a table changes shape; an older file is then refused with a clear message."""
+
+PLATE_MAP_COLUMNS: tuple[str, ...] = (PLATE, WELL, ROW, COL, COMPOUND, DOSE, ROLE, CLASS)
+"""The plate-map columns stored with every well and every well score."""
+
+SCORE_COLUMNS: tuple[str, ...] = (
+    *PLATE_MAP_COLUMNS, *PROB_COLUMNS, P_CONTROL, *VOTE_COLUMNS, CALLED_CLASS, P_CONTROL_SD, N_CROPS,
+)
+"""Columns of the stored per-well score table (the output of ``scoring.score_plate``)."""
+
+RUN_COLUMNS: tuple[str, ...] = (
+    RUN_ID, PLATE, MODEL_ID, RUN_CREATED, RUN_STATUS, N_WELLS, CACHE_HITS, CACHE_MISSES, CODE_VERSION,
+)
+"""Columns of ``ResultStore.list_runs``."""
+
+_SQL_TYPES_WELL = {
+    PLATE: "VARCHAR NOT NULL", WELL: "VARCHAR NOT NULL", ROW: "INTEGER NOT NULL",
+    COL: "INTEGER NOT NULL", COMPOUND: "VARCHAR", DOSE: "DOUBLE", ROLE: "VARCHAR", CLASS: "INTEGER",
+}
+
+
+def _q(name: str) -> str:
+    """Quote an identifier (our column names are mixed case)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _score_column_sql() -> str:
+    cols = [f"{_q(c)} {_SQL_TYPES_WELL[c]}" for c in PLATE_MAP_COLUMNS]
+    cols += [f"{_q(c)} DOUBLE" for c in (*PROB_COLUMNS, P_CONTROL, *VOTE_COLUMNS)]
+    cols += [f"{_q(CALLED_CLASS)} INTEGER", f"{_q(P_CONTROL_SD)} DOUBLE", f"{_q(N_CROPS)} INTEGER"]
+    return ", ".join(cols)
+
+
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    f"""CREATE TABLE IF NOT EXISTS plates (
+        {_q(PLATE)} VARCHAR PRIMARY KEY, {_q(SOURCE)} VARCHAR, layout VARCHAR,
+        {_q(PLATE_FORMAT)} INTEGER, field_height INTEGER, field_width INTEGER, dtype VARCHAR,
+        channel_map VARCHAR, {_q(RUN_CREATED)} TIMESTAMP)""",
+    f"""CREATE TABLE IF NOT EXISTS wells (
+        {", ".join(f"{_q(c)} {_SQL_TYPES_WELL[c]}" for c in PLATE_MAP_COLUMNS)},
+        PRIMARY KEY ({_q(PLATE)}, {_q(WELL)}))""",
+    f"""CREATE TABLE IF NOT EXISTS fields (
+        {_q(PLATE)} VARCHAR NOT NULL, {_q(WELL)} VARCHAR NOT NULL, {_q(FIELD)} INTEGER NOT NULL,
+        {_q(FIELD_HASH)} VARCHAR NOT NULL, PRIMARY KEY ({_q(PLATE)}, {_q(WELL)}, {_q(FIELD)}))""",
+    f"""CREATE TABLE IF NOT EXISTS predictions (
+        {_q(FIELD_HASH)} VARCHAR NOT NULL, {_q(MODEL_ID)} VARCHAR NOT NULL, crop_key VARCHAR NOT NULL,
+        n_crops INTEGER NOT NULL, probs BLOB NOT NULL, {_q(RUN_CREATED)} TIMESTAMP,
+        PRIMARY KEY ({_q(FIELD_HASH)}, {_q(MODEL_ID)}, crop_key))""",
+    f"""CREATE TABLE IF NOT EXISTS runs (
+        {_q(RUN_ID)} VARCHAR PRIMARY KEY, {_q(PLATE)} VARCHAR NOT NULL, {_q(MODEL_ID)} VARCHAR,
+        bundle_card VARCHAR, params VARCHAR, {_q(CODE_VERSION)} VARCHAR, {_q(RUN_CREATED)} TIMESTAMP,
+        {_q(RUN_STATUS)} VARCHAR, {_q(N_WELLS)} INTEGER, {_q(CACHE_HITS)} INTEGER,
+        {_q(CACHE_MISSES)} INTEGER)""",
+    f"""CREATE TABLE IF NOT EXISTS well_scores (
+        {_q(RUN_ID)} VARCHAR NOT NULL, {_score_column_sql()}, PRIMARY KEY ({_q(RUN_ID)}, {_q(WELL)}))""",
+    f"""CREATE TABLE IF NOT EXISTS channel_scores (
+        {_q(RUN_ID)} VARCHAR NOT NULL, {_q(WELL)} VARCHAR NOT NULL,
+        {", ".join(f"{_q(c)} DOUBLE" for c in CHANNEL_P_CONTROL)},
+        PRIMARY KEY ({_q(RUN_ID)}, {_q(WELL)}))""",
+)
+
+
+def utc_now() -> datetime:
+    """Current UTC time as a naive datetime (the store's TIMESTAMP convention)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class PlateRecord:
+    """What the store keeps about an imaged plate (one row of ``plates``)."""
+
+    name: str
+    source: str
+    layout: str
+    plate_format: int
+    field_shape: tuple[int, int]  # (height, width), pixels
+    dtype: str                    # "uint8" | "uint16"
+    channel_map: dict[str, str]   # role -> channel id
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Provenance of one scoring run (one row of ``runs``)."""
+
+    run_id: str
+    plate: str                    # the plate name the user gave
+    model_id: str                 # the bundle's content hash
+    bundle_card: dict[str, Any]
+    params: dict[str, Any]        # crops per well, input size, channel map, ...
+    code_version: str
+    created: datetime = field(default_factory=utc_now)
+    status: str = "complete"
+    n_wells: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """Crop-level probabilities of one field from one ensemble member."""
+
+    field_hash: str
+    model_id: str                 # the member's id
+    crop_key: str                 # which tiles of the field were cropped
+    probs: np.ndarray             # float32 (n_crops, 6)
+
+
+def _is_lock_error(exc: duckdb.Error) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+class ResultStore:
+    """A DuckDB result store, safe to share between threads.
+
+    Parameters
+    ----------
+    path
+        The DuckDB file (created with its parent folder unless ``read_only``).
+    read_only
+        Open without writing; the file must exist. Several read-only processes may share a file.
+    lock_timeout_s
+        Seconds to keep retrying while another process holds the file's lock.
+
+    Raises
+    ------
+    NeuroRGError
+        If the file is in use by another process after ``lock_timeout_s``, does not exist (read
+        only), cannot be opened as DuckDB, or was written with another schema version.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False, lock_timeout_s: float = 5.0):
+        self.path = Path(path).expanduser()
+        self.read_only = read_only
+        if read_only and not self.path.is_file():
+            raise NeuroRGError("no result store here; score a plate first", path=self.path)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._cursor_lock = threading.Lock()
+        self._conn = self._connect(lock_timeout_s)
+        if read_only:
+            self._check_version()
+        else:
+            self._create_tables()
+
+    # --- connection ---------------------------------------------------------------------------
+
+    def _connect(self, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + max(0.0, lock_timeout_s)
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=self.read_only)
+            except duckdb.IOException as exc:
+                if not _is_lock_error(exc):
+                    raise NeuroRGError(f"cannot open the result store: {exc}", path=self.path) from exc
+                if time.monotonic() >= deadline:
+                    raise NeuroRGError(
+                        f"the database file {self.path} is in use by another process (waited "
+                        f"{lock_timeout_s:g} s for its lock); close the other NeuroRG app or CLI "
+                        "using it, or choose another file with --db / NEURORG_DB",
+                        path=self.path,
+                    ) from exc
+                time.sleep(0.1)
+            except duckdb.Error as exc:
+                raise NeuroRGError(f"cannot open the result store: {exc}", path=self.path) from exc
+
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A fresh cursor for the calling thread, closed afterwards."""
+        with self._cursor_lock:
+            cur = self._conn.cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside BEGIN ... COMMIT; any exception rolls everything back."""
+        if self.read_only:
+            raise NeuroRGError("the result store was opened read-only; cannot write", path=self.path)
+        with self._cursor() as cur:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection (the file lock is released)."""
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create_tables(self) -> None:
+        with self._transaction() as cur:
+            for ddl in _DDL:
+                cur.execute(ddl)
+            row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                cur.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        self._check_version()
+
+    def _check_version(self) -> None:
+        with self._cursor() as cur:
+            try:
+                row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except duckdb.CatalogException as exc:
+                raise NeuroRGError("is not a NeuroRG result store (no meta table)", path=self.path) from exc
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            found = row[0] if row else "none"
+            raise NeuroRGError(
+                f"result store schema version {found}; this version of NeuroRG reads version "
+                f"{SCHEMA_VERSION}. Score into a new file (--db) or delete this one",
+                path=self.path,
+            )
+
+    # --- predictions cache --------------------------------------------------------------------
+
+    def cached_predictions(
+        self, field_hashes: Iterable[str], model_id: str, *, crop_key: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """Cached crop probabilities of the given fields for one ensemble member.
+
+        Parameters
+        ----------
+        field_hashes
+            Content hashes of the fields wanted.
+        model_id
+            The member's id.
+        crop_key
+            Which tiles of the field were cropped; ``None`` accepts any (the first found).
+
+        Returns
+        -------
+        dict
+            field hash -> float32 array (n_crops, 6), only for the fields found.
+        """
+        hashes = list(dict.fromkeys(field_hashes))
+        if not hashes:
+            return {}
+        wanted = pa.table({"h": pa.array(hashes, pa.string())})
+        sql = (
+            f"SELECT p.{_q(FIELD_HASH)}, p.n_crops, p.probs FROM predictions p "
+            f"JOIN wanted w ON p.{_q(FIELD_HASH)} = w.h WHERE p.{_q(MODEL_ID)} = ?"
+        )
+        params: list[Any] = [model_id]
+        if crop_key is not None:
+            sql += " AND p.crop_key = ?"
+            params.append(crop_key)
+        with self._cursor() as cur:
+            cur.register("wanted", wanted)
+            rows = cur.execute(sql, params).fetchall()
+        out: dict[str, np.ndarray] = {}
+        for h, n, blob in rows:
+            out.setdefault(h, np.frombuffer(blob, dtype="<f4").reshape(n, N_CLASSES).copy())
+        return out
+
+    def cached_keys(self, model_ids: Sequence[str]) -> set[tuple[str, str, str]]:
+        """Every cached (field hash, member id, crop key) for the given members."""
+        if not model_ids:
+            return set()
+        ids = pa.table({"m": pa.array(list(model_ids), pa.string())})
+        with self._cursor() as cur:
+            cur.register("ids", ids)
+            rows = cur.execute(
+                f"SELECT {_q(FIELD_HASH)}, {_q(MODEL_ID)}, crop_key FROM predictions "
+                f"WHERE {_q(MODEL_ID)} IN (SELECT m FROM ids)"
+            ).fetchall()
+        return {(h, m, k) for h, m, k in rows}
+
+    def put_predictions(self, rows: Sequence[PredictionRow]) -> int:
+        """Commit a batch of crop probabilities to the cache (rows already cached are kept).
+
+        Returns
+        -------
+        int
+            Rows written.
+        """
+        if not rows:
+            return 0
+        for r in rows:
+            if r.probs.ndim != 2 or r.probs.shape[1] != N_CLASSES:
+                raise NeuroRGError(
+                    f"predictions for field {r.field_hash[:12]} have shape {r.probs.shape}; "
+                    f"expected (n_crops, {N_CLASSES})"
+                )
+        with self._transaction() as cur:
+            self._insert_predictions(cur, rows)
+        return len(rows)
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def save_run(
+        self,
+        *,
+        plate: PlateRecord,
+        wells: pd.DataFrame,
+        fields: pd.DataFrame,
+        well_scores: pd.DataFrame,
+        run: RunRecord,
+        predictions: Sequence[PredictionRow] = (),
+        channel_scores: pd.DataFrame | None = None,
+    ) -> str:
+        """Store a scored run in one transaction: all of it, or (on any error) none of it.
+
+        Parameters
+        ----------
+        plate
+            The plate; replaces an earlier record of the same name.
+        wells
+            The plate map of the imaged wells (``PLATE_MAP_COLUMNS``); replaces the plate's wells.
+        fields
+            ``Metadata_Well``, ``Metadata_Field``, ``Field_Hash`` of every field; replaces the
+            plate's fields.
+        well_scores
+            The per-well score table (``SCORE_COLUMNS``).
+        run
+            Provenance.
+        predictions
+            Crop probabilities not yet committed with ``put_predictions``.
+        channel_scores
+            Optional ``Metadata_Well`` + ``CHANNEL_P_CONTROL`` table of the single-channel models.
+
+        Returns
+        -------
+        str
+            The run id.
+        """
+        scores = self._checked_frame(well_scores, SCORE_COLUMNS, "well scores")
+        scores.insert(0, RUN_ID, run.run_id)
+        scores[PLATE] = run.plate
+        well_table = self._checked_frame(wells, PLATE_MAP_COLUMNS, "wells")
+        well_table[PLATE] = plate.name
+        field_table = self._checked_frame(fields, (WELL, FIELD, FIELD_HASH), "fields")
+        field_table.insert(0, PLATE, plate.name)
+        if channel_scores is not None:
+            channel_table = self._checked_frame(channel_scores, (WELL, *CHANNEL_P_CONTROL), "channel scores")
+            channel_table.insert(0, RUN_ID, run.run_id)
+
+        with self._transaction() as cur:
+            if predictions:
+                self._insert_predictions(cur, predictions)
+            cur.execute(f"DELETE FROM fields WHERE {_q(PLATE)} = ?", [plate.name])
+            cur.execute(f"DELETE FROM wells WHERE {_q(PLATE)} = ?", [plate.name])
+            cur.execute(f"DELETE FROM plates WHERE {_q(PLATE)} = ?", [plate.name])
+            cur.execute(
+                "INSERT INTO plates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [plate.name, plate.source, plate.layout, int(plate.plate_format),
+                 int(plate.field_shape[0]), int(plate.field_shape[1]), plate.dtype,
+                 json.dumps(plate.channel_map, sort_keys=True), utc_now()],
+            )
+            self._insert_frame(cur, "wells", well_table)
+            self._insert_frame(cur, "fields", field_table)
+            cur.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run.run_id, run.plate, run.model_id, json.dumps(run.bundle_card, sort_keys=True, default=str),
+                 json.dumps(run.params, sort_keys=True, default=str), run.code_version, run.created,
+                 run.status, int(run.n_wells), int(run.cache_hits), int(run.cache_misses)],
+            )
+            self._insert_frame(cur, "well_scores", scores)
+            if channel_scores is not None:
+                self._insert_frame(cur, "channel_scores", channel_table)
+        log.info("stored run %s of plate %s (%d wells)", run.run_id, run.plate, len(scores))
+        return run.run_id
+
+    @staticmethod
+    def _insert_predictions(cur: duckdb.DuckDBPyConnection, rows: Sequence[PredictionRow]) -> None:
+        table = pa.table({
+            "h": pa.array([r.field_hash for r in rows], pa.string()),
+            "m": pa.array([r.model_id for r in rows], pa.string()),
+            "k": pa.array([r.crop_key for r in rows], pa.string()),
+            "n": pa.array([int(r.probs.shape[0]) for r in rows], pa.int32()),
+            "p": pa.array([np.ascontiguousarray(r.probs, dtype="<f4").tobytes() for r in rows], pa.binary()),
+        })
+        cur.register("pred_batch", table)
+        cur.execute("INSERT OR IGNORE INTO predictions SELECT h, m, k, n, p, ? FROM pred_batch", [utc_now()])
+        cur.unregister("pred_batch")
+
+    def _checked_frame(self, df: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise NeuroRGError(
+                f"{what} table lacks column(s) {', '.join(missing)}; expected {', '.join(columns)}",
+                path=self.path,
+            )
+        out = df.loc[:, list(columns)].copy()
+        if CLASS in out.columns:
+            out[CLASS] = pd.array(out[CLASS], dtype="Int64")
+        return out.reset_index(drop=True)
+
+    @staticmethod
+    def _insert_frame(cur: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame) -> None:
+        arrow = pa.Table.from_pandas(df, preserve_index=False)
+        cur.register("frame_in", arrow)
+        cur.execute(f"INSERT INTO {table} BY NAME SELECT * FROM frame_in")
+        cur.unregister("frame_in")
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def list_plates(self) -> pd.DataFrame:
+        """One row per stored plate: name, source, layout, format, field shape, dtype, channels,
+        created, number of runs and the latest run's time."""
+        with self._cursor() as cur:
+            df = cur.execute(
+                f"""SELECT p.{_q(PLATE)}, p.{_q(SOURCE)}, p.layout, p.{_q(PLATE_FORMAT)},
+                           p.field_height, p.field_width, p.dtype, p.channel_map, p.{_q(RUN_CREATED)},
+                           count(r.{_q(RUN_ID)}) AS n_runs, max(r.{_q(RUN_CREATED)}) AS last_run
+                    FROM plates p LEFT JOIN runs r ON r.{_q(PLATE)} = p.{_q(PLATE)}
+                    GROUP BY ALL ORDER BY p.{_q(PLATE)}"""
+            ).df()
+        return df
+
+    def list_runs(self, plate: str | None = None) -> pd.DataFrame:
+        """Runs, newest first (``RUN_COLUMNS``), optionally of one plate."""
+        cols = ", ".join(_q(c) for c in RUN_COLUMNS)
+        sql = f"SELECT {cols} FROM runs"
+        params: list[Any] = []
+        if plate is not None:
+            sql += f" WHERE {_q(PLATE)} = ?"
+            params.append(plate)
+        sql += f" ORDER BY {_q(RUN_CREATED)} DESC, {_q(RUN_ID)} DESC"
+        with self._cursor() as cur:
+            return cur.execute(sql, params).df()
+
+    def latest_run_id(self, plate: str) -> str:
+        """The newest run of a plate.
+
+        Raises
+        ------
+        NeuroRGError
+            If the plate has no stored run (the message lists the plates that do).
+        """
+        with self._cursor() as cur:
+            row = cur.execute(
+                f"SELECT {_q(RUN_ID)} FROM runs WHERE {_q(PLATE)} = ? "
+                f"ORDER BY {_q(RUN_CREATED)} DESC, {_q(RUN_ID)} DESC LIMIT 1",
+                [plate],
+            ).fetchone()
+            if row is None:
+                known = [r[0] for r in cur.execute(
+                    f"SELECT DISTINCT {_q(PLATE)} FROM runs ORDER BY 1").fetchall()]
+        if row is None:
+            raise NeuroRGError(
+                f"plate {plate!r} has no scored run; stored plates: {', '.join(known) or 'none'}",
+                path=self.path,
+            )
+        return str(row[0])
+
+    def load_well_scores(self, plate: str, run_id: str | None = None) -> pd.DataFrame:
+        """The per-well score table of a run (default: the plate's latest), one row per well.
+
+        Returns
+        -------
+        DataFrame
+            ``SCORE_COLUMNS`` in well order, with ``Metadata_Class`` as nullable Int64.
+
+        Raises
+        ------
+        NeuroRGError
+            If the plate has no run, or ``run_id`` is not a run of ``plate``.
+        """
+        run = run_id if run_id is not None else self.latest_run_id(plate)
+        cols = ", ".join(_q(c) for c in SCORE_COLUMNS)
+        with self._cursor() as cur:
+            df = cur.execute(
+                f"SELECT {cols} FROM well_scores WHERE {_q(RUN_ID)} = ? AND {_q(PLATE)} = ? "
+                f"ORDER BY {_q(ROW)}, {_q(COL)}",
+                [run, plate],
+            ).df()
+        if df.empty:
+            raise NeuroRGError(f"run {run!r} is not a stored run of plate {plate!r}", path=self.path)
+        return self._typed_scores(df)
+
+    @staticmethod
+    def _typed_scores(df: pd.DataFrame) -> pd.DataFrame:
+        df[CLASS] = pd.array(df[CLASS], dtype="Int64")
+        for c in (ROW, COL, CALLED_CLASS, N_CROPS):
+            df[c] = df[c].astype("int64")
+        df[COMPOUND] = df[COMPOUND].fillna("").astype(str)
+        df[DOSE] = df[DOSE].astype("float64")
+        return df
+
+    def load_channel_scores(self, run_id: str) -> pd.DataFrame:
+        """``Metadata_Well`` + per-channel P(control) of a run's single-channel models (may be empty)."""
+        cols = ", ".join(_q(c) for c in (WELL, *CHANNEL_P_CONTROL))
+        with self._cursor() as cur:
+            return cur.execute(
+                f"SELECT {cols} FROM channel_scores WHERE {_q(RUN_ID)} = ? ORDER BY {_q(WELL)}", [run_id]
+            ).df()
+
+    def load_run(self, run_id: str) -> dict[str, Any]:
+        """Provenance of one run: ids, plate, bundle card, parameters, code version, counters.
+
+        Raises
+        ------
+        NeuroRGError
+            If there is no such run.
+        """
+        with self._cursor() as cur:
+            df = cur.execute(f"SELECT * FROM runs WHERE {_q(RUN_ID)} = ?", [run_id]).df()
+        if df.empty:
+            raise NeuroRGError(f"no run {run_id!r} in the result store", path=self.path)
+        rec = df.iloc[0].to_dict()
+        rec["bundle_card"] = json.loads(rec["bundle_card"]) if rec["bundle_card"] else {}
+        rec["params"] = json.loads(rec["params"]) if rec["params"] else {}
+        return rec
+
+    def load_plate(self, plate: str) -> dict[str, Any]:
+        """The stored plate record (source, layout, format, field shape, dtype, channel map)."""
+        with self._cursor() as cur:
+            df = cur.execute(f"SELECT * FROM plates WHERE {_q(PLATE)} = ?", [plate]).df()
+        if df.empty:
+            raise NeuroRGError(f"no plate {plate!r} in the result store", path=self.path)
+        rec = df.iloc[0].to_dict()
+        rec["channel_map"] = json.loads(rec["channel_map"])
+        return rec
+
+    def load_fields(self, plate: str) -> pd.DataFrame:
+        """``Metadata_Well``, ``Metadata_Field``, ``Field_Hash`` of a plate's stored fields."""
+        with self._cursor() as cur:
+            return cur.execute(
+                f"SELECT {_q(WELL)}, {_q(FIELD)}, {_q(FIELD_HASH)} FROM fields WHERE {_q(PLATE)} = ? "
+                f"ORDER BY {_q(WELL)}, {_q(FIELD)}",
+                [plate],
+            ).df()
+
+    def count_predictions(self) -> int:
+        """Number of cached (field, member, crop key) rows."""
+        with self._cursor() as cur:
+            return int(cur.execute("SELECT count(*) FROM predictions").fetchone()[0])
+
+    # --- deletes ------------------------------------------------------------------------------
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete one run and its scores (one transaction). The plate and the cache stay."""
+        with self._transaction() as cur:
+            n = cur.execute(f"SELECT count(*) FROM runs WHERE {_q(RUN_ID)} = ?", [run_id]).fetchone()[0]
+            if n == 0:
+                raise NeuroRGError(f"no run {run_id!r} in the result store", path=self.path)
+            for table in ("well_scores", "channel_scores", "runs"):
+                cur.execute(f"DELETE FROM {table} WHERE {_q(RUN_ID)} = ?", [run_id])
+        log.info("deleted run %s", run_id)
+
+    def delete_plate(self, plate: str) -> None:
+        """Delete a plate, its runs, scores, wells and fields, and cached predictions of fields no
+        other plate uses (one transaction)."""
+        with self._transaction() as cur:
+            n = cur.execute(
+                f"SELECT (SELECT count(*) FROM plates WHERE {_q(PLATE)} = $p) + "
+                f"(SELECT count(*) FROM runs WHERE {_q(PLATE)} = $p)", {"p": plate}
+            ).fetchone()[0]
+            if n == 0:
+                raise NeuroRGError(f"no plate {plate!r} in the result store", path=self.path)
+            runs = f"SELECT {_q(RUN_ID)} FROM runs WHERE {_q(PLATE)} = ?"
+            cur.execute(f"DELETE FROM well_scores WHERE {_q(RUN_ID)} IN ({runs})", [plate])
+            cur.execute(f"DELETE FROM channel_scores WHERE {_q(RUN_ID)} IN ({runs})", [plate])
+            cur.execute(f"DELETE FROM runs WHERE {_q(PLATE)} = ?", [plate])
+            cur.execute(
+                f"""DELETE FROM predictions WHERE {_q(FIELD_HASH)} IN (
+                        SELECT {_q(FIELD_HASH)} FROM fields WHERE {_q(PLATE)} = $p
+                        EXCEPT SELECT {_q(FIELD_HASH)} FROM fields WHERE {_q(PLATE)} <> $p)""",
+                {"p": plate},
+            )
+            for table in ("fields", "wells", "plates"):
+                cur.execute(f"DELETE FROM {table} WHERE {_q(PLATE)} = ?", [plate])
+        log.info("deleted plate %s", plate)
