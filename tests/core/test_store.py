@@ -1,0 +1,297 @@
+"""ResultStore: round trips, one-transaction runs, the prediction cache, threads and a second process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from neurorg_core.config import REPO_ROOT
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.schema import (
+    CALLED_CLASS,
+    CHANNEL_P_CONTROL,
+    CLASS,
+    COL,
+    COMPOUND,
+    DOSE,
+    FIELD,
+    FIELD_HASH,
+    N_CROPS,
+    P_CONTROL,
+    P_CONTROL_SD,
+    PLATE,
+    PROB_COLUMNS,
+    ROLE,
+    ROW,
+    RUN_ID,
+    VOTE_COLUMNS,
+    WELL,
+)
+from neurorg_core.store import PlateRecord, PredictionRow, ResultStore, RunRecord
+
+WELLS = ["A01", "A02", "B01"]
+
+
+def plate_map(name: str = "P1", compound: str = "cmpA") -> pd.DataFrame:
+    return pd.DataFrame({
+        PLATE: name, WELL: WELLS, ROW: [1, 1, 2], COL: [1, 2, 1],
+        COMPOUND: ["", "", compound], DOSE: [np.nan, np.nan, 0.5],
+        ROLE: ["control", "disease", "treatment"], CLASS: pd.array([0, 5, pd.NA], dtype="Int64"),
+    })
+
+
+def scores(p0: float, name: str = "P1") -> pd.DataFrame:
+    df = plate_map(name)
+    probs = np.array([[p0, 1 - p0, 0, 0, 0, 0], [0.1, 0, 0, 0, 0, 0.9], [0.5, 0.5, 0, 0, 0, 0]])
+    for k, c in enumerate(PROB_COLUMNS):
+        df[c] = probs[:, k]
+        df[VOTE_COLUMNS[k]] = (probs[:, k] > 0.5).astype(float)
+    df[P_CONTROL] = probs[:, 0]
+    df[CALLED_CLASS] = probs.argmax(axis=1)
+    df[P_CONTROL_SD] = [0.01, 0.02, 0.03]
+    df[N_CROPS] = 15
+    return df
+
+
+def fields(suffix: str = "") -> pd.DataFrame:
+    return pd.DataFrame({WELL: WELLS, FIELD: [1, 1, 1], FIELD_HASH: [f"h{w}{suffix}" for w in WELLS]})
+
+
+def plate_record(name: str = "P1") -> PlateRecord:
+    return PlateRecord(name=name, source="/data/p1", layout="tiff", plate_format=96,
+                       field_shape=(64, 48), dtype="uint8",
+                       channel_map={"nucleus": "0", "neuron": "1", "microglia": "2"})
+
+
+def run_record(run_id: str, plate: str = "P1") -> RunRecord:
+    return RunRecord(run_id=run_id, plate=plate, model_id="bundle1", bundle_card={"id": "bundle1"},
+                     params={"crops_per_well": 15, "input_size": 32}, code_version="test")
+
+
+def save(store: ResultStore, run_id: str, p0: float, plate: str = "P1") -> str:
+    return store.save_run(plate=plate_record(plate), wells=plate_map(plate), fields=fields(),
+                          well_scores=scores(p0, plate), run=run_record(run_id, plate))
+
+
+def snapshot(store: ResultStore) -> dict:
+    """Everything a reader can see, for before/after comparisons."""
+    out = {
+        "runs": store.list_runs().drop(columns=[]).to_dict("list"),
+        "plates": store.list_plates().to_dict("list"),
+        "n_pred": store.count_predictions(),
+    }
+    for plate in store.list_plates()[PLATE]:
+        out[f"fields {plate}"] = store.load_fields(plate).to_dict("list")
+    for run_id, plate in zip(out["runs"][RUN_ID], out["runs"][PLATE]):
+        out[f"scores {run_id}"] = store.load_well_scores(plate, run_id).to_json()
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = ResultStore(tmp_path / "sub" / "results.duckdb")
+    yield s
+    s.close()
+
+
+def test_well_scores_round_trip_with_schema_columns_and_types(store: ResultStore) -> None:
+    save(store, "run-a", 0.9)
+    got = store.load_well_scores("P1")
+    want = scores(0.9)
+    assert list(got[WELL]) == WELLS
+    pd.testing.assert_frame_equal(got[want.columns.tolist()], want, check_dtype=False)
+    assert str(got[CLASS].dtype) == "Int64" and got[CLASS].isna().tolist() == [False, False, True]
+    assert got[COMPOUND].tolist() == ["", "", "cmpA"]
+    assert np.isnan(got[DOSE].iloc[0]) and got[DOSE].iloc[2] == 0.5
+
+
+def test_latest_run_is_default_and_old_runs_stay_readable(store: ResultStore) -> None:
+    save(store, "run-a", 0.9)
+    save(store, "run-b", 0.7)
+    runs = store.list_runs("P1")
+    assert runs[RUN_ID].tolist() == ["run-b", "run-a"]
+    assert store.load_well_scores("P1")[P_CONTROL].iloc[0] == pytest.approx(0.7)
+    assert store.load_well_scores("P1", "run-a")[P_CONTROL].iloc[0] == pytest.approx(0.9)
+    assert store.list_plates()["n_runs"].tolist() == [2]
+
+
+def test_provenance_is_stored_as_json(store: ResultStore) -> None:
+    save(store, "run-a", 0.9)
+    rec = store.load_run("run-a")
+    assert rec["bundle_card"] == {"id": "bundle1"}
+    assert rec["params"] == {"crops_per_well": 15, "input_size": 32}
+    assert rec["Code_Version"] == "test" and rec["Status"] == "complete"
+    plate = store.load_plate("P1")
+    assert plate["channel_map"]["microglia"] == "2" and plate["field_height"] == 64
+
+
+def test_unknown_plate_or_run_names_what_exists(store: ResultStore) -> None:
+    save(store, "run-a", 0.9)
+    with pytest.raises(NeuroRGError, match="'P9' has no scored run; stored plates: P1"):
+        store.load_well_scores("P9")
+    with pytest.raises(NeuroRGError, match="'nope' is not a stored run of plate 'P1'"):
+        store.load_well_scores("P1", "nope")
+    with pytest.raises(NeuroRGError, match="no run 'nope'"):
+        store.load_run("nope")
+
+
+def test_failed_save_rolls_back_everything(store: ResultStore) -> None:
+    save(store, "run-a", 0.9)
+    store.put_predictions([PredictionRow("hA01", "m1", "k", np.full((2, 6), 1 / 6, np.float32))])
+    before = snapshot(store)
+    bad = scores(0.2)
+    bad = pd.concat([bad, bad.iloc[[0]]], ignore_index=True)  # a duplicated well violates the key
+    with pytest.raises(duckdb.ConstraintException):
+        store.save_run(
+            plate=PlateRecord("P1", "/elsewhere", "npy", 384, (8, 8), "uint16", {}),
+            wells=plate_map(compound="changed"), fields=fields("-new"), well_scores=bad,
+            run=run_record("run-b"),
+            predictions=[PredictionRow("hnew", "m1", "k", np.full((2, 6), 1 / 6, np.float32))],
+        )
+    assert snapshot(store) == before
+    assert store.cached_predictions(["hnew"], "m1") == {}
+    assert store.load_plate("P1")["Source"] == "/data/p1"
+
+
+def test_missing_score_column_is_refused_before_writing(store: ResultStore) -> None:
+    with pytest.raises(NeuroRGError, match="lacks column.*P_control"):
+        store.save_run(plate=plate_record(), wells=plate_map(), fields=fields(),
+                       well_scores=scores(0.9).drop(columns=[P_CONTROL]), run=run_record("r"))
+    assert store.list_runs().empty and store.list_plates().empty
+
+
+def test_prediction_cache_round_trip_is_exact(store: ResultStore) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.dirichlet(np.ones(6), size=15).astype(np.float32)
+    b = rng.dirichlet(np.ones(6), size=4).astype(np.float32)
+    store.put_predictions([PredictionRow("h1", "m1", "g2:0,1", a), PredictionRow("h2", "m1", "g2:0,1", b),
+                           PredictionRow("h1", "m2", "g2:0,1", b)])
+    got = store.cached_predictions(["h1", "h2", "h3"], "m1", crop_key="g2:0,1")
+    assert set(got) == {"h1", "h2"}
+    np.testing.assert_array_equal(got["h1"], a)
+    np.testing.assert_array_equal(got["h2"], b)
+    np.testing.assert_array_equal(store.cached_predictions(["h1"], "m2")["h1"], b)
+    assert store.cached_predictions(["h1"], "m1", crop_key="g3:0") == {}
+    assert store.cached_keys(["m2"]) == {("h1", "m2", "g2:0,1")}
+    # a second write of the same key keeps the first (content-addressed, immutable)
+    store.put_predictions([PredictionRow("h1", "m1", "g2:0,1", b[:2])])
+    np.testing.assert_array_equal(store.cached_predictions(["h1"], "m1")["h1"], a)
+    with pytest.raises(NeuroRGError, match=r"shape \(15, 5\)"):
+        store.put_predictions([PredictionRow("h9", "m1", "k", a[:, :5])])
+
+
+def test_delete_run_and_plate(store: ResultStore) -> None:
+    save(store, "run-a", 0.9)
+    save(store, "run-b", 0.8)
+    save(store, "run-c", 0.7, plate="P2")  # P2 uses the same field hashes as P1
+    store.put_predictions([PredictionRow("hA01", "m1", "k", np.full((1, 6), 1 / 6, np.float32)),
+                           PredictionRow("only-p1", "m1", "k", np.full((1, 6), 1 / 6, np.float32))])
+    store.delete_run("run-b")
+    assert store.list_runs("P1")[RUN_ID].tolist() == ["run-a"]
+    assert store.load_well_scores("P1")[P_CONTROL].iloc[0] == pytest.approx(0.9)
+    store.delete_plate("P1")
+    assert store.list_plates()[PLATE].tolist() == ["P2"]
+    assert store.list_runs()[RUN_ID].tolist() == ["run-c"]
+    assert "hA01" in store.cached_predictions(["hA01"], "m1")  # still used by P2
+    with pytest.raises(NeuroRGError, match="no plate 'P1'"):
+        store.delete_plate("P1")
+    with pytest.raises(NeuroRGError, match="no run 'run-b'"):
+        store.delete_run("run-b")
+
+
+def test_channel_scores_round_trip(store: ResultStore) -> None:
+    ch = pd.DataFrame({WELL: WELLS, **{c: [0.1, 0.2, 0.3] for c in CHANNEL_P_CONTROL}})
+    store.save_run(plate=plate_record(), wells=plate_map(), fields=fields(), well_scores=scores(0.9),
+                   run=run_record("run-a"), channel_scores=ch)
+    got = store.load_channel_scores("run-a")
+    assert got[WELL].tolist() == WELLS
+    assert got[CHANNEL_P_CONTROL[2]].tolist() == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_threads_read_while_one_writes(store: ResultStore) -> None:
+    save(store, "run-0", 0.5)
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                df = store.load_well_scores("P1")
+                assert len(df) == 3
+                seen.append(len(store.list_runs("P1")))
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    def writer() -> None:
+        try:
+            for i in range(1, 11):
+                save(store, f"run-{i:02d}", 0.5 + i / 100)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(store.list_runs("P1")) == 11
+    assert seen and all(1 <= n <= 11 for n in seen)
+    assert store.load_well_scores("P1")[P_CONTROL].iloc[0] == pytest.approx(0.6)
+
+
+def test_second_process_gets_in_use_error(tmp_path: Path) -> None:
+    path = tmp_path / "busy.duckdb"
+    with ResultStore(path) as held:
+        save(held, "run-a", 0.9)
+        code = (
+            "import sys\n"
+            "from neurorg_core.store import ResultStore\n"
+            "from neurorg_core.errors import NeuroRGError\n"
+            "try:\n"
+            f"    ResultStore({str(path)!r}, lock_timeout_s=0.3)\n"
+            "except NeuroRGError as exc:\n"
+            "    print(exc); sys.exit(3)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "busy.duckdb" in proc.stdout and "in use by another process" in proc.stdout
+    # once released, the file opens and the data is there
+    with ResultStore(path, read_only=True) as ro:
+        assert ro.list_runs()[RUN_ID].tolist() == ["run-a"]
+        with pytest.raises(NeuroRGError, match="read-only"):
+            ro.delete_run("run-a")
+
+
+def test_read_only_needs_an_existing_file(tmp_path: Path) -> None:
+    with pytest.raises(NeuroRGError, match="missing.duckdb: no result store here"):
+        ResultStore(tmp_path / "missing.duckdb", read_only=True)
+
+
+def test_other_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    ResultStore(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(NeuroRGError, match="schema version 0; this version of NeuroRG reads version 1"):
+        ResultStore(path)
+
+
+def test_reopening_keeps_data_and_creates_tables_idempotently(tmp_path: Path) -> None:
+    path = tmp_path / "r.duckdb"
+    with ResultStore(path) as s:
+        save(s, "run-a", 0.9)
+    with ResultStore(path) as s:
+        assert s.list_runs()[RUN_ID].tolist() == ["run-a"]
