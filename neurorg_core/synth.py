@@ -1,0 +1,703 @@
+"""The synthetic neuroinflammation assay: rendered plates with known ground truth.
+
+This is a *simulation*, not microscopy. It imitates the NeuroRG co-culture assay closely enough to
+exercise the readers, the model, the scoring and the statistics the way real plates would:
+
+* three channels (nucleus, neuron, microglia). Nuclei are blobs and carry no stimulus signal;
+  neurons have somata with branching neurites that shorten and fragment as severity rises
+  (moderate signal); microglia are ramified at rest and turn amoeboid (larger, rounder, brighter,
+  fewer and shorter processes) as severity rises (the strongest signal);
+* severity follows the six stimulus concentrations on a log scale (`severity_for_concentration`);
+* every plate draws its own batch effects (gain, offset, blur, vignetting, noise, cell density);
+* screening plates carry compounds with a known EC50, Hill slope and maximal rescue, one inactive;
+* `ground_truth.csv` beside the images records class, severity, compound, dose and true rescue.
+
+Object sizes are in pixels at native scale (like a fixed microscope objective) and do not scale
+with the field size. Everything is deterministic for a given seed: each plate and each well gets
+its own ``np.random.SeedSequence`` keyed by (seed, plate, well), so results never depend on the
+order in which wells are rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import tifffile
+from scipy import ndimage
+
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.schema import (
+    CLASS,
+    COMPOUND,
+    CONCENTRATIONS_UM,
+    CONTROL_CLASS,
+    DISEASE_CLASS,
+    DOSE,
+    LAYOUTS,
+    N_CLASSES,
+    PLATE,
+    ROLE,
+    TRUE_EC50,
+    TRUE_HILL,
+    TRUE_MAX_RESCUE,
+    TRUE_RESCUE,
+    TRUE_SEVERITY,
+    TRUE_STIMULUS,
+    WELL,
+)
+from neurorg_core.wells import format_well, parse_well, plate_shape
+
+log = logging.getLogger(__name__)
+
+PlateKind = Literal["training", "screen"]
+PLATE_KINDS = ("training", "screen")
+STIMULUS = "stimulus"
+"""Compound name used on training plates for the stimulus itself (classes 1-4)."""
+
+_PLATE_STREAM = 0   # spawn-key slot for plate-level draws (batch effects, layout)
+_WELL_STREAM = 1    # spawn-key slot for well-level draws (cells)
+
+
+# --- knobs ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Compound:
+    """A screening compound given on top of the disease-level stimulus.
+
+    Attributes
+    ----------
+    name : str
+    ec50_um : float
+        Dose of half-maximal rescue, uM.
+    hill : float
+        Hill slope of the rescue curve (unitless, > 0).
+    max_rescue : float
+        Fraction 0..1 of the disease phenotype undone at saturating dose (0 = inactive).
+    """
+
+    name: str
+    ec50_um: float
+    hill: float
+    max_rescue: float
+
+
+DEFAULT_COMPOUNDS: tuple[Compound, ...] = (
+    Compound("CPD-001", ec50_um=0.1, hill=1.0, max_rescue=0.9),
+    Compound("CPD-002", ec50_um=1.0, hill=1.5, max_rescue=0.7),
+    Compound("CPD-003", ec50_um=0.03, hill=0.8, max_rescue=1.0),
+    Compound("CPD-004", ec50_um=1.0, hill=1.0, max_rescue=0.0),   # inactive
+)
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Every knob of the synthetic assay, with documented defaults.
+
+    Lengths are pixels at native scale, intensities are fractions of full scale (0..1) before the
+    plate's gain and offset, severities are unitless (0 = control, 1 = 20 uM stimulus).
+    """
+
+    # severity and its spread
+    well_severity_sd: float = 0.03
+    """SD of a well's severity around its nominal value (well-to-well biological spread)."""
+    cell_severity_sd: float = 0.15
+    """SD of each cell's severity around its well's severity (cell-to-cell spread)."""
+    # cell density (cells per 10,000 px^2, i.e. per 100 x 100 px)
+    neurons_per_10k_px2: float = 2.0
+    microglia_per_10k_px2: float = 2.2
+    # nuclei (no severity dependence)
+    nucleus_radius_px: float = 4.0
+    nucleus_radius_sd_px: float = 0.6
+    nucleus_intensity: float = 0.65
+    # neurons
+    neuron_soma_radius_px: float = 5.0
+    neuron_intensity: float = 0.6
+    neurite_count_rest: float = 4.0
+    neurite_count_active: float = 2.5
+    neurite_length_rest_px: float = 42.0
+    neurite_length_active_px: float = 14.0
+    neurite_branches_rest: float = 1.5
+    """Mean secondary branches per primary neurite at rest."""
+    neurite_branches_active: float = 0.3
+    neurite_fragmentation_active: float = 0.55
+    """Fraction of neurite segments lost at severity 1 (0 at rest)."""
+    neurite_width_sigma_px: float = 0.9
+    neurite_intensity: float = 0.45
+    # microglia
+    microglia_radius_rest_px: float = 4.5
+    microglia_radius_active_px: float = 8.5
+    microglia_aspect_rest: float = 1.7
+    microglia_aspect_active: float = 1.05
+    microglia_intensity_rest: float = 0.45
+    microglia_intensity_active: float = 0.85
+    process_count_rest: float = 5.0
+    process_count_active: float = 1.0
+    process_length_rest_px: float = 13.0
+    process_length_active_px: float = 4.0
+    process_branches_rest: float = 1.0
+    process_width_sigma_px: float = 0.75
+    process_intensity: float = 0.4
+    # plate batch effects (drawn per plate from the seed)
+    gain_sd: float = 0.15
+    """SD of log gain per channel and plate."""
+    offset_max: float = 0.05
+    """Largest background offset per channel (uniform 0..offset_max)."""
+    blur_sigma_range: tuple[float, float] = (0.0, 1.0)
+    """Optical blur (Gaussian sigma, px) drawn uniformly per plate."""
+    vignette_max: float = 0.35
+    """Largest relative intensity drop at the field corner (uniform 0..vignette_max)."""
+    noise_sd_range: tuple[float, float] = (0.01, 0.035)
+    """Additive camera noise SD drawn uniformly per plate."""
+    density_sd: float = 0.2
+    """SD of the log cell-density factor per plate."""
+    well_gain_sd: float = 0.05
+    """SD of log gain per well (pipetting / staining spread within a plate)."""
+    # treatment
+    compounds: tuple[Compound, ...] = DEFAULT_COMPOUNDS
+    n_doses: int = 8
+    dose_step_log10: float = 0.5
+    """Dose series step (0.5 = half-log), centred on each compound's EC50."""
+
+
+DEFAULT_PARAMS = SynthParams()
+
+
+@dataclass(frozen=True)
+class PlateEffects:
+    """One plate's batch effects.
+
+    Attributes
+    ----------
+    gain : tuple of 3 floats
+        Multiplicative gain per channel (CHANNELS order).
+    offset : tuple of 3 floats
+        Additive background per channel, fraction of full scale.
+    blur_sigma : float
+        Optical blur, Gaussian sigma in pixels.
+    vignette : float
+        Relative intensity drop at the field corners (0 = flat illumination).
+    vignette_center : tuple of 2 floats
+        Illumination centre as a fraction of (height, width).
+    noise_sd : float
+        Additive noise SD, fraction of full scale.
+    density : float
+        Cell-density factor (1 = nominal).
+    """
+
+    gain: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    offset: tuple[float, float, float] = (0.02, 0.02, 0.02)
+    blur_sigma: float = 0.0
+    vignette: float = 0.0
+    vignette_center: tuple[float, float] = (0.5, 0.5)
+    noise_sd: float = 0.01
+    density: float = 1.0
+
+
+def draw_plate_effects(rng: np.random.Generator, params: SynthParams = DEFAULT_PARAMS) -> PlateEffects:
+    """Draw one plate's batch effects from ``rng`` using the magnitudes in ``params``."""
+    gain = tuple(float(g) for g in np.exp(rng.normal(0.0, params.gain_sd, 3)))
+    offset = tuple(float(o) for o in rng.uniform(0.0, params.offset_max, 3))
+    return PlateEffects(
+        gain=gain,  # type: ignore[arg-type]
+        offset=offset,  # type: ignore[arg-type]
+        blur_sigma=float(rng.uniform(*params.blur_sigma_range)),
+        vignette=float(rng.uniform(0.0, params.vignette_max)),
+        vignette_center=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))),
+        noise_sd=float(rng.uniform(*params.noise_sd_range)),
+        density=float(np.exp(rng.normal(0.0, params.density_sd))),
+    )
+
+
+# --- dose -> severity -----------------------------------------------------------------------------
+
+def severity_for_concentration(conc_um: float | np.ndarray) -> float | np.ndarray:
+    """Stimulus concentration (uM) -> phenotype severity on a log scale.
+
+    ``s(c) = log10(1 + c / 0.005) / log10(1 + 20 / 0.005)``, so the six classes sit at
+    0, 0.08, 0.29, 0.56, 0.83 and 1.0.
+    """
+    lo, hi = CONCENTRATIONS_UM[1], CONCENTRATIONS_UM[-1]
+    return np.log10(1.0 + np.asarray(conc_um, dtype=float) / lo) / math.log10(1.0 + hi / lo)
+
+
+CLASS_SEVERITY: tuple[float, ...] = tuple(float(severity_for_concentration(c)) for c in CONCENTRATIONS_UM)
+"""Nominal severity of each class label."""
+
+
+def rescue_fraction(dose_um: float | np.ndarray, compound: Compound) -> float | np.ndarray:
+    """Fraction of the disease phenotype a compound undoes at ``dose_um`` (uM).
+
+    ``rescue(d) = max_rescue * d^h / (d^h + EC50^h)``.
+    """
+    d = np.asarray(dose_um, dtype=float)
+    dh = np.power(d, compound.hill)
+    return compound.max_rescue * dh / (dh + compound.ec50_um ** compound.hill)
+
+
+def dose_series(compound: Compound, params: SynthParams = DEFAULT_PARAMS) -> np.ndarray:
+    """The compound's doses (uM): ``n_doses`` steps of ``dose_step_log10`` centred on the EC50."""
+    k = np.arange(params.n_doses) - (params.n_doses - 1) / 2.0
+    return compound.ec50_um * 10.0 ** (k * params.dose_step_log10)
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+def _stamp_ellipses(canvas: np.ndarray, cy: np.ndarray, cx: np.ndarray, ry: np.ndarray,
+                    rx: np.ndarray, theta: np.ndarray, amp: np.ndarray) -> None:
+    """Add soft-edged filled ellipses to ``canvas`` in place (one-pixel linear edge)."""
+    h, w = canvas.shape
+    for y0, x0, a, b, t, v in zip(cy, cx, ry, rx, theta, amp):
+        r = int(math.ceil(max(a, b))) + 2
+        yi0, yi1 = max(int(y0) - r, 0), min(int(y0) + r + 1, h)
+        xi0, xi1 = max(int(x0) - r, 0), min(int(x0) + r + 1, w)
+        if yi0 >= yi1 or xi0 >= xi1:
+            continue
+        yy, xx = np.ogrid[yi0:yi1, xi0:xi1]
+        dy, dx = yy - y0, xx - x0
+        c, s = math.cos(t), math.sin(t)
+        u, q = dx * c + dy * s, -dx * s + dy * c
+        d = np.sqrt((u / b) ** 2 + (q / a) ** 2)
+        mean_r = 0.5 * (a + b)
+        canvas[yi0:yi1, xi0:xi1] += v * np.clip((1.0 - d) * mean_r + 0.5, 0.0, 1.0)
+
+
+def _walk(rng: np.random.Generator, y0: np.ndarray, x0: np.ndarray, angle: np.ndarray,
+          length: np.ndarray, tortuosity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random walks of unit step, one per start; returns (y, x, valid) of shape (n, max_len)."""
+    n = len(y0)
+    max_len = int(np.ceil(length.max())) if n else 0
+    if n == 0 or max_len == 0:
+        empty = np.zeros((n, 0))
+        return empty, empty, empty.astype(bool)
+    turns = rng.normal(0.0, tortuosity, (n, max_len))
+    ang = angle[:, None] + np.cumsum(turns, axis=1)
+    y = y0[:, None] + np.cumsum(np.sin(ang), axis=1)
+    x = x0[:, None] + np.cumsum(np.cos(ang), axis=1)
+    valid = np.arange(max_len)[None, :] < length[:, None]
+    return y, x, valid
+
+
+def _tree(rng: np.random.Generator, cy: np.ndarray, cx: np.ndarray, soma_r: np.ndarray,
+          n_primary: np.ndarray, length: np.ndarray, branches: np.ndarray, tortuosity: float,
+          ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Branching processes from each soma.
+
+    Returns the per-generation point arrays (y, x, valid) and, for each point row, the owning cell.
+    Primary processes start at the soma edge; each primary spawns Poisson(``branches``) secondary
+    branches at random points along its length, half as long, at +-(30..70) degrees.
+    """
+    owner = np.repeat(np.arange(len(cy)), n_primary)
+    ang = rng.uniform(0.0, 2 * np.pi, len(owner))
+    lens = length[owner] * rng.uniform(0.6, 1.3, len(owner))
+    y0 = cy[owner] + soma_r[owner] * 0.8 * np.sin(ang)
+    x0 = cx[owner] + soma_r[owner] * 0.8 * np.cos(ang)
+    y1, x1, v1 = _walk(rng, y0, x0, ang, lens, tortuosity)
+    n_sec = rng.poisson(branches[owner]) if len(owner) else np.zeros(0, int)
+    parent = np.repeat(np.arange(len(owner)), n_sec)
+    if len(parent):
+        at = (rng.uniform(0.2, 0.8, len(parent)) * lens[parent]).astype(int)
+        at = np.minimum(at, y1.shape[1] - 1)
+        side = rng.choice([-1.0, 1.0], len(parent))
+        # direction of the parent at the branch point
+        prev = np.maximum(at - 1, 0)
+        pdir = np.arctan2(y1[parent, at] - y1[parent, prev], x1[parent, at] - x1[parent, prev])
+        ang2 = pdir + side * rng.uniform(np.pi / 6, 7 * np.pi / 18, len(parent))
+        lens2 = (lens[parent] - at) * rng.uniform(0.3, 0.7, len(parent))
+        y2, x2, v2 = _walk(rng, y1[parent, at], x1[parent, at], ang2, np.maximum(lens2, 1.0), tortuosity)
+    else:
+        y2 = x2 = np.zeros((0, 0))
+        v2 = np.zeros((0, 0), bool)
+    return [y1, y2], [x1, x2], [v1, v2], np.concatenate([owner, owner[parent]])
+
+
+def _splat(canvas: np.ndarray, y: np.ndarray, x: np.ndarray, amp: np.ndarray) -> None:
+    """Accumulate points (bilinear) onto ``canvas`` in place; points outside are dropped."""
+    h, w = canvas.shape
+    y0 = np.floor(y).astype(np.int64)
+    x0 = np.floor(x).astype(np.int64)
+    fy, fx = y - y0, x - x0
+    for dy, dx, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
+                        (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        yy, xx = y0 + dy, x0 + dx
+        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        np.add.at(canvas, (yy[ok], xx[ok]), (amp * wgt)[ok])
+
+
+def _lerp(rest: float, active: float, s: np.ndarray) -> np.ndarray:
+    return rest + (active - rest) * s
+
+
+def render_field(rng: np.random.Generator, severity: float, plate_effects: PlateEffects | None = None,
+                 size: int = 256, params: SynthParams = DEFAULT_PARAMS, well_gain: float = 1.0,
+                 ) -> np.ndarray:
+    """Render one field of view.
+
+    Parameters
+    ----------
+    rng : numpy Generator
+        Source of all randomness for this field.
+    severity : float
+        The well's phenotype severity (0 = control, 1 = 20 uM stimulus); each cell varies around
+        it by ``params.cell_severity_sd``.
+    plate_effects : PlateEffects, optional
+        The plate's batch effects; ``None`` means the neutral ``PlateEffects()``.
+    size : int
+        Field edge in pixels (object sizes do not scale with it).
+    params : SynthParams
+    well_gain : float
+        Extra multiplicative gain of this well (all channels).
+
+    Returns
+    -------
+    np.ndarray
+        (size, size, 3) uint8, channels in ``schema.CHANNELS`` order (nucleus, neuron, microglia).
+    """
+    if size < 8:
+        raise NeuroRGError(f"field size {size} px is too small; expected at least 8 px")
+    fx = plate_effects if plate_effects is not None else PlateEffects()
+    p = params
+    pad = 32
+    full = size + 2 * pad
+    area = full * full / 1e4 * fx.density
+    nuc = np.zeros((full, full), np.float32)
+    neu = np.zeros((full, full), np.float32)
+    mg = np.zeros((full, full), np.float32)
+    neu_skel = np.zeros((full, full), np.float32)
+    mg_skel = np.zeros((full, full), np.float32)
+
+    # --- cell placement and nuclei first: they do not depend on severity, so a given rng state
+    # places the same cells whatever the severity
+    n_n = int(rng.poisson(p.neurons_per_10k_px2 * area))
+    ny, nx = rng.uniform(0, full, n_n), rng.uniform(0, full, n_n)
+    n_m = int(rng.poisson(p.microglia_per_10k_px2 * area))
+    my, mx = rng.uniform(0, full, n_m), rng.uniform(0, full, n_m)
+    n_all = n_n + n_m
+    cy = np.concatenate([ny, my]) + rng.normal(0, 1.0, n_all)
+    cx = np.concatenate([nx, mx]) + rng.normal(0, 1.0, n_all)
+    nr = np.clip(rng.normal(p.nucleus_radius_px, p.nucleus_radius_sd_px, n_all), 2.0, None)
+    _stamp_ellipses(nuc, cy, cx, nr, nr * rng.uniform(1.0, 1.3, n_all),
+                    rng.uniform(0, np.pi, n_all), p.nucleus_intensity * rng.uniform(0.8, 1.2, n_all))
+    cell_noise = rng.normal(0.0, p.cell_severity_sd, n_all)
+    # morphology draws come from a child generator, so the caller's rng advances by the same
+    # amount whatever the severity (successive fields of a well then hold the same cells per class)
+    morph = np.random.default_rng(rng.integers(0, 2**63))
+
+    # --- neurons
+    ns = np.clip(severity + cell_noise[:n_n], 0.0, 1.2)
+    n_soma = p.neuron_soma_radius_px * morph.uniform(0.85, 1.15, n_n) * _lerp(1.0, 0.9, ns)
+    n_prim = morph.poisson(_lerp(p.neurite_count_rest, p.neurite_count_active, ns))
+    n_len = _lerp(p.neurite_length_rest_px, p.neurite_length_active_px, ns)
+    n_br = np.clip(_lerp(p.neurite_branches_rest, p.neurite_branches_active, ns), 0, None)
+    ys, xs, vs, owner = _tree(morph, ny, nx, n_soma, n_prim, n_len, n_br, tortuosity=0.12)
+    row0 = 0
+    for y, x, v in zip(ys, xs, vs):
+        if y.size == 0:
+            continue
+        rows_owner = owner[row0:row0 + len(y)]
+        row0 += len(y)
+        # fragmentation: segments of 4..8 px are dropped with a probability rising with severity
+        seg_len = morph.integers(4, 9, len(y))[:, None]
+        seg = np.arange(y.shape[1])[None, :] // seg_len
+        p_drop = np.clip(p.neurite_fragmentation_active * ns[rows_owner], 0.0, 0.95)
+        keep = morph.random((len(y), seg.max() + 1)) >= p_drop[:, None]
+        keep_pts = np.take_along_axis(keep, seg, axis=1)
+        amp = p.neurite_intensity * morph.uniform(0.7, 1.3, y.shape)
+        m = v & keep_pts
+        _splat(neu_skel, y[m], x[m], amp[m])
+    _stamp_ellipses(neu, ny, nx, n_soma, n_soma * morph.uniform(1.0, 1.3, n_n),
+                    morph.uniform(0, np.pi, n_n), p.neuron_intensity * morph.uniform(0.8, 1.2, n_n))
+
+    # --- microglia
+    ms = np.clip(severity + cell_noise[n_n:], 0.0, 1.2)
+    m_r = _lerp(p.microglia_radius_rest_px, p.microglia_radius_active_px, ms) * morph.uniform(0.85, 1.15, n_m)
+    m_aspect = _lerp(p.microglia_aspect_rest, p.microglia_aspect_active, ms) * morph.uniform(0.9, 1.1, n_m)
+    m_aspect = np.maximum(m_aspect, 1.0)
+    m_int = _lerp(p.microglia_intensity_rest, p.microglia_intensity_active, ms) * morph.uniform(0.85, 1.15, n_m)
+    ry, rx = m_r * np.sqrt(m_aspect), m_r / np.sqrt(m_aspect)
+    _stamp_ellipses(mg, my, mx, rx, ry, morph.uniform(0, np.pi, n_m), m_int)
+    m_prim = morph.poisson(np.clip(_lerp(p.process_count_rest, p.process_count_active, ms), 0, None))
+    m_len = np.clip(_lerp(p.process_length_rest_px, p.process_length_active_px, ms), 2.0, None)
+    m_br = np.clip(_lerp(p.process_branches_rest, 0.0, ms), 0, None)
+    ys, xs, vs, owner = _tree(morph, my, mx, np.minimum(rx, ry), m_prim, m_len, m_br, tortuosity=0.25)
+    for y, x, v in zip(ys, xs, vs):
+        if y.size:
+            amp = p.process_intensity * morph.uniform(0.7, 1.3, y.shape)
+            _splat(mg_skel, y[v], x[v], amp[v])
+
+    sig_n, sig_m = p.neurite_width_sigma_px, p.process_width_sigma_px
+    neu += ndimage.gaussian_filter(neu_skel, sig_n) * np.float32(math.sqrt(2 * math.pi) * sig_n)
+    mg += ndimage.gaussian_filter(mg_skel, sig_m) * np.float32(math.sqrt(2 * math.pi) * sig_m)
+
+    # --- optics and camera
+    stack = np.stack([nuc, neu, mg])[:, pad:pad + size, pad:pad + size]
+    if fx.blur_sigma > 0.05:
+        stack = ndimage.gaussian_filter(stack, (0, fx.blur_sigma, fx.blur_sigma))
+    yy, xx = np.ogrid[0:size, 0:size]
+    r2 = ((yy / size - fx.vignette_center[0]) ** 2 + (xx / size - fx.vignette_center[1]) ** 2) / 0.5
+    illum = (1.0 - fx.vignette * r2).astype(np.float32)
+    gain = np.asarray(fx.gain, np.float32)[:, None, None] * np.float32(well_gain)
+    offset = np.asarray(fx.offset, np.float32)[:, None, None]
+    img = stack * gain * illum + offset
+    img += morph.normal(0.0, fx.noise_sd, img.shape).astype(np.float32)
+    out = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out.transpose(1, 2, 0))
+
+
+# --- plate layouts --------------------------------------------------------------------------------
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=key))
+
+
+def _to_384(r: int, c: int, q: int) -> tuple[int, int]:
+    """96-well (row, col) and quadrant 0..3 -> 384-well (row, col)."""
+    return 2 * (r - 1) + 1 + q // 2, 2 * (c - 1) + 1 + q % 2
+
+
+def _training_layout(rng: np.random.Generator, n_wells: int) -> list[dict]:
+    """60 inner wells of a 96-well plate (B02..G11), 10 per class, positions shuffled.
+
+    A 384-well plate uses the same inner block scaled 2 x 2 (rows C..N, columns 03..22): 240 wells,
+    40 per class.
+    """
+    inner = [(r, c) for r in range(2, 8) for c in range(2, 12)]
+    if n_wells == 384:
+        inner = [(r, c) for r in range(3, 15) for c in range(3, 23)]
+    labels = np.repeat(np.arange(N_CLASSES), len(inner) // N_CLASSES)
+    labels = rng.permutation(labels)
+    rows = []
+    for (r, c), k in zip(inner, labels):
+        k = int(k)
+        conc = CONCENTRATIONS_UM[k]
+        if k == CONTROL_CLASS:
+            role, compound, dose = "control", "", np.nan
+        elif k == DISEASE_CLASS:
+            role, compound, dose = "disease", "", np.nan
+        else:
+            role, compound, dose = "treatment", STIMULUS, conc
+        rows.append({"row": r, "col": c, ROLE: role, COMPOUND: compound, DOSE: dose, CLASS: k,
+                     TRUE_STIMULUS: conc, TRUE_SEVERITY: CLASS_SEVERITY[k], TRUE_RESCUE: np.nan,
+                     TRUE_EC50: np.nan, TRUE_HILL: np.nan, TRUE_MAX_RESCUE: np.nan})
+    return rows
+
+
+def _screen_layout(n_wells: int, params: SynthParams) -> list[dict]:
+    """Controls, disease wells and compound dose series on one plate.
+
+    96-well: control = column 02 + C01..F01 (12 wells), disease = column 11 + C12..F12 (12 wells),
+    empty = A01, B01, G01, H01, A12, B12, G12, H12; compound i occupies rows 2i+1, 2i+2 (two
+    replicates) of columns 03..(02 + n_doses), doses ascending left to right. A 384-well plate
+    repeats each 96-well position in a 2 x 2 block (4 x the replicates).
+    """
+    if len(params.compounds) * 2 > 8 or params.n_doses > 8:
+        raise NeuroRGError(
+            f"a screening plate holds at most 4 compounds x 8 doses; got {len(params.compounds)} "
+            f"compounds x {params.n_doses} doses"
+        )
+    disease_sev = CLASS_SEVERITY[DISEASE_CLASS]
+    top = CONCENTRATIONS_UM[DISEASE_CLASS]
+    base: dict[tuple[int, int], dict] = {}
+    for r in range(1, 9):
+        for c in range(1, 13):
+            base[(r, c)] = {ROLE: "empty", COMPOUND: "", DOSE: np.nan, CLASS: pd.NA,
+                            TRUE_STIMULUS: np.nan, TRUE_SEVERITY: np.nan, TRUE_RESCUE: np.nan,
+                            TRUE_EC50: np.nan, TRUE_HILL: np.nan, TRUE_MAX_RESCUE: np.nan}
+    control = [(r, 2) for r in range(1, 9)] + [(r, 1) for r in range(3, 7)]
+    disease = [(r, 11) for r in range(1, 9)] + [(r, 12) for r in range(3, 7)]
+    for rc in control:
+        base[rc].update({ROLE: "control", CLASS: CONTROL_CLASS, TRUE_STIMULUS: 0.0,
+                         TRUE_SEVERITY: CLASS_SEVERITY[CONTROL_CLASS], TRUE_RESCUE: 1.0})
+    for rc in disease:
+        base[rc].update({ROLE: "disease", CLASS: DISEASE_CLASS, TRUE_STIMULUS: top,
+                         TRUE_SEVERITY: disease_sev, TRUE_RESCUE: 0.0})
+    for i, cpd in enumerate(params.compounds):
+        for j, dose in enumerate(dose_series(cpd, params)):
+            rescue = float(rescue_fraction(dose, cpd))
+            for rep in range(2):
+                base[(2 * i + 1 + rep, 3 + j)].update({
+                    ROLE: "treatment", COMPOUND: cpd.name, DOSE: float(dose), TRUE_STIMULUS: top,
+                    TRUE_SEVERITY: disease_sev * (1.0 - rescue), TRUE_RESCUE: rescue,
+                    TRUE_EC50: cpd.ec50_um, TRUE_HILL: cpd.hill, TRUE_MAX_RESCUE: cpd.max_rescue})
+    rows = []
+    for (r, c), info in base.items():
+        if n_wells == 96:
+            rows.append({"row": r, "col": c, **info})
+        else:
+            for q in range(4):
+                r4, c4 = _to_384(r, c, q)
+                rows.append({"row": r4, "col": c4, **info})
+    return rows
+
+
+def build_plate_table(seed: int, plate_number: int, n_wells: int = 96, kind: PlateKind = "training",
+                      params: SynthParams = DEFAULT_PARAMS) -> pd.DataFrame:
+    """The plate map plus ground truth of one synthetic plate (no images).
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per well in row-major order: ``Metadata_Plate``, ``Metadata_Well``,
+        ``Metadata_Compound``, ``Metadata_Dose_uM`` (compound dose, uM; the stimulus dose on
+        training plates), ``Metadata_Role``, ``Metadata_Class`` (Int64; <NA> for treated and empty
+        wells of screening plates), ``Truth_Stimulus_uM``, ``Truth_Severity``, ``Truth_Rescue``,
+        ``Truth_EC50_uM``, ``Truth_Hill``, ``Truth_Max_Rescue``.
+    """
+    plate_shape(n_wells)
+    if n_wells not in (96, 384):
+        raise NeuroRGError(f"synthetic plates are 96 or 384 wells; got {n_wells}")
+    if kind == "training":
+        rows = _training_layout(_rng(seed, plate_number, _PLATE_STREAM, 1), n_wells)
+    elif kind == "screen":
+        rows = _screen_layout(n_wells, params)
+    else:
+        raise NeuroRGError(f"plate kind {kind!r} is not one of {', '.join(PLATE_KINDS)}")
+    df = pd.DataFrame(rows).sort_values(["row", "col"]).reset_index(drop=True)
+    df.insert(0, WELL, [format_well(r, c) for r, c in zip(df["row"], df["col"])])
+    df.insert(0, PLATE, plate_name(plate_number))
+    df[CLASS] = df[CLASS].astype("Int64")
+    return df.drop(columns=["row", "col"])
+
+
+def plate_name(plate_number: int) -> str:
+    """1 -> 'plate_01'."""
+    return f"plate_{plate_number:02d}"
+
+
+def render_well(seed: int, plate_number: int, well: str, severity: float, n_fields: int, size: int,
+                plate_effects: PlateEffects, params: SynthParams = DEFAULT_PARAMS) -> np.ndarray:
+    """All fields of one well: (n_fields, size, size, 3) uint8, reproducible from (seed, plate, well)."""
+    r, c = parse_well(well)
+    rng = _rng(seed, plate_number, _WELL_STREAM, r, c)
+    well_sev = float(severity) + rng.normal(0.0, params.well_severity_sd)
+    well_gain = float(np.exp(rng.normal(0.0, params.well_gain_sd)))
+    return np.stack([render_field(rng, well_sev, plate_effects, size, params, well_gain)
+                     for _ in range(n_fields)])
+
+
+# --- writers --------------------------------------------------------------------------------------
+
+def _write_imagexpress(folder: Path, name: str, well: str, fields: np.ndarray, bit_depth: int) -> None:
+    for s, img in enumerate(fields, start=1):
+        for ch in range(3):
+            plane = img[:, :, ch]
+            if bit_depth == 16:
+                plane = plane.astype(np.uint16) * np.uint16(257)
+            tifffile.imwrite(folder / f"{name}_{well}_s{s}_w{ch + 1}.tif", plane)
+
+
+def _write_operetta(folder: Path, well: str, fields: np.ndarray, bit_depth: int) -> None:
+    r, c = parse_well(well)
+    images = folder / "Images"
+    images.mkdir(exist_ok=True)
+    for f, img in enumerate(fields, start=1):
+        for ch in range(3):
+            plane = img[:, :, ch]
+            if bit_depth == 16:
+                plane = plane.astype(np.uint16) * np.uint16(257)
+            tifffile.imwrite(images / f"r{r:02d}c{c:02d}f{f:02d}p01-ch{ch + 1}sk1fk1fl1.tiff", plane)
+
+
+def _write_tiff(folder: Path, well: str, fields: np.ndarray, bit_depth: int) -> None:
+    for s, img in enumerate(fields, start=1):
+        data = img.astype(np.uint16) * np.uint16(257) if bit_depth == 16 else img
+        tifffile.imwrite(folder / f"{well}_s{s}.tif", data, photometric="rgb")
+
+
+def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_wells: int = 96,
+                           n_fields: int = 4, size: int = 512, layout: str = "imagexpress",
+                           kind: str = "training", params: SynthParams | None = None,
+                           bit_depth: int = 8) -> list[Path]:
+    """Render synthetic plates with their plate maps and ground truth.
+
+    Parameters
+    ----------
+    out_dir : path
+        Parent folder; plate ``n`` goes to ``out_dir/plate_NN`` (created; existing files with the
+        same names are overwritten).
+    seed : int
+        Master seed; the same seed writes the same bytes.
+    n_plates : int
+        Number of plates (each with its own batch effects and, for training, class positions).
+    n_wells : {96, 384}
+    n_fields : int
+        Fields (sites) per well.
+    size : int
+        Field edge, pixels.
+    layout : {"imagexpress", "operetta", "tiff", "npy"}
+        ImageXpress ``<plate>_<well>_s<site>_w<ch>.tif`` (ch 1 nucleus, 2 neuron, 3 microglia);
+        Operetta ``Images/rRRcCCfFFp01-chCsk1fk1fl1.tiff``; ``<well>_s<site>.tif`` multi-channel
+        TIFFs; or the study's ``{class}_Plate_{n}.npy`` + ``.csv`` (training plates only).
+    kind : {"training", "screen"}
+    params : SynthParams, optional
+        Knobs; ``None`` means the defaults.
+    bit_depth : {8, 16}
+        16-bit output stores 257 x the 8-bit value (not for npy).
+
+    Returns
+    -------
+    list of Path
+        The plate folders, each holding the images, ``platemap.csv`` and ``ground_truth.csv``.
+    """
+    p = params if params is not None else DEFAULT_PARAMS
+    if layout not in LAYOUTS:
+        raise NeuroRGError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if kind not in PLATE_KINDS:
+        raise NeuroRGError(f"plate kind {kind!r} is not one of {', '.join(PLATE_KINDS)}")
+    if layout == "npy" and kind != "training":
+        raise NeuroRGError("the npy layout ({class}_Plate_{n}.npy) holds class-labelled training "
+                           "plates only; use imagexpress, operetta or tiff for screening plates")
+    if bit_depth not in (8, 16):
+        raise NeuroRGError(f"bit_depth {bit_depth} is not 8 or 16")
+    if layout == "npy" and bit_depth != 8:
+        raise NeuroRGError("the npy layout is 8-bit only (as in the study's release)")
+    if n_plates < 1 or n_fields < 1:
+        raise NeuroRGError(f"need at least one plate and one field; got {n_plates} plates, {n_fields} fields")
+    out = Path(out_dir)
+    folders = []
+    for k in range(1, n_plates + 1):
+        name = plate_name(k)
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        table = build_plate_table(seed, k, n_wells, kind, p)  # type: ignore[arg-type]
+        effects = draw_plate_effects(_rng(seed, k, _PLATE_STREAM, 0), p)
+        log.info("%s: %s plate, %d wells imaged, %d fields of %d px, %s", name, kind,
+                 int((table[ROLE] != "empty").sum()), n_fields, size, effects)
+        imaged = table[table[ROLE] != "empty"]
+        if layout == "npy":
+            _write_npy(folder, k, seed, imaged, n_fields, size, effects, p)
+        else:
+            for well, sev in zip(imaged[WELL], imaged[TRUE_SEVERITY]):
+                fields = render_well(seed, k, well, float(sev), n_fields, size, effects, p)
+                if layout == "imagexpress":
+                    _write_imagexpress(folder, name, well, fields, bit_depth)
+                elif layout == "operetta":
+                    _write_operetta(folder, well, fields, bit_depth)
+                else:
+                    _write_tiff(folder, well, fields, bit_depth)
+        map_cols = [PLATE, WELL, COMPOUND, DOSE, ROLE] + ([CLASS] if kind == "training" else [])
+        table[map_cols].to_csv(folder / "platemap.csv", index=False)
+        table.to_csv(folder / "ground_truth.csv", index=False)
+        folders.append(folder)
+    return folders
+
+
+def _write_npy(folder: Path, plate_number: int, seed: int, imaged: pd.DataFrame, n_fields: int,
+               size: int, effects: PlateEffects, params: SynthParams) -> None:
+    for k in range(N_CLASSES):
+        sub = imaged[imaged[CLASS] == k]
+        arr = np.lib.format.open_memmap(folder / f"{k}_Plate_{plate_number}.npy", mode="w+",
+                                        dtype=np.uint8, shape=(len(sub) * n_fields, size, size, 3))
+        wells_col = []
+        for i, (well, sev) in enumerate(zip(sub[WELL], sub[TRUE_SEVERITY])):
+            arr[i * n_fields:(i + 1) * n_fields] = render_well(
+                seed, plate_number, well, float(sev), n_fields, size, effects, params)
+            wells_col += [well] * n_fields
+        arr.flush()
+        del arr
+        pd.DataFrame({"well": wells_col}).to_csv(folder / f"{k}_Plate_{plate_number}.csv", index=False)

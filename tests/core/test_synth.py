@@ -1,0 +1,198 @@
+"""The synthetic assay: determinism, file layouts, plate maps, ground truth and the phenotype."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.schema import (
+    CLASS,
+    COMPOUND,
+    DOSE,
+    N_CLASSES,
+    PLATE,
+    ROLE,
+    TRUE_EC50,
+    TRUE_HILL,
+    TRUE_MAX_RESCUE,
+    TRUE_RESCUE,
+    TRUE_SEVERITY,
+    WELL,
+)
+from neurorg_core.synth import (
+    CLASS_SEVERITY,
+    DEFAULT_PARAMS,
+    PlateEffects,
+    draw_plate_effects,
+    render_field,
+    rescue_fraction,
+    write_synthetic_plates,
+)
+from neurorg_core.wells import parse_well
+
+TINY = dict(n_fields=1, size=64, n_wells=96)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
+    a = write_synthetic_plates(tmp_path / "a", seed=7, **TINY)[0]
+    b = write_synthetic_plates(tmp_path / "b", seed=7, **TINY)[0]
+    c = write_synthetic_plates(tmp_path / "c", seed=8, **TINY)[0]
+    da, db, dc = _digest(a), _digest(b), _digest(c)
+    assert da == db
+    assert da.keys() == dc.keys()
+    images = [k for k in da if k.endswith(".tif")]
+    assert sum(da[k] != dc[k] for k in images) == len(images)
+
+
+def test_imagexpress_names_and_training_plate_map(tmp_path):
+    folders = write_synthetic_plates(tmp_path, seed=1, n_plates=2, **TINY)
+    assert [f.name for f in folders] == ["plate_01", "plate_02"]
+    pm = pd.read_csv(folders[0] / "platemap.csv")
+    assert list(pm.columns) == [PLATE, WELL, COMPOUND, DOSE, ROLE, CLASS]
+    assert len(pm) == 60
+    assert pm[CLASS].value_counts().to_dict() == {k: 10 for k in range(N_CLASSES)}
+    rows_cols = [parse_well(w) for w in pm[WELL]]
+    assert {r for r, _ in rows_cols} == set(range(2, 8))      # B..G
+    assert {c for _, c in rows_cols} == set(range(2, 12))     # 02..11
+    assert set(pm.loc[pm[CLASS] == 0, ROLE]) == {"control"}
+    assert set(pm.loc[pm[CLASS] == 5, ROLE]) == {"disease"}
+    names = {p.name for p in folders[0].glob("*.tif")}
+    assert len(names) == 60 * 3
+    assert {f"plate_01_{w}_s1_w{ch}.tif" for w in pm[WELL] for ch in (1, 2, 3)} == names
+    img = tifffile.imread(folders[0] / f"plate_01_{pm[WELL][0]}_s1_w3.tif")
+    assert img.shape == (64, 64) and img.dtype == np.uint8
+    # class positions are shuffled per plate
+    pm2 = pd.read_csv(folders[1] / "platemap.csv")
+    assert list(pm2[WELL]) == list(pm[WELL])
+    assert list(pm2[CLASS]) != list(pm[CLASS])
+
+
+def test_sixteen_bit_is_257_times_eight_bit(tmp_path):
+    f8 = write_synthetic_plates(tmp_path / "a", seed=3, **TINY)[0]
+    f16 = write_synthetic_plates(tmp_path / "b", seed=3, bit_depth=16, **TINY)[0]
+    name = sorted(p.name for p in f8.glob("*.tif"))[5]
+    a, b = tifffile.imread(f8 / name), tifffile.imread(f16 / name)
+    assert b.dtype == np.uint16
+    np.testing.assert_array_equal(b, a.astype(np.uint16) * 257)
+
+
+def test_operetta_and_tiff_layouts(tmp_path):
+    op = write_synthetic_plates(tmp_path / "op", seed=2, layout="operetta", n_fields=2, size=32)[0]
+    names = {p.name for p in (op / "Images").iterdir()}
+    assert len(names) == 60 * 2 * 3
+    assert "r02c02f01p01-ch1sk1fk1fl1.tiff" in names
+    assert "r07c11f02p01-ch3sk1fk1fl1.tiff" in names
+    tf = write_synthetic_plates(tmp_path / "tf", seed=2, layout="tiff", n_fields=2, size=32)[0]
+    assert {p.name for p in tf.glob("*.tif")} >= {"B02_s1.tif", "G11_s2.tif"}
+    img = tifffile.imread(tf / "B02_s2.tif")
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    # the same well renders the same pixels whatever the layout
+    np.testing.assert_array_equal(img[:, :, 2], tifffile.imread(op / "Images" / "r02c02f02p01-ch3sk1fk1fl1.tiff"))
+
+
+def test_npy_layout_per_class_with_well_csv(tmp_path):
+    folder = write_synthetic_plates(tmp_path, seed=4, layout="npy", n_fields=2, size=32)[0]
+    pm = pd.read_csv(folder / "platemap.csv")
+    for k in range(N_CLASSES):
+        arr = np.load(folder / f"{k}_Plate_1.npy")
+        assert arr.shape == (20, 32, 32, 3) and arr.dtype == np.uint8
+        wells = pd.read_csv(folder / f"{k}_Plate_1.csv")["well"]
+        assert len(wells) == 20
+        assert set(wells) == set(pm.loc[pm[CLASS] == k, WELL])
+    with pytest.raises(NeuroRGError, match="training"):
+        write_synthetic_plates(tmp_path / "x", seed=4, layout="npy", kind="screen", n_fields=1, size=32)
+
+
+def test_screen_plate_roles_and_true_rescue(tmp_path):
+    folder = write_synthetic_plates(tmp_path, seed=5, kind="screen", **TINY)[0]
+    pm = pd.read_csv(folder / "platemap.csv")
+    assert CLASS not in pm.columns
+    roles = pm[ROLE].value_counts().to_dict()
+    assert roles == {"treatment": 64, "control": 12, "disease": 12, "empty": 8}
+    gt = pd.read_csv(folder / "ground_truth.csv")
+    treated = gt[gt[ROLE] == "treatment"]
+    assert treated[COMPOUND].nunique() >= 4
+    assert (treated.groupby(COMPOUND)[DOSE].nunique() == 8).all()
+    inactive = treated[treated[TRUE_MAX_RESCUE] == 0]
+    assert len(inactive) == 16 and (inactive[TRUE_RESCUE] == 0).all()
+    disease_sev = CLASS_SEVERITY[-1]
+    d, e, h, m = (treated[c].to_numpy() for c in (DOSE, TRUE_EC50, TRUE_HILL, TRUE_MAX_RESCUE))
+    expected_rescue = m * d**h / (d**h + e**h)
+    np.testing.assert_allclose(treated[TRUE_RESCUE], expected_rescue)
+    np.testing.assert_allclose(treated[TRUE_SEVERITY], disease_sev * (1 - expected_rescue))
+    # each dose series spans its EC50
+    for _, g in treated.groupby(COMPOUND):
+        assert g[DOSE].min() < g[TRUE_EC50].iloc[0] < g[DOSE].max()
+    # empty wells are not imaged
+    empty = set(pm.loc[pm[ROLE] == "empty", WELL])
+    imaged = {p.name.split("_")[2] for p in folder.glob("*.tif")}
+    assert not (empty & imaged) and len(imaged) == 88
+
+
+def test_rescue_fraction_by_hand():
+    from neurorg_core.synth import Compound
+
+    cpd = Compound("X", ec50_um=1.0, hill=2.0, max_rescue=0.8)
+    assert rescue_fraction(1.0, cpd) == pytest.approx(0.4)
+    assert rescue_fraction(3.0, cpd) == pytest.approx(0.8 * 9 / 10)
+
+
+def test_384_training_plate_has_40_wells_per_class(tmp_path):
+    folder = write_synthetic_plates(tmp_path, seed=6, n_wells=384, n_fields=1, size=16)[0]
+    pm = pd.read_csv(folder / "platemap.csv")
+    assert pm[CLASS].value_counts().to_dict() == {k: 40 for k in range(N_CLASSES)}
+    assert max(parse_well(w)[0] for w in pm[WELL]) > 8
+
+
+def test_microglia_signal_rises_with_severity_nucleus_flat():
+    """Over the six classes the microglia foreground brightens monotonically; nuclei do not change.
+
+    Every class is rendered from the same seed (same cell positions), so only severity differs.
+    """
+    effects = PlateEffects(noise_sd=0.0, offset=(0.0, 0.0, 0.0))
+    fg_mean, totals = [], []
+    for sev in CLASS_SEVERITY:
+        rng = np.random.default_rng(100)
+        fields = np.stack([render_field(rng, sev, effects, 128) for _ in range(8)]).astype(float)
+        px = fields.reshape(-1, 3)
+        fg_mean.append([px[px[:, c] > 20, c].mean() for c in range(3)])
+        totals.append(px.mean(axis=0))
+    fg_mean, totals = np.array(fg_mean), np.array(totals)
+    assert np.all(np.diff(fg_mean[:, 2]) > 0), fg_mean[:, 2]
+    assert fg_mean[-1, 2] > 1.5 * fg_mean[0, 2]
+    nuc_change = np.abs(fg_mean[:, 0] / fg_mean[0, 0] - 1).max()
+    assert nuc_change < 0.05, fg_mean[:, 0]
+    assert np.abs(totals[:, 0] / totals[0, 0] - 1).max() < 0.05, totals[:, 0]
+    # neurons lose neurite area as severity rises
+    assert totals[-1, 1] < 0.8 * totals[0, 1]
+
+
+def test_batch_effects_differ_between_plates(tmp_path):
+    e1 = draw_plate_effects(np.random.default_rng(1), DEFAULT_PARAMS)
+    e2 = draw_plate_effects(np.random.default_rng(2), DEFAULT_PARAMS)
+    assert e1.gain != e2.gain and e1.blur_sigma != e2.blur_sigma and e1.density != e2.density
+    # the same well with the same nominal severity looks different on another plate
+    folders = write_synthetic_plates(tmp_path, seed=9, n_plates=2, kind="screen", n_fields=1, size=48)
+    a = tifffile.imread(folders[0] / "plate_01_A02_s1_w1.tif").astype(float)
+    b = tifffile.imread(folders[1] / "plate_02_A02_s1_w1.tif").astype(float)
+    assert abs(a.mean() - b.mean()) > 0.5 or abs(a.std() - b.std()) > 0.5
+
+
+def test_bad_arguments_raise_clear_errors(tmp_path):
+    with pytest.raises(NeuroRGError, match="layout"):
+        write_synthetic_plates(tmp_path, seed=0, layout="bmp", n_fields=1, size=16)
+    with pytest.raises(NeuroRGError, match="96 or 384"):
+        write_synthetic_plates(tmp_path, seed=0, n_wells=1536, n_fields=1, size=16)
+    with pytest.raises(NeuroRGError, match="kind"):
+        write_synthetic_plates(tmp_path, seed=0, kind="assay", n_fields=1, size=16)
