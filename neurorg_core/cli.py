@@ -50,7 +50,30 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    raise NeuroRGError("inspect is not available yet")
+    import tempfile
+
+    from neurorg_core.errors import PlateMapError
+    from neurorg_core.plates import load_plate
+    from neurorg_core.platemap import check_plate_map, load_plate_map
+
+    with tempfile.TemporaryDirectory(prefix="neurorg_inspect_") as work_dir:
+        plate = load_plate(args.path, _parse_channel_map(args.channels), work_dir=work_dir)
+        report = {**plate.summary(), "source": str(args.path)}   # a zip's extraction is temporary
+        report["file_problems"] = plate.check_files()
+    report["plate_map_problems"] = []
+    if args.plate_map:
+        try:
+            report["plate_map_problems"] = check_plate_map(load_plate_map(args.plate_map), plate.wells())
+        except PlateMapError as exc:
+            report["plate_map_problems"] = exc.problems
+    report["scoreable"] = not report["file_problems"] and not report["plate_map_problems"]
+    print(json.dumps(report, indent=2))
+    if not report["scoreable"]:
+        n = len(report["file_problems"]) + len(report["plate_map_problems"])
+        first = (report["file_problems"] + report["plate_map_problems"])[0]
+        print(f"error: not scoreable, {n} problem(s); first: {first}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
