@@ -1,0 +1,243 @@
+"""The dashboard's actions: make the demo, save uploads, score a plate, delete.
+
+These write (files, the result store), so none of them is cached. Each is a plain function the
+pages call and the tests drive directly; the core does the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.plates import Plate, extract_zip
+from neurorg_core.platemap import load_plate_map
+from neurorg_core.schema import SOURCE
+from neurorg_core.store import PLATE_MAP_COLUMNS
+
+from dashboard import resources
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".csv")
+"""Loose files accepted beside a zip (images, plus the npy layout's per-array CSVs)."""
+
+DEMO_SEED = 2025
+DEMO_WELLS = 96
+DEMO_FIELDS = 4
+DEMO_SIZE = 256
+"""The demo plate: a 96-well synthetic screening plate, 4 fields of 256 x 256 px per well."""
+
+
+@st.cache_resource
+def _scoring_lock() -> threading.Lock:
+    """One scoring job at a time in this server (the machine has few cores)."""
+    return threading.Lock()
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+def ensure_demo(progress: Progress | None = None) -> str:
+    """Render and score the demo plate if the store does not hold it yet; return its name.
+
+    The plate is rendered by ``neurorg_core.synth`` into ``Config().demo_dir`` and scored with the
+    shipped ensemble (and the single-channel models when they are shipped too).
+
+    Raises
+    ------
+    NeuroRGError
+        If the shipped model bundle is missing or invalid.
+    """
+    from neurorg_core.synth import write_synthetic_plates
+
+    if resources.DEMO_PLATE in resources.plate_names():
+        return resources.DEMO_PLATE
+    cfg = resources.config()
+    with _scoring_lock():
+        if resources.DEMO_PLATE in resources.plate_names():
+            return resources.DEMO_PLATE
+        ensemble = resources.bundle(resources.ENSEMBLE_DIR)
+        folder = cfg.demo_dir / "plate_01"
+        if not (folder / "platemap.csv").is_file():
+            log.info("rendering the demo plate into %s", cfg.demo_dir)
+            folder = write_synthetic_plates(
+                cfg.demo_dir, seed=DEMO_SEED, n_plates=1, n_wells=DEMO_WELLS, n_fields=DEMO_FIELDS,
+                size=DEMO_SIZE, layout="imagexpress", kind="screen",
+            )[0]
+        plate = resources.plate(folder)
+        plate_map = load_plate_map(folder / "platemap.csv")
+        single = (resources.bundle(resources.SINGLE_CHANNEL_DIR)
+                  if resources.has_bundle(resources.SINGLE_CHANNEL_DIR) else None)
+        _run(plate, plate_map, ensemble, resources.DEMO_PLATE, progress, single)
+    return resources.DEMO_PLATE
+
+
+# --- uploads ------------------------------------------------------------------------------
+
+def _safe_name(name: str) -> str:
+    base = Path(name.replace("\\", "/")).name.strip()
+    if not base or base in (".", ".."):
+        raise NeuroRGError(f"upload file name {name!r} is not a usable file name")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", base)
+
+
+def save_uploads(images: Sequence[tuple[str, bytes]], plate_map: tuple[str, bytes] | None) -> Path:
+    """Save uploaded files under ``Config().upload_dir/<stamp>-<hash>/``.
+
+    Parameters
+    ----------
+    images
+        ``(file name, content)``: one ``.zip``, or several image files of one plate.
+    plate_map
+        ``(file name, content)`` of the plate map, if given.
+
+    Returns
+    -------
+    Path
+        The upload folder: ``images/`` (the files, or the zip) and ``platemap/<name>``.
+
+    Raises
+    ------
+    NeuroRGError
+        If no image file is given, a zip comes with other files, or a file type is not accepted.
+    """
+    if not images:
+        raise NeuroRGError("no image files uploaded; expected one .zip or the plate's image files")
+    names = [_safe_name(n) for n, _ in images]
+    zips = [n for n in names if n.lower().endswith(".zip")]
+    if zips and len(names) > 1:
+        raise NeuroRGError(
+            f"upload either one .zip or loose image files, not both (got {', '.join(names[:5])})"
+        )
+    bad = [n for n in names if not n.lower().endswith((".zip", *IMAGE_SUFFIXES))]
+    if bad:
+        raise NeuroRGError(
+            f"file(s) {', '.join(bad[:5])} are not accepted; expected .zip, "
+            f"{', '.join(IMAGE_SUFFIXES)}"
+        )
+    digest = hashlib.blake2b(digest_size=6)
+    for name, data in images:
+        digest.update(name.encode())
+        digest.update(data)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    folder = resources.config().upload_dir / f"{stamp}-{digest.hexdigest()}"
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for name, (_, data) in zip(names, images):
+        (folder / "images" / name).write_bytes(data)
+    if plate_map is not None:
+        (folder / "platemap").mkdir(exist_ok=True)
+        (folder / "platemap" / _safe_name(plate_map[0])).write_bytes(plate_map[1])
+    log.info("saved %d uploaded file(s) into %s", len(images), folder)
+    return folder
+
+
+def images_path(upload: Path) -> Path:
+    """The folder to read the plate from: a zip is extracted (safely, once) beside it."""
+    files = sorted((upload / "images").iterdir())
+    zips = [p for p in files if p.suffix.lower() == ".zip"]
+    if not zips:
+        return upload / "images"
+    dest = upload / "extracted" / zips[0].stem
+    if not dest.is_dir():
+        extract_zip(zips[0], dest)
+    return dest
+
+
+def plate_map_path(upload: Path) -> Path:
+    """The uploaded plate map's path.
+
+    Raises
+    ------
+    NeuroRGError
+        If no plate map was uploaded.
+    """
+    folder = upload / "platemap"
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    if not files:
+        raise NeuroRGError("no plate map uploaded; expected a CSV/TSV with a Metadata_Well column")
+    return files[0]
+
+
+def resolve_server_path(text: str) -> Path:
+    """A plate path typed by the user: a folder or .zip on the server.
+
+    Raises
+    ------
+    NeuroRGError
+        If nothing exists there.
+    """
+    path = Path(text.strip()).expanduser()
+    if not text.strip() or not path.exists():
+        raise NeuroRGError("no such file or folder on the server", path=path)
+    return path
+
+
+def open_images(path: Path) -> Path:
+    """A folder of images for ``path``: zips are extracted once into ``Config().upload_dir``."""
+    if path.is_file() and path.suffix.lower() == ".zip":
+        digest = hashlib.blake2b(str(path.resolve()).encode(), digest_size=6).hexdigest()
+        dest = resources.config().upload_dir / "server" / f"{path.stem}-{digest}"
+        if not dest.is_dir():
+            extract_zip(path, dest)
+        return dest
+    return path
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress | None = None,
+          *, with_channels: bool = False):
+    """Score a plate into the result store with the shipped ensemble (cached fields are free).
+
+    Returns
+    -------
+    pipeline.RunResult
+        Run id, wells scored, cache hits and misses.
+    """
+    if not name.strip():
+        raise NeuroRGError("give the plate a name")
+    ensemble = resources.bundle(resources.ENSEMBLE_DIR)
+    single = resources.bundle(resources.SINGLE_CHANNEL_DIR) if with_channels else None
+    with _scoring_lock():
+        return _run(plate, plate_map, ensemble, name.strip(), progress, single)
+
+
+def score_channels(plate_name: str, progress: Progress | None = None):
+    """Re-score a stored plate with the single-channel models too (the ensemble comes from cache)."""
+    record = resources.store().load_plate(plate_name)
+    plate = resources.plate(record[SOURCE], record["channel_map"])
+    return score(plate, stored_plate_map(plate_name), plate_name, progress, with_channels=True)
+
+
+def stored_plate_map(plate_name: str) -> pd.DataFrame:
+    """The plate map stored with a plate's latest run (the plate-map columns of its wells)."""
+    wells = resources.store().load_well_scores(plate_name)
+    return wells[[c for c in PLATE_MAP_COLUMNS if c in wells.columns]].copy()
+
+
+def _run(plate: Plate, plate_map: pd.DataFrame, ensemble, name: str, progress: Progress | None,
+         single):
+    from neurorg_core.pipeline import run_plate
+
+    result = run_plate(
+        plate, plate_map, ensemble, resources.store(), name=name, progress=progress,
+        single_channel_bundle=single,
+    )
+    log.info("scored plate %s: %s", name, result)
+    return result
+
+
+def delete_plate(plate_name: str) -> None:
+    """Delete a plate and its runs from the result store (the image files stay)."""
+    resources.store().delete_plate(plate_name)
+

@@ -1,0 +1,60 @@
+"""Library: every plate and run in the result store with provenance; open, export, delete."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import components, flows, resources
+from neurorg_core.errors import NeuroRGError
+
+st.title("Library")
+components.set_link("library", None)
+plates = resources.plates_table()
+if plates.empty:
+    st.info("The result store is empty. Score a plate under **Upload & score**.")
+    st.stop()
+
+st.subheader("Plates")
+st.dataframe(plates, hide_index=True, key="plates_table")
+st.subheader("Runs (provenance: model id, date, parameters)")
+st.dataframe(resources.runs_table(), hide_index=True, key="runs_table")
+
+names = resources.plate_names()
+if not names:
+    st.info("No plate has a stored run.")
+    st.stop()
+st.subheader("Open, export or delete a plate")
+chosen = st.selectbox("Plate", names, key="library_plate")
+try:
+    res = resources.plate_results(chosen)
+except NeuroRGError as exc:
+    st.error(str(exc))
+    st.stop()
+components.synthetic_banner(res.synthetic)
+open_col, csv_col, parquet_col = st.columns(3)
+if open_col.button("Open", key="library_open", type="primary"):
+    st.session_state[components.PLATE_KEY] = chosen
+    st.switch_page("views/plate.py", query_params={"page": "plate", "plate": chosen})
+csv_col.download_button(
+    "Export CSV", res.wells.to_csv(index=False).encode(), file_name=f"{chosen}.csv",
+    mime="text/csv", key="export_csv",
+)
+parquet_col.download_button(
+    "Export Parquet", components.parquet_bytes(res.wells), file_name=f"{chosen}.parquet",
+    mime="application/octet-stream", key="export_parquet",
+)
+
+with st.expander("Delete this plate"):
+    st.write(f"Deletes **{chosen}**, its runs and its cached predictions from the result store. "
+             "The image files stay where they are.")
+    sure = st.checkbox(f"Yes, delete {chosen}", key="confirm_delete")
+    if st.button("Delete", key="delete_plate", disabled=not sure):
+        try:
+            flows.delete_plate(chosen)
+        except NeuroRGError as exc:
+            st.error(str(exc))
+            st.stop()
+        st.session_state.pop(components.PLATE_KEY, None)
+        st.session_state.pop("library_plate", None)
+        st.session_state.pop("confirm_delete", None)
+        st.rerun()

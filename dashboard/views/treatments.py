@@ -1,0 +1,39 @@
+"""Treatments: dose-response with fitted 4PL and EC50 per compound, P(control) per dose against
+the control and disease bands, and the treatment-vs-disease table (rescue %, p, q, hit)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import components, resources
+from neurorg_core.errors import NeuroRGError
+
+st.title("Treatments")
+plate = components.pick_plate(resources.plate_names(), page="treatments",
+                              default=resources.DEMO_PLATE)
+try:
+    res = resources.plate_results(plate)
+except NeuroRGError as exc:
+    st.error(str(exc))
+    st.stop()
+components.synthetic_banner(res.synthetic)
+if res.treatments.empty:
+    st.info("No treatment statistics for this plate: "
+            + res.problems.get("treatments", "it has no treatment wells (role 'treatment')."))
+    st.stop()
+
+st.subheader("Dose-response (4-parameter logistic)")
+if "fits" in res.problems:
+    st.warning(f"Dose-response fits could not be made: {res.problems['fits']}")
+else:
+    st.plotly_chart(components.dose_response_figure(res.wells, res.fits, res.qc), key="dose_response")
+    components.table_with_download(components.fit_table(res.fits), file_name=f"{plate}_ec50.csv",
+                                   key="fits")
+
+st.subheader("P(control) per dose, with the control and disease bands")
+st.plotly_chart(components.dose_strip(res.wells, res.qc), key="dose_strip")
+
+st.subheader("Each treatment against disease wells")
+st.caption("Rescue % = 100 x (mean - disease mean) / (control mean - disease mean). p: Welch's t-test "
+           "and Mann-Whitney U against the disease wells; q: Benjamini-Hochberg across treatments.")
+components.table_with_download(res.treatments, file_name=f"{plate}_treatments.csv", key="treatments")

@@ -1,0 +1,130 @@
+"""Upload & score: bring a plate (zip, image files, or a path on the server) and its plate map,
+confirm the detected layout and channel roles, then score it into the result store."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import components, flows, resources
+from neurorg_core.errors import NeuroRGError, PlateMapError
+from neurorg_core.platemap import check_plate_map, load_plate_map
+from neurorg_core.schema import CHANNELS
+
+st.title("Upload & score")
+components.set_link("upload", None)
+limit_mb = int(st.get_option("server.maxUploadSize"))
+st.caption(
+    f"Upload limit: **{limit_mb} MB per file** (`server.maxUploadSize` in `.streamlit/config.toml`). "
+    "A larger plate: raise that limit and restart the app, or copy the plate to the server and give "
+    "its path below, or score it with `python -m neurorg_core score PATH --plate-map CSV` (the "
+    "result appears here)."
+)
+
+upload_tab, server_tab = st.tabs(["Upload files", "Path on the server"])
+with upload_tab:
+    image_files = st.file_uploader(
+        "Plate images: one .zip, or the image files (.tif, .tiff, .png)", accept_multiple_files=True,
+        type=["zip", "tif", "tiff", "png", "npy", "csv"], key="upload_images",
+    )
+    map_file = st.file_uploader("Plate map (CSV or TSV)", type=["csv", "tsv", "txt"],
+                                key="upload_platemap")
+    if st.button("Use these files", key="use_uploads", disabled=not image_files):
+        try:
+            folder = flows.save_uploads(
+                [(f.name, f.getvalue()) for f in image_files],
+                (map_file.name, map_file.getvalue()) if map_file is not None else None,
+            )
+            st.session_state["images_path"] = str(flows.images_path(folder))
+            st.session_state["platemap_path"] = (
+                str(flows.plate_map_path(folder)) if map_file is not None else ""
+            )
+        except NeuroRGError as exc:
+            st.error(str(exc))
+with server_tab:
+    server_images = st.text_input("Plate folder or .zip on the server", key="server_images")
+    server_map = st.text_input("Plate map file on the server", key="server_platemap")
+    if st.button("Use this path", key="use_server_path"):
+        try:
+            st.session_state["images_path"] = str(
+                flows.open_images(flows.resolve_server_path(server_images)))
+            st.session_state["platemap_path"] = (
+                str(flows.resolve_server_path(server_map)) if server_map.strip() else ""
+            )
+        except NeuroRGError as exc:
+            st.error(str(exc))
+
+images_path = st.session_state.get("images_path")
+if not images_path:
+    st.info("Give the plate's images (and its plate map) above to continue.")
+    st.stop()
+
+# --- detected layout and channel roles -----------------------------------------------------
+try:
+    detected = resources.plate(images_path)
+except NeuroRGError as exc:
+    st.error(f"The images cannot be read: {exc}")
+    st.stop()
+st.subheader("Detected plate")
+summary = detected.summary()
+st.dataframe(components.plate_summary_table(summary), hide_index=True, key="plate_summary")
+
+st.markdown("**Channel roles**: which channel of the files shows what (check before scoring).")
+role_cols = st.columns(len(CHANNELS))
+ids = list(detected.channel_ids)
+channel_map = {
+    role: col.selectbox(role.capitalize(), ids, index=ids.index(detected.channel_map[role]),
+                        key=f"role_{role}")
+    for role, col in zip(CHANNELS, role_cols)
+}
+if len(set(channel_map.values())) < len(CHANNELS):
+    st.error("Each role needs its own channel: two roles point at the same channel id.")
+    st.stop()
+try:
+    plate = resources.plate(detected.source, channel_map)
+except NeuroRGError as exc:
+    st.error(f"That channel mapping cannot be read: {exc}")
+    st.stop()
+
+# --- plate map ------------------------------------------------------------------------------
+st.subheader("Plate map")
+platemap_path = st.session_state.get("platemap_path")
+if not platemap_path:
+    st.info("Add a plate map (Metadata_Well, compound, dose in uM, role) to score the plate.")
+    st.stop()
+try:
+    plate_map = load_plate_map(platemap_path)
+except PlateMapError as exc:
+    st.error("The plate map has problems:\n" + "\n".join(f"- {p}" for p in exc.problems))
+    st.stop()
+except NeuroRGError as exc:
+    st.error(str(exc))
+    st.stop()
+problems = check_plate_map(plate_map, plate.wells())
+if problems:
+    st.warning("Plate map vs images:\n" + "\n".join(f"- {p}" for p in problems))
+else:
+    st.success(f"Plate map matches the images: {len(plate_map)} wells.")
+st.dataframe(plate_map, hide_index=True, height=200, key="platemap_table")
+
+# --- score ----------------------------------------------------------------------------------
+st.subheader("Score")
+name = st.text_input("Plate name", value=plate.name, key="plate_name")
+stored = name.strip() in resources.plate_names()
+if stored:
+    st.info(f"Plate **{name}** is already in the result store. Open it as it is, or score again: "
+            "fields already scored with this model come from the cache and cost nothing.")
+    if st.button("Open stored results", key="open_stored"):
+        st.switch_page("views/plate.py", query_params={"page": "plate", "plate": name.strip()})
+with_channels = st.checkbox(
+    "Also score the single-channel models (for the Channels page)", key="with_channels",
+    value=False, disabled=not resources.has_bundle(resources.SINGLE_CHANNEL_DIR),
+)
+if st.button("Score again" if stored else "Score plate", key="score", type="primary"):
+    try:
+        flows.score(plate, plate_map, name,
+                             components.progress_callback("Scoring"), with_channels=with_channels)
+    except NeuroRGError as exc:
+        st.error(f"Scoring stopped: {exc}")
+        st.stop()
+    st.session_state[components.PLATE_KEY] = name.strip()
+    st.switch_page("views/plate.py", query_params={"page": "plate", "plate": name.strip()})
