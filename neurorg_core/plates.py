@@ -212,6 +212,23 @@ def _channel_axis(shape: tuple[int, ...], path: Path) -> int:
     )
 
 
+def _with_well(exc: NeuroRGError, well: str) -> NeuroRGError:
+    """The same error, its message now naming the well too ("file, well A01: problem")."""
+    if exc.well is not None:
+        return exc
+    message = str(exc)
+    if exc.path is not None and message.startswith(f"{Path(exc.path).name}: "):
+        message = message[len(Path(exc.path).name) + 2:]
+    return NeuroRGError(message, path=exc.path, well=well)
+
+
+def _header_of(path: Path, well: str) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        return _image_header(path)
+    except NeuroRGError as exc:
+        raise _with_well(exc, well) from exc
+
+
 def _open_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -299,9 +316,7 @@ class Plate:
                 return self._read_multi(src.files[""])
             return self._read_per_channel(src)
         except NeuroRGError as exc:
-            if exc.well is not None:
-                raise
-            raise NeuroRGError(str(exc), well=ref.well) from exc
+            raise _with_well(exc, ref.well) from exc
 
     def iter_fields(self) -> Iterator[tuple[FieldRef, np.ndarray]]:
         """Every field in (row, col, field) order with its pixels, one at a time."""
@@ -395,7 +410,7 @@ class Plate:
                     _check_pixels(path, spatial, self.max_pixels)
                     self._check(path, spatial, dtype)
                 except NeuroRGError as exc:
-                    problems.append(f"{exc}, well {ref.well}")
+                    problems.append(str(_with_well(exc, ref.well)))
         return problems
 
     def summary(self) -> dict[str, Any]:
@@ -793,7 +808,7 @@ def load_plate(
             sources[ref] = _Source(files=MappingProxyType({"": p}))
         first_ref = min(sources, key=lambda f: (f.row, f.col, f.field))
         first = sources[first_ref].files[""]
-        shape, dtype = _image_header(first)
+        shape, dtype = _header_of(first, first_ref.well)
         if len(shape) != 3:
             raise NeuroRGError(
                 f"image has shape {shape}; expected several channels as (H, W, C) or (C, H, W)",
@@ -808,7 +823,7 @@ def load_plate(
         sources = {ref: _Source(files=MappingProxyType(f)) for ref, f in per_channel.items()}
         first_ref = min(sources, key=lambda f: (f.row, f.col, f.field))
         first = next(iter(sorted(sources[first_ref].files.values())))
-        shape, dtype = _image_header(first)
+        shape, dtype = _header_of(first, first_ref.well)
         if len(shape) != 2:
             raise NeuroRGError(f"image has shape {shape}; expected a single-channel 2-D image",
                                path=first, well=first_ref.well)

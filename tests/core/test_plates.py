@@ -1,0 +1,383 @@
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.plates import FieldRef, extract_zip, load_plate
+
+GUID = "B9D0A1F2-5C3E-4A57-9E6D-2F1B0C8D7E6A"
+
+
+def plane(value, shape=(24, 32), dtype=np.uint8):
+    """A constant image whose value says which channel / field it is."""
+    return np.full(shape, value, dtype=dtype)
+
+
+def write_imagexpress(folder, wells=("B02", "B03"), sites=(1, 2), channels=(1, 2, 3),
+                      shape=(24, 32), dtype=np.uint8, guid=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    for wi, well in enumerate(wells):
+        for s in sites:
+            for c in channels:
+                name = f"180706_{well}_s{s}_w{c}{GUID if guid else ''}.tif"
+                tifffile.imwrite(folder / name, plane(50 * c + 10 * wi + s, shape, dtype))
+    return folder
+
+
+# --- ImageXpress ------------------------------------------------------------------------------
+
+def test_imagexpress_layout_lazy_fields_and_roles(tmp_path):
+    root = write_imagexpress(tmp_path / "plate_A" / "TimePoint_1")
+    (tmp_path / "plate_A" / "notes.txt").write_text("not an image")
+    plate = load_plate(tmp_path / "plate_A")
+    assert plate.layout == "imagexpress" and plate.name == "plate_A"
+    assert plate.channel_ids == ("w1", "w2", "w3")
+    assert plate.channel_map == {"nucleus": "w1", "neuron": "w2", "microglia": "w3"}
+    assert plate.wells() == ["B02", "B03"] and plate.plate_format == 96
+    assert plate.fields_of("b3") == [FieldRef("B03", 2, 3, 1), FieldRef("B03", 2, 3, 2)]
+    assert plate.dtype == np.uint8 and plate.field_shape == (24, 32)
+    assert plate.labels == {}
+    field = plate.read_field(FieldRef("B03", 2, 3, 2))
+    assert field.shape == (24, 32, 3) and field.dtype == np.uint8
+    assert field[0, 0].tolist() == [62, 112, 162]   # w1, w2, w3 of B03 site 2
+    refs = [ref for ref, _ in plate.iter_fields()]
+    assert refs == list(plate.fields) and len(refs) == 4
+    assert root.exists()
+
+
+def test_imagexpress_channel_map_override_and_digit_ids(tmp_path):
+    write_imagexpress(tmp_path / "p")
+    plate = load_plate(tmp_path / "p", {"nucleus": "w3", "microglia": "1"})
+    assert plate.channel_map == {"nucleus": "w3", "neuron": "w2", "microglia": "w1"}
+    assert plate.read_field(plate.fields[0])[0, 0].tolist() == [151, 101, 51]
+
+
+def test_unknown_channel_id_lists_the_ids_found(tmp_path):
+    write_imagexpress(tmp_path / "p")
+    with pytest.raises(NeuroRGError, match="nucleus=w5 not in the files; ids found: w1, w2, w3"):
+        load_plate(tmp_path / "p", {"nucleus": "w5"})
+    with pytest.raises(NeuroRGError, match="unknown channel role"):
+        load_plate(tmp_path / "p", {"dapi": "w1"})
+    with pytest.raises(NeuroRGError, match="two roles share one channel"):
+        load_plate(tmp_path / "p", {"nucleus": "w2"})
+
+
+def test_extra_channel_needs_a_map(tmp_path):
+    write_imagexpress(tmp_path / "p", channels=(1, 2, 3, 4))
+    with pytest.raises(NeuroRGError, match="found channels w1, w2, w3, w4"):
+        load_plate(tmp_path / "p")
+    plate = load_plate(tmp_path / "p", {"nucleus": "w4"})
+    assert plate.read_field(plate.fields[0])[0, 0].tolist() == [201, 101, 151]
+
+
+def test_wrong_number_of_channels(tmp_path):
+    write_imagexpress(tmp_path / "p", channels=(1, 2))
+    with pytest.raises(NeuroRGError, match="p: found channels w1, w2; the imagexpress default"):
+        load_plate(tmp_path / "p")
+
+
+def test_channel_missing_for_one_well_names_the_well(tmp_path):
+    root = write_imagexpress(tmp_path / "p", wells=("B02", "B03", "C04"))
+    (root / f"180706_C04_s2_w3{GUID}.tif").unlink()
+    with pytest.raises(NeuroRGError, match=r"well C04: field 2 has no file for channel w3 \(microglia\)"):
+        load_plate(root)
+
+
+def test_partial_and_large_plate_formats_and_siteless_names(tmp_path):
+    root = tmp_path / "p384"
+    root.mkdir()
+    for c in (1, 2, 3):
+        tifffile.imwrite(root / f"x_P24_w{c}.tif", plane(c))
+        tifffile.imwrite(root / f"x_B02_w{c}.tif", plane(c))
+    plate = load_plate(root)
+    assert plate.plate_format == 384 and plate.wells() == ["B02", "P24"]
+    assert plate.fields_of("P24") == [FieldRef("P24", 16, 24, 1)]
+    for c in (1, 2, 3):
+        tifffile.imwrite(root / f"x_AF48_w{c}.tif", plane(c))
+    assert load_plate(root).plate_format == 1536
+
+
+def test_sixteen_bit_reads_native(tmp_path):
+    write_imagexpress(tmp_path / "p", dtype=np.uint16)
+    plate = load_plate(tmp_path / "p")
+    assert plate.dtype == np.uint16
+    assert plate.read_field(plate.fields[0]).dtype == np.uint16
+
+
+def test_duplicate_files_for_one_channel(tmp_path):
+    root = write_imagexpress(tmp_path / "p" / "TimePoint_1")
+    write_imagexpress(tmp_path / "p" / "TimePoint_2")
+    with pytest.raises(NeuroRGError, match="two files for field 1 channel w1"):
+        load_plate(tmp_path / "p")
+    assert root.exists()
+
+
+# --- Operetta / Harmony -----------------------------------------------------------------------
+
+def test_operetta_reads_the_first_plane_only(tmp_path):
+    images = tmp_path / "harmony" / "Images"
+    images.mkdir(parents=True)
+    for r, c in ((2, 2), (3, 5)):
+        for f in (1, 2, 3):
+            for p in (2, 3):
+                for ch in (1, 2, 3):
+                    tifffile.imwrite(images / f"r{r:02d}c{c:02d}f{f:02d}p{p:02d}-ch{ch}sk1fk1fl1.tiff",
+                                     plane(1000 * p + 10 * ch + f, dtype=np.uint16))
+    (tmp_path / "harmony" / "Index.idx.xml").write_text("<xml/>")
+    plate = load_plate(tmp_path / "harmony")
+    assert plate.layout == "operetta"
+    assert plate.channel_ids == ("ch1", "ch2", "ch3")
+    assert plate.wells() == ["B02", "C05"] and len(plate.fields_of("C05")) == 3
+    assert plate.read_field(FieldRef("C05", 3, 5, 3))[0, 0].tolist() == [2013, 2023, 2033]
+
+
+# --- multi-channel TIFF / PNG -----------------------------------------------------------------
+
+def test_multichannel_tiff_channel_first_and_last_and_png(tmp_path):
+    root = tmp_path / "multi"
+    root.mkdir()
+    last = np.stack([plane(10), plane(20), plane(30)], axis=-1)
+    tifffile.imwrite(root / "B02_s1.tif", last, photometric="rgb")
+    tifffile.imwrite(root / "B02_s2.tiff", np.moveaxis(last, -1, 0) + 1)   # (C, H, W)
+    Image.fromarray(last + 2).save(root / "plate_B03_s1.png")
+    plate = load_plate(root)
+    assert plate.layout == "tiff" and plate.channel_ids == ("0", "1", "2")
+    assert plate.field_shape == (24, 32)
+    assert plate.read_field(FieldRef("B02", 2, 2, 1))[3, 4].tolist() == [10, 20, 30]
+    assert plate.read_field(FieldRef("B02", 2, 2, 2))[3, 4].tolist() == [11, 21, 31]
+    assert plate.read_field(FieldRef("B03", 2, 3, 1))[3, 4].tolist() == [12, 22, 32]
+    swapped = load_plate(root, {"nucleus": "2", "microglia": "0"})
+    assert swapped.read_field(FieldRef("B02", 2, 2, 2))[0, 0].tolist() == [31, 21, 11]
+
+
+def test_multichannel_wrong_channel_counts(tmp_path):
+    two = tmp_path / "two"
+    two.mkdir()
+    tifffile.imwrite(two / "A01_s1.tif", np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(NeuroRGError, match="found channels 0, 1"):
+        load_plate(two)
+    four = tmp_path / "four"
+    four.mkdir()
+    tifffile.imwrite(four / "A01_s1.tif", np.zeros((16, 16, 4), np.uint8))
+    with pytest.raises(NeuroRGError, match="found channels 0, 1, 2, 3"):
+        load_plate(four)
+    assert load_plate(four, {"nucleus": "3"}).channel_map["nucleus"] == "3"
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    tifffile.imwrite(grey / "A01_s1.tif", np.zeros((16, 16), np.uint8))
+    with pytest.raises(NeuroRGError, match="A01_s1.tif, well A01: image has shape"):
+        load_plate(grey)
+
+
+def test_later_field_with_other_channel_count_fails_on_read(tmp_path):
+    root = tmp_path / "m"
+    root.mkdir()
+    tifffile.imwrite(root / "A01_s1.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(root / "A02_s1.tif", np.zeros((16, 16, 4), np.uint8))
+    plate = load_plate(root)
+    with pytest.raises(NeuroRGError, match="A02_s1.tif, well A02: image has 4 channels"):
+        plate.read_field(FieldRef("A02", 1, 2, 1))
+    assert any("A02_s1.tif" in p for p in plate.check_files())
+
+
+# --- the study's npy release ------------------------------------------------------------------
+
+def write_npy(folder, plate_no, cls, wells, value=None, shape=(20, 20)):
+    folder.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((len(wells), *shape, 3), np.uint8)
+    for i in range(len(wells)):
+        arr[i] = (value if value is not None else 10 * cls + i)
+        arr[i, ..., 1] = 200
+    np.save(folder / f"{cls}_Plate_{plate_no}.npy", arr)
+    (folder / f"{cls}_Plate_{plate_no}.csv").write_text("well\n" + "\n".join(wells) + "\n")
+
+
+def test_npy_release_labels_and_fields(tmp_path):
+    write_npy(tmp_path / "rel", 3, 0, ["B02", "B02", "B03"])
+    write_npy(tmp_path / "rel", 3, 5, ["C2", "C02"])
+    plate = load_plate(tmp_path / "rel")
+    assert plate.layout == "npy" and plate.name == "Plate_3"
+    assert plate.labels == {"B02": 0, "B03": 0, "C02": 5}
+    assert [f.field for f in plate.fields_of("B02")] == [1, 2]
+    assert plate.read_field(FieldRef("B02", 2, 2, 2))[0, 0].tolist() == [1, 200, 1]
+    assert plate.read_field(FieldRef("C02", 3, 2, 2))[0, 0].tolist() == [51, 200, 51]
+
+
+def test_npy_several_plates_need_a_choice(tmp_path):
+    write_npy(tmp_path / "rel", 1, 0, ["B02"])
+    write_npy(tmp_path / "rel", 2, 0, ["B03"])
+    with pytest.raises(NeuroRGError, match="holds plates 1, 2"):
+        load_plate(tmp_path / "rel")
+    assert load_plate(tmp_path / "rel", plate=2).wells() == ["B03"]
+    with pytest.raises(NeuroRGError, match="plate 7 not found; plates here: 1, 2"):
+        load_plate(tmp_path / "rel", plate=7)
+
+
+def test_npy_csv_problems_name_the_file(tmp_path):
+    write_npy(tmp_path / "a", 1, 0, ["B02", "B03"])
+    (tmp_path / "a" / "0_Plate_1.csv").write_text("well\nB02\n")
+    with pytest.raises(NeuroRGError, match="0_Plate_1.csv: 1 rows but 0_Plate_1.npy holds 2"):
+        load_plate(tmp_path / "a")
+    write_npy(tmp_path / "b", 1, 0, ["B02"])
+    (tmp_path / "b" / "0_Plate_1.csv").unlink()
+    with pytest.raises(NeuroRGError, match="0_Plate_1.npy: no 0_Plate_1.csv beside it"):
+        load_plate(tmp_path / "b")
+    write_npy(tmp_path / "c", 1, 0, ["B02"])
+    write_npy(tmp_path / "c", 1, 4, ["B02"])
+    with pytest.raises(NeuroRGError, match="well B02: well appears in both"):
+        load_plate(tmp_path / "c")
+
+
+def test_truncated_npy(tmp_path):
+    write_npy(tmp_path / "t", 1, 0, ["B02", "B03"])
+    path = tmp_path / "t" / "0_Plate_1.npy"
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(NeuroRGError, match="0_Plate_1.npy: not a readable .npy array, or truncated"):
+        load_plate(tmp_path / "t")
+
+
+# --- zip --------------------------------------------------------------------------------------
+
+def test_zip_round_trip(tmp_path):
+    root = write_imagexpress(tmp_path / "src")
+    zpath = tmp_path / "myplate.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in sorted(root.iterdir()):
+            zf.write(p, f"myplate/TimePoint_1/{p.name}")
+        zf.writestr("__MACOSX/._junk.tif", b"resource fork")
+    plate = load_plate(zpath, work_dir=tmp_path / "work")
+    assert plate.name == "myplate" and plate.layout == "imagexpress"
+    assert plate.source.parent == tmp_path / "work"
+    folder = load_plate(root)
+    for ref in folder.fields:
+        np.testing.assert_array_equal(plate.read_field(ref), folder.read_field(ref))
+
+
+@pytest.mark.parametrize("evil", ["../escape.tif", "/abs/path.tif", "a/../../up.tif", "C:/win.tif"])
+def test_unsafe_zip_is_refused_before_anything_is_extracted(tmp_path, evil):
+    zpath = tmp_path / "evil.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("good_A01_s1_w1.tif", b"data")
+        zf.writestr(evil, b"data")
+    work = tmp_path / "work"
+    with pytest.raises(NeuroRGError, match="evil.zip: refusing the whole zip, nothing extracted"):
+        load_plate(zpath, work_dir=work)
+    assert list(work.rglob("*")) == []
+    assert not (tmp_path / "escape.tif").exists()
+
+
+def test_zip_size_bound_empty_and_corrupt(tmp_path):
+    zpath = tmp_path / "big.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("A01_s1.tif", b"\0" * 100_000)
+    with pytest.raises(NeuroRGError, match="big.zip: the zip expands to 100000 bytes, more than"):
+        extract_zip(zpath, tmp_path / "out", max_bytes=50_000)
+    assert not (tmp_path / "out").exists()
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with pytest.raises(NeuroRGError, match="empty.zip: the zip is empty"):
+        load_plate(empty, work_dir=tmp_path / "w")
+    notzip = tmp_path / "fake.zip"
+    notzip.write_bytes(b"this is not a zip")
+    with pytest.raises(NeuroRGError, match="fake.zip: not a readable zip"):
+        load_plate(notzip, work_dir=tmp_path / "w")
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+def test_empty_folder_and_folder_without_images(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NeuroRGError, match="empty: no image files found"):
+        load_plate(tmp_path / "empty")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    tifffile.imwrite(odd / "random_name.tif", plane(1))
+    with pytest.raises(NeuroRGError, match="no file name matches a known layout .e.g. random_name.tif"):
+        load_plate(odd)
+    with pytest.raises(NeuroRGError, match="missing: no such file"):
+        load_plate(tmp_path / "missing")
+
+
+def test_mixed_layouts_are_refused(tmp_path):
+    root = write_imagexpress(tmp_path / "mix")
+    tifffile.imwrite(root / "C03_s1.tif", np.zeros((24, 32, 3), np.uint8), photometric="rgb")
+    with pytest.raises(NeuroRGError, match="mixes layouts: imagexpress .* tiff"):
+        load_plate(root)
+
+
+def test_truncated_tiff_names_file_and_well(tmp_path):
+    root = write_imagexpress(tmp_path / "p", shape=(64, 64))
+    victim = root / f"180706_B03_s2_w2{GUID}.tif"
+    victim.write_bytes(victim.read_bytes()[:2000])
+    plate = load_plate(root)
+    with pytest.raises(NeuroRGError, match=f"180706_B03_s2_w2{GUID}.tif, well B03: image is truncated"):
+        plate.read_field(FieldRef("B03", 2, 3, 2))
+    plate.read_field(FieldRef("B03", 2, 3, 1))      # the other fields still read
+
+
+def test_non_image_with_image_extension(tmp_path):
+    root = write_imagexpress(tmp_path / "p")
+    (root / f"180706_B02_s1_w1{GUID}.tif").write_text("I am a text file")
+    with pytest.raises(NeuroRGError, match=f"180706_B02_s1_w1{GUID}.tif, well B02: not a readable TIFF"):
+        load_plate(root)                            # the first field's header is read at load
+    later = write_imagexpress(tmp_path / "q")
+    (later / "180706_B03_s1_w3.tif").unlink(missing_ok=True)
+    (later / f"180706_B03_s1_w3{GUID}.tif").write_bytes(b"\x89PNG not really")
+    plate = load_plate(later)
+    with pytest.raises(NeuroRGError, match="well B03: not a readable TIFF"):
+        plate.read_field(FieldRef("B03", 2, 3, 1))
+    assert len(plate.check_files()) == 1
+
+
+def test_corrupt_png(tmp_path):
+    root = tmp_path / "png"
+    root.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "A01_s1.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "A02_s1.png")
+    data = (root / "A02_s1.png").read_bytes()
+    (root / "A02_s1.png").write_bytes(data[:-30])
+    plate = load_plate(root)
+    with pytest.raises(NeuroRGError, match="A02_s1.png, well A02"):
+        plate.read_field(FieldRef("A02", 1, 2, 1))
+
+
+def test_field_of_another_size_fails_on_read_and_in_check(tmp_path):
+    root = write_imagexpress(tmp_path / "p")
+    tifffile.imwrite(root / f"180706_B03_s1_w2{GUID}.tif", plane(1, shape=(30, 30)))
+    plate = load_plate(root)
+    with pytest.raises(NeuroRGError, match="well B03: field is 30 x 30 pixels but the plate's fields are 24 x 32"):
+        plate.read_field(FieldRef("B03", 2, 3, 1))
+    problems = plate.check_files()
+    assert len(problems) == 1 and "B03_s1_w2" in problems[0] and "30 x 30" in problems[0]
+
+
+def test_pixel_limit_checked_from_the_header(tmp_path):
+    root = write_imagexpress(tmp_path / "p", shape=(40, 50))
+    with pytest.raises(NeuroRGError, match="image is 40 x 50 = 2000 pixels, more than the limit of 1999"):
+        load_plate(root, max_pixels=1999)
+    assert load_plate(root, max_pixels=2000).field_shape == (40, 50)
+    png = tmp_path / "png"
+    png.mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(png / "A01_s1.png")
+    with pytest.raises(NeuroRGError, match="A01_s1.png: image is 40 x 50"):
+        load_plate(png, max_pixels=100)
+
+
+def test_pixel_limit_from_environment(tmp_path, monkeypatch):
+    root = write_imagexpress(tmp_path / "p", shape=(40, 50))
+    monkeypatch.setenv("NEURORG_MAX_PIXELS", "100")
+    with pytest.raises(NeuroRGError, match="NEURORG_MAX_PIXELS"):
+        load_plate(root)
+
+
+def test_summary_is_json_able(tmp_path):
+    import json
+
+    plate = load_plate(write_imagexpress(tmp_path / "p"))
+    summary = json.loads(json.dumps(plate.summary()))
+    assert summary["layout"] == "imagexpress" and summary["plate_format"] == 96
+    assert summary["fields_per_well"] == {"B02": 2, "B03": 2}
+    assert summary["channel_map"]["microglia"] == "w3" and summary["field_shape"] == [24, 32]
