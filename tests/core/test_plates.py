@@ -381,3 +381,50 @@ def test_summary_is_json_able(tmp_path):
     assert summary["layout"] == "imagexpress" and summary["plate_format"] == 96
     assert summary["fields_per_well"] == {"B02": 2, "B03": 2}
     assert summary["channel_map"]["microglia"] == "w3" and summary["field_shape"] == [24, 32]
+
+
+# --- the synthetic generator's output, every layout ------------------------------------------
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from neurorg_core.synth import write_synthetic_plates
+
+    out = tmp_path_factory.mktemp("synth")
+    folders = {layout: write_synthetic_plates(out / layout, seed=3, n_fields=1, size=48, layout=layout)[0]
+               for layout in ("imagexpress", "operetta", "tiff", "npy")}
+    folders["imagexpress16"] = write_synthetic_plates(out / "ix16", seed=3, n_fields=1, size=48,
+                                                      bit_depth=16)[0]
+    return folders
+
+
+@pytest.mark.parametrize("layout", ["imagexpress", "operetta", "tiff", "npy"])
+def test_reads_generator_output(synthetic, layout):
+    from neurorg_core.platemap import check_plate_map, load_plate_map
+    from neurorg_core.schema import CLASS, WELL
+
+    plate = load_plate(synthetic[layout])
+    plate_map = load_plate_map(synthetic[layout] / "platemap.csv")
+    assert plate.layout == layout
+    assert len(plate.wells()) == 60 and plate.plate_format == 96 and plate.wells()[0] == "B02"
+    assert all(len(plate.fields_of(w)) == 1 for w in plate.wells())
+    assert plate.field_shape == (48, 48) and plate.dtype == np.uint8
+    assert check_plate_map(plate_map, plate.wells()) == []
+    if layout == "npy":
+        truth = dict(zip(plate_map[WELL], plate_map[CLASS].astype(int)))
+        assert plate.labels == truth
+    # the same plate in every layout gives the same pixels
+    reference = load_plate(synthetic["imagexpress"])
+    for ref in (plate.fields[0], plate.fields[-1]):
+        np.testing.assert_array_equal(plate.read_field(ref), reference.read_field(ref))
+
+
+def test_generator_16_bit_is_8_bit_times_257(synthetic):
+    from neurorg_core.preprocess import crops_from_field, plan_crops
+
+    p8, p16 = load_plate(synthetic["imagexpress"]), load_plate(synthetic["imagexpress16"])
+    assert p16.dtype == np.uint16
+    ref = p8.fields[5]
+    f8, f16 = p8.read_field(ref), p16.read_field(ref)
+    np.testing.assert_array_equal(f16, f8.astype(np.uint16) * 257)
+    plan = plan_crops(1)
+    np.testing.assert_array_equal(crops_from_field(f8, plan, 0, 16), crops_from_field(f16, plan, 0, 16))
