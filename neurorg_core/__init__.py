@@ -4,6 +4,8 @@ No streamlit import anywhere in this package. Public verbs are re-exported here 
 """
 
 from neurorg_core.errors import NeuroRGError, PlateMapError
+from neurorg_core.plates import load_plate
+from neurorg_core.platemap import check_plate_map, load_plate_map
 from neurorg_core.wells import format_well, normalize_well, parse_well
 
-__all__ = ["NeuroRGError", "PlateMapError", "format_well", "normalize_well", "parse_well"]
+__all__ = ["NeuroRGError", "PlateMapError", "check_plate_map", "load_plate", "load_plate_map", "format_well", "normalize_well", "parse_well"]
