@@ -14,14 +14,24 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
 from neurorg_core.schema import (
     CALLED_CLASS,
+    CHANNEL_P_CONTROL,
     CHANNELS,
     CLASS_NAMES,
     COL,
     COMPOUND,
+    CONVERGED,
     DOSE,
+    EC50,
+    EC50_CI_HIGH,
+    EC50_CI_LOW,
+    FIT_MESSAGE,
+    HILL,
+    N_DOSES,
+    N_WELLS,
     N_CROPS,
     P_CONTROL,
     P_CONTROL_SD,
@@ -29,6 +39,7 @@ from neurorg_core.schema import (
     ROLE,
     ROLES,
     ROW,
+    VOTE_COLUMNS,
     WELL,
 )
 from neurorg_core.wells import format_well, plate_shape, row_letters
@@ -263,3 +274,160 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
 def role_colour_map() -> dict[str, str]:
     return {role: ROLE_COLOURS[role] for role in ROLES}
+
+
+# --- summaries ----------------------------------------------------------------------------
+
+QC_ITEMS = (
+    ("z_prime", "Z'", "{:.2f}", "1 - 3(sd_c + sd_d)/|mean_c - mean_d|; > 0.5 excellent"),
+    ("ssmd", "SSMD", "{:.1f}", "(mean_c - mean_d)/sqrt(sd_c^2 + sd_d^2)"),
+    ("cv_control_pct", "CV control", "{:.1f} %", "100 sd/mean of the control wells"),
+    ("cv_disease_pct", "CV disease", "{:.1f} %", "100 sd/mean of the disease wells"),
+)
+
+
+def qc_metrics(qc: dict, problem: str | None) -> None:
+    """Plate QC (Z', SSMD, CV) as metrics, or why it could not be computed."""
+    st.markdown("**Plate QC** (control vs disease wells)")
+    if problem:
+        st.info(f"Plate QC not available: {problem}")
+        return
+    cols = st.columns(2)
+    for k, (key, label, fmt, help_text) in enumerate(QC_ITEMS):
+        value = qc.get(key)
+        text = "-" if value is None or not np.isfinite(value) else fmt.format(value)
+        cols[k % 2].metric(label, text, help=help_text)
+    st.caption(f"n = {qc.get('n_control')} control, {qc.get('n_disease')} disease wells")
+    if qc.get("edge_flag"):
+        st.warning(f"Possible edge effect: {qc.get('edge_note', '')}")
+
+
+def well_summary(wells: pd.DataFrame, well: str) -> pd.DataFrame:
+    """The chosen well's row with its metadata and scores, for display."""
+    cols = [c for c in (WELL, COMPOUND, DOSE, ROLE, P_CONTROL, CALLED_CLASS, RESCUE_PCT, P_CONTROL_SD,
+                        N_CROPS, *VOTE_COLUMNS) if c in wells.columns]
+    return wells.loc[wells[WELL] == well, cols]
+
+
+def plate_summary_table(summary: dict) -> pd.DataFrame:
+    """``Plate.summary()`` as a two-column table a person can read."""
+    per_well = summary["fields_per_well"]
+    counts = sorted(set(per_well.values()))
+    wells = summary["wells"]
+    rows = [
+        ("Layout", summary["layout"]),
+        ("Plate format", f"{summary['plate_format']} wells"),
+        ("Wells imaged", f"{summary['n_wells']} ({wells[0]} .. {wells[-1]})" if wells else "0"),
+        ("Fields per well", ", ".join(str(c) for c in counts)),
+        ("Fields in all", str(summary["n_fields"])),
+        ("Channels found", ", ".join(summary["channel_ids"])),
+        ("Channel roles", ", ".join(f"{k}={v}" for k, v in summary["channel_map"].items())),
+        ("Bit depth", summary["dtype"]),
+        ("Field size (px)", " x ".join(str(v) for v in summary["field_shape"])),
+    ]
+    return pd.DataFrame(rows, columns=["Item", "Value"])
+
+
+# --- charts -------------------------------------------------------------------------------
+
+def _bands(fig: go.Figure, qc: dict, **where: object) -> None:
+    """Control and disease bands (mean +/- SD) as shaded horizontal strips."""
+    for role in ("control", "disease"):
+        mean, sd = qc.get(f"mean_{role}"), qc.get(f"sd_{role}")
+        if mean is None or sd is None or not np.isfinite(mean):
+            continue
+        fig.add_hrect(y0=mean - sd, y1=mean + sd, fillcolor=ROLE_COLOURS[role], opacity=0.15,
+                      line_width=0, annotation_text=f"{role} mean +/- SD", **where)
+        fig.add_hline(y=mean, line_dash="dot", line_color=ROLE_COLOURS[role], **where)
+
+
+def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame,
+                         qc: dict) -> go.Figure:
+    """P(control) of each treatment well against dose (log axis), the fitted 4PL per compound and
+    its EC50, over the control/disease bands."""
+    treat = wells[wells[ROLE] == "treatment"]
+    compounds = sorted(treat[COMPOUND].unique())
+    fig = make_subplots(rows=1, cols=max(1, len(compounds)), shared_yaxes=True,
+                        subplot_titles=[_fit_title(fits, c) for c in compounds])
+    for k, cpd in enumerate(compounds, start=1):
+        pts = treat[treat[COMPOUND] == cpd]
+        fig.add_trace(go.Scatter(
+            x=pts[DOSE], y=pts[P_CONTROL], mode="markers", name=cpd, showlegend=False,
+            text=pts[WELL], hovertemplate="%{text}: %{x:g} uM, P(control) %{y:.3f}<extra></extra>",
+            marker=dict(color=ROLE_COLOURS["treatment"]),
+        ), row=1, col=k)
+        line = curves[curves[COMPOUND] == cpd]
+        if not line.empty:
+            fig.add_trace(go.Scatter(x=line[DOSE], y=line[P_CONTROL], mode="lines", showlegend=False,
+                                     name=f"{cpd} 4PL", line=dict(color="black")), row=1, col=k)
+        fig.update_xaxes(type="log", title_text="dose (uM)", row=1, col=k)
+        _bands(fig, qc, row=1, col=k)
+    fig.update_yaxes(title_text="P(control)", row=1, col=1)
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def _fit_title(fits: pd.DataFrame, compound: str) -> str:
+    row = fits[fits[COMPOUND] == compound]
+    if row.empty or not bool(row[CONVERGED].iloc[0]):
+        why = "" if row.empty else str(row[FIT_MESSAGE].iloc[0])
+        return f"{compound}<br><sub>no EC50: {why[:40]}</sub>"
+    r = row.iloc[0]
+    return f"{compound}<br><sub>EC50 {r[EC50]:.3g} uM [{r[EC50_CI_LOW]:.3g}, {r[EC50_CI_HIGH]:.3g}]</sub>"
+
+
+def fit_table(fits: pd.DataFrame) -> pd.DataFrame:
+    """The 4PL fits with the columns a person reads first."""
+    first = [c for c in (COMPOUND, EC50, EC50_CI_LOW, EC50_CI_HIGH, HILL, N_WELLS, N_DOSES, CONVERGED,
+                         FIT_MESSAGE) if c in fits.columns]
+    return fits[first + [c for c in fits.columns if c not in first]]
+
+
+def dose_strip(wells: pd.DataFrame, qc: dict) -> go.Figure:
+    """Box + points of P(control) per dose for each compound, beside the control and disease wells."""
+    fig = go.Figure()
+    for role in ("control", "disease"):
+        grp = wells[wells[ROLE] == role]
+        fig.add_trace(go.Box(x=[role] * len(grp), y=grp[P_CONTROL], name=role, boxpoints="all",
+                             marker_color=ROLE_COLOURS[role], text=grp[WELL]))
+    treat = wells[wells[ROLE] == "treatment"].sort_values([COMPOUND, DOSE])
+    for cpd in sorted(treat[COMPOUND].unique()):
+        grp = treat[treat[COMPOUND] == cpd]
+        labels = [f"{cpd} {d:.3g}" for d in grp[DOSE]]
+        fig.add_trace(go.Box(x=labels, y=grp[P_CONTROL], name=cpd, boxpoints="all", text=grp[WELL]))
+    _bands(fig, qc)
+    fig.update_layout(height=420, yaxis_title="P(control)", xaxis_title="compound and dose (uM)",
+                      margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def channel_scatter(channels: pd.DataFrame, fits: dict) -> go.Figure:
+    """Three panels: each single-channel model's P(control) (y) vs the 3-channel model's (x),
+    coloured by role, with the least-squares line and r, p, n in the title."""
+    titles = []
+    for role in CHANNELS:
+        f = fits.get(role)
+        titles.append(f"{role}: r = {f['r']:.3f}, p = {f['p']:.2g}, n = {f['n']}" if f
+                      else f"{role}: r undefined")
+    fig = make_subplots(rows=1, cols=len(CHANNELS), subplot_titles=titles, shared_yaxes=True)
+    for k, (role, column) in enumerate(zip(CHANNELS, CHANNEL_P_CONTROL), start=1):
+        for well_role in ROLES:
+            grp = channels[channels[ROLE] == well_role]
+            if grp.empty:
+                continue
+            fig.add_trace(go.Scatter(
+                x=grp[P_CONTROL], y=grp[column], mode="markers", name=well_role,
+                legendgroup=well_role, showlegend=k == 1, text=grp[WELL],
+                marker=dict(color=ROLE_COLOURS[well_role], size=7),
+                hovertemplate="%{text}: x %{x:.3f}, y %{y:.3f}<extra></extra>",
+            ), row=1, col=k)
+        f = fits.get(role)
+        if f:
+            xs = np.array([0.0, 1.0])
+            fig.add_trace(go.Scatter(x=xs, y=f["intercept"] + f["slope"] * xs, mode="lines",
+                                     line=dict(color="black"), showlegend=False,
+                                     name=f"{role} fit"), row=1, col=k)
+        fig.update_xaxes(title_text="P(control), 3-channel ensemble", range=[0, 1], row=1, col=k)
+    fig.update_yaxes(title_text="P(control), single-channel model", range=[0, 1], row=1, col=1)
+    fig.update_layout(height=420, margin=dict(l=10, r=10, t=60, b=10))
+    return fig

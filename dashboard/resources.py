@@ -24,7 +24,30 @@ from neurorg_core.config import Config, load_config
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
-from neurorg_core.schema import CHANNEL_P_CONTROL, CHANNELS, P_CONTROL, PLATE, PLATE_FORMAT, SOURCE, WELL
+from neurorg_core.schema import (
+    BOTTOM,
+    CHANNEL_P_CONTROL,
+    CHANNELS,
+    COMPOUND,
+    CONVERGED,
+    DOSE,
+    EC50,
+    EC50_CI_HIGH,
+    EC50_CI_LOW,
+    FIT_MESSAGE,
+    HILL,
+    N_DOSES,
+    N_WELLS,
+    P_CONTROL,
+    P_FLAT,
+    PLATE,
+    PLATE_FORMAT,
+    ROLE,
+    RUN_ID,
+    SOURCE,
+    TOP,
+    WELL,
+)
 from neurorg_core.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -124,6 +147,7 @@ class PlateResults:
     qc: dict = field(default_factory=dict)
     treatments: pd.DataFrame = field(default_factory=pd.DataFrame)
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # compound, dose, fitted P_control
     channel_fits: dict = field(default_factory=dict)  # channel -> Pearson r, p, n, slope, intercept
     problems: dict = field(default_factory=dict)   # statistic -> why it could not be computed
 
@@ -167,6 +191,7 @@ def _plate_results(db_path: str, plate_name: str, run_id: str) -> PlateResults:
         fits = stats.fit_compounds(wells)
     except NeuroRGError as exc:
         problems["fits"] = str(exc)
+    curves = _fit_curves(wells, fits)
     channel_scores = db.load_channel_scores(run_id)
     channels = (
         wells.merge(channel_scores, on=WELL, how="inner") if not channel_scores.empty
@@ -184,9 +209,31 @@ def _plate_results(db_path: str, plate_name: str, run_id: str) -> PlateResults:
         plate=plate_name, run_id=run_id, plate_format=int(record[PLATE_FORMAT]),
         source=str(record[SOURCE]), channel_map=dict(record["channel_map"]),
         synthetic=is_synthetic(record[SOURCE]), wells=wells, channels=channels,
-        run=db.load_run(run_id), qc=qc, treatments=treatments, fits=fits, channel_fits=channel_fits,
+        run=db.load_run(run_id), qc=qc, treatments=treatments, fits=fits, curves=curves, channel_fits=channel_fits,
         problems=problems,
     )
+
+
+def _fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, n_points: int = 60) -> pd.DataFrame:
+    """Each converged 4PL evaluated over its compound's dose range (log-spaced), for plotting."""
+    from neurorg_core.stats import DoseResponseFit
+
+    parts = []
+    for row in fits.to_dict("records") if not fits.empty else []:
+        if not row[CONVERGED]:
+            continue
+        doses = wells.loc[(wells[ROLE] == "treatment") & (wells[COMPOUND] == row[COMPOUND]), DOSE]
+        grid = np.logspace(np.log10(doses.min()), np.log10(doses.max()), n_points)
+        fit = DoseResponseFit(
+            ec50_uM=row[EC50], ec50_ci_low_uM=row[EC50_CI_LOW], ec50_ci_high_uM=row[EC50_CI_HIGH],
+            hill=row[HILL], top=row[TOP], bottom=row[BOTTOM], p_flat=row[P_FLAT], n=row[N_WELLS],
+            n_doses=row[N_DOSES], converged=True, message=row[FIT_MESSAGE],
+        )
+        parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, P_CONTROL: fit.predict(grid)}))
+    if not parts:
+        return pd.DataFrame({COMPOUND: pd.Series(dtype=str), DOSE: pd.Series(dtype=float),
+                             P_CONTROL: pd.Series(dtype=float)})
+    return pd.concat(parts, ignore_index=True)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -210,7 +257,7 @@ def runs_table(plate_name: str | None = None) -> pd.DataFrame:
     runs = store().list_runs(plate_name)
     if runs.empty:
         return runs
-    params = [json.dumps(store().load_run(r)["params"], sort_keys=True) for r in runs["Run_Id"]]
+    params = [json.dumps(store().load_run(r)["params"], sort_keys=True) for r in runs[RUN_ID]]
     return runs.assign(Parameters=params)
 
 

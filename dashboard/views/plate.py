@@ -50,7 +50,6 @@ try:
 except NeuroRGError as exc:
     st.error(f"The images of well {well} cannot be shown: {exc}")
     st.stop()
-cols = st.columns(max(1, min(4, len(images))))
+cols = st.columns(4)
 for k, (f, img) in enumerate(zip(fields, images)):
-    cols[k % len(cols)].image(components.composite_rgb(img, show), caption=f"{well} field {f}",
-                              width="stretch")
+    cols[k % 4].image(components.composite_rgb(img, show), caption=f"{well} field {f}", width=240)
