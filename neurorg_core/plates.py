@@ -153,40 +153,59 @@ def _png_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return shape, np.dtype(dtype)
 
 
+def _tiff_shape(tif: tifffile.TiffFile) -> tuple[tuple[int, ...], np.dtype]:
+    series = tif.series[0]
+    shape = tuple(int(d) for d in series.shape)
+    while len(shape) > 2 and shape[0] == 1:   # ImageJ hyperstacks carry singleton T/Z axes
+        shape = shape[1:]
+    return shape, np.dtype(series.dtype)
+
+
 def _image_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of an image file, from its header only (no pixels decoded)."""
     if path.suffix.lower() == ".png":
         return _png_header(path)
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape, dtype = tuple(int(d) for d in series.shape), np.dtype(series.dtype)
+            return _tiff_shape(tif)
     except _DECODE_ERRORS as exc:
         raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
-    while len(shape) > 2 and shape[0] == 1:   # ImageJ hyperstacks carry singleton T/Z axes
-        shape = shape[1:]
-    return shape, dtype
+
+
+def _check_header(path: Path, shape: tuple[int, ...], dtype: np.dtype, max_pixels: int) -> None:
+    if len(shape) < 2:
+        raise NeuroRGError(f"image has shape {shape}; expected (H, W), (H, W, C) or (C, H, W)", path=path)
+    _check_pixels(path, _spatial(shape, path), max_pixels)
+    if dtype not in SUPPORTED_DTYPES:
+        raise NeuroRGError(f"pixel type {dtype} is not supported; expected 8- or 16-bit", path=path)
 
 
 def _read_image(path: Path, max_pixels: int) -> np.ndarray:
-    """Decode one image file after checking its header against ``max_pixels``."""
-    shape, dtype = _image_header(path)
-    if len(shape) >= 2:
-        spatial = _spatial(shape, path)
-        _check_pixels(path, spatial, max_pixels)
-    if dtype not in SUPPORTED_DTYPES:
-        raise NeuroRGError(f"pixel type {dtype} is not supported; expected 8- or 16-bit", path=path)
-    try:
-        if path.suffix.lower() == ".png":
+    """Decode one image file after checking its header (size against ``max_pixels``, dtype)."""
+    if path.suffix.lower() == ".png":
+        shape, dtype = _png_header(path)
+        _check_header(path, shape, dtype, max_pixels)
+        try:
             with Image.open(path) as im:
-                arr = np.asarray(im)
-        else:
-            arr = tifffile.imread(path, series=0)
-    except Image.DecompressionBombError as exc:
-        raise NeuroRGError(f"image is too large to decode safely ({exc})", path=path) from exc
+                return np.asarray(im).reshape(shape)
+        except Image.DecompressionBombError as exc:
+            raise NeuroRGError(f"image is too large to decode safely ({exc})", path=path) from exc
+        except _DECODE_ERRORS as exc:
+            raise NeuroRGError(f"image is truncated or corrupt ({exc})", path=path) from exc
+    try:
+        tif = tifffile.TiffFile(path)
     except _DECODE_ERRORS as exc:
-        raise NeuroRGError(f"image is truncated or corrupt ({exc})", path=path) from exc
-    return arr.reshape(shape)
+        raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
+    with tif:
+        try:
+            shape, dtype = _tiff_shape(tif)
+        except _DECODE_ERRORS as exc:
+            raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
+        _check_header(path, shape, dtype, max_pixels)
+        try:
+            return tif.series[0].asarray().reshape(shape)
+        except _DECODE_ERRORS as exc:
+            raise NeuroRGError(f"image is truncated or corrupt ({exc})", path=path) from exc
 
 
 def _spatial(shape: tuple[int, ...], path: Path) -> tuple[int, int]:

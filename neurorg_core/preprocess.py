@@ -96,24 +96,29 @@ def plan_crops(n_fields: int, crops_per_well: int = CROPS_PER_WELL) -> CropPlan:
     return CropPlan(n_fields=n_fields, crops_per_well=k, grid=grid, tiles=tiles)
 
 
+def _resize_planes(planes: np.ndarray, size: int) -> np.ndarray:
+    """C-contiguous float32 (C, s, s) -> (size, size, C)."""
+    s = planes.shape[1]
+    if s == size:
+        return np.moveaxis(planes, 0, -1)
+    resample = Image.Resampling.BOX if s > size else Image.Resampling.BILINEAR
+    return np.stack(
+        [np.asarray(Image.fromarray(p).resize((size, size), resample=resample)) for p in planes],
+        axis=-1,
+    )
+
+
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize a float32 (s, s, C) image to (size, size, C), channel by channel.
 
     Shrinking uses Pillow's box filter, which is exact area averaging for integer factors;
     enlarging uses bilinear interpolation.
     """
-    s = image.shape[0]
-    if image.shape[1] != s:
-        raise NeuroRGError(f"expected a square image; got {image.shape[0]} x {image.shape[1]}")
-    if s == size:
+    if image.ndim != 3 or image.shape[0] != image.shape[1]:
+        raise NeuroRGError(f"expected a square (s, s, C) image; got shape {image.shape}")
+    if image.shape[0] == size:
         return image.astype(np.float32, copy=False)
-    resample = Image.Resampling.BOX if s > size else Image.Resampling.BILINEAR
-    planes = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32))
-                   .resize((size, size), resample=resample))
-        for c in range(image.shape[2])
-    ]
-    return np.stack(planes, axis=-1)
+    return _resize_planes(np.moveaxis(image, -1, 0).astype(np.float32, order="C"), size)
 
 
 def tile_boxes(field_shape: tuple[int, int], grid: int) -> list[tuple[int, int, int]]:
@@ -163,9 +168,14 @@ def crops_from_field(field: np.ndarray, plan: CropPlan, field_index: int, input_
     out = np.empty((len(chosen), input_size, input_size, field.shape[2]), dtype=np.float32)
     if not chosen:
         return out
+    full = _FULL_SCALE.get(field.dtype)
+    if full is None:
+        raise NeuroRGError(f"pixel type {field.dtype} cannot be scaled; expected uint8 or uint16")
     boxes = tile_boxes(field.shape[:2], plan.grid)
     for i, t in enumerate(chosen):
         top, left, side = boxes[t]
-        crop = scale_intensity(field[top:top + side, left:left + side])
-        out[i] = resize_square(crop, input_size)
+        # one planar float32 copy per crop, scaled exactly as scale_intensity does
+        planes = np.moveaxis(field[top:top + side, left:left + side], -1, 0).astype(np.float32, order="C")
+        planes /= np.float32(full)
+        out[i] = _resize_planes(planes, input_size)
     return out
