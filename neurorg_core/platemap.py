@@ -94,20 +94,19 @@ def _normalize(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     out = pd.DataFrame(index=range(n))
     out[PLATE] = _text(df[PLATE]).to_numpy() if PLATE in df.columns else ""
 
-    rows, cols, wells = [], [], []
+    parsed: list[tuple[int, int] | None] = []
     bad_wells = []
     for ln, text in zip(line, _text(df[WELL])):
         try:
-            r, c = parse_well(text)
-            rows.append(r), cols.append(c), wells.append(format_well(r, c))
+            parsed.append(parse_well(text))
         except NeuroRGError:
-            rows.append(pd.NA), cols.append(pd.NA), wells.append("")
+            parsed.append(None)
             bad_wells.append(f"line {ln}: {text!r}")
     if bad_wells:
         problems.append(f"unknown well name(s) (expected e.g. A01, A1, r01c01): {_listed(bad_wells)}")
-    out[WELL] = wells
-    out[ROW] = pd.array(rows, dtype="Int64")
-    out[COL] = pd.array(cols, dtype="Int64")
+    out[WELL] = [format_well(*rc) if rc else "" for rc in parsed]
+    out[ROW] = pd.array([rc[0] if rc else pd.NA for rc in parsed], dtype="Int64")
+    out[COL] = pd.array([rc[1] if rc else pd.NA for rc in parsed], dtype="Int64")
 
     out[COMPOUND] = _text(df[COMPOUND]).to_numpy() if COMPOUND in df.columns else ""
 
@@ -148,7 +147,8 @@ def _normalize(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if role == "":
             cls = classes[i]
             if cls is not pd.NA:
-                role = "control" if cls == CONTROL_CLASS else "disease" if cls == DISEASE_CLASS else "treatment"
+                role = ("control" if cls == CONTROL_CLASS
+                        else "disease" if cls == DISEASE_CLASS else "treatment")
             elif out.at[i, COMPOUND] != "":
                 role = "treatment"
             else:
@@ -264,7 +264,8 @@ def check_plate_map(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | 
     if missing:
         problems.append(f"imaged well(s) not in the plate map: {_listed(missing)}")
     imaged_set = set(imaged)
-    unimaged = [w for w, role in zip(table[WELL], table[ROLE]) if w and role != "empty" and w not in imaged_set]
+    unimaged = [w for w, role in zip(table[WELL], table[ROLE])
+                if w and role != "empty" and w not in imaged_set]
     if unimaged:
         problems.append(f"plate-map well(s) without images (mark them role 'empty' if intended): "
                         f"{_listed(unimaged)}")
