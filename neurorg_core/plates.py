@@ -305,8 +305,11 @@ class Plate:
         return list(self._by_well[key])
 
     def files_of(self, ref: FieldRef) -> list[Path]:
-        """The files holding a field's pixels (one per channel, or one)."""
-        return list(dict.fromkeys(self._source(ref).files.values()))
+        """The files read for a field: one per role in ``CHANNELS`` order, or the one file."""
+        files = self._source(ref).files
+        if "" in files:
+            return [files[""]]
+        return [files[self.channel_map[role]] for role in CHANNELS]
 
     def _source(self, ref: FieldRef) -> _Source:
         if ref not in self._sources:
