@@ -428,3 +428,46 @@ def test_generator_16_bit_is_8_bit_times_257(synthetic):
     np.testing.assert_array_equal(f16, f8.astype(np.uint16) * 257)
     plan = plan_crops(1)
     np.testing.assert_array_equal(crops_from_field(f8, plan, 0, 16), crops_from_field(f16, plan, 0, 16))
+
+
+def test_zip_with_symlink_member_is_refused(tmp_path):
+    zpath = tmp_path / "link.zip"
+    info = zipfile.ZipInfo("A01_s1.tif")
+    info.external_attr = (0o120777 << 16)          # a symbolic link
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(NeuroRGError, match="symbolic link"):
+        extract_zip(zpath, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_sixteen_bit_colour_png_is_refused_not_truncated(tmp_path):
+    import struct
+    import zlib
+
+    h = w = 4
+    raw = b"".join(b"\0" + bytes(6 * w) for _ in range(h))     # filter byte + RGB 16-bit rows
+    data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
+    root = tmp_path / "png16"
+    root.mkdir()
+    (root / "A01_s1.png").write_bytes(data)
+    with pytest.raises(NeuroRGError, match="A01_s1.png, well A01: 16-bit colour PNG"):
+        load_plate(root)
+
+
+def test_unused_channel_is_not_read_or_checked(tmp_path):
+    root = write_imagexpress(tmp_path / "p", channels=(1, 2, 3, 4))
+    tifffile.imwrite(root / f"180706_B02_s1_w4{GUID}.tif", plane(1, shape=(5, 5)))
+    plate = load_plate(root, {"nucleus": "w1"})
+    assert [p.name[:16] for p in plate.files_of(plate.fields[0])] == [
+        "180706_B02_s1_w1", "180706_B02_s1_w2", "180706_B02_s1_w3"]
+    assert plate.check_files() == []
+    assert plate.read_field(plate.fields[0]).shape == (24, 32, 3)
