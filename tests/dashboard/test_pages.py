@@ -1,0 +1,183 @@
+"""Every page runs without an exception (empty store, and a store with a scored plate), and shows
+what it promises: SYNTHETIC labels, heatmap, QC, fits, channel panels, library, links."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard_fixtures import APP, TRUTH_PLATE, store_truth_run
+from dashboard import resources
+
+PAGES = ("overview", "upload", "plate", "treatments", "channels", "library")
+
+
+def _open(page: str, **query: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update(query)
+    at.run()
+    if page != "overview":
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def _array(value: object) -> np.ndarray:
+    """A plotly JSON array (plain list, or plotly's typed-array ``{"dtype", "bdata", "shape"}``)."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return flat.reshape([int(n) for n in str(value.get("shape", flat.size)).split(",")])
+    return np.asarray(value, dtype=object)
+
+
+def _titles(spec: dict) -> list[str]:
+    return [a.get("text", "") for a in spec["layout"].get("annotations", [])]
+
+
+def _frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first table on the page that has ``column``."""
+    return next(df.value for df in at.dataframe if column in df.value.columns)
+
+
+def _synthetic_labelled(at: AppTest) -> bool:
+    return any("SYNTHETIC" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_on_an_empty_store(app_env: Path, page: str) -> None:
+    at = _open(page)
+    assert not at.error
+    # Each page says what is missing instead of failing.
+    assert at.info, f"{page}: no hint shown on an empty store"
+
+
+def test_overview_without_a_model_says_where_the_model_belongs(app_env: Path) -> None:
+    at = _open("overview")
+    assert "no model is installed" in at.info[0].value
+    assert str(app_env / "no_models") in at.info[0].value
+
+
+@pytest.mark.parametrize("page", ["overview", "plate", "treatments", "channels", "library"])
+def test_pages_with_a_scored_synthetic_plate_are_labelled_synthetic(truth_store: Path, page: str) -> None:
+    at = _open(page)
+    assert not at.error, [e.value for e in at.error]
+    assert _synthetic_labelled(at)
+
+
+def test_plate_page_heatmap_geometry_hover_and_qc(truth_store: Path) -> None:
+    at = _open("plate")
+    heat = _charts(at)[0]["data"][0]
+    assert heat["type"] == "heatmap"
+    z, text = _array(heat["z"]).astype(float), _array(heat["text"])
+    # True 96-well geometry: 8 rows x 12 columns, positions without images left empty (NaN).
+    assert z.shape == (8, 12) and text.shape == (8, 12)
+    assert np.isnan(z[0, 0])  # A01 is not imaged on the synthetic screening plate
+    assert z[0, 1] > 0.9  # A02 is a control well
+    assert np.isfinite(z).sum() == 88
+    assert "not imaged" in text[0, 0]
+    a03 = text[0, 2]
+    assert "A03" in a03 and "CPD-001" in a03 and "treatment" in a03 and "uM" in a03
+    z_prime = next(m for m in at.metric if m.label == "Z'")
+    assert float(z_prime.value) > 0.5  # truth-derived scores separate control from disease
+    # The selected well's fields are shown as RGB thumbnails.
+    assert at.selectbox(key="well").value == "A02"
+    captions = [c for img in at.get("image") for c in img.captions]
+    assert captions == ["A02 field 1"]
+
+
+def test_plate_page_metric_switch_and_well_selection(truth_store: Path) -> None:
+    at = _open("plate")
+    at.selectbox(key="metric").set_value("Called_class").run()
+    heat = _charts(at)[0]["data"][0]
+    assert heat["zmax"] == pytest.approx(5.5)
+    assert heat["colorbar"]["ticktext"][0] == "0 uM"
+    at.selectbox(key="well").set_value("D05").run()
+    assert not at.exception
+    row = _frame_with(at, "Vote_class0")
+    assert list(row["Metadata_Well"]) == ["D05"]
+    # Hiding two channels still renders the field.
+    at.checkbox(key="show_nucleus").uncheck()
+    at.checkbox(key="show_neuron").uncheck().run()
+    assert not at.exception and len(at.get("image")) >= 1
+
+
+def test_treatments_page_fits_bands_and_table(truth_store: Path) -> None:
+    at = _open("treatments")
+    dose, strip = _charts(at)
+    titles = " ".join(_titles(dose))
+    for active in ("CPD-001", "CPD-002", "CPD-003"):
+        assert active in titles
+    assert "EC50" in titles and "no EC50" in titles  # the inactive compound is not given an EC50
+    assert any("control mean" in t for t in _titles(strip))
+    table = _frame_with(at, "Q_welch")
+    for col in ("Rescue_pct", "P_welch", "Q_welch", "Hit"):
+        assert col in table.columns
+    assert table["Hit"].any() and not table.loc[table["Metadata_Compound"] == "CPD-004", "Hit"].any()
+    assert at.download_button(key="treatments_csv") is not None
+    fits = _frame_with(at, "EC50_uM")
+    assert fits["Converged"].sum() == 3
+
+
+def test_channels_page_orders_the_channels(truth_store: Path) -> None:
+    at = _open("channels")
+    titles = _titles(_charts(at)[0])
+    r = {t.split(":")[0]: float(t.split("r = ")[1].split(",")[0]) for t in titles}
+    assert r["microglia"] > r["neuron"] > abs(r["nucleus"])
+    assert all("n = 88" in t for t in titles)
+
+
+def test_shared_link_opens_the_named_page_and_plate(truth_store: Path, tiny_plate: Path) -> None:
+    store_truth_run(truth_store / "store.duckdb", tiny_plate, name="second plate")
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"page": "treatments", "plate": "second plate"})
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Treatments"
+    assert at.selectbox(key="plate_select").value == "second plate"
+    assert at.query_params["plate"] == ["second plate"] or at.query_params["plate"] == "second plate"
+
+
+def test_choosing_a_plate_updates_the_link(truth_store: Path, tiny_plate: Path) -> None:
+    store_truth_run(truth_store / "store.duckdb", tiny_plate, name="second plate")
+    at = _open("plate")
+    assert at.selectbox(key="plate_select").value == "second plate"  # plates sorted by name
+    at.selectbox(key="plate_select").set_value(TRUTH_PLATE).run()
+    assert _query(at, "plate") == TRUTH_PLATE and _query(at, "page") == "plate"
+    # The choice is kept when moving to another page.
+    at.switch_page("views/treatments.py").run()
+    assert at.selectbox(key="plate_select").value == TRUTH_PLATE
+
+
+def _query(at: AppTest, key: str) -> str:
+    value = at.query_params[key]
+    return value[0] if isinstance(value, list) else value
+
+
+def test_library_lists_exports_and_deletes_after_confirmation(truth_store: Path) -> None:
+    at = _open("library")
+    assert TRUTH_PLATE in list(_frame_with(at, "layout")["Metadata_Plate"])
+    runs = _frame_with(at, "Run_Id")
+    assert list(runs["Model_Id"]) == ["ground-truth"] and "crops_per_well" in runs["Parameters"][0]
+    assert at.button(key="delete_plate").disabled  # nothing is deleted without the confirmation
+    at.checkbox(key="confirm_delete").check().run()
+    at.button(key="delete_plate").click().run()
+    assert not at.exception
+    assert resources.store().list_plates().empty  # the app's own store (same process)
+
+
+def test_library_open_navigates_to_the_plate(truth_store: Path) -> None:
+    at = _open("library")
+    at.button(key="library_open").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Plate heatmap"
+    assert _query(at, "plate") == TRUTH_PLATE
