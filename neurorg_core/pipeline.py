@@ -1,0 +1,471 @@
+"""Score a plate end to end: stream fields -> cache lookup -> inference -> score -> store.
+
+``run_plate`` is what the CLI ``score`` command and the dashboard's scoring page call. It works in
+two passes over the plate's fields:
+
+1. *hash pass*: read each field once (lazily, one at a time), hash its pixels and look the
+   (field hash, member id, crop key) triples up in the store's prediction cache;
+2. *inference pass*: re-read only the fields some member has no cached prediction for, crop them
+   and run exactly the missing members through ``inference.predict_stream`` (reading and
+   cropping happen in its background thread, overlapping inference).
+
+So scoring the same images with the same bundle again runs no inference; a changed field is
+recomputed alone; a retrained (changed) member is recomputed for every field, the other members
+are read from the cache. New predictions are committed to the cache in batches as they arrive
+(they are true whatever happens to the run); the run itself, with its plate, wells, fields and
+well scores, is stored in one transaction at the end, so an interrupted or failed run leaves no
+partial run behind.
+
+``load_plate_results`` is the read side: everything a dashboard page needs about a scored plate
+in one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import logging
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from neurorg_core.config import REPO_ROOT
+from neurorg_core.errors import NeuroRGError, PlateMapError
+from neurorg_core.schema import (
+    CHANNEL_P_CONTROL,
+    CHANNELS,
+    CLASS,
+    COL,
+    COMPOUND,
+    CROP,
+    DOSE,
+    FIELD,
+    FIELD_HASH,
+    MEMBER,
+    PLATE,
+    PROB_COLUMNS,
+    ROLE,
+    ROW,
+    WELL,
+)
+from neurorg_core.inference import Predictor, predict_stream
+from neurorg_core.platemap import check_plate_map
+from neurorg_core.preprocess import crops_from_field, plan_crops
+from neurorg_core.scoring import score_channels, score_plate
+from neurorg_core.store import (
+    PLATE_MAP_COLUMNS,
+    PlateRecord,
+    PredictionRow,
+    ResultStore,
+    RunRecord,
+    utc_now,
+)
+from neurorg_core.wells import format_well, parse_well
+
+log = logging.getLogger(__name__)
+
+CROP_KEY_VERSION = "v1"
+"""Part of every prediction's cache key: bump when cropping or scaling changes what a crop holds."""
+
+CACHE_FLUSH_FIELDS = 16
+"""New predictions are committed to the cache once at least this many fields have them."""
+
+CROPS_PER_BATCH_FACTOR = 4
+"""Fields are grouped into inference batches of at least this many model batches of crops."""
+
+ProgressCallback = Callable[[int, int], None]
+"""``progress(done_crops, total_crops)``: crops of the plate resolved so far (cached or inferred)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``run_plate`` did.
+
+    Attributes
+    ----------
+    run_id
+        The stored run.
+    plate
+        The plate name the run is stored under.
+    n_wells, n_fields, n_crops
+        Wells scored, fields read, crops per model member scored.
+    cache_hits
+        Fields whose predictions all came from the store (no inference).
+    cache_misses
+        Fields that went through inference for at least one member.
+    inferred_crops
+        Crop x member predictions computed by inference in this run (0 when fully cached).
+    """
+
+    run_id: str
+    plate: str
+    n_wells: int
+    n_fields: int
+    n_crops: int
+    cache_hits: int
+    cache_misses: int
+    inferred_crops: int
+
+
+@dataclass
+class _FieldJob:
+    """One field's place in the plate, its hash and what it still needs."""
+
+    ref: Any                  # plates.FieldRef
+    index: int                # 0-based position within its well
+    tiles: tuple[int, ...]    # chosen tile indices (the Metadata_Crop values)
+    crop_key: str
+    field_hash: str
+    missing: dict[str, tuple[Any, ...]]  # bundle role -> members with no cached prediction
+    pending: int = 0          # inference groups not yet finished for this field
+
+
+def hash_field(pixels: np.ndarray) -> str:
+    """Content hash of a field's pixels (blake2b-128 of shape, dtype and bytes), hex.
+
+    Two fields hash equal exactly when they have the same shape, dtype and pixel values, whatever
+    file or layout they were read from.
+    """
+    arr = np.ascontiguousarray(pixels)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """``git describe`` of the repository when available, else the installed package version."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO_ROOT,
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        return f"git {out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("no git version (%s); using the package version", exc)
+    try:
+        return f"neurorg-screen {importlib.metadata.version('neurorg-screen')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "neurorg-screen (not installed, no git)"
+
+
+def _crop_key(plan: Any, field_index: int) -> str:
+    tiles = plan.tiles_of(field_index)
+    return f"{CROP_KEY_VERSION}/g{plan.grid}:{','.join(map(str, tiles))}"
+
+
+def _plate_map_for(plate_map: pd.DataFrame, wells: Sequence[str], name: str) -> pd.DataFrame:
+    """The plate-map rows of the imaged wells, wells spelled ``A01``, every stored column present."""
+    if WELL not in plate_map.columns:
+        raise NeuroRGError(f"plate map lacks column {WELL}; it has {', '.join(map(str, plate_map.columns))}")
+    pm = plate_map.copy()
+    pm[WELL] = [format_well(*parse_well(w)) for w in pm[WELL]]
+    missing = sorted(set(wells) - set(pm[WELL]), key=parse_well)
+    if missing:
+        raise NeuroRGError(
+            f"{len(missing)} imaged well(s) are not in the plate map (e.g. {', '.join(missing[:5])}); "
+            "expected a plate-map row for every imaged well"
+        )
+    pm = pm[pm[WELL].isin(set(wells))].copy()
+    rc = [parse_well(w) for w in pm[WELL]]
+    pm[ROW] = [r for r, _ in rc]
+    pm[COL] = [c for _, c in rc]
+    pm[PLATE] = name
+    defaults: dict[str, Any] = {COMPOUND: "", DOSE: np.nan, ROLE: "treatment", CLASS: pd.NA}
+    for col, value in defaults.items():
+        if col not in pm.columns:
+            pm[col] = value
+    pm[COMPOUND] = pm[COMPOUND].fillna("").astype(str)
+    pm[DOSE] = pd.to_numeric(pm[DOSE], errors="raise").astype(float)
+    pm[CLASS] = pd.array(pm[CLASS], dtype="Int64")
+    return pm.sort_values([ROW, COL]).reset_index(drop=True)
+
+
+def _check_bundles(bundle: Any, single_channel_bundle: Any | None) -> dict[str, Any]:
+    bundles = {"ensemble": bundle}
+    if single_channel_bundle is not None:
+        chans = [m.channels for m in single_channel_bundle.members]
+        if any(len(c) != 1 or c[0] not in CHANNELS for c in chans):
+            raise NeuroRGError(
+                f"single-channel bundle {single_channel_bundle.path} has members with channels {chans}; "
+                f"expected one of {', '.join(CHANNELS)} per member"
+            )
+        bundles["single_channel"] = single_channel_bundle
+    ids = [m.id for b in bundles.values() for m in b.members]
+    if len(set(ids)) != len(ids):
+        raise NeuroRGError(f"model members are not distinct (ids {ids}); expected one id per member")
+    return bundles
+
+
+def _member_label(member: Any, position: int) -> int:
+    """The ``Model_Member`` value: the fold for ensemble members, else 1-based position."""
+    return int(member.fold) if member.fold is not None else position + 1
+
+
+def run_plate(
+    plate: Any,
+    plate_map: pd.DataFrame,
+    bundle: Any,
+    store: ResultStore,
+    *,
+    name: str | None = None,
+    crops_per_well: int = 15,
+    progress: ProgressCallback | None = None,
+    single_channel_bundle: Any | None = None,
+) -> RunResult:
+    """Score every imaged well of a plate and store the run.
+
+    Parameters
+    ----------
+    plate
+        A ``plates.Plate`` (read lazily, one field at a time).
+    plate_map
+        Plate map (``platemap.load_plate_map``); must hold every imaged well.
+    bundle
+        The 3-channel ensemble (``model.load_bundle``).
+    store
+        Where cached predictions are looked up and the run is written.
+    name
+        Plate name to store the run under; default ``plate.name``.
+    crops_per_well
+        Crops taken per well, spread over its fields.
+    progress
+        Called as ``progress(done_crops, total_crops)`` after the cache lookup and as fields finish.
+        An exception raised here aborts the run; nothing of the run is stored.
+    single_channel_bundle
+        Optional single-channel models (one member per channel); their per-well P(control) is
+        stored with the run for the channel comparison.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    NeuroRGError
+        Bad plate map, bundles, or a field that changed on disk during the run.
+    """
+
+    name = name or plate.name
+    bundles = _check_bundles(bundle, single_channel_bundle)
+    wells = plate.wells()
+    if not wells:
+        raise NeuroRGError("plate has no imaged wells", path=plate.source)
+    which = None
+    if PLATE in plate_map.columns:
+        in_map = sorted(set(plate_map[PLATE].dropna().astype(str)) - {""})
+        if len(in_map) > 1:
+            which = name if name in in_map else plate.name
+    problems = check_plate_map(plate_map, wells, plate=which)
+    if problems:
+        raise PlateMapError(problems)
+    if which is not None:
+        plate_map = plate_map[plate_map[PLATE].astype(str) == which]
+    pm = _plate_map_for(plate_map, wells, name)
+    plans = {w: plan_crops(len(plate.fields_of(w)), crops_per_well) for w in wells}
+    members_all = [m for b in bundles.values() for m in b.members]
+    cached = store.cached_keys([m.id for m in members_all])
+
+    # --- pass 1: hash every field and find what the cache lacks ------------------------------
+    jobs: list[_FieldJob] = []
+    position: dict[Any, int] = {}
+    for w in wells:
+        for i, ref in enumerate(plate.fields_of(w)):
+            position[ref] = i
+    for ref, pixels in plate.iter_fields():
+        idx = position[ref]
+        plan = plans[ref.well]
+        key = _crop_key(plan, idx)
+        h = hash_field(pixels)
+        tiles = plan.tiles_of(idx)
+        missing = {
+            role: tuple(m for m in b.members if (h, m.id, key) not in cached) if tiles else ()
+            for role, b in bundles.items()
+        }
+        jobs.append(_FieldJob(ref, idx, tiles, key, h, {r: ms for r, ms in missing.items() if ms}))
+    total = sum(len(j.tiles) for j in jobs)
+    done = sum(len(j.tiles) for j in jobs if not j.missing)
+    if progress is not None:
+        progress(done, total)
+
+    # --- pass 2: inference for the missing (field, member) pairs ------------------------------
+    new_probs: dict[tuple[str, str, str], np.ndarray] = {}
+    unflushed: list[PredictionRow] = []
+    unflushed_fields = 0
+    inferred_crops = 0
+    groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    for j, job in enumerate(jobs):
+        for role, ms in job.missing.items():
+            groups.setdefault((role, tuple(m.id for m in ms)), []).append(j)
+            job.pending += 1
+
+    for (role, member_ids), job_ids in groups.items():
+        src = bundles[role]
+        subset = tuple(m for m in src.members if m.id in member_ids)
+        sub_bundle = dataclasses.replace(src, members=subset)
+        predictor = Predictor(sub_bundle)
+        log.info("inference: %d field(s) x %d %s member(s)", len(job_ids), len(subset), role)
+        batches = _field_batches(plate, plans, jobs, job_ids, subset[0].input_size,
+                                 CROPS_PER_BATCH_FACTOR * predictor.batch_size)
+        with closing(predict_stream(batches, sub_bundle, predictor=predictor)) as stream:
+            for keys, probs in stream:
+                n_in = sum(k for _, k in keys)
+                if probs.shape != (len(subset), n_in, len(PROB_COLUMNS)):
+                    raise NeuroRGError(
+                        f"inference returned shape {probs.shape}; expected "
+                        f"({len(subset)}, {n_in}, {len(PROB_COLUMNS)})", path=sub_bundle.path,
+                    )
+                start = 0
+                for j, k in keys:
+                    job = jobs[j]
+                    for m, p in zip(subset, probs[:, start:start + k]):
+                        new_probs[(job.field_hash, m.id, job.crop_key)] = p
+                        unflushed.append(PredictionRow(job.field_hash, m.id, job.crop_key, p))
+                    start += k
+                    inferred_crops += len(subset) * k
+                    unflushed_fields += 1
+                    job.pending -= 1
+                    if job.pending == 0:
+                        done += k
+                        if progress is not None:
+                            progress(done, total)
+                if unflushed_fields >= CACHE_FLUSH_FIELDS:
+                    store.put_predictions(unflushed)
+                    unflushed, unflushed_fields = [], 0
+    if unflushed:
+        store.put_predictions(unflushed)
+
+    # --- crop-level tables and scores ---------------------------------------------------------
+    crop_tables = {role: _crop_table(jobs, b.members, new_probs, store) for role, b in bundles.items()}
+    well_scores = score_plate(crop_tables["ensemble"], pm)
+    well_scores[PLATE] = name
+    channel_scores = None
+    if "single_channel" in bundles:
+        sc = bundles["single_channel"]
+        by_channel = {
+            m.channels[0]: crop_tables["single_channel"][
+                crop_tables["single_channel"][MEMBER] == _member_label(m, i)]
+            for i, m in enumerate(sc.members)
+        }
+        channel_scores = score_channels(by_channel)
+        for col in CHANNEL_P_CONTROL:
+            if col not in channel_scores.columns:
+                channel_scores[col] = np.nan
+
+    hits = sum(1 for j in jobs if not j.missing)
+    run_id = f"{utc_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    params: dict[str, Any] = {
+        "crops_per_well": int(crops_per_well),
+        "input_size": int(bundle.members[0].input_size),
+        "channel_map": dict(plate.channel_map),
+        "members": [m.id for m in bundle.members],
+        "crop_key_version": CROP_KEY_VERSION,
+    }
+    if single_channel_bundle is not None:
+        params["single_channel_bundle"] = {"id": single_channel_bundle.id,
+                                           "members": [m.id for m in single_channel_bundle.members]}
+    run = RunRecord(
+        run_id=run_id, plate=name, model_id=bundle.id, bundle_card=bundle.card, params=params,
+        code_version=code_version(), n_wells=len(well_scores), cache_hits=hits,
+        cache_misses=len(jobs) - hits,
+    )
+    record = PlateRecord(
+        name=name, source=str(plate.source), layout=str(plate.layout), plate_format=int(plate.plate_format),
+        field_shape=(int(plate.field_shape[0]), int(plate.field_shape[1])), dtype=str(np.dtype(plate.dtype)),
+        channel_map=dict(plate.channel_map),
+    )
+    field_table = pd.DataFrame({
+        WELL: [j.ref.well for j in jobs], FIELD: [int(j.ref.field) for j in jobs],
+        FIELD_HASH: [j.field_hash for j in jobs],
+    })
+    store.save_run(plate=record, wells=pm[list(PLATE_MAP_COLUMNS)], fields=field_table,
+                   well_scores=well_scores, run=run, channel_scores=channel_scores)
+    result = RunResult(
+        run_id=run_id, plate=name, n_wells=len(well_scores), n_fields=len(jobs), n_crops=total,
+        cache_hits=hits, cache_misses=len(jobs) - hits, inferred_crops=inferred_crops,
+    )
+    log.info("run %s: %d wells, %d fields (%d cached, %d inferred), %d crop predictions computed",
+             run_id, result.n_wells, result.n_fields, hits, result.cache_misses, inferred_crops)
+    return result
+
+
+def _field_batches(
+    plate: Any, plans: dict[str, Any], jobs: Sequence[_FieldJob], job_ids: Sequence[int],
+    input_size: int, min_crops: int,
+) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+    """Read, re-hash and crop the given fields; yield ``([(job, n_crops), ...], crops)`` batches
+    of at least ``min_crops`` crops (the last may be smaller), so the fixed-size model batches are
+    full. Runs in ``predict_stream``'s background thread."""
+    keys: list[tuple[int, int]] = []
+    parts: list[np.ndarray] = []
+    n = 0
+    for j in job_ids:
+        job = jobs[j]
+        pixels = plate.read_field(job.ref)
+        if hash_field(pixels) != job.field_hash:
+            raise NeuroRGError(
+                f"field {job.ref.field} changed on disk while the plate was being scored; score it again",
+                path=plate.source, well=job.ref.well,
+            )
+        crops = crops_from_field(pixels, plans[job.ref.well], job.index, input_size)
+        keys.append((j, len(crops)))
+        parts.append(crops)
+        n += len(crops)
+        if n >= min_crops:
+            yield keys, np.concatenate(parts)
+            keys, parts, n = [], [], 0
+    if keys:
+        yield keys, np.concatenate(parts)
+
+
+def _crop_table(
+    jobs: Sequence[_FieldJob], members: Sequence[Any], new_probs: dict[tuple[str, str, str], np.ndarray],
+    store: ResultStore,
+) -> pd.DataFrame:
+    """The crop-level probability table (``scoring.CROP_PROB_COLUMNS``) of one bundle's members."""
+    parts: list[pd.DataFrame] = []
+    scored = [j for j in jobs if j.tiles]
+    for pos, m in enumerate(members):
+        # predictions not computed in this run come from the cache, one query per crop layout
+        wanted: dict[str, list[str]] = {}
+        for j in scored:
+            if (j.field_hash, m.id, j.crop_key) not in new_probs:
+                wanted.setdefault(j.crop_key, []).append(j.field_hash)
+        from_cache: dict[tuple[str, str], np.ndarray] = {}
+        for key, hashes in wanted.items():
+            for h, p in store.cached_predictions(hashes, m.id, crop_key=key).items():
+                from_cache[(h, key)] = p
+        label = _member_label(m, pos)
+        wells, fields, crops, probs = [], [], [], []
+        for j in scored:
+            p = new_probs.get((j.field_hash, m.id, j.crop_key))
+            if p is None:
+                p = from_cache.get((j.field_hash, j.crop_key))
+            if p is None:
+                raise NeuroRGError(
+                    f"no prediction of member {m.name} for field {j.ref.field}; the cache lost it "
+                    "during the run (was the store changed by another process?)", well=j.ref.well,
+                )
+            if p.shape[0] != len(j.tiles):
+                raise NeuroRGError(
+                    f"cached prediction of member {m.name} for field {j.ref.field} has {p.shape[0]} "
+                    f"crops; expected {len(j.tiles)}", well=j.ref.well,
+                )
+            wells += [j.ref.well] * len(j.tiles)
+            fields += [int(j.ref.field)] * len(j.tiles)
+            crops += list(j.tiles)
+            probs.append(p)
+        part = pd.DataFrame(np.concatenate(probs, axis=0).astype(np.float64), columns=list(PROB_COLUMNS))
+        part.insert(0, MEMBER, label)
+        part.insert(0, CROP, crops)
+        part.insert(0, FIELD, fields)
+        part.insert(0, WELL, wells)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
