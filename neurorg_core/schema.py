@@ -73,6 +73,32 @@ CHANNEL_P_CONTROL: Final = tuple(f"{P_CONTROL}_{c}" for c in CHANNELS)
 WellMetric = Literal["P_control", "Called_class", "Rescue_pct", "P_control_member_sd", "N_crops"]
 WELL_METRICS: Final = (P_CONTROL, CALLED_CLASS, RESCUE_PCT, P_CONTROL_SD, N_CROPS)
 
+# --- statistics tables (stats.py) ----------------------------------------------------------
+MEAN: Final = "Mean"                    # mean of the metric over the group's wells
+SD: Final = "SD"                        # sample SD (ddof 1) of the metric
+T_WELCH: Final = "T_welch"              # Welch's t, treatment vs disease wells
+P_WELCH: Final = "P_welch"              # two-sided
+Q_WELCH: Final = "Q_welch"              # Benjamini-Hochberg across treatments
+U_MWU: Final = "U_mannwhitney"          # Mann-Whitney U of the treatment wells
+P_MWU: Final = "P_mannwhitney"          # two-sided
+Q_MWU: Final = "Q_mannwhitney"          # Benjamini-Hochberg across treatments
+HIT: Final = "Hit"                      # rescue >= threshold and Q_welch <= FDR
+N_DOSES: Final = "N_doses"              # distinct doses fitted
+EC50: Final = "EC50_uM"
+EC50_CI_LOW: Final = "EC50_ci_low_uM"   # 95 % CI
+EC50_CI_HIGH: Final = "EC50_ci_high_uM"
+HILL: Final = "Hill"                    # drc LL.4 sign: < 0 when the response rises with dose
+TOP: Final = "Top"                      # upper asymptote of the 4PL fit
+BOTTOM: Final = "Bottom"                # lower asymptote of the 4PL fit
+P_FLAT: Final = "P_flat"                # F-test p of the 4PL fit against a flat line
+CONVERGED: Final = "Converged"
+FIT_MESSAGE: Final = "Fit_message"
+CHANNEL: Final = "Channel"
+PEARSON_R: Final = "Pearson_r"
+P_PEARSON: Final = "P_pearson"          # two-sided
+SLOPE: Final = "Slope"                  # least squares of y on x
+INTERCEPT: Final = "Intercept"
+
 # --- result store: runs and their provenance (store.py) -------------------------------------
 RUN_ID: Final = "Run_Id"
 RUN_CREATED: Final = "Created"          # UTC timestamp

@@ -1,21 +1,721 @@
 """Screening statistics over per-well tables.
 
-Pure functions over numpy arrays and pandas DataFrames: rescue %, plate quality (Z', SSMD, CV,
-edge effects), treatment-vs-disease tests with Benjamini-Hochberg q-values and hit calls,
-4-parameter logistic dose-response fits (EC50 with a 95 % CI), Pearson correlation between
-channel models, and McNemar's test for paired classifiers.
+Pure functions over numpy arrays and pandas DataFrames (the per-well table of
+``scoring.score_plate``, with ``Metadata_Role``, ``Metadata_Compound``, ``Metadata_Dose_uM``):
+
+- ``rescue_percent`` / ``add_rescue``: normalised percent inhibition, disease = 0 %, control = 100 %;
+- ``plate_qc``: Z', SSMD, CV % of control and disease wells, and an edge-effect check;
+- ``compare_treatments``: per (compound, dose) Welch's t and Mann-Whitney U against the disease
+  wells, Benjamini-Hochberg q-values across treatments, and hit calls;
+- ``fit_dose_response`` / ``fit_compounds``: 4-parameter logistic (drc LL.4) with EC50 and its 95 % CI;
+- ``channel_correlation`` / ``channel_comparison``: Pearson r between the 3-channel model and each
+  single-channel model;
+- ``mcnemar``: paired comparison of two classifiers.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
+from scipy import optimize, special
 from scipy import stats as sps
 
 from neurorg_core.errors import NeuroRGError
+from neurorg_core.schema import (
+    BOTTOM,
+    CHANNEL,
+    CHANNEL_P_CONTROL,
+    CHANNELS,
+    COL,
+    COMPOUND,
+    CONVERGED,
+    DOSE,
+    EC50,
+    EC50_CI_HIGH,
+    EC50_CI_LOW,
+    FIT_MESSAGE,
+    HILL,
+    HIT,
+    INTERCEPT,
+    MEAN,
+    N_DOSES,
+    N_WELLS,
+    P_CONTROL,
+    P_FLAT,
+    P_MWU,
+    P_PEARSON,
+    P_WELCH,
+    PEARSON_R,
+    Q_MWU,
+    Q_WELCH,
+    RESCUE_PCT,
+    ROLE,
+    ROLES,
+    ROW,
+    SD,
+    SLOPE,
+    T_WELCH,
+    TOP,
+    U_MWU,
+    WELL,
+)
+from neurorg_core.wells import parse_well
 
 log = logging.getLogger(__name__)
+
+MIN_DOSES = 4
+"""Fewest distinct doses a 4-parameter logistic is fitted to."""
+HILL_LIMIT = 10.0
+"""|Hill slope| bound of the 4PL fit; a fit that reaches it is reported as a step, not a curve."""
+EC50_MARGIN_DECADES = 1.0
+"""How far (log10 units) beyond the tested doses the EC50 may lie before it is called out of range."""
+ASYMPTOTE_MARGIN = 1.0
+"""Top and bottom are bounded to the observed response range widened by this many ranges."""
+MAX_NFEV = 300
+"""Function evaluations allowed per 4PL start (a curve needs tens; noise can wander for thousands)."""
+FLAT_ALPHA = 0.05
+"""A 4PL fit no better than a flat line (F-test p above this) is reported as an inactive compound."""
+EDGE_ALPHA = 0.05
+"""Edge/trend tests flag the plate when any Bonferroni-adjusted p falls below this."""
+
+
+# --- validators ----------------------------------------------------------------------------
+
+def check_metric(wells: pd.DataFrame, metric: str) -> None:
+    """Raise unless ``metric`` is a numeric column of ``wells`` (the message lists the numeric ones)."""
+    numeric = [c for c in wells.columns if pd.api.types.is_numeric_dtype(wells[c])
+               and not pd.api.types.is_bool_dtype(wells[c])]
+    if metric not in wells.columns or metric not in numeric:
+        raise NeuroRGError(
+            f"metric {metric!r} is not a numeric column of the well table; "
+            f"expected one of {', '.join(map(str, numeric)) or '(none)'}"
+        )
+
+
+def check_roles(wells: pd.DataFrame, required: dict[str, int]) -> dict[str, int]:
+    """Count wells per role and raise unless each required role has its minimum number of wells.
+
+    Parameters
+    ----------
+    wells : DataFrame
+        Well table with ``Metadata_Role`` (one of control, disease, treatment, empty).
+    required : dict
+        Role -> fewest wells needed.
+
+    Returns
+    -------
+    dict
+        Role -> number of wells, for every role in ``schema.ROLES``.
+    """
+    if ROLE not in wells.columns:
+        raise NeuroRGError(
+            f"well table lacks column {ROLE}; expected roles {', '.join(ROLES)} from the plate map"
+        )
+    counts = {r: int((wells[ROLE] == r).sum()) for r in ROLES}
+    unknown = sorted(set(wells[ROLE].dropna().astype(str)) - set(ROLES))
+    if unknown:
+        raise NeuroRGError(f"role(s) {', '.join(map(repr, unknown))} unknown; expected one of {', '.join(ROLES)}")
+    short = [f"{r} (needs {n}, has {counts[r]})" for r, n in required.items() if counts[r] < n]
+    if short:
+        have = ", ".join(f"{r} {n}" for r, n in counts.items())
+        raise NeuroRGError(f"too few wells of role {'; '.join(short)}; wells per role: {have}")
+    return counts
+
+
+def _values(wells: pd.DataFrame, metric: str, role: str) -> np.ndarray:
+    v = wells.loc[wells[ROLE] == role, metric].to_numpy(dtype=np.float64)
+    if not np.isfinite(v).all():
+        raise NeuroRGError(f"{int((~np.isfinite(v)).sum())} {role} well(s) have no finite {metric}; "
+                           "expected a number for every scored well")
+    return v
+
+
+# --- rescue ---------------------------------------------------------------------------------
+
+def rescue_percent(x: float | np.ndarray, mean_control: float, mean_disease: float) -> float | np.ndarray:
+    """Normalised percent inhibition: 100 * (x - mean_disease) / (mean_control - mean_disease).
+
+    Disease wells score 0 %, control wells 100 %; values outside 0..100 are kept (over-rescue or
+    worsening).
+
+    Parameters
+    ----------
+    x : float or array
+        Metric value(s) of the wells to express (e.g. P(control), unitless).
+    mean_control, mean_disease : float
+        Mean metric of the control and of the disease wells.
+
+    Returns
+    -------
+    float or ndarray
+        Rescue in percent; a float for a scalar ``x``, else an array of ``x``'s shape.
+
+    Raises
+    ------
+    NeuroRGError
+        If the two means are equal or not finite (no window to normalise over).
+    """
+    if not (np.isfinite(mean_control) and np.isfinite(mean_disease)) or mean_control == mean_disease:
+        raise NeuroRGError(
+            f"control mean {mean_control!r} and disease mean {mean_disease!r} must be finite and differ "
+            "to express rescue %; the assay window is empty"
+        )
+    out = 100.0 * (np.asarray(x, dtype=np.float64) - mean_disease) / (mean_control - mean_disease)
+    return float(out) if out.ndim == 0 else out
+
+
+def add_rescue(wells: pd.DataFrame, metric: str = P_CONTROL) -> pd.DataFrame:
+    """Copy of ``wells`` with ``Rescue_pct`` for every well, from the plate's control and disease means.
+
+    Raises
+    ------
+    NeuroRGError
+        If the plate has no control or no disease wells, or their means are equal.
+    """
+    check_metric(wells, metric)
+    check_roles(wells, {"control": 1, "disease": 1})
+    mc, md = _values(wells, metric, "control").mean(), _values(wells, metric, "disease").mean()
+    out = wells.copy()
+    out[RESCUE_PCT] = rescue_percent(out[metric].to_numpy(dtype=np.float64), mc, md)
+    return out
+
+
+# --- plate quality ----------------------------------------------------------------------------
+
+def _edge_mask(wells: pd.DataFrame) -> np.ndarray:
+    """True for wells on the outer ring of the imaged area (the plate edge on a whole plate)."""
+    if ROW in wells.columns and COL in wells.columns:
+        rows, cols = wells[ROW].to_numpy(int), wells[COL].to_numpy(int)
+    elif WELL in wells.columns:
+        rc = np.array([parse_well(w) for w in wells[WELL]])
+        rows, cols = rc[:, 0], rc[:, 1]
+    else:
+        raise NeuroRGError(f"well table lacks {ROW}/{COL} and {WELL}; expected well positions for the edge check")
+    return (rows == rows.min()) | (rows == rows.max()) | (cols == cols.min()) | (cols == cols.max())
+
+
+def plate_qc(wells: pd.DataFrame, metric: str = P_CONTROL) -> dict:
+    """Plate quality between control and disease wells.
+
+    Z' = 1 - 3 (sd_c + sd_d) / |mean_c - mean_d| (Zhang 1999; > 0.5 excellent, 0..0.5 marginal,
+    < 0 the two populations overlap); SSMD = (mean_c - mean_d) / sqrt(sd_c^2 + sd_d^2); CV % =
+    100 sd / |mean|. SDs are sample SDs (ddof 1).
+
+    Edge effects: wells on the outer ring of the imaged area (the plate edge when the whole plate
+    is imaged, the ring nearest the edge on a partial plate) are compared with interior wells of
+    the same role by Welch's t-test, for control and disease wells with >= 2 wells on each side.
+    Trends: Spearman correlation of each control/disease well's deviation from its role mean with
+    its row and with its column. ``edge_flag`` is set when any Bonferroni-adjusted p of these tests
+    is below ``EDGE_ALPHA``.
+
+    Parameters
+    ----------
+    wells : DataFrame
+        Per-well table with ``Metadata_Role``, the metric, and ``Metadata_Row``/``Metadata_Col``
+        (or ``Metadata_Well``).
+    metric : str
+        Numeric column to judge the plate by; P(control) by default.
+
+    Returns
+    -------
+    dict
+        ``metric``, ``n_control``, ``n_disease``, ``mean_control``, ``mean_disease``,
+        ``sd_control``, ``sd_disease``, ``cv_control_pct``, ``cv_disease_pct``, ``z_prime``,
+        ``ssmd``, ``edge_p_control``, ``edge_p_disease`` (NaN when not testable),
+        ``edge_diff_control``, ``edge_diff_disease`` (edge mean - interior mean),
+        ``trend_p_row``, ``trend_p_col``, ``edge_flag`` (bool), ``edge_note`` (what was tested).
+
+    Raises
+    ------
+    NeuroRGError
+        Fewer than 2 control or 2 disease wells (the message gives the wells per role), or a
+        missing / non-numeric metric.
+    """
+    check_metric(wells, metric)
+    check_roles(wells, {"control": 2, "disease": 2})
+    c, d = _values(wells, metric, "control"), _values(wells, metric, "disease")
+    mc, md = float(c.mean()), float(d.mean())
+    sc, sd = float(c.std(ddof=1)), float(d.std(ddof=1))
+    window = abs(mc - md)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_prime = float(1.0 - 3.0 * (sc + sd) / window) if window > 0 else -np.inf
+        ssmd = float(np.float64(mc - md) / np.sqrt(sc**2 + sd**2))
+        cv_c = float(100.0 * sc / abs(mc)) if mc != 0 else np.nan
+        cv_d = float(100.0 * sd / abs(md)) if md != 0 else np.nan
+
+    out = {
+        "metric": metric, "n_control": int(c.size), "n_disease": int(d.size),
+        "mean_control": mc, "mean_disease": md, "sd_control": sc, "sd_disease": sd,
+        "cv_control_pct": cv_c, "cv_disease_pct": cv_d, "z_prime": z_prime, "ssmd": ssmd,
+    }
+    out.update(_edge_effects(wells, metric))
+    log.info("plate QC on %s: Z' %.3f, SSMD %.2f, edge flag %s", metric, z_prime, ssmd, out["edge_flag"])
+    return out
+
+
+def _edge_effects(wells: pd.DataFrame, metric: str) -> dict:
+    edge = _edge_mask(wells)
+    ps: list[float] = []
+    notes: list[str] = []
+    out: dict = {}
+    for role in ("control", "disease"):
+        is_role = (wells[ROLE] == role).to_numpy()
+        e = wells.loc[is_role & edge, metric].to_numpy(np.float64)
+        i = wells.loc[is_role & ~edge, metric].to_numpy(np.float64)
+        p, diff = np.nan, np.nan
+        if e.size >= 2 and i.size >= 2:
+            diff = float(e.mean() - i.mean())
+            if np.ptp(np.concatenate([e, i])) > 0:
+                p = float(sps.ttest_ind(e, i, equal_var=False).pvalue)
+                ps.append(p)
+            notes.append(f"{role}: {e.size} edge vs {i.size} interior wells")
+        else:
+            notes.append(f"{role}: not tested ({e.size} edge, {i.size} interior wells; needs 2 each)")
+        out[f"edge_p_{role}"], out[f"edge_diff_{role}"] = p, diff
+
+    qc = wells[wells[ROLE].isin(["control", "disease"])]
+    resid = qc[metric].to_numpy(np.float64) - qc.groupby(ROLE)[metric].transform("mean").to_numpy(np.float64)
+    if ROW in qc.columns and COL in qc.columns:
+        rows, cols = qc[ROW].to_numpy(int), qc[COL].to_numpy(int)
+    else:
+        rc = np.array([parse_well(w) for w in qc[WELL]])
+        rows, cols = rc[:, 0], rc[:, 1]
+    for name, pos in (("row", rows), ("col", cols)):
+        p = np.nan
+        if resid.size >= 4 and np.ptp(pos) > 0 and np.ptp(resid) > 0:
+            p = float(sps.spearmanr(pos, resid).pvalue)
+            ps.append(p)
+        out[f"trend_p_{name}"] = p
+    adjusted = [min(1.0, p * len(ps)) for p in ps]
+    out["edge_flag"] = bool(adjusted and min(adjusted) < EDGE_ALPHA)
+    out["edge_note"] = "; ".join(notes) + f"; {len(ps)} test(s), Bonferroni at {EDGE_ALPHA}"
+    return out
+
+
+# --- treatments vs disease ----------------------------------------------------------------
+
+def benjamini_hochberg(p: np.ndarray | list[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input order.
+
+    q_(i) = min over j >= i of p_(j) * m / j for the sorted p-values, capped at 1. NaN p-values
+    (untestable treatments) are left out of m and stay NaN.
+
+    Raises
+    ------
+    NeuroRGError
+        If a p-value lies outside [0, 1].
+    """
+    p = np.asarray(p, dtype=np.float64)
+    finite = np.isfinite(p)
+    if ((p[finite] < 0) | (p[finite] > 1)).any():
+        raise NeuroRGError(f"p-values {p[finite & ((p < 0) | (p > 1))][:5].tolist()} lie outside [0, 1]")
+    q = np.full(p.shape, np.nan)
+    vals = p[finite]
+    m = vals.size
+    if m == 0:
+        return q
+    order = np.argsort(vals)
+    scaled = vals[order] * m / np.arange(1, m + 1)
+    adj = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    out = np.empty(m)
+    out[order] = adj
+    q[finite] = out
+    return q
+
+
+TREATMENT_COLUMNS = (COMPOUND, DOSE, N_WELLS, MEAN, SD, RESCUE_PCT, T_WELCH, P_WELCH, U_MWU, P_MWU,
+                     Q_WELCH, Q_MWU, HIT)
+"""Columns of ``compare_treatments``."""
+
+
+def compare_treatments(
+    wells: pd.DataFrame,
+    metric: str = P_CONTROL,
+    rescue_threshold_pct: float = 50.0,
+    fdr: float = 0.05,
+) -> pd.DataFrame:
+    """Test every (compound, dose) against the disease wells and call hits.
+
+    Parameters
+    ----------
+    wells : DataFrame
+        Per-well table with ``Metadata_Role``, ``Metadata_Compound``, ``Metadata_Dose_uM`` (uM)
+        and the metric.
+    metric : str
+        Numeric column compared; P(control) by default.
+    rescue_threshold_pct : float
+        Smallest rescue of the treatment mean (percent) that counts as a hit.
+    fdr : float
+        False discovery rate for the Benjamini-Hochberg q of Welch's test, in (0, 1).
+
+    Returns
+    -------
+    DataFrame
+        One row per (compound, dose), sorted by compound then dose, columns ``TREATMENT_COLUMNS``:
+        n wells, mean and SD of the metric, rescue % of the mean, Welch's t and two-sided p,
+        Mann-Whitney U and two-sided p (treatment vs disease wells), BH q of each test across all
+        treatments, and ``Hit`` = rescue >= threshold and q_welch <= fdr. A treatment with a
+        single well has no Welch p (NaN, left out of the BH family) and is never a hit. No
+        treatment wells: an empty table with these columns.
+
+    Raises
+    ------
+    NeuroRGError
+        No control wells, fewer than 2 disease wells, treatment wells without a compound, or
+        options out of range.
+    """
+    if not 0 < fdr < 1:
+        raise NeuroRGError(f"fdr {fdr!r} is outside (0, 1); expected e.g. 0.05")
+    if not np.isfinite(rescue_threshold_pct):
+        raise NeuroRGError(f"rescue threshold {rescue_threshold_pct!r} %; expected a finite percentage")
+    check_metric(wells, metric)
+    check_roles(wells, {"control": 1, "disease": 2})
+    for col in (COMPOUND, DOSE):
+        if col not in wells.columns:
+            raise NeuroRGError(f"well table lacks column {col}; expected it from the plate map")
+    ctrl, dis = _values(wells, metric, "control"), _values(wells, metric, "disease")
+    mc, md = float(ctrl.mean()), float(dis.mean())
+    treat = wells[wells[ROLE] == "treatment"]
+    no_cpd = treat[COMPOUND].isna() | (treat[COMPOUND].astype(str).str.strip() == "")
+    if no_cpd.any():
+        where = treat.loc[no_cpd, WELL].iloc[0] if WELL in treat.columns else None
+        raise NeuroRGError(f"{int(no_cpd.sum())} treatment well(s) have no compound; expected a name",
+                           well=where)
+    if treat.empty:
+        log.info("no treatment wells: nothing to compare")
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in TREATMENT_COLUMNS})
+
+    rows = []
+    for (cpd, dose), grp in treat.groupby([COMPOUND, DOSE], sort=True, dropna=False):
+        v = grp[metric].to_numpy(np.float64)
+        if not np.isfinite(v).all():
+            raise NeuroRGError(f"treatment {cpd} at {dose} uM has wells without a finite {metric}")
+        t, p_t = np.nan, np.nan
+        if v.size >= 2 and np.ptp(np.concatenate([v, dis])) > 0:
+            res = sps.ttest_ind(v, dis, equal_var=False)
+            t, p_t = float(res.statistic), float(res.pvalue)
+        mw = sps.mannwhitneyu(v, dis, alternative="two-sided")
+        rows.append({
+            COMPOUND: cpd, DOSE: float(dose), N_WELLS: int(v.size), MEAN: float(v.mean()),
+            SD: float(v.std(ddof=1)) if v.size >= 2 else np.nan,
+            RESCUE_PCT: rescue_percent(float(v.mean()), mc, md),
+            T_WELCH: t, P_WELCH: p_t, U_MWU: float(mw.statistic), P_MWU: float(mw.pvalue),
+        })
+    out = pd.DataFrame(rows)
+    out[Q_WELCH] = benjamini_hochberg(out[P_WELCH].to_numpy())
+    out[Q_MWU] = benjamini_hochberg(out[P_MWU].to_numpy())
+    out[HIT] = (out[RESCUE_PCT] >= rescue_threshold_pct) & (out[Q_WELCH] <= fdr)
+    log.info("compared %d treatments; %d hits", len(out), int(out[HIT].sum()))
+    return out[list(TREATMENT_COLUMNS)]
+
+
+# --- dose-response ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DoseResponseFit:
+    """A 4-parameter logistic fit, f(x) = bottom + (top - bottom) / (1 + (x / EC50)^hill).
+
+    The drc LL.4 form: ``top`` >= ``bottom`` are the asymptotes and ``hill`` carries the
+    direction, negative when the response rises with dose (a rescue of P(control)) and positive
+    when it falls. When ``converged`` is False the parameters are NaN and ``message`` says why.
+    """
+
+    ec50_uM: float
+    ec50_ci_low_uM: float     # 95 % CI, t-distribution with n - 4 df on log EC50
+    ec50_ci_high_uM: float
+    hill: float
+    top: float
+    bottom: float
+    p_flat: float             # extra-sum-of-squares F-test of the fit against a flat line
+    n: int                    # observations (wells)
+    n_doses: int              # distinct doses
+    converged: bool
+    message: str
+
+    def predict(self, dose_uM: float | np.ndarray) -> np.ndarray:
+        """The fitted response at ``dose_uM`` (uM, > 0); NaN when the fit did not converge."""
+        x = np.asarray(dose_uM, dtype=np.float64)
+        if not self.converged:
+            return np.full(x.shape, np.nan)
+        return _ll4(x, self.bottom, self.top, np.log(self.ec50_uM), self.hill)
+
+    def as_row(self) -> dict:
+        """The fit as a table row keyed by schema column names."""
+        d = asdict(self)
+        return {EC50: d["ec50_uM"], EC50_CI_LOW: d["ec50_ci_low_uM"], EC50_CI_HIGH: d["ec50_ci_high_uM"],
+                HILL: d["hill"], TOP: d["top"], BOTTOM: d["bottom"], P_FLAT: d["p_flat"],
+                N_WELLS: d["n"], N_DOSES: d["n_doses"], CONVERGED: d["converged"], FIT_MESSAGE: d["message"]}
+
+
+def _ll4(x: np.ndarray, bottom: float, top: float, log_ec50: float, hill: float) -> np.ndarray:
+    """LL.4 on natural-log EC50; 1 / (1 + (x/EC50)^h) written as expit(-h (ln x - ln EC50))."""
+    return bottom + (top - bottom) * special.expit(-hill * (np.log(x) - log_ec50))
+
+
+def _grid_start(lx: np.ndarray, y: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Best (bottom, top, ln EC50, hill) on a grid of ln EC50 x hill; asymptotes by linear least squares.
+
+    For fixed EC50 and hill the 4PL is linear in (bottom, top), so a coarse grid over the two
+    nonlinear parameters finds the basin of the global optimum cheaply; curve_fit then refines it.
+    """
+    le = np.linspace(lo, hi, 41)
+    hills = np.array([-8, -4, -2, -1.4, -1, -0.7, -0.4, 0.4, 0.7, 1, 1.4, 2, 4, 8], dtype=np.float64)
+    z = special.expit(-hills[None, :, None] * (lx[None, None, :] - le[:, None, None]))  # (E, H, n)
+    a = 1.0 - z                                    # f = bottom * (1 - z) + top * z
+    saa, szz, saz = (a * a).sum(-1), (z * z).sum(-1), (a * z).sum(-1)
+    say, szy = (a * y).sum(-1), (z * y).sum(-1)
+    det = saa * szz - saz**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bottom = (szz * say - saz * szy) / det
+        top = (saa * szy - saz * say) / det
+        sse = ((y - bottom[..., None] * a - top[..., None] * z) ** 2).sum(-1)
+    sse = np.where(np.isfinite(sse) & (np.abs(det) > 1e-12), sse, np.inf)
+    i, j = np.unravel_index(np.argmin(sse), sse.shape)
+    return np.array([bottom[i, j], top[i, j], le[i], hills[j]], dtype=np.float64)
+
+
+def _p_flat(y: np.ndarray, sse: float) -> float:
+    """Extra-sum-of-squares F-test p of a 4PL with residual sum ``sse`` against a flat line (NaN if n <= 4)."""
+    df_resid = y.size - 4
+    if df_resid < 1:
+        return float("nan")
+    sst = float(np.sum((y - y.mean()) ** 2))
+    f = ((sst - sse) / 3.0) / (sse / df_resid) if sse > 0 else np.inf
+    return float(sps.f.sf(f, 3, df_resid))
+
+
+def _failed(n: int, n_doses: int, message: str, p_flat: float = np.nan) -> DoseResponseFit:
+    log.info("dose-response not fitted: %s", message)
+    nan = float("nan")
+    return DoseResponseFit(nan, nan, nan, nan, nan, nan, p_flat, n, n_doses, False, message)
+
+
+def fit_dose_response(dose_uM: np.ndarray | list[float], response: np.ndarray | list[float]) -> DoseResponseFit:
+    """Fit a 4-parameter logistic (drc LL.4) to dose-response data.
+
+    The fit is least squares (``scipy.optimize.curve_fit``, trust-region with bounds) on
+    (bottom, top, ln EC50, hill), started from the best point of a grid over ln EC50 and hill.
+    ln EC50 is bounded to ``EC50_MARGIN_DECADES`` beyond the tested doses, |hill| to
+    ``HILL_LIMIT``, and top and bottom to the observed response range widened by
+    ``ASYMPTOTE_MARGIN`` ranges. The 95 % CI of EC50 is exp(ln EC50 +/- t(0.975, n - 4) * se), se from the
+    covariance of ln EC50.
+
+    Reported as not converged (parameters NaN, ``message`` says why): fewer than ``MIN_DOSES``
+    distinct doses; a flat response (no spread, or the fit is no better than a flat line by the
+    extra-sum-of-squares F-test, p > ``FLAT_ALPHA``: an inactive compound); the optimiser failing;
+    the Hill slope at its bound (a step between two doses); an EC50 outside the tested doses (a
+    partial curve, whose EC50 would be an extrapolation); an EC50 whose CI cannot be estimated.
+
+    Parameters
+    ----------
+    dose_uM : array
+        Dose of each observation, uM, > 0 (a 0 dose has no place on the log axis).
+    response : array
+        Response of each observation (e.g. P(control) per well), same length.
+
+    Returns
+    -------
+    DoseResponseFit
+
+    Raises
+    ------
+    NeuroRGError
+        If the arrays differ in length, are empty, hold non-finite values or a dose <= 0.
+    """
+    x = np.asarray(dose_uM, dtype=np.float64).ravel()
+    y = np.asarray(response, dtype=np.float64).ravel()
+    if x.size != y.size or x.size == 0:
+        raise NeuroRGError(f"{x.size} doses and {y.size} responses; expected the same number, at least one")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise NeuroRGError("doses and responses must all be finite numbers; found NaN or inf")
+    if (x <= 0).any():
+        raise NeuroRGError(
+            f"dose {x[x <= 0][0]!r} uM; expected doses > 0 (a 4PL on log dose cannot use dose 0: "
+            "fit the treatment doses only)"
+        )
+    n, n_doses = int(x.size), int(np.unique(x).size)
+    if n_doses < MIN_DOSES:
+        return _failed(n, n_doses, f"too few doses: {n_doses} distinct, a 4PL needs >= {MIN_DOSES}")
+    scale = max(float(np.abs(y).max()), 1e-12)
+    if np.ptp(y) <= 1e-9 * scale:
+        return _failed(n, n_doses, "flat response: every observation is the same; inactive", p_flat=1.0)
+
+    lx = np.log(x)
+    lo, hi = lx.min() - EC50_MARGIN_DECADES * np.log(10), lx.max() + EC50_MARGIN_DECADES * np.log(10)
+    span = float(np.ptp(y))
+    y_lo, y_hi = float(y.min()) - ASYMPTOTE_MARGIN * span, float(y.max()) + ASYMPTOTE_MARGIN * span
+    bounds = ([y_lo, y_lo, lo, -HILL_LIMIT], [y_hi, y_hi, hi, HILL_LIMIT])
+    p0 = np.clip(_grid_start(lx, y, lo, hi), bounds[0], bounds[1])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            popt, pcov = optimize.curve_fit(_ll4, x, y, p0=p0, bounds=bounds, method="trf", max_nfev=MAX_NFEV)
+    except (RuntimeError, ValueError) as exc:  # curve_fit: no convergence / bad numbers
+        p_grid = _p_flat(y, float(np.sum((y - _ll4(x, *p0)) ** 2)))
+        if p_grid > FLAT_ALPHA:  # the best grid curve is no better than a flat line either
+            return _failed(n, n_doses, f"flat response: no 4PL is better than a flat line "
+                                       f"(F-test p = {p_grid:.3g}); inactive", p_flat=p_grid)
+        return _failed(n, n_doses, f"the optimiser did not converge ({exc})", p_flat=p_grid)
+    sse = float(np.sum((y - _ll4(x, *popt)) ** 2))
+    bottom, top, log_ec50, hill = (float(v) for v in popt)
+    if top < bottom:  # same curve: swap the asymptotes and flip the slope (drc: top is the upper one)
+        bottom, top, hill = top, bottom, -hill
+
+    df_resid = n - 4
+    p_flat = _p_flat(y, sse)
+    if df_resid >= 1:
+        if p_flat > FLAT_ALPHA:
+            return _failed(n, n_doses, f"flat response: the 4PL is no better than a flat line "
+                                       f"(F-test p = {p_flat:.3g}); inactive", p_flat=p_flat)
+    if abs(hill) >= 0.99 * HILL_LIMIT:
+        return _failed(n, n_doses, f"Hill slope reached its limit +/-{HILL_LIMIT:g}: a step between two "
+                                   "doses, EC50 not resolved", p_flat=p_flat)
+    if not x.min() <= np.exp(log_ec50) <= x.max():
+        return _failed(n, n_doses, f"EC50 {np.exp(log_ec50):.3g} uM lies outside the tested doses "
+                                   f"({x.min():g}..{x.max():g} uM): the curve's midpoint is not in the "
+                                   "data (a partial curve); not reported", p_flat=p_flat)
+    ec50 = float(np.exp(log_ec50))
+    if df_resid < 1:
+        nan = float("nan")
+        return DoseResponseFit(ec50, nan, nan, hill, top, bottom, p_flat, n, n_doses, True,
+                               "fitted exactly (n = 4): no residual degrees of freedom, no CI")
+    se = float(np.sqrt(pcov[2, 2])) if np.isfinite(pcov[2, 2]) and pcov[2, 2] >= 0 else np.nan
+    if not np.isfinite(se):
+        return _failed(n, n_doses, "the EC50's uncertainty could not be estimated (parameters not "
+                                   "identifiable from these doses)", p_flat=p_flat)
+    t = float(sps.t.ppf(0.975, df_resid))
+    with np.errstate(over="ignore"):
+        lo_ci, hi_ci = float(np.exp(log_ec50 - t * se)), float(np.exp(log_ec50 + t * se))
+    if not (np.isfinite(hi_ci) and lo_ci > 0):
+        return _failed(n, n_doses, f"EC50 not resolved: its 95 % CI is unbounded (se of ln EC50 {se:.3g})",
+                       p_flat=p_flat)
+    return DoseResponseFit(ec50, lo_ci, hi_ci, hill, top, bottom, p_flat, n, n_doses, True, "ok")
+
+
+FIT_COLUMNS = (COMPOUND, N_WELLS, N_DOSES, EC50, EC50_CI_LOW, EC50_CI_HIGH, HILL, TOP, BOTTOM, P_FLAT,
+               CONVERGED, FIT_MESSAGE)
+"""Columns of ``fit_compounds``."""
+
+
+def fit_compounds(wells: pd.DataFrame, metric: str = P_CONTROL) -> pd.DataFrame:
+    """Fit a 4PL to each compound's treatment wells (one observation per well).
+
+    Only treatment wells are fitted: the disease wells (dose 0) have no place on the log-dose
+    axis, so the no-effect plateau is estimated from the compound's own low doses.
+
+    Parameters
+    ----------
+    wells : DataFrame
+        Per-well table with ``Metadata_Role``, ``Metadata_Compound``, ``Metadata_Dose_uM`` (uM)
+        and the metric.
+    metric : str
+        Numeric column fitted; P(control) by default (``Rescue_pct`` after ``add_rescue``).
+
+    Returns
+    -------
+    DataFrame
+        One row per compound, sorted by name, columns ``FIT_COLUMNS``; empty when there are no
+        treatment wells.
+
+    Raises
+    ------
+    NeuroRGError
+        Missing columns, or a treatment well without a compound, a finite dose > 0 or a metric.
+    """
+    check_metric(wells, metric)
+    check_roles(wells, {})
+    for col in (COMPOUND, DOSE):
+        if col not in wells.columns:
+            raise NeuroRGError(f"well table lacks column {col}; expected it from the plate map")
+    treat = wells[wells[ROLE] == "treatment"]
+    rows = []
+    for cpd, grp in treat.groupby(COMPOUND, sort=True, dropna=False):
+        if pd.isna(cpd) or str(cpd).strip() == "":
+            raise NeuroRGError(f"{len(grp)} treatment well(s) have no compound; expected a name")
+        dose = grp[DOSE].to_numpy(np.float64)
+        if not (np.isfinite(dose) & (dose > 0)).all():
+            raise NeuroRGError(f"compound {cpd} has treatment wells with dose {dose[~(dose > 0)][:3].tolist()} uM; "
+                               "expected finite doses > 0")
+        fit = fit_dose_response(dose, grp[metric].to_numpy(np.float64))
+        rows.append({COMPOUND: cpd, **fit.as_row()})
+    if not rows:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in FIT_COLUMNS})
+    return pd.DataFrame(rows)[list(FIT_COLUMNS)]
+
+
+# --- channel models ---------------------------------------------------------------------------
+
+def channel_correlation(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> dict:
+    """Pearson correlation and least-squares line of y on x.
+
+    Pairs where either value is missing are left out (``n`` counts the pairs used).
+
+    Returns
+    -------
+    dict
+        ``r``, ``p`` (two-sided), ``n``, ``slope``, ``intercept``.
+
+    Raises
+    ------
+    NeuroRGError
+        Different lengths, fewer than 3 complete pairs, or a constant x or y (r undefined).
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.size != y.size:
+        raise NeuroRGError(f"{x.size} x values and {y.size} y values; expected pairs")
+    ok = np.isfinite(x) & np.isfinite(y)
+    if (~ok).any():
+        log.info("correlation: %d incomplete pair(s) left out", int((~ok).sum()))
+    x, y = x[ok], y[ok]
+    if x.size < 3:
+        raise NeuroRGError(f"{x.size} complete pair(s); a correlation needs at least 3")
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        raise NeuroRGError(f"{'x' if np.ptp(x) == 0 else 'y'} is constant ({(x if np.ptp(x) == 0 else y)[0]:g}); "
+                           "the correlation is undefined")
+    r = sps.pearsonr(x, y)
+    slope, intercept = np.polyfit(x, y, 1)
+    return {"r": float(r.statistic), "p": float(r.pvalue), "n": int(x.size),
+            "slope": float(slope), "intercept": float(intercept)}
+
+
+def channel_comparison(wells: pd.DataFrame, reference: str = P_CONTROL) -> pd.DataFrame:
+    """Correlate each single-channel model's P(control) with the reference model's, per well.
+
+    Parameters
+    ----------
+    wells : DataFrame
+        Per-well table with ``reference`` (x, the 3-channel model) and one or more
+        ``P_control_<channel>`` columns (y; from ``scoring.score_channels``).
+    reference : str
+        Column used as x.
+
+    Returns
+    -------
+    DataFrame
+        One row per channel present, in CHANNELS order: ``Channel``, ``N_wells``, ``Pearson_r``,
+        ``P_pearson``, ``Slope``, ``Intercept``.
+
+    Raises
+    ------
+    NeuroRGError
+        No ``P_control_<channel>`` column, or a correlation that cannot be computed.
+    """
+    check_metric(wells, reference)
+    present = [(ch, col) for ch, col in zip(CHANNELS, CHANNEL_P_CONTROL) if col in wells.columns]
+    if not present:
+        raise NeuroRGError(f"no single-channel columns in the well table; expected some of "
+                           f"{', '.join(CHANNEL_P_CONTROL)}")
+    rows = []
+    for ch, col in present:
+        c = channel_correlation(wells[reference].to_numpy(np.float64), wells[col].to_numpy(np.float64))
+        rows.append({CHANNEL: ch, N_WELLS: c["n"], PEARSON_R: c["r"], P_PEARSON: c["p"],
+                     SLOPE: c["slope"], INTERCEPT: c["intercept"]})
+    return pd.DataFrame(rows)
 
 
 # --- paired classifiers --------------------------------------------------------------------
