@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -449,6 +450,19 @@ class DoseResponseFit:
         return {EC50: d["ec50_uM"], EC50_CI_LOW: d["ec50_ci_low_uM"], EC50_CI_HIGH: d["ec50_ci_high_uM"],
                 HILL: d["hill"], TOP: d["top"], BOTTOM: d["bottom"], P_FLAT: d["p_flat"],
                 N_WELLS: d["n"], N_DOSES: d["n_doses"], CONVERGED: d["converged"], FIT_MESSAGE: d["message"]}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, object]) -> DoseResponseFit:
+        """Rebuild a fit from a ``fit_compounds`` row (e.g. to draw its curve with ``predict``)."""
+        missing = [c for c in FIT_COLUMNS if c != COMPOUND and c not in row]
+        if missing:
+            raise NeuroRGError(f"fit row lacks {', '.join(missing)}; expected a row of fit_compounds")
+        return cls(
+            ec50_uM=float(row[EC50]), ec50_ci_low_uM=float(row[EC50_CI_LOW]),
+            ec50_ci_high_uM=float(row[EC50_CI_HIGH]), hill=float(row[HILL]), top=float(row[TOP]),
+            bottom=float(row[BOTTOM]), p_flat=float(row[P_FLAT]), n=int(row[N_WELLS]),
+            n_doses=int(row[N_DOSES]), converged=bool(row[CONVERGED]), message=str(row[FIT_MESSAGE]),
+        )
 
 
 def _ll4(x: np.ndarray, bottom: float, top: float, log_ec50: float, hill: float) -> np.ndarray:

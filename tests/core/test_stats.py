@@ -5,6 +5,7 @@ from scipy import stats as sps
 
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import (
+    BOTTOM,
     CHANNEL,
     CHANNEL_P_CONTROL,
     COL,
@@ -30,11 +31,13 @@ from neurorg_core.schema import (
     ROW,
     SD,
     T_WELCH,
+    TOP,
     U_MWU,
     WELL,
 )
 from neurorg_core.stats import (
     FIT_COLUMNS,
+    DoseResponseFit,
     TREATMENT_COLUMNS,
     add_rescue,
     benjamini_hochberg,
@@ -304,6 +307,9 @@ def test_fit_compounds_over_a_well_table():
     assert a[HILL] == pytest.approx(-1.5, rel=0.25)
     assert not o[CONVERGED] and np.isnan(o[EC50]) and np.isnan(o[HILL])
     assert fit_compounds(refs).empty
+    curve = DoseResponseFit.from_row(out.iloc[0].to_dict())
+    np.testing.assert_allclose(curve.predict([a[EC50]]), [(a[TOP] + a[BOTTOM]) / 2])  # midpoint at EC50
+    assert np.isnan(DoseResponseFit.from_row(out.iloc[1].to_dict()).predict(0.5))
 
 
 # --- channels ---------------------------------------------------------------------------------
