@@ -62,6 +62,7 @@ STIMULUS = "stimulus"
 
 _PLATE_STREAM = 0   # spawn-key slot for plate-level draws (batch effects, layout)
 _WELL_STREAM = 1    # spawn-key slot for well-level draws (cells)
+_SEV_MARGIN = 0.3   # cell severities may stray this far outside 0..1 (morphology extrapolates)
 
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -104,13 +105,15 @@ class SynthParams:
     """
 
     # severity and its spread
+    severity_c0_um: float = 0.002
+    """Reference concentration of the log severity scale, uM (see `severity_for_concentration`)."""
     well_severity_sd: float = 0.03
     """SD of a well's severity around its nominal value (well-to-well biological spread)."""
     cell_severity_sd: float = 0.15
     """SD of each cell's severity around its well's severity (cell-to-cell spread)."""
     # cell density (cells per 10,000 px^2, i.e. per 100 x 100 px)
-    neurons_per_10k_px2: float = 2.0
-    microglia_per_10k_px2: float = 2.2
+    neurons_per_10k_px2: float = 3.0
+    microglia_per_10k_px2: float = 3.0
     # nuclei (no severity dependence)
     nucleus_radius_px: float = 4.0
     nucleus_radius_sd_px: float = 0.6
@@ -144,7 +147,7 @@ class SynthParams:
     process_width_sigma_px: float = 0.75
     process_intensity: float = 0.4
     # plate batch effects (drawn per plate from the seed)
-    gain_sd: float = 0.15
+    gain_sd: float = 0.1
     """SD of log gain per channel and plate."""
     offset_max: float = 0.05
     """Largest background offset per channel (uniform 0..offset_max)."""
@@ -216,18 +219,25 @@ def draw_plate_effects(rng: np.random.Generator, params: SynthParams = DEFAULT_P
 
 # --- dose -> severity -----------------------------------------------------------------------------
 
-def severity_for_concentration(conc_um: float | np.ndarray) -> float | np.ndarray:
+def severity_for_concentration(conc_um: float | np.ndarray, c0_um: float = DEFAULT_PARAMS.severity_c0_um,
+                               ) -> float | np.ndarray:
     """Stimulus concentration (uM) -> phenotype severity on a log scale.
 
-    ``s(c) = log10(1 + c / 0.005) / log10(1 + 20 / 0.005)``, so the six classes sit at
-    0, 0.08, 0.29, 0.56, 0.83 and 1.0.
+    ``s(c) = log10(1 + c / c0) / log10(1 + 20 / c0)``; with the default ``c0 = 0.002`` uM the six
+    classes sit at 0, 0.14, 0.35, 0.60, 0.85 and 1.0 (``c0 = 0.005`` gives 0, 0.08, 0.29, 0.56,
+    0.83, 1.0, a harder class 0 vs 1).
     """
-    lo, hi = CONCENTRATIONS_UM[1], CONCENTRATIONS_UM[-1]
-    return np.log10(1.0 + np.asarray(conc_um, dtype=float) / lo) / math.log10(1.0 + hi / lo)
+    hi = CONCENTRATIONS_UM[-1]
+    return np.log10(1.0 + np.asarray(conc_um, dtype=float) / c0_um) / math.log10(1.0 + hi / c0_um)
 
 
-CLASS_SEVERITY: tuple[float, ...] = tuple(float(severity_for_concentration(c)) for c in CONCENTRATIONS_UM)
-"""Nominal severity of each class label."""
+def class_severity(params: SynthParams = DEFAULT_PARAMS) -> tuple[float, ...]:
+    """Nominal severity of each class label (index = class)."""
+    return tuple(float(severity_for_concentration(c, params.severity_c0_um)) for c in CONCENTRATIONS_UM)
+
+
+CLASS_SEVERITY: tuple[float, ...] = class_severity(DEFAULT_PARAMS)
+"""Nominal severity of each class label with the default parameters."""
 
 
 def rescue_fraction(dose_um: float | np.ndarray, compound: Compound) -> float | np.ndarray:
@@ -389,7 +399,7 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     morph = np.random.default_rng(rng.integers(0, 2**63))
 
     # --- neurons
-    ns = np.clip(severity + cell_noise[:n_n], 0.0, 1.2)
+    ns = np.clip(severity + cell_noise[:n_n], -_SEV_MARGIN, 1.0 + _SEV_MARGIN)
     n_soma = p.neuron_soma_radius_px * morph.uniform(0.85, 1.15, n_n) * _lerp(1.0, 0.9, ns)
     n_prim = morph.poisson(_lerp(p.neurite_count_rest, p.neurite_count_active, ns))
     n_len = _lerp(p.neurite_length_rest_px, p.neurite_length_active_px, ns)
@@ -414,7 +424,7 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
                     morph.uniform(0, np.pi, n_n), p.neuron_intensity * morph.uniform(0.8, 1.2, n_n))
 
     # --- microglia
-    ms = np.clip(severity + cell_noise[n_n:], 0.0, 1.2)
+    ms = np.clip(severity + cell_noise[n_n:], -_SEV_MARGIN, 1.0 + _SEV_MARGIN)
     m_r = _lerp(p.microglia_radius_rest_px, p.microglia_radius_active_px, ms) * morph.uniform(0.85, 1.15, n_m)
     m_aspect = _lerp(p.microglia_aspect_rest, p.microglia_aspect_active, ms) * morph.uniform(0.9, 1.1, n_m)
     m_aspect = np.maximum(m_aspect, 1.0)
@@ -460,7 +470,7 @@ def _to_384(r: int, c: int, q: int) -> tuple[int, int]:
     return 2 * (r - 1) + 1 + q // 2, 2 * (c - 1) + 1 + q % 2
 
 
-def _training_layout(rng: np.random.Generator, n_wells: int) -> list[dict]:
+def _training_layout(rng: np.random.Generator, n_wells: int, params: SynthParams) -> list[dict]:
     """60 inner wells of a 96-well plate (B02..G11), 10 per class, positions shuffled.
 
     A 384-well plate uses the same inner block scaled 2 x 2 (rows C..N, columns 03..22): 240 wells,
@@ -471,6 +481,7 @@ def _training_layout(rng: np.random.Generator, n_wells: int) -> list[dict]:
         inner = [(r, c) for r in range(3, 15) for c in range(3, 23)]
     labels = np.repeat(np.arange(N_CLASSES), len(inner) // N_CLASSES)
     labels = rng.permutation(labels)
+    sev = class_severity(params)
     rows = []
     for (r, c), k in zip(inner, labels):
         k = int(k)
@@ -482,7 +493,7 @@ def _training_layout(rng: np.random.Generator, n_wells: int) -> list[dict]:
         else:
             role, compound, dose = "treatment", STIMULUS, conc
         rows.append({"row": r, "col": c, ROLE: role, COMPOUND: compound, DOSE: dose, CLASS: k,
-                     TRUE_STIMULUS: conc, TRUE_SEVERITY: CLASS_SEVERITY[k], TRUE_RESCUE: np.nan,
+                     TRUE_STIMULUS: conc, TRUE_SEVERITY: sev[k], TRUE_RESCUE: np.nan,
                      TRUE_EC50: np.nan, TRUE_HILL: np.nan, TRUE_MAX_RESCUE: np.nan})
     return rows
 
@@ -500,7 +511,8 @@ def _screen_layout(n_wells: int, params: SynthParams) -> list[dict]:
             f"a screening plate holds at most 4 compounds x 8 doses; got {len(params.compounds)} "
             f"compounds x {params.n_doses} doses"
         )
-    disease_sev = CLASS_SEVERITY[DISEASE_CLASS]
+    sev = class_severity(params)
+    disease_sev = sev[DISEASE_CLASS]
     top = CONCENTRATIONS_UM[DISEASE_CLASS]
     base: dict[tuple[int, int], dict] = {}
     for r in range(1, 9):
@@ -512,7 +524,7 @@ def _screen_layout(n_wells: int, params: SynthParams) -> list[dict]:
     disease = [(r, 11) for r in range(1, 9)] + [(r, 12) for r in range(3, 7)]
     for rc in control:
         base[rc].update({ROLE: "control", CLASS: CONTROL_CLASS, TRUE_STIMULUS: 0.0,
-                         TRUE_SEVERITY: CLASS_SEVERITY[CONTROL_CLASS], TRUE_RESCUE: 1.0})
+                         TRUE_SEVERITY: sev[CONTROL_CLASS], TRUE_RESCUE: 1.0})
     for rc in disease:
         base[rc].update({ROLE: "disease", CLASS: DISEASE_CLASS, TRUE_STIMULUS: top,
                          TRUE_SEVERITY: disease_sev, TRUE_RESCUE: 0.0})
@@ -552,7 +564,7 @@ def build_plate_table(seed: int, plate_number: int, n_wells: int = 96, kind: Pla
     if n_wells not in (96, 384):
         raise NeuroRGError(f"synthetic plates are 96 or 384 wells; got {n_wells}")
     if kind == "training":
-        rows = _training_layout(_rng(seed, plate_number, _PLATE_STREAM, 1), n_wells)
+        rows = _training_layout(_rng(seed, plate_number, _PLATE_STREAM, 1), n_wells, params)
     elif kind == "screen":
         rows = _screen_layout(n_wells, params)
     else:
