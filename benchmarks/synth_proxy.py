@@ -22,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from neurorg_core.schema import CHANNELS, CLASS, CROPS_PER_WELL, ROLE, TRUE_SEVERITY, WELL
-from neurorg_core.synth import _rng, build_plate_table, draw_plate_effects, render_well
+from neurorg_core.synth import build_plate_table, plate_effects_for, render_well
 
 
 def crop_features(crop: np.ndarray) -> np.ndarray:
@@ -47,7 +47,7 @@ def crop_features(crop: np.ndarray) -> np.ndarray:
 def render_plate_features(seed: int, plate: int, n_fields: int, size: int) -> tuple[np.ndarray, ...]:
     table = build_plate_table(seed, plate, 96, "training")
     table = table[table[ROLE] != "empty"]
-    effects = draw_plate_effects(_rng(seed, plate, 0, 0))
+    effects = plate_effects_for(seed, plate)
     feats, labels, wells = [], [], []
     half = size // 2
     for well, sev, label in zip(table[WELL], table[TRUE_SEVERITY], table[CLASS]):

@@ -581,6 +581,11 @@ def plate_name(plate_number: int) -> str:
     return f"plate_{plate_number:02d}"
 
 
+def plate_effects_for(seed: int, plate_number: int, params: SynthParams = DEFAULT_PARAMS) -> PlateEffects:
+    """The batch effects of plate ``plate_number`` (1-based) under ``seed``, as the writer uses them."""
+    return draw_plate_effects(_rng(seed, plate_number, _PLATE_STREAM, 0), params)
+
+
 def render_well(seed: int, plate_number: int, well: str, severity: float, n_fields: int, size: int,
                 plate_effects: PlateEffects, params: SynthParams = DEFAULT_PARAMS) -> np.ndarray:
     """All fields of one well: (n_fields, size, size, 3) uint8, reproducible from (seed, plate, well)."""
@@ -677,7 +682,7 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         table = build_plate_table(seed, k, n_wells, kind, p)  # type: ignore[arg-type]
-        effects = draw_plate_effects(_rng(seed, k, _PLATE_STREAM, 0), p)
+        effects = plate_effects_for(seed, k, p)
         log.info("%s: %s plate, %d wells imaged, %d fields of %d px, %s", name, kind,
                  int((table[ROLE] != "empty").sum()), n_fields, size, effects)
         imaged = table[table[ROLE] != "empty"]

@@ -196,3 +196,37 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         write_synthetic_plates(tmp_path, seed=0, n_wells=1536, n_fields=1, size=16)
     with pytest.raises(NeuroRGError, match="kind"):
         write_synthetic_plates(tmp_path, seed=0, kind="assay", n_fields=1, size=16)
+
+
+def test_plates_read_back_through_load_plate(tmp_path):
+    """The ingestion reader finds every written field and returns the rendered pixels."""
+    from neurorg_core.plates import load_plate
+    from neurorg_core.platemap import check_plate_map, load_plate_map
+    from neurorg_core.synth import plate_effects_for, render_well
+
+    for layout, bit_depth in (("imagexpress", 16), ("npy", 8)):
+        folder = write_synthetic_plates(tmp_path / layout, seed=11, layout=layout, bit_depth=bit_depth,
+                                        n_fields=2, size=24)[0]
+        plate = load_plate(folder)
+        assert plate.layout == layout and len(plate.wells()) == 60 and len(plate.fields) == 120
+        assert check_plate_map(load_plate_map(folder / "platemap.csv"), plate.wells()) == []
+        gt = pd.read_csv(folder / "ground_truth.csv").set_index(WELL)
+        effects = plate_effects_for(11, 1)
+        expected = render_well(11, 1, "C05", gt.loc["C05", TRUE_SEVERITY], 2, 24, effects)
+        got = plate.read_field(plate.fields_of("C05")[1])
+        scale = 257 if bit_depth == 16 else 1
+        np.testing.assert_array_equal(got, expected[1].astype(got.dtype) * scale)
+        if layout == "npy":
+            assert plate.labels["C05"] == gt.loc["C05", CLASS]
+
+
+def test_cli_synth_writes_plates_and_rejects_bad_input(tmp_path, capsys):
+    from neurorg_core.cli import main
+
+    assert main(["synth", "--out", str(tmp_path), "--seed", "3", "--plates", "2", "--fields", "1",
+                 "--size", "16", "--kind", "screen", "--layout", "tiff"]) == 0
+    assert (tmp_path / "plate_02" / "ground_truth.csv").is_file()
+    assert len(list((tmp_path / "plate_01").glob("*.tif"))) == 88
+    assert main(["synth", "--out", str(tmp_path / "x"), "--layout", "npy", "--kind", "screen",
+                 "--fields", "1", "--size", "16"]) == 2
+    assert "training" in capsys.readouterr().err
