@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from neurorg_core.config import REPO_ROOT
+from neurorg_core import stats
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.schema import (
     CHANNEL_P_CONTROL,
@@ -48,14 +49,16 @@ from neurorg_core.schema import (
     DOSE,
     FIELD,
     FIELD_HASH,
+    HIT,
     MEMBER,
+    P_CONTROL,
     PLATE,
     PROB_COLUMNS,
     ROLE,
     ROW,
     WELL,
 )
-from neurorg_core.inference import Predictor, predict_stream
+from neurorg_core.inference import Backend, Predictor, predict_stream
 from neurorg_core.platemap import check_plate_map
 from neurorg_core.preprocess import crops_from_field, plan_crops
 from neurorg_core.scoring import score_channels, score_plate
@@ -219,6 +222,7 @@ def run_plate(
     crops_per_well: int = 15,
     progress: ProgressCallback | None = None,
     single_channel_bundle: Any | None = None,
+    backend: Backend = "litert",
 ) -> RunResult:
     """Score every imaged well of a plate and store the run.
 
@@ -242,6 +246,10 @@ def run_plate(
     single_channel_bundle
         Optional single-channel models (one member per channel); their per-well P(control) is
         stored with the run for the channel comparison.
+    backend
+        ``"litert"`` (the fast path; each member is converted once, then cached) or ``"keras"``
+        (plain ``model.predict``: slower per crop but no conversion; same probabilities within
+        1e-6, so both share the cache).
 
     Returns
     -------
@@ -310,7 +318,7 @@ def run_plate(
         src = bundles[role]
         subset = tuple(m for m in src.members if m.id in member_ids)
         sub_bundle = dataclasses.replace(src, members=subset)
-        predictor = Predictor(sub_bundle)
+        predictor = Predictor(sub_bundle, backend=backend)
         log.info("inference: %d field(s) x %d %s member(s)", len(job_ids), len(subset), role)
         batches = _field_batches(plate, plans, jobs, job_ids, subset[0].input_size,
                                  CROPS_PER_BATCH_FACTOR * predictor.batch_size)
@@ -469,3 +477,114 @@ def _crop_table(
         part.insert(0, WELL, wells)
         parts.append(part)
     return pd.concat(parts, ignore_index=True)
+
+
+# --- the read side ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlateResults:
+    """Everything the pages and the CLI show about one stored run of a plate.
+
+    Attributes
+    ----------
+    plate, run_id
+        The plate name and the run read (the plate's latest unless asked otherwise).
+    plate_record
+        ``ResultStore.load_plate``: source folder, layout, format, field shape, dtype, channel map.
+    run
+        ``ResultStore.load_run``: provenance (model id, bundle card, parameters, code version).
+    wells
+        Per-well scores, plus ``Rescue_pct`` when the plate has control and disease wells.
+    channels
+        ``wells`` joined with the single-channel ``P_control_<channel>`` columns; empty when the
+        run had no single-channel models.
+    qc
+        ``stats.plate_qc`` (Z', SSMD, CV, edge effects); empty when not computable.
+    treatments
+        ``stats.compare_treatments`` (per compound and dose, with hit calls).
+    fits
+        ``stats.fit_compounds`` (4PL, EC50 with 95 % CI, per compound).
+    channel_fits
+        Channel role -> ``stats.channel_correlation`` against the 3-channel P(control).
+    problems
+        Statistic -> why it could not be computed (e.g. a plate without disease wells).
+    """
+
+    plate: str
+    run_id: str
+    plate_record: dict[str, Any]
+    run: dict[str, Any]
+    wells: pd.DataFrame
+    channels: pd.DataFrame
+    qc: dict[str, Any]
+    treatments: pd.DataFrame
+    fits: pd.DataFrame
+    channel_fits: dict[str, dict[str, Any]]
+    problems: dict[str, str]
+
+    @property
+    def n_hits(self) -> int:
+        """Treatments (compound, dose) called hits."""
+        return int(self.treatments[HIT].sum()) if HIT in self.treatments.columns else 0
+
+
+def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None) -> PlateResults:
+    """Read a scored plate from the store and compute its statistics, in one call.
+
+    Parameters
+    ----------
+    store
+        The result store.
+    plate
+        Plate name.
+    run_id
+        A run of that plate; default its latest.
+
+    Returns
+    -------
+    PlateResults
+        Statistics that cannot be computed for this plate (e.g. no disease wells for Z') are left
+        empty and explained in ``problems``; nothing is silently dropped.
+
+    Raises
+    ------
+    NeuroRGError
+        If the plate has no stored run or ``run_id`` is not one of its runs.
+    """
+    run = run_id if run_id is not None else store.latest_run_id(plate)
+    wells = store.load_well_scores(plate, run)
+    problems: dict[str, str] = {}
+    qc: dict[str, Any] = {}
+    treatments = pd.DataFrame({c: pd.Series(dtype=float) for c in stats.TREATMENT_COLUMNS})
+    fits = pd.DataFrame({c: pd.Series(dtype=float) for c in stats.FIT_COLUMNS})
+    try:
+        wells = stats.add_rescue(wells)
+    except NeuroRGError as exc:
+        problems["rescue"] = str(exc)
+    try:
+        qc = dict(stats.plate_qc(wells))
+    except NeuroRGError as exc:
+        problems["qc"] = str(exc)
+    try:
+        treatments = stats.compare_treatments(wells)
+    except NeuroRGError as exc:
+        problems["treatments"] = str(exc)
+    try:
+        fits = stats.fit_compounds(wells)
+    except NeuroRGError as exc:
+        problems["fits"] = str(exc)
+    channel_scores = store.load_channel_scores(run)
+    channels = wells.merge(channel_scores, on=WELL, how="inner") if not channel_scores.empty else \
+        pd.DataFrame(columns=[*wells.columns, *CHANNEL_P_CONTROL])
+    channel_fits: dict[str, dict[str, Any]] = {}
+    if not channels.empty:
+        for channel, column in zip(CHANNELS, CHANNEL_P_CONTROL):
+            try:
+                channel_fits[channel] = dict(stats.channel_correlation(channels[P_CONTROL], channels[column]))
+            except NeuroRGError as exc:
+                problems[f"channel {channel}"] = str(exc)
+    return PlateResults(
+        plate=plate, run_id=run, plate_record=store.load_plate(plate), run=store.load_run(run),
+        wells=wells, channels=channels, qc=qc, treatments=treatments, fits=fits,
+        channel_fits=channel_fits, problems=problems,
+    )
