@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -262,19 +264,22 @@ def _stamp_ellipses(canvas: np.ndarray, cy: np.ndarray, cx: np.ndarray, ry: np.n
                     rx: np.ndarray, theta: np.ndarray, amp: np.ndarray) -> None:
     """Add soft-edged filled ellipses to ``canvas`` in place (one-pixel linear edge)."""
     h, w = canvas.shape
-    for y0, x0, a, b, t, v in zip(cy, cx, ry, rx, theta, amp):
+    for y0, x0, a, b, t, v in zip(*(np.asarray(z, float).tolist() for z in (cy, cx, ry, rx, theta, amp))):
         r = int(math.ceil(max(a, b))) + 2
         yi0, yi1 = max(int(y0) - r, 0), min(int(y0) + r + 1, h)
         xi0, xi1 = max(int(x0) - r, 0), min(int(x0) + r + 1, w)
         if yi0 >= yi1 or xi0 >= xi1:
             continue
-        yy, xx = np.ogrid[yi0:yi1, xi0:xi1]
-        dy, dx = yy - y0, xx - x0
+        dy = (np.arange(yi0, yi1) - y0).astype(np.float32)[:, None]
+        dx = (np.arange(xi0, xi1) - x0).astype(np.float32)[None, :]
         c, s = math.cos(t), math.sin(t)
-        u, q = dx * c + dy * s, -dx * s + dy * c
-        d = np.sqrt((u / b) ** 2 + (q / a) ** 2)
+        u, q = (dx * c + dy * s) / b, (dy * c - dx * s) / a
+        d = np.sqrt(u * u + q * q)
         mean_r = 0.5 * (a + b)
-        canvas[yi0:yi1, xi0:xi1] += v * np.clip((1.0 - d) * mean_r + 0.5, 0.0, 1.0)
+        edge = (1.0 - d) * mean_r + 0.5
+        np.minimum(edge, 1.0, out=edge)
+        np.maximum(edge, 0.0, out=edge)
+        canvas[yi0:yi1, xi0:xi1] += v * edge
 
 
 def _walk(rng: np.random.Generator, y0: np.ndarray, x0: np.ndarray, angle: np.ndarray,
@@ -454,7 +459,7 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     gain = np.asarray(fx.gain, np.float32)[:, None, None] * np.float32(well_gain)
     offset = np.asarray(fx.offset, np.float32)[:, None, None]
     img = stack * gain * illum + offset
-    img += morph.normal(0.0, fx.noise_sd, img.shape).astype(np.float32)
+    img += morph.standard_normal(img.shape, dtype=np.float32) * np.float32(fx.noise_sd)
     out = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(out.transpose(1, 2, 0))
 
@@ -626,10 +631,42 @@ def _write_tiff(folder: Path, well: str, fields: np.ndarray, bit_depth: int) -> 
         tifffile.imwrite(folder / f"{well}_s{s}.tif", data, photometric="rgb")
 
 
+@dataclass(frozen=True)
+class _WellJob:
+    """Everything a worker needs to render one well (and write it, for image layouts)."""
+
+    seed: int
+    plate_number: int
+    well: str
+    severity: float
+    n_fields: int
+    size: int
+    effects: PlateEffects
+    params: SynthParams
+    layout: str
+    folder: Path
+    bit_depth: int
+
+
+def _run_job(job: _WellJob) -> np.ndarray | None:
+    """Render one well; write its files (image layouts) or return its fields (npy layout)."""
+    fields = render_well(job.seed, job.plate_number, job.well, job.severity, job.n_fields, job.size,
+                         job.effects, job.params)
+    if job.layout == "imagexpress":
+        _write_imagexpress(job.folder, plate_name(job.plate_number), job.well, fields, job.bit_depth)
+    elif job.layout == "operetta":
+        _write_operetta(job.folder, job.well, fields, job.bit_depth)
+    elif job.layout == "tiff":
+        _write_tiff(job.folder, job.well, fields, job.bit_depth)
+    else:
+        return fields
+    return None
+
+
 def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_wells: int = 96,
                            n_fields: int = 4, size: int = 512, layout: str = "imagexpress",
                            kind: str = "training", params: SynthParams | None = None,
-                           bit_depth: int = 8) -> list[Path]:
+                           bit_depth: int = 8, n_workers: int = 1) -> list[Path]:
     """Render synthetic plates with their plate maps and ground truth.
 
     Parameters
@@ -638,7 +675,7 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         Parent folder; plate ``n`` goes to ``out_dir/plate_NN`` (created; existing files with the
         same names are overwritten).
     seed : int
-        Master seed; the same seed writes the same bytes.
+        Master seed; the same seed writes the same bytes (whatever ``n_workers``).
     n_plates : int
         Number of plates (each with its own batch effects and, for training, class positions).
     n_wells : {96, 384}
@@ -647,7 +684,7 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
     size : int
         Field edge, pixels.
     layout : {"imagexpress", "operetta", "tiff", "npy"}
-        ImageXpress ``<plate>_<well>_s<site>_w<ch>.tif`` (ch 1 nucleus, 2 neuron, 3 microglia);
+        ImageXpress ``plate_NN_<well>_s<site>_w<ch>.tif`` (ch 1 nucleus, 2 neuron, 3 microglia);
         Operetta ``Images/rRRcCCfFFp01-chCsk1fk1fl1.tiff``; ``<well>_s<site>.tif`` multi-channel
         TIFFs; or the study's ``{class}_Plate_{n}.npy`` + ``.csv`` (training plates only).
     kind : {"training", "screen"}
@@ -655,6 +692,8 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         Knobs; ``None`` means the defaults.
     bit_depth : {8, 16}
         16-bit output stores 257 x the 8-bit value (not for npy).
+    n_workers : int
+        Processes rendering wells in parallel (1 = in this process).
 
     Returns
     -------
@@ -673,48 +712,56 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         raise NeuroRGError(f"bit_depth {bit_depth} is not 8 or 16")
     if layout == "npy" and bit_depth != 8:
         raise NeuroRGError("the npy layout is 8-bit only (as in the study's release)")
-    if n_plates < 1 or n_fields < 1:
-        raise NeuroRGError(f"need at least one plate and one field; got {n_plates} plates, {n_fields} fields")
+    if n_plates < 1 or n_fields < 1 or n_workers < 1:
+        raise NeuroRGError(f"need at least one plate, field and worker; got {n_plates} plates, "
+                           f"{n_fields} fields, {n_workers} workers")
     out = Path(out_dir)
     folders = []
-    for k in range(1, n_plates + 1):
-        name = plate_name(k)
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        table = build_plate_table(seed, k, n_wells, kind, p)  # type: ignore[arg-type]
-        effects = plate_effects_for(seed, k, p)
-        log.info("%s: %s plate, %d wells imaged, %d fields of %d px, %s", name, kind,
-                 int((table[ROLE] != "empty").sum()), n_fields, size, effects)
-        imaged = table[table[ROLE] != "empty"]
-        if layout == "npy":
-            _write_npy(folder, k, seed, imaged, n_fields, size, effects, p)
-        else:
-            for well, sev in zip(imaged[WELL], imaged[TRUE_SEVERITY]):
-                fields = render_well(seed, k, well, float(sev), n_fields, size, effects, p)
-                if layout == "imagexpress":
-                    _write_imagexpress(folder, name, well, fields, bit_depth)
-                elif layout == "operetta":
-                    _write_operetta(folder, well, fields, bit_depth)
-                else:
-                    _write_tiff(folder, well, fields, bit_depth)
-        map_cols = [PLATE, WELL, COMPOUND, DOSE, ROLE] + ([CLASS] if kind == "training" else [])
-        table[map_cols].to_csv(folder / "platemap.csv", index=False)
-        table.to_csv(folder / "ground_truth.csv", index=False)
-        folders.append(folder)
+    executor = (ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
+                if n_workers > 1 else None)
+    try:
+        for k in range(1, n_plates + 1):
+            folder = out / plate_name(k)
+            folder.mkdir(parents=True, exist_ok=True)
+            if layout == "operetta":
+                (folder / "Images").mkdir(exist_ok=True)
+            table = build_plate_table(seed, k, n_wells, kind, p)  # type: ignore[arg-type]
+            effects = plate_effects_for(seed, k, p)
+            imaged = table[table[ROLE] != "empty"]
+            if layout == "npy":   # class by class, so the npy files list wells in plate order
+                imaged = imaged.sort_values(CLASS, kind="stable")
+            log.info("%s: %s plate, %d wells imaged, %d fields of %d px, %s", folder.name, kind,
+                     len(imaged), n_fields, size, effects)
+            jobs = [_WellJob(seed, k, w, float(sv), n_fields, size, effects, p, layout, folder, bit_depth)
+                    for w, sv in zip(imaged[WELL], imaged[TRUE_SEVERITY])]
+            results = (executor.map(_run_job, jobs, chunksize=4) if executor is not None
+                       else map(_run_job, jobs))
+            if layout == "npy":
+                _write_npy(folder, k, imaged, results, n_fields, size)
+            else:
+                for _ in results:
+                    pass
+            map_cols = [PLATE, WELL, COMPOUND, DOSE, ROLE] + ([CLASS] if kind == "training" else [])
+            table[map_cols].to_csv(folder / "platemap.csv", index=False)
+            table.to_csv(folder / "ground_truth.csv", index=False)
+            folders.append(folder)
+    finally:
+        if executor is not None:
+            executor.shutdown()
     return folders
 
 
-def _write_npy(folder: Path, plate_number: int, seed: int, imaged: pd.DataFrame, n_fields: int,
-               size: int, effects: PlateEffects, params: SynthParams) -> None:
+def _write_npy(folder: Path, plate_number: int, imaged: pd.DataFrame, fields_iter, n_fields: int,
+               size: int) -> None:
+    """Write ``{class}_Plate_{n}.npy`` + ``.csv`` from wells rendered in ``imaged`` order (by class)."""
+    fields_iter = iter(fields_iter)
     for k in range(N_CLASSES):
-        sub = imaged[imaged[CLASS] == k]
+        wells = imaged.loc[imaged[CLASS] == k, WELL].tolist()
         arr = np.lib.format.open_memmap(folder / f"{k}_Plate_{plate_number}.npy", mode="w+",
-                                        dtype=np.uint8, shape=(len(sub) * n_fields, size, size, 3))
-        wells_col = []
-        for i, (well, sev) in enumerate(zip(sub[WELL], sub[TRUE_SEVERITY])):
-            arr[i * n_fields:(i + 1) * n_fields] = render_well(
-                seed, plate_number, well, float(sev), n_fields, size, effects, params)
-            wells_col += [well] * n_fields
+                                        dtype=np.uint8, shape=(len(wells) * n_fields, size, size, 3))
+        for i in range(len(wells)):
+            arr[i * n_fields:(i + 1) * n_fields] = next(fields_iter)
         arr.flush()
         del arr
-        pd.DataFrame({"well": wells_col}).to_csv(folder / f"{k}_Plate_{plate_number}.csv", index=False)
+        pd.DataFrame({"well": [w for w in wells for _ in range(n_fields)]}).to_csv(
+            folder / f"{k}_Plate_{plate_number}.csv", index=False)

@@ -55,6 +55,13 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
     assert sum(da[k] != dc[k] for k in images) == len(images)
 
 
+def test_two_workers_write_the_same_bytes_as_one(tmp_path):
+    one = write_synthetic_plates(tmp_path / "one", seed=12, layout="npy", n_fields=1, size=24)[0]
+    two = write_synthetic_plates(tmp_path / "two", seed=12, layout="npy", n_fields=1, size=24,
+                                 n_workers=2)[0]
+    assert _digest(one) == _digest(two)
+
+
 def test_imagexpress_names_and_training_plate_map(tmp_path):
     folders = write_synthetic_plates(tmp_path, seed=1, n_plates=2, **TINY)
     assert [f.name for f in folders] == ["plate_01", "plate_02"]
@@ -224,7 +231,8 @@ def test_cli_synth_writes_plates_and_rejects_bad_input(tmp_path, capsys):
     from neurorg_core.cli import main
 
     assert main(["synth", "--out", str(tmp_path), "--seed", "3", "--plates", "2", "--fields", "1",
-                 "--size", "16", "--kind", "screen", "--layout", "tiff"]) == 0
+                 "--size", "16", "--kind", "screen", "--layout", "tiff", "--bit-depth", "16"]) == 0
+    assert tifffile.imread(tmp_path / "plate_01" / "A02_s1.tif").dtype == np.uint16
     assert (tmp_path / "plate_02" / "ground_truth.csv").is_file()
     assert len(list((tmp_path / "plate_01").glob("*.tif"))) == 88
     assert main(["synth", "--out", str(tmp_path / "x"), "--layout", "npy", "--kind", "screen",
