@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -34,9 +35,16 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".csv")
 
 DEMO_SEED = 2025
 DEMO_WELLS = 96
-DEMO_FIELDS = 4
-DEMO_SIZE = 256
-"""The demo plate: a 96-well synthetic screening plate, 4 fields of 256 x 256 px per well."""
+
+
+def demo_fields() -> int:
+    """Fields per well of the demo plate: 4, or ``NEURORG_DEMO_FIELDS``."""
+    return int(os.environ.get("NEURORG_DEMO_FIELDS", "4"))
+
+
+def demo_size() -> int:
+    """Field edge of the demo plate in pixels: 256, or ``NEURORG_DEMO_SIZE``."""
+    return int(os.environ.get("NEURORG_DEMO_SIZE", "256"))
 
 
 @st.cache_resource
@@ -50,8 +58,9 @@ def _scoring_lock() -> threading.Lock:
 def ensure_demo(progress: Progress | None = None) -> str:
     """Render and score the demo plate if the store does not hold it yet; return its name.
 
-    The plate is rendered by ``neurorg_core.synth`` into ``Config().demo_dir`` and scored with the
-    shipped ensemble (and the single-channel models when they are shipped too).
+    The plate (96 wells, ``demo_fields()`` fields of ``demo_size()`` px) is rendered by
+    ``neurorg_core.synth`` into ``Config().demo_dir`` and scored with the shipped ensemble (and
+    the single-channel models when they are shipped too).
 
     Raises
     ------
@@ -71,8 +80,8 @@ def ensure_demo(progress: Progress | None = None) -> str:
         if not (folder / "platemap.csv").is_file():
             log.info("rendering the demo plate into %s", cfg.demo_dir)
             folder = write_synthetic_plates(
-                cfg.demo_dir, seed=DEMO_SEED, n_plates=1, n_wells=DEMO_WELLS, n_fields=DEMO_FIELDS,
-                size=DEMO_SIZE, layout="imagexpress", kind="screen",
+                cfg.demo_dir, seed=DEMO_SEED, n_plates=1, n_wells=DEMO_WELLS, n_fields=demo_fields(),
+                size=demo_size(), layout="imagexpress", kind="screen",
             )[0]
         plate = resources.plate(folder)
         plate_map = load_plate_map(folder / "platemap.csv")

@@ -124,11 +124,13 @@ def plate_names() -> list[str]:
 
 
 def is_synthetic(source: str | Path) -> bool:
-    """A plate is synthetic when its image folder carries the generator's ``ground_truth.csv``
-    or lies in the demo folder."""
-    src = Path(source)
+    """A plate is synthetic when its image folder holds the generator's ``ground_truth.csv``
+    (anywhere inside it) or lies in the demo folder."""
+    src = Path(source).resolve()
     demo = config().demo_dir.resolve()
-    return (src / "ground_truth.csv").is_file() or demo in src.resolve().parents or src.resolve() == demo
+    if src == demo or demo in src.parents:
+        return True
+    return src.is_dir() and next(src.rglob("ground_truth.csv"), None) is not None
 
 
 @dataclass(frozen=True)
