@@ -59,8 +59,8 @@ def ensure_demo(progress: Progress | None = None) -> str:
     """Render and score the demo plate if the store does not hold it yet; return its name.
 
     The plate (96 wells, ``demo_fields()`` fields of ``demo_size()`` px) is rendered by
-    ``neurorg_core.synth`` into ``Config().demo_dir`` and scored with the shipped ensemble (and
-    the single-channel models when they are shipped too).
+    ``neurorg_core.synth`` into ``Config().demo_dir`` and scored with the shipped ensemble. The
+    single-channel models run later, from the Channels page, so the first start stays short.
 
     Raises
     ------
@@ -85,9 +85,7 @@ def ensure_demo(progress: Progress | None = None) -> str:
             )[0]
         plate = resources.plate(folder)
         plate_map = load_plate_map(folder / "platemap.csv")
-        single = (resources.bundle(resources.SINGLE_CHANNEL_DIR)
-                  if resources.has_bundle(resources.SINGLE_CHANNEL_DIR) else None)
-        _run(plate, plate_map, ensemble, resources.DEMO_PLATE, progress, single)
+        _run(plate, plate_map, ensemble, resources.DEMO_PLATE, progress, None)
     return resources.DEMO_PLATE
 
 

@@ -26,8 +26,6 @@ from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
 from neurorg_core.schema import (
     BOTTOM,
-    CHANNEL_P_CONTROL,
-    CHANNELS,
     COMPOUND,
     CONVERGED,
     DOSE,
@@ -46,7 +44,6 @@ from neurorg_core.schema import (
     RUN_ID,
     SOURCE,
     TOP,
-    WELL,
 )
 from neurorg_core.store import ResultStore
 
@@ -168,51 +165,17 @@ def plate_results(plate_name: str) -> PlateResults:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _plate_results(db_path: str, plate_name: str, run_id: str) -> PlateResults:
-    from neurorg_core import stats
+    from neurorg_core.pipeline import load_plate_results
 
-    db = _store(db_path)
-    record = db.load_plate(plate_name)
-    wells = db.load_well_scores(plate_name, run_id)
-    problems: dict[str, str] = {}
-    qc: dict = {}
-    treatments = pd.DataFrame()
-    fits = pd.DataFrame()
-    try:
-        wells = stats.add_rescue(wells)
-    except NeuroRGError as exc:
-        problems["rescue"] = str(exc)
-    try:
-        qc = dict(stats.plate_qc(wells))
-    except NeuroRGError as exc:
-        problems["qc"] = str(exc)
-    try:
-        treatments = stats.compare_treatments(wells)
-    except NeuroRGError as exc:
-        problems["treatments"] = str(exc)
-    try:
-        fits = stats.fit_compounds(wells)
-    except NeuroRGError as exc:
-        problems["fits"] = str(exc)
-    curves = _fit_curves(wells, fits)
-    channel_scores = db.load_channel_scores(run_id)
-    channels = (
-        wells.merge(channel_scores, on=WELL, how="inner") if not channel_scores.empty
-        else pd.DataFrame(columns=[*wells.columns, *CHANNEL_P_CONTROL])
-    )
-    channel_fits = {}
-    for channel, column in zip(CHANNELS, CHANNEL_P_CONTROL):
-        if not channels.empty:
-            try:
-                channel_fits[channel] = dict(
-                    stats.channel_correlation(channels[P_CONTROL], channels[column]))
-            except NeuroRGError as exc:
-                problems[f"channel {channel}"] = str(exc)
+    core = load_plate_results(_store(db_path), plate_name, run_id)
+    record = core.plate_record
     return PlateResults(
         plate=plate_name, run_id=run_id, plate_format=int(record[PLATE_FORMAT]),
         source=str(record[SOURCE]), channel_map=dict(record["channel_map"]),
-        synthetic=is_synthetic(record[SOURCE]), wells=wells, channels=channels,
-        run=db.load_run(run_id), qc=qc, treatments=treatments, fits=fits, curves=curves, channel_fits=channel_fits,
-        problems=problems,
+        synthetic=is_synthetic(record[SOURCE]), wells=core.wells, channels=core.channels,
+        run=core.run, qc=core.qc, treatments=core.treatments, fits=core.fits,
+        curves=_fit_curves(core.wells, core.fits), channel_fits=core.channel_fits,
+        problems=core.problems,
     )
 
 
