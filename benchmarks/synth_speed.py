@@ -1,7 +1,8 @@
 """Seconds to render one synthetic plate (96 wells, training layout, ImageXpress files).
 
-Run from the repo root: ``python -m benchmarks.synth_speed [--fields 4] [--size 512] [--plates 1] [--workers 1]``. Prints seconds per
-plate; the target is under a minute for 4 fields of 512 px.
+Run from the repo root:
+``python -m benchmarks.synth_speed [--fields 4] [--size 512] [--plates 1] [--workers 1]``.
+Prints seconds per plate; the target is under a minute for 4 fields of 512 px.
 """
 
 from __future__ import annotations

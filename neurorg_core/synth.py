@@ -24,7 +24,7 @@ import logging
 import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,7 +53,7 @@ from neurorg_core.schema import (
     TRUE_STIMULUS,
     WELL,
 )
-from neurorg_core.wells import format_well, parse_well, plate_shape
+from neurorg_core.wells import format_well, parse_well
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,12 @@ class SynthParams:
 
     Lengths are pixels at native scale, intensities are fractions of full scale (0..1) before the
     plate's gain and offset, severities are unitless (0 = control, 1 = 20 uM stimulus).
+    ``*_rest`` values hold at severity 0 and ``*_active`` at severity 1, linear in between (cells
+    whose own severity strays outside 0..1 extrapolate up to 0.3 beyond). The defaults put about
+    five neurons and five microglia in a 128 x 128 px tile; a resting microglia spans about
+    25-30 px with its processes, an amoeboid one 15-20 px. Difficulty is set mostly by
+    ``cell_severity_sd`` (larger = harder per crop), ``severity_c0_um`` (the class spacing) and
+    the batch-effect magnitudes (larger = harder across plates).
     """
 
     # severity and its spread
@@ -111,42 +117,51 @@ class SynthParams:
     """Reference concentration of the log severity scale, uM (see `severity_for_concentration`)."""
     well_severity_sd: float = 0.03
     """SD of a well's severity around its nominal value (well-to-well biological spread)."""
-    cell_severity_sd: float = 0.15
+    cell_severity_sd: float = 0.12
     """SD of each cell's severity around its well's severity (cell-to-cell spread)."""
     # cell density (cells per 10,000 px^2, i.e. per 100 x 100 px)
     neurons_per_10k_px2: float = 3.0
     microglia_per_10k_px2: float = 3.0
-    # nuclei (no severity dependence)
+    # nuclei (one per cell, no severity dependence)
     nucleus_radius_px: float = 4.0
     nucleus_radius_sd_px: float = 0.6
     nucleus_intensity: float = 0.65
     # neurons
     neuron_soma_radius_px: float = 5.0
+    """Soma radius at rest (shrinks by 10 % at severity 1)."""
     neuron_intensity: float = 0.6
     neurite_count_rest: float = 4.0
-    neurite_count_active: float = 2.5
+    """Mean primary neurites per neuron (Poisson)."""
+    neurite_count_active: float = 3.0
     neurite_length_rest_px: float = 42.0
-    neurite_length_active_px: float = 14.0
+    """Mean primary neurite length (each drawn 0.6-1.3 x this)."""
+    neurite_length_active_px: float = 22.0
     neurite_branches_rest: float = 1.5
     """Mean secondary branches per primary neurite at rest."""
     neurite_branches_active: float = 0.3
-    neurite_fragmentation_active: float = 0.55
+    neurite_fragmentation_active: float = 0.4
     """Fraction of neurite segments lost at severity 1 (0 at rest)."""
     neurite_width_sigma_px: float = 0.9
+    """Gaussian profile of a neurite (FWHM = 2.35 sigma = 2.1 px)."""
     neurite_intensity: float = 0.45
     # microglia
     microglia_radius_rest_px: float = 4.5
-    microglia_radius_active_px: float = 8.5
+    """Mean soma radius (geometric mean of the semi-axes) at rest."""
+    microglia_radius_active_px: float = 9.0
     microglia_aspect_rest: float = 1.7
+    """Soma elongation (long / short axis) at rest; amoeboid cells are round."""
     microglia_aspect_active: float = 1.05
     microglia_intensity_rest: float = 0.45
     microglia_intensity_active: float = 0.85
     process_count_rest: float = 5.0
+    """Mean primary processes per microglia (Poisson)."""
     process_count_active: float = 1.0
     process_length_rest_px: float = 13.0
     process_length_active_px: float = 4.0
     process_branches_rest: float = 1.0
+    """Mean secondary branches per process at rest (none at severity 1)."""
     process_width_sigma_px: float = 0.75
+    """Gaussian profile of a process (FWHM 1.8 px)."""
     process_intensity: float = 0.4
     # plate batch effects (drawn per plate from the seed)
     gain_sd: float = 0.1
@@ -156,7 +171,8 @@ class SynthParams:
     blur_sigma_range: tuple[float, float] = (0.0, 1.0)
     """Optical blur (Gaussian sigma, px) drawn uniformly per plate."""
     vignette_max: float = 0.35
-    """Largest relative intensity drop at the field corner (uniform 0..vignette_max)."""
+    """Largest relative intensity drop at 0.71 field widths from the illumination centre
+    (uniform 0..vignette_max per plate; quadratic in the distance)."""
     noise_sd_range: tuple[float, float] = (0.01, 0.035)
     """Additive camera noise SD drawn uniformly per plate."""
     density_sd: float = 0.2
@@ -433,7 +449,8 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     m_r = _lerp(p.microglia_radius_rest_px, p.microglia_radius_active_px, ms) * morph.uniform(0.85, 1.15, n_m)
     m_aspect = _lerp(p.microglia_aspect_rest, p.microglia_aspect_active, ms) * morph.uniform(0.9, 1.1, n_m)
     m_aspect = np.maximum(m_aspect, 1.0)
-    m_int = _lerp(p.microglia_intensity_rest, p.microglia_intensity_active, ms) * morph.uniform(0.85, 1.15, n_m)
+    m_int = (_lerp(p.microglia_intensity_rest, p.microglia_intensity_active, ms)
+             * morph.uniform(0.85, 1.15, n_m))
     ry, rx = m_r * np.sqrt(m_aspect), m_r / np.sqrt(m_aspect)
     _stamp_ellipses(mg, my, mx, rx, ry, morph.uniform(0, np.pi, n_m), m_int)
     m_prim = morph.poisson(np.clip(_lerp(p.process_count_rest, p.process_count_active, ms), 0, None))
@@ -565,7 +582,6 @@ def build_plate_table(seed: int, plate_number: int, n_wells: int = 96, kind: Pla
         wells of screening plates), ``Truth_Stimulus_uM``, ``Truth_Severity``, ``Truth_Rescue``,
         ``Truth_EC50_uM``, ``Truth_Hill``, ``Truth_Max_Rescue``.
     """
-    plate_shape(n_wells)
     if n_wells not in (96, 384):
         raise NeuroRGError(f"synthetic plates are 96 or 384 wells; got {n_wells}")
     if kind == "training":
@@ -712,6 +728,10 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         raise NeuroRGError(f"bit_depth {bit_depth} is not 8 or 16")
     if layout == "npy" and bit_depth != 8:
         raise NeuroRGError("the npy layout is 8-bit only (as in the study's release)")
+    if n_wells not in (96, 384):
+        raise NeuroRGError(f"synthetic plates are 96 or 384 wells; got {n_wells}")
+    if size < 8:
+        raise NeuroRGError(f"field size {size} px is too small; expected at least 8 px")
     if n_plates < 1 or n_fields < 1 or n_workers < 1:
         raise NeuroRGError(f"need at least one plate, field and worker; got {n_plates} plates, "
                            f"{n_fields} fields, {n_workers} workers")

@@ -105,7 +105,8 @@ def test_operetta_and_tiff_layouts(tmp_path):
     img = tifffile.imread(tf / "B02_s2.tif")
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8
     # the same well renders the same pixels whatever the layout
-    np.testing.assert_array_equal(img[:, :, 2], tifffile.imread(op / "Images" / "r02c02f02p01-ch3sk1fk1fl1.tiff"))
+    same = tifffile.imread(op / "Images" / "r02c02f02p01-ch3sk1fk1fl1.tiff")
+    np.testing.assert_array_equal(img[:, :, 2], same)
 
 
 def test_npy_layout_per_class_with_well_csv(tmp_path):
@@ -203,6 +204,11 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         write_synthetic_plates(tmp_path, seed=0, n_wells=1536, n_fields=1, size=16)
     with pytest.raises(NeuroRGError, match="kind"):
         write_synthetic_plates(tmp_path, seed=0, kind="assay", n_fields=1, size=16)
+    with pytest.raises(NeuroRGError, match="too small"):
+        write_synthetic_plates(tmp_path, seed=0, n_fields=1, size=4)
+    with pytest.raises(NeuroRGError, match="bit_depth"):
+        write_synthetic_plates(tmp_path, seed=0, n_fields=1, size=16, bit_depth=12)
+    assert not any(tmp_path.iterdir())   # nothing written for bad arguments
 
 
 def test_plates_read_back_through_load_plate(tmp_path):
