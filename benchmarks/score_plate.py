@@ -1,0 +1,119 @@
+"""Scoring throughput: raw inference vs end-to-end ``run_plate``, and re-opening a scored plate.
+
+Prints
+  (a) the fast inference path's raw crops/s (``inference.Predictor``, LiteRT) on the bundle;
+  (b) end-to-end scoring of a 96-well synthetic screening plate at 15 crops/well into a fresh
+      result store, in crops/s, and its ratio to (a) (goal >= 80 %);
+  (c) seconds to re-open the scored plate from the store (open + ``load_plate_results``; goal < 1 s),
+      and the time of a fully cached re-score (no inference).
+
+Usage::
+
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/score_plate.py [--model data/models/demo/ensemble]
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/score_plate.py --tiny   # no demo bundle: a random
+                                                                     # efficientnet_tiny bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout  # noqa: E402
+
+from neurorg_core.config import load_config  # noqa: E402
+from neurorg_core.inference import Predictor  # noqa: E402
+from neurorg_core.model import Bundle, build_model, load_bundle, save_bundle  # noqa: E402
+from neurorg_core.pipeline import load_plate_results, run_plate  # noqa: E402
+from neurorg_core.platemap import load_plate_map  # noqa: E402
+from neurorg_core.plates import load_plate  # noqa: E402
+from neurorg_core.store import ResultStore  # noqa: E402
+from neurorg_core.synth import write_synthetic_plates  # noqa: E402
+
+
+def tiny_bundle(folder: Path, members: int = 4, input_size: int = 64) -> Bundle:
+    """A random-weight efficientnet_tiny ensemble (for when the demo bundle is not there)."""
+    import keras
+
+    models = []
+    for k in range(members):
+        keras.utils.set_random_seed(k)
+        models.append(build_model("efficientnet_tiny", input_size))
+    return save_bundle(folder, models, [{"name": f"fold{k + 1}", "fold": k + 1} for k in range(members)],
+                       kind="ensemble", arch="efficientnet_tiny", input_size=input_size)
+
+
+def raw_rate(bundle: Bundle, n_crops: int) -> float:
+    """Crops per second through every member, crops already in memory (after a warm-up)."""
+    predictor = Predictor(bundle)
+    s = bundle.input_size
+    crops = np.random.default_rng(0).random((n_crops, s, s, 3), dtype=np.float32)
+    predictor.predict(crops[: predictor.batch_size * 2])  # warm-up
+    t0 = time.perf_counter()
+    step = 4 * predictor.batch_size  # whole model batches: the best case
+    for a in range(0, n_crops, step):
+        predictor.predict(crops[a:a + step])
+    return n_crops / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="bundle folder (default: the demo ensemble)")
+    p.add_argument("--tiny", action="store_true", help="benchmark a random efficientnet_tiny bundle")
+    # the demo recipe (train.DemoRecipe): 4 fields of 256 px per well
+    p.add_argument("--size", type=int, default=256, help="field edge of the synthetic plate, pixels")
+    p.add_argument("--fields", type=int, default=4, help="fields per well")
+    p.add_argument("--raw-crops", type=int, default=480)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    with tempfile.TemporaryDirectory(prefix="neurorg-bench-") as tmp:
+        work = Path(tmp)
+        if args.tiny:
+            bundle = tiny_bundle(work / "bundle")
+        else:
+            bundle = load_bundle(Path(args.model) if args.model else load_config().model_dir / "ensemble")
+        print(f"bundle {bundle.id}: {bundle.card['architecture']}, {len(bundle.members)} members, "
+              f"input {bundle.input_size} px")
+        Predictor(bundle)  # converts the members once (cached beside the bundle); not timed
+
+        rate = raw_rate(bundle, args.raw_crops)
+        print(f"(a) raw inference: {rate:.1f} crops/s through {len(bundle.members)} members "
+              f"({rate * len(bundle.members):.1f} crop x member/s)")
+
+        folder = write_synthetic_plates(work / "plates", seed=0, n_wells=96, n_fields=args.fields,
+                                        size=args.size, layout="imagexpress", kind="screen")[0]
+        plate = load_plate(folder)
+        plate_map = load_plate_map(folder / "platemap.csv")
+        db = work / "bench.duckdb"
+        with ResultStore(db) as store:
+            t0 = time.perf_counter()
+            result = run_plate(plate, plate_map, bundle, store, name="bench", crops_per_well=15)
+            elapsed = time.perf_counter() - t0
+        e2e = result.n_crops / elapsed
+        print(f"(b) end to end: {result.n_wells} wells, {result.n_crops} crops in {elapsed:.1f} s = "
+              f"{e2e:.1f} crops/s, {100 * e2e / rate:.0f} % of raw (goal >= 80 %)")
+
+        t0 = time.perf_counter()
+        with ResultStore(db, read_only=True) as store:
+            res = load_plate_results(store, "bench")
+        reopen = time.perf_counter() - t0
+        print(f"(c) re-open the scored plate: {reopen:.3f} s for {len(res.wells)} wells, QC, "
+              f"{len(res.treatments)} treatments, {len(res.fits)} fits (goal < 1 s)")
+        with ResultStore(db) as store:
+            t0 = time.perf_counter()
+            again = run_plate(load_plate(folder), plate_map, bundle, store, name="bench", crops_per_well=15)
+            cached = time.perf_counter() - t0
+        print(f"    cached re-score: {cached:.2f} s, {again.cache_hits} fields from the cache, "
+              f"{again.inferred_crops} crops inferred")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

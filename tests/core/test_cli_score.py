@@ -1,0 +1,109 @@
+"""`python -m neurorg_core score` and `export`: summary lines, the cache on a re-run, Metadata_* exports."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import keras
+import pandas as pd
+import pytest
+
+from neurorg_core.cli import main
+from neurorg_core.model import build_model, save_bundle
+from neurorg_core.platemap import load_plate_map
+from neurorg_core.schema import P_CONTROL, PLATE, RESCUE_PCT, ROLE, WELL
+from neurorg_core.store import ResultStore
+from neurorg_core.synth import write_synthetic_plates
+
+N_WELLS = 12
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("cli")
+    keras.utils.set_random_seed(7)
+    # random weights; normalisation and head scaled up so wells get distinct P(control)
+    model = build_model("efficientnet_tiny", 32, mean=[0.05] * 3, std=[0.001] * 3)
+    head = model.get_layer("predictions")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 100, bias])
+    bundle = save_bundle(root / "bundle", [model],
+                         [{"name": "fold1", "fold": 1}], kind="ensemble", arch="efficientnet_tiny",
+                         input_size=32)
+    full = write_synthetic_plates(root / "synth", seed=1, n_wells=96, n_fields=1, size=64,
+                                  layout="tiff", kind="screen")[0]
+    pm = load_plate_map(full / "platemap.csv")
+    # two rows of the screen: controls, a compound series and disease wells
+    keep = pm[(pm[ROLE] != "empty") & pm[WELL].str[0].isin(["A", "B"])].head(N_WELLS)
+    plate = root / "plate"
+    plate.mkdir()
+    for well in keep[WELL]:
+        shutil.copy(full / f"{well}_s1.tif", plate / f"{well}_s1.tif")
+    keep.to_csv(root / "map.csv", index=False)
+    return {"bundle": bundle.path, "plate": plate, "map": root / "map.csv", "db": root / "r.duckdb"}
+
+
+def score_args(s: dict) -> list[str]:
+    return ["score", str(s["plate"]), "--plate-map", str(s["map"]), "--model", str(s["bundle"]),
+            "--db", str(s["db"]), "--name", "cli-plate", "--crops-per-well", "4", "--backend", "keras"]
+
+
+def test_score_prints_summary_and_rerun_hits_the_cache(setup, capsys) -> None:
+    assert main(score_args(setup)) == 0
+    out = capsys.readouterr()
+    assert f"wells scored: {N_WELLS} ({N_WELLS} fields, {N_WELLS * 4} crops)" in out.out
+    assert f"cache hits: 0 fields, misses: {N_WELLS} ({N_WELLS * 4} crop x member" in out.out
+    assert "Z': " in out.out and "hits: " in out.out
+    assert f"{N_WELLS * 4}/{N_WELLS * 4} crops (100 %)" in out.err
+
+    assert main(score_args(setup)) == 0
+    out = capsys.readouterr()
+    assert f"cache hits: {N_WELLS} fields, misses: 0 (0 crop x member" in out.out
+    with ResultStore(setup["db"], read_only=True) as store:
+        assert len(store.list_runs("cli-plate")) == 2
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_export_writes_one_row_per_well_with_metadata(setup, tmp_path, capsys, fmt) -> None:
+    if not setup["db"].exists():
+        assert main(score_args(setup)) == 0
+    out = tmp_path / f"wells.{fmt}"
+    assert main(["export", "--db", str(setup["db"]), "--plate", "cli-plate", "--format", fmt,
+                 "--out", str(out)]) == 0
+    assert f"wrote {N_WELLS} wells" in capsys.readouterr().out
+    table = pd.read_parquet(out) if fmt == "parquet" else pd.read_csv(out)
+    assert len(table) == N_WELLS and table[WELL].is_unique
+    meta = [c for c in table.columns if c.startswith("Metadata_")]
+    assert {"Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Col", "Metadata_Compound",
+            "Metadata_Dose_uM", "Metadata_Role"} <= set(meta)
+    # pycytominer treats every non-Metadata column as a numeric feature
+    features = table.drop(columns=meta)
+    assert P_CONTROL in features.columns and RESCUE_PCT in features.columns
+    assert all(pd.api.types.is_numeric_dtype(features[c]) for c in features.columns)
+    assert (table[PLATE] == "cli-plate").all()
+    with ResultStore(setup["db"], read_only=True) as store:
+        stored = store.load_well_scores("cli-plate")
+    pd.testing.assert_series_equal(table[P_CONTROL], stored[P_CONTROL], check_exact=False, rtol=1e-12)
+
+
+def test_export_of_an_unknown_plate_fails_cleanly(setup, tmp_path, capsys) -> None:
+    if not setup["db"].exists():
+        assert main(score_args(setup)) == 0
+    code = main(["export", "--db", str(setup["db"]), "--plate", "nope", "--out", str(tmp_path / "x.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "plate 'nope' has no scored run; stored plates: cli-plate" in err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_score_with_a_bad_plate_map_fails_cleanly(setup, tmp_path, capsys) -> None:
+    bad = tmp_path / "map.csv"
+    pm = pd.read_csv(setup["map"])
+    pm.iloc[1:].to_csv(bad, index=False)  # the first imaged well is missing
+    args = score_args(setup)
+    args[args.index("--plate-map") + 1] = str(bad)
+    args[args.index("--db") + 1] = str(tmp_path / "fresh.duckdb")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and pm[WELL].iloc[0] in last and "Traceback" not in err

@@ -1,0 +1,317 @@
+"""run_plate: the prediction cache, per-field / per-member recomputation, all-or-nothing runs.
+
+A real synthetic screening plate (96 wells, one 64 px field each) and real tiny bundles
+(efficientnet_tiny at 32 px, random weights) built with model.py; crops_per_well=4 gives a 2 x 2
+grid of 32 px tiles per field, so nothing is resized.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from neurorg_core.config import REPO_ROOT
+from neurorg_core.errors import NeuroRGError, PlateMapError
+from neurorg_core.model import build_model, load_bundle, save_bundle
+from neurorg_core.pipeline import RunResult, hash_field, load_plate_results, run_plate
+from neurorg_core.platemap import load_plate_map
+from neurorg_core.plates import load_plate
+from neurorg_core.schema import (
+    CHANNEL_P_CONTROL,
+    CHANNELS,
+    COMPOUND,
+    EC50,
+    FIELD_HASH,
+    HIT,
+    N_CROPS,
+    P_CONTROL,
+    PLATE,
+    PROB_COLUMNS,
+    RESCUE_PCT,
+    ROLE,
+    RUN_ID,
+    TRUE_EC50,
+    TRUE_MAX_RESCUE,
+    WELL,
+)
+from neurorg_core.store import ResultStore
+from neurorg_core.synth import write_synthetic_plates
+
+CROPS = 4  # per well: a 2 x 2 grid of 32 px tiles from each 64 px field
+
+
+def _model(seed: int, channels=CHANNELS):
+    """Random weights, with the input normalisation and the head scaled up so that crops get
+    distinct probabilities (a freshly initialised EfficientNet says ~1/6 for everything)."""
+    keras.utils.set_random_seed(seed)
+    n = len(channels)
+    model = build_model("efficientnet_tiny", 32, channels, mean=[0.05] * n, std=[0.001] * n)
+    head = model.get_layer("predictions")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 100, bias])
+    return model
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("bundles")
+    m1, m2, m2b = _model(1), _model(2), _model(3)
+    folds = [{"name": "fold1", "fold": 1}, {"name": "fold2", "fold": 2}]
+    kw = {"kind": "ensemble", "arch": "efficientnet_tiny", "input_size": 32}
+    a = save_bundle(root / "a", [m1, m2], folds, **kw)
+    b = save_bundle(root / "b", [m1, m2b], folds, **kw)  # fold 2 retrained, fold 1 unchanged
+    return {"a": a, "b": b}
+
+
+N_WELLS = 24  # imaged wells kept from the synthetic 96-well screen (keeps inference short)
+
+
+@pytest.fixture(scope="module")
+def plate_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("plates")
+    full = write_synthetic_plates(root, seed=0, n_wells=96, n_fields=1, size=64, layout="tiff",
+                                  kind="screen")[0]
+    pm = load_plate_map(full / "platemap.csv")
+    keep = pm[pm[ROLE] != "empty"].head(N_WELLS)
+    out = root / "screen"
+    out.mkdir()
+    for well in keep[WELL]:
+        shutil.copy(full / f"{well}_s1.tif", out / f"{well}_s1.tif")
+    keep.to_csv(out / "platemap.csv", index=False)
+    return out
+
+
+def score(folder: Path, bundle, store: ResultStore, backend: str = "keras", **kw) -> RunResult:
+    """Keras backend by default: no LiteRT conversion, so the tests stay short (the fast path is
+    covered by ``test_litert_fast_path_scores_like_keras``)."""
+    return run_plate(load_plate(folder), load_plate_map(folder / "platemap.csv"), bundle, store,
+                     name="screen1", crops_per_well=CROPS, backend=backend, **kw)
+
+
+def snapshot(store: ResultStore) -> dict:
+    runs = store.list_runs()
+    out = {"runs": runs.to_dict("list"), "plates": store.list_plates().to_dict("list")}
+    for plate in store.list_plates()[PLATE]:
+        out[f"fields {plate}"] = store.load_fields(plate).to_dict("list")
+    for run_id, plate in zip(runs[RUN_ID], runs[PLATE]):
+        out[f"scores {run_id}"] = store.load_well_scores(plate, run_id).to_json()
+    return out
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, plate_dir, bundles) -> dict:
+    """A store holding one run of the plate with bundle "a" (copied by each test that needs it)."""
+    path = tmp_path_factory.mktemp("scored") / "r.duckdb"
+    calls: list[tuple[int, int]] = []
+    with ResultStore(path) as s:
+        first = score(plate_dir, bundles["a"], s, progress=lambda d, t: calls.append((d, t)))
+    return {"path": path, "first": first, "calls": calls}
+
+
+@pytest.fixture
+def store(tmp_path: Path, scored: dict):
+    """A private copy of the scored store."""
+    shutil.copy(scored["path"], tmp_path / "r.duckdb")
+    s = ResultStore(tmp_path / "r.duckdb")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def empty_store(tmp_path: Path):
+    s = ResultStore(tmp_path / "empty.duckdb")
+    yield s
+    s.close()
+
+
+def test_first_run_stores_plate_fields_scores_and_provenance(plate_dir, bundles, scored, store) -> None:
+    pm = load_plate_map(plate_dir / "platemap.csv")
+    imaged = pm[pm[ROLE] != "empty"]
+    n = len(imaged)
+    r, calls = scored["first"], scored["calls"]
+
+    assert (r.n_wells, r.n_fields, r.n_crops) == (n, n, n * CROPS)
+    assert (r.cache_hits, r.cache_misses) == (0, n)
+    assert r.inferred_crops == n * CROPS * 2
+    assert calls[0] == (0, n * CROPS) and calls[-1] == (n * CROPS, n * CROPS)
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+
+    assert store.list_plates()[PLATE].tolist() == ["screen1"]
+    fields = store.load_fields("screen1")
+    assert len(fields) == n and fields[FIELD_HASH].is_unique
+    scores = store.load_well_scores("screen1")
+    assert scores[WELL].tolist() == imaged[WELL].tolist()
+    assert (scores[N_CROPS] == CROPS).all() and (scores[PLATE] == "screen1").all()
+    assert scores[ROLE].tolist() == imaged[ROLE].tolist()
+    np.testing.assert_allclose(scores[list(PROB_COLUMNS)].sum(axis=1), 1.0, atol=1e-5)
+
+    # P(control) of a well = mean over members of the mean class-0 probability of its crops,
+    # recomputed here straight from the cached crop predictions
+    well = scores[WELL].iloc[5]
+    h = fields.set_index(WELL).loc[well, FIELD_HASH]
+    per_member = [store.cached_predictions([h], m.id)[h][:, 0].mean() for m in bundles["a"].members]
+    assert scores[P_CONTROL].iloc[5] == pytest.approx(np.mean(per_member), abs=1e-6)
+
+    run = store.load_run(r.run_id)
+    assert run["Model_Id"] == bundles["a"].id and run["bundle_card"]["id"] == bundles["a"].id
+    assert run["params"]["crops_per_well"] == CROPS and run["params"]["input_size"] == 32
+    assert run["params"]["members"] == [m.id for m in bundles["a"].members]
+    assert run["params"]["channel_map"] == load_plate(plate_dir).channel_map
+    assert run["Code_Version"] and (run["Cache_hits"], run["Cache_misses"]) == (0, n)
+    assert store.count_predictions() == n * 2
+
+    res = load_plate_results(store, "screen1")
+    assert res.run_id == r.run_id and res.plate_record["Plate_format"] == 96
+    assert res.qc["n_control"] == int((imaged[ROLE] == "control").sum())
+    assert res.qc["n_disease"] == int((imaged[ROLE] == "disease").sum())
+    control_mean = res.wells.loc[res.wells[ROLE] == "control", RESCUE_PCT].mean()
+    assert control_mean == pytest.approx(100.0)
+    treated = imaged[imaged[ROLE] == "treatment"]
+    assert set(res.fits[COMPOUND]) == set(treated[COMPOUND])
+    assert len(res.treatments) == len(treated.groupby([COMPOUND, "Metadata_Dose_uM"]))
+    assert res.channels.empty and "qc" not in res.problems
+
+
+def test_second_run_reads_the_cache_and_runs_no_inference(plate_dir, bundles, scored, store) -> None:
+    first = scored["first"]
+    calls: list[tuple[int, int]] = []
+    second = score(plate_dir, bundles["a"], store, progress=lambda d, t: calls.append((d, t)))
+    assert second.inferred_crops == 0
+    assert (second.cache_hits, second.cache_misses) == (first.n_fields, 0)
+    assert calls == [(first.n_crops, first.n_crops)]
+    assert store.list_runs("screen1")[RUN_ID].tolist() == [second.run_id, first.run_id]
+    pd.testing.assert_frame_equal(store.load_well_scores("screen1", first.run_id),
+                                  store.load_well_scores("screen1", second.run_id))
+
+
+def test_changed_field_recomputes_only_that_field(plate_dir, bundles, scored, store, tmp_path) -> None:
+    first = scored["first"]
+    before = store.load_well_scores("screen1").set_index(WELL)
+    copy = shutil.copytree(plate_dir, tmp_path / "edited")
+    pixels = tifffile.imread(copy / "B03_s1.tif")
+    pixels[:8, :8] = 255 - pixels[:8, :8]
+    tifffile.imwrite(copy / "B03_s1.tif", pixels, photometric="rgb")
+
+    r = score(copy, bundles["a"], store)
+    assert (r.cache_misses, r.cache_hits) == (1, first.n_fields - 1)
+    assert r.inferred_crops == CROPS * 2
+    after = store.load_well_scores("screen1").set_index(WELL)
+    others = before.index != "B03"
+    pd.testing.assert_series_equal(after.loc[others, P_CONTROL], before.loc[others, P_CONTROL])
+    new_hash = store.load_fields("screen1").set_index(WELL).loc["B03", FIELD_HASH]
+    assert new_hash == hash_field(pixels)
+
+
+def test_changed_member_recomputes_only_that_member(plate_dir, bundles, scored, store) -> None:
+    first = scored["first"]
+    r = score(plate_dir, bundles["b"], store)
+    assert r.inferred_crops == first.n_crops * 1  # fold 2 only; fold 1 is the same member
+    assert (r.cache_hits, r.cache_misses) == (0, first.n_fields)
+    assert store.load_run(r.run_id)["Model_Id"] == bundles["b"].id
+    assert store.count_predictions() == first.n_fields * 3
+
+
+def test_failure_mid_run_leaves_earlier_runs_untouched_and_keeps_finished_inference(
+    plate_dir, bundles, scored, store
+) -> None:
+    first = scored["first"]
+    before = snapshot(store)
+    n_pred = store.count_predictions()
+
+    def fail_late(done: int, total: int) -> None:
+        if done >= 20 * CROPS:
+            raise RuntimeError("injected failure")
+
+    with pytest.raises(RuntimeError, match="injected failure"):
+        score(plate_dir, bundles["b"], store, progress=fail_late)
+    assert snapshot(store) == before
+    kept = store.count_predictions() - n_pred
+    assert 16 <= kept < first.n_fields  # predictions are committed in batches as inference produces them
+    again = score(plate_dir, bundles["b"], store)
+    assert again.inferred_crops == (first.n_fields - kept) * CROPS
+
+
+def test_unreadable_field_aborts_without_storing(plate_dir, bundles, store, tmp_path) -> None:
+    before = snapshot(store)
+    copy = shutil.copytree(plate_dir, tmp_path / "broken")
+    plate = load_plate(copy)
+    (copy / "B05_s1.tif").write_bytes(b"II*\x00 not really a tiff")
+    with pytest.raises(NeuroRGError, match="B05"):
+        run_plate(plate, load_plate_map(copy / "platemap.csv"), bundles["a"], store, name="screen1",
+                  crops_per_well=CROPS)
+    assert snapshot(store) == before
+
+
+def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_store) -> None:
+    store = empty_store
+    pm = load_plate_map(plate_dir / "platemap.csv")
+    pm = pm[pm[WELL] != "B02"]
+    with pytest.raises(PlateMapError, match="B02"):
+        run_plate(load_plate(plate_dir), pm, bundles["a"], store, name="screen1", crops_per_well=CROPS)
+    assert store.list_runs().empty and store.count_predictions() == 0
+
+
+@pytest.mark.slow
+def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path) -> None:
+    models = [_model(10 + i, (c,)) for i, c in enumerate(CHANNELS)]
+    sc = save_bundle(tmp_path / "sc", models, [{"name": c} for c in CHANNELS], kind="single_channel",
+                     arch="efficientnet_tiny", input_size=32)
+    r = score(plate_dir, bundles["a"], store, single_channel_bundle=sc)
+    assert r.inferred_crops == r.n_crops * 3  # the ensemble comes from the cache
+    assert (r.cache_hits, r.cache_misses) == (0, r.n_fields)
+    ch = store.load_channel_scores(r.run_id)
+    assert len(ch) == r.n_wells and list(ch.columns) == [WELL, *CHANNEL_P_CONTROL]
+    assert ch[list(CHANNEL_P_CONTROL)].notna().all().all()
+    assert store.load_run(r.run_id)["params"]["single_channel_bundle"]["id"] == sc.id
+    # each channel's P(control) is its own model's mean class-0 probability over the well's crops
+    fields = store.load_fields("screen1").set_index(WELL)
+    for i, (member, column) in enumerate(zip(sc.members, CHANNEL_P_CONTROL)):
+        well = ch[WELL].iloc[i]
+        h = fields.loc[well, FIELD_HASH]
+        expected = store.cached_predictions([h], member.id)[h][:, 0].mean()
+        assert ch[column].iloc[i] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_litert_fast_path_scores_like_keras(plate_dir, bundles, tmp_path) -> None:
+    with ResultStore(tmp_path / "k.duckdb") as a, ResultStore(tmp_path / "l.duckdb") as b:
+        score(plate_dir, bundles["a"], a, backend="keras")
+        r = score(plate_dir, bundles["a"], b, backend="litert")
+        assert r.inferred_crops == r.n_crops * 2
+        np.testing.assert_allclose(b.load_well_scores("screen1")[P_CONTROL],
+                                   a.load_well_scores("screen1")[P_CONTROL], atol=1e-5)
+
+
+DEMO_ENSEMBLE = REPO_ROOT / "data" / "models" / "demo" / "ensemble"
+
+
+@pytest.mark.slow
+def test_demo_ensemble_recovers_ec50s_and_spares_the_inactive_compound(tmp_path) -> None:
+    """The issue's end-to-end check, on a screening plate of a seed the demo never trained on
+    (the demo recipe: 4 fields of 256 px per well, 15 crops per well)."""
+    bundle = load_bundle(DEMO_ENSEMBLE)
+    folder = write_synthetic_plates(tmp_path / "plates", seed=301, n_wells=96, n_fields=4, size=256,
+                                    layout="imagexpress", kind="screen")[0]
+    with ResultStore(tmp_path / "r.duckdb") as store:
+        run_plate(load_plate(folder), load_plate_map(folder / "platemap.csv"), bundle, store,
+                  name="ec50", crops_per_well=15)
+        res = load_plate_results(store, "ec50")
+    truth = pd.read_csv(folder / "ground_truth.csv")
+    compounds = truth[truth[ROLE] == "treatment"].groupby(COMPOUND)[[TRUE_EC50, TRUE_MAX_RESCUE]].first()
+    fits = res.fits.set_index(COMPOUND)
+    hits = res.treatments.groupby(COMPOUND)[HIT].any()
+    assert set(fits.index) == set(compounds.index)
+    inactive = compounds[compounds[TRUE_MAX_RESCUE] == 0].index
+    assert len(inactive) >= 1 and len(compounds) > len(inactive)
+    for cpd, row in compounds.iterrows():
+        if cpd in inactive:
+            assert not hits[cpd], f"inactive {cpd} called a hit"
+        else:
+            ec50 = fits.loc[cpd, EC50]
+            assert row[TRUE_EC50] / 2 <= ec50 <= row[TRUE_EC50] * 2, (cpd, ec50, row[TRUE_EC50])
