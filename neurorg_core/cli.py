@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.schema import CHANNELS, LAYOUTS
+from neurorg_core.schema import CHANNELS, LAYOUTS, RESCUE_PCT
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,67 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    raise NeuroRGError("score is not available yet")
+    from neurorg_core.config import load_config
+    from neurorg_core.model import load_bundle
+    from neurorg_core.pipeline import load_plate_results, run_plate
+    from neurorg_core.platemap import load_plate_map
+    from neurorg_core.plates import load_plate
+    from neurorg_core.store import ResultStore
+
+    cfg = load_config()
+    source = Path(args.path)
+    work_dir = cfg.upload_dir if source.suffix.lower() == ".zip" else None
+    plate = load_plate(source, _parse_channel_map(args.channels), work_dir=work_dir)
+    plate_map = load_plate_map(args.plate_map)
+    bundle = load_bundle(Path(args.model) if args.model else cfg.model_dir / "ensemble")
+    db = Path(args.db) if args.db else cfg.db_path
+    shown = [-1]
+
+    def progress(done: int, total: int) -> None:
+        pct = 100 * done // max(total, 1)
+        if pct // 10 != shown[0] // 10 or done == total:
+            shown[0] = pct
+            print(f"  {done}/{total} crops ({pct} %)", file=sys.stderr, flush=True)
+
+    print(f"scoring {plate.name}: {len(plate.wells())} wells, {len(plate.fields)} fields, "
+          f"model {bundle.id} ({len(bundle.members)} members)", file=sys.stderr)
+    with ResultStore(db) as store:
+        result = run_plate(plate, plate_map, bundle, store, name=args.name or plate.name,
+                           crops_per_well=args.crops_per_well, progress=progress, backend=args.backend)
+        res = load_plate_results(store, result.plate, result.run_id)
+    print(f"plate {result.plate}: run {result.run_id} stored in {db}")
+    print(f"wells scored: {result.n_wells} ({result.n_fields} fields, {result.n_crops} crops)")
+    print(f"cache hits: {result.cache_hits} fields, misses: {result.cache_misses} "
+          f"({result.inferred_crops} crop x member predictions computed)")
+    if res.qc:
+        print(f"Z': {res.qc['z_prime']:.3f} (SSMD {res.qc['ssmd']:.2f}; control P(control) "
+              f"{res.qc['mean_control']:.3f}, disease {res.qc['mean_disease']:.3f})")
+    else:
+        print(f"Z': not computable ({res.problems.get('qc', 'no control/disease wells')})")
+    if "treatments" in res.problems:
+        print(f"hits: not computable ({res.problems['treatments']})")
+    else:
+        print(f"hits: {res.n_hits} of {len(res.treatments)} treatments (compound x dose)")
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    raise NeuroRGError("export is not available yet")
+    from neurorg_core.pipeline import load_plate_results
+    from neurorg_core.store import ResultStore
+
+    out = Path(args.out)
+    with ResultStore(args.db, read_only=True) as store:
+        res = load_plate_results(store, args.plate)
+    wells = res.wells
+    if "rescue" in res.problems:
+        print(f"note: no {RESCUE_PCT} column: {res.problems['rescue']}", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "parquet":
+        wells.to_parquet(out, index=False)
+    else:
+        wells.to_csv(out, index=False)
+    print(f"wrote {len(wells)} wells x {wells.shape[1]} columns of plate {args.plate} to {out}")
+    return 0
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -141,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db")
     s.add_argument("--name")
     s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID")
+    s.add_argument("--crops-per-well", type=int, default=15)
+    s.add_argument("--backend", choices=("litert", "keras"), default="litert",
+                   help="inference backend: LiteRT fast path, or plain Keras (no conversion)")
     s.set_defaults(func=_cmd_score)
 
     s = sub.add_parser("export", help="write a scored plate's well table")
