@@ -16,8 +16,9 @@ from neurorg_core.stats import (
     mcnemar,
     plate_qc,
 )
+from neurorg_core.synth import write_synthetic_plates
 from neurorg_core.wells import format_well, normalize_well, parse_well
 
 __all__ = ["NeuroRGError", "PlateMapError", "check_plate_map", "load_plate", "load_plate_map", "format_well", "normalize_well", "parse_well",
            "score_plate", "score_channels", "add_rescue", "plate_qc", "compare_treatments", "fit_dose_response",
-           "fit_compounds", "channel_comparison", "mcnemar"]
+           "fit_compounds", "channel_comparison", "mcnemar", "write_synthetic_plates"]

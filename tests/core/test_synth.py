@@ -163,6 +163,20 @@ def test_384_training_plate_has_40_wells_per_class(tmp_path):
     assert max(parse_well(w)[0] for w in pm[WELL]) > 8
 
 
+def test_384_screen_layout_repeats_each_96_position_in_a_2x2_block():
+    from neurorg_core.synth import build_plate_table
+
+    t96 = build_plate_table(0, 1, 96, "screen").set_index(WELL)
+    t384 = build_plate_table(0, 1, 384, "screen")
+    assert t384[ROLE].value_counts().to_dict() == {"treatment": 256, "control": 48, "disease": 48,
+                                                   "empty": 32}
+    for well, row in t384.set_index(WELL).iterrows():
+        r, c = parse_well(well)
+        src = t96.loc[f"{chr(ord('A') + (r - 1) // 2)}{(c - 1) // 2 + 1:02d}"]
+        assert (row[ROLE], row[COMPOUND]) == (src[ROLE], src[COMPOUND])
+        assert row[DOSE] == src[DOSE] or (pd.isna(row[DOSE]) and pd.isna(src[DOSE]))
+
+
 def test_microglia_signal_rises_with_severity_nucleus_flat():
     """Over the six classes the microglia foreground brightens monotonically; nuclei do not change.
 
