@@ -78,11 +78,47 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    raise NeuroRGError("train is not available yet")
+    from neurorg_core.train import TrainSettings, train_bundle
+
+    settings = TrainSettings(arch=args.arch, input_size=args.input_size, epochs=args.epochs,
+                             batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    bundle = train_bundle(args.plates, Path(args.out), settings, channels=args.channels)
+    print(f"model {bundle.id} ({bundle.kind}, {len(bundle.members)} members) written to {bundle.path}")
+    for m, entry in zip(bundle.members, bundle.card["members"]):
+        v = entry["metrics"]["validation"]
+        print(f"  {m.name} ({m.id}): best epoch {entry['best_epoch']}, validation crop acc "
+              f"{v['crop_acc']:.1%}, well acc {v['well_acc']:.1%}")
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    raise NeuroRGError("evaluate is not available yet")
+    from neurorg_core.inference import Predictor
+    from neurorg_core.model import load_bundle
+    from neurorg_core.train import evaluate_bundle, format_report
+
+    bundle = load_bundle(args.model)
+    report = evaluate_bundle(args.plates, bundle, predictor=Predictor(bundle, backend=args.backend))
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"full report (confusion matrices, kappa) written to {args.json}")
+    return 0
+
+
+def _cmd_build_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from neurorg_core.train import DemoRecipe, TrainSettings, build_demo
+
+    recipe = DemoRecipe(ensemble_epochs=args.epochs, single_channel_epochs=args.single_channel_epochs)
+    settings = TrainSettings(epochs=args.epochs, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="neurorg-demo-") as tmp:
+        work = Path(args.work_dir) if args.work_dir else Path(tmp)
+        metrics = build_demo(Path(args.out), work, settings=settings, recipe=recipe, reuse=args.reuse)
+    print(json.dumps({"ensemble": metrics["ensemble"]["summary"],
+                      "single_channel_pearson": metrics["single_channel"]["screen_pearson_vs_ensemble"]},
+                     indent=2))
+    return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -178,17 +214,32 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a leave-plate-out ensemble (or single-channel model)")
     s.add_argument("--plates", nargs="+", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--arch", default="efficientnet_b0")
-    s.add_argument("--input-size", type=int, default=96)
-    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--arch", choices=("efficientnet_tiny", *(f"efficientnet_b{i}" for i in range(6))),
+                   default="efficientnet_tiny")
+    s.add_argument("--input-size", type=int, default=64, help="crop edge, pixels")
+    s.add_argument("--epochs", type=int, default=8)
     s.add_argument("--channels", choices=("all", *CHANNELS), default="all")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay)")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="crop/well accuracy, confusion, kappa, McNemar")
     s.add_argument("--plates", nargs="+", required=True)
     s.add_argument("--model", required=True)
+    s.add_argument("--backend", choices=("litert", "keras"), default="litert")
+    s.add_argument("--json", help="also write the full report (confusion matrices) here")
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("build-demo", help="render synthetic plates, train and evaluate the demo bundles")
+    s.add_argument("--out", default="data/models/demo")
+    s.add_argument("--work-dir", help="keep the rendered plates here (default: a temporary folder)")
+    s.add_argument("--epochs", type=int, default=6, help="epochs per ensemble member")
+    s.add_argument("--single-channel-epochs", type=int, default=3)
+    s.add_argument("--reuse", action="store_true", help="keep bundles already trained in --out; "
+                   "only evaluate them and write the metrics")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_build_demo)
 
     s = sub.add_parser("score", help="score a plate into the result store")
     s.add_argument("path")

@@ -62,8 +62,8 @@ def convert_member(member: Member, cache_dir: str | Path) -> Path:
 @dataclass
 class _Worker:
     interpreters: list[Any]   # one per member
-    input_index: int
-    output_index: int
+    input_index: list[int]    # per member (tensor indices differ between graphs)
+    output_index: list[int]
 
 
 class Predictor:
@@ -120,9 +120,8 @@ class Predictor:
                 raise NeuroRGError(f"LiteRT cannot load the converted model ({exc}); delete it to "
                                    "convert again", path=path) from exc
             interpreters.append(it)
-        first = interpreters[0]
-        return _Worker(interpreters, first.get_input_details()[0]["index"],
-                       first.get_output_details()[0]["index"])
+        return _Worker(interpreters, [it.get_input_details()[0]["index"] for it in interpreters],
+                       [it.get_output_details()[0]["index"] for it in interpreters])
 
     @property
     def n_members(self) -> int:
@@ -171,9 +170,9 @@ class Predictor:
                     if m < bs:
                         xb = np.concatenate([xb, np.zeros((bs - m, *x.shape[1:]), np.float32)])
                     it = worker.interpreters[k]
-                    it.set_tensor(worker.input_index, xb)
+                    it.set_tensor(worker.input_index[k], xb)
                     it.invoke()
-                    out[k, a:a + m] = it.get_tensor(worker.output_index)[:m]
+                    out[k, a:a + m] = it.get_tensor(worker.output_index[k])[:m]
             except (RuntimeError, ValueError) as exc:  # reported on the caller's thread below
                 errors.append(exc)
 

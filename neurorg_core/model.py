@@ -198,6 +198,17 @@ def set_normalization(model, mean: Sequence[float], std: Sequence[float]) -> Non
     var_arr = (np.asarray(std, np.float32) / 255.0) ** 2
     count = np.asarray(layer.get_weights()[2], np.float32)
     layer.set_weights([mean_arr, var_arr, count])
+    layer.finalize_state()
+
+
+def set_model_weights(model, weights: Sequence[np.ndarray]) -> None:
+    """``model.set_weights`` that also refreshes the Normalization layer.
+
+    Keras's Normalization layer computes with constant copies of its mean / variance made by
+    ``finalize_state()``; plain ``set_weights`` updates the variables but not those copies.
+    """
+    model.set_weights(list(weights))
+    _normalization_layer(model).finalize_state()
 
 
 def get_normalization(model) -> tuple[list[float], list[float]]:
@@ -214,7 +225,7 @@ def _storage_dtype(array: np.ndarray) -> type:
 
 def round_weights_to_float16(model) -> None:
     """Round the weights to what will be stored (kernels to float16, vectors kept), in place."""
-    model.set_weights([
+    set_model_weights(model, [
         np.asarray(w).astype(_storage_dtype(w)).astype(np.float32) for w in model.get_weights()
     ])
 
@@ -481,5 +492,5 @@ def load_member_model(member: Member):
             f"weights of member {member.name} have {len(got)} arrays that do not fit "
             f"{member.arch} at {member.input_size} px ({len(expected)} arrays expected)",
             path=member.weights_path)
-    model.set_weights(arrays)
+    set_model_weights(model, arrays)
     return model

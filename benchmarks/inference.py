@@ -1,0 +1,88 @@
+"""Crops/s of plain ``keras.Model.predict`` vs our fast path (``inference.Predictor``, LiteRT).
+
+Both run the same one-member bundle on the same random crops; the fast path's probabilities
+are compared with Keras's (max |difference|). Each timing is the best of ``--repeats`` runs,
+measured after a warm-up call. The machine is shared, so run it when it is quiet.
+
+Usage::
+
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/inference.py --arch efficientnet_b0 --input-size 224 --n 256
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/inference.py --model data/models/demo/ensemble --n 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout  # noqa: E402
+
+from neurorg_core.inference import Predictor  # noqa: E402
+from neurorg_core.model import build_model, load_bundle, round_weights_to_float16, save_bundle  # noqa: E402
+
+
+def _best(fn, repeats: int) -> tuple[float, np.ndarray]:
+    fn()  # warm-up (graph tracing, interpreter setup)
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="efficientnet_b0")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--n", type=int, default=256, help="crops per timed run")
+    p.add_argument("--model", help="an existing bundle (its members are timed together)")
+    p.add_argument("--batch-size", type=int, default=32, help="model.predict batch size")
+    p.add_argument("--fast-batch", type=int, default=16, help="LiteRT interpreter batch size")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            bundle = load_bundle(args.model)
+        else:
+            import keras
+
+            keras.utils.set_random_seed(0)
+            model = build_model(args.arch, args.input_size)
+            head = model.get_layer("predictions")  # a random head that is not near-uniform
+            kernel, bias = head.get_weights()
+            head.set_weights([np.random.default_rng(0).normal(0, 0.5, kernel.shape).astype("float32"), bias])
+            round_weights_to_float16(model)
+            bundle = save_bundle(Path(tmp) / "b", [model], [{"name": "m", "fold": 1}], kind="ensemble",
+                                 arch=args.arch, input_size=args.input_size)
+        s = bundle.input_size
+        x = np.random.default_rng(1).random((args.n, s, s, 3), dtype=np.float32)
+        keras_pred = Predictor(bundle, backend="keras", batch_size=args.batch_size)
+        t0 = time.perf_counter()
+        fast = Predictor(bundle, threads=args.threads, batch_size=args.fast_batch, cache_dir=Path(tmp) / "lite")
+        convert_s = time.perf_counter() - t0
+        tk, pk = _best(lambda: keras_pred.predict(x), args.repeats)
+        tf_, pf = _best(lambda: fast.predict(x), args.repeats)
+        tk2, _ = _best(lambda: keras_pred.predict(x), 1)   # load drift check
+        n = args.n * len(bundle.members)
+        print(f"model: {bundle.card['architecture']} at {s} px, {len(bundle.members)} member(s), "
+              f"{args.n} crops, {os.cpu_count()} CPU cores")
+        print(f"keras model.predict (batch {args.batch_size}): {n / tk:8.1f} crops/s  "
+              f"(again at the end: {n / tk2:.1f})")
+        print(f"LiteRT fast path ({args.threads} x 1-thread interpreters, batch {args.fast_batch}): "
+              f"{n / tf_:8.1f} crops/s")
+        print(f"speed-up: {tk / tf_:.2f}x   max |p_fast - p_keras| = {np.abs(pf - pk).max():.2e}   "
+              f"(one-time conversion {convert_s:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The LiteRT fast path against plain Keras, its cache, and the streaming helper."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from neurorg_core.errors import NeuroRGError  # noqa: E402
+from neurorg_core.inference import Predictor, predict_stream  # noqa: E402
+from neurorg_core.model import build_model, round_weights_to_float16, save_bundle  # noqa: E402
+from neurorg_core.schema import CHANNELS  # noqa: E402
+
+S = 32
+
+
+def _crops(n: int, seed: int = 0) -> np.ndarray:
+    scale = np.linspace(0.2, 1.0, n, dtype=np.float32)[:, None, None, None]
+    return np.random.default_rng(seed).random((n, S, S, 3), dtype=np.float32) * scale
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """Two members: a 3-channel one and a microglia-only one, with heads that spread outputs."""
+    import keras
+
+    models = []
+    for i, chans in enumerate([CHANNELS, ("microglia",)]):
+        keras.utils.set_random_seed(10 + i)
+        m = build_model("efficientnet_tiny", S, chans, [0.3] * len(chans), [0.2] * len(chans))
+        head = m.get_layer("predictions")
+        kernel, bias = head.get_weights()
+        head.set_weights([np.random.default_rng(i).normal(0, 300.0, kernel.shape).astype("float32"), bias])
+        round_weights_to_float16(m)
+        models.append(m)
+    folder = tmp_path_factory.mktemp("bundle") / "b"
+    return save_bundle(folder, models, [{"name": "fold1", "fold": 1}, {"name": "fold2", "fold": 2}],
+                       kind="single_channel", arch="efficientnet_tiny", input_size=S)
+
+
+@pytest.fixture(scope="module")
+def fast(bundle):
+    return Predictor(bundle, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    return Predictor(bundle, backend="keras")
+
+
+def test_fast_path_matches_keras_within_1e_4(fast, reference):
+    x = _crops(21)                                 # not a multiple of the batch size: padding
+    p_fast, p_ref = fast.predict(x), reference.predict(x)
+    assert p_fast.shape == p_ref.shape == (2, 21, 6)
+    assert np.abs(p_fast - p_ref).max() < 1e-4
+    assert p_ref.std(1).max() > 1e-3               # the comparison is not between constants
+    np.testing.assert_allclose(p_fast.sum(-1), 1.0, atol=1e-5)
+    assert np.abs(p_fast[0] - p_fast[1]).max() > 1e-3   # members are different models
+
+
+def test_fast_path_gives_the_same_answer_for_any_batching(fast, bundle):
+    x = _crops(9, seed=3)
+    whole = fast.predict(x)
+    one_thread = Predictor(bundle, threads=1, batch_size=4)
+    np.testing.assert_allclose(one_thread.predict(x), whole, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([fast.predict(x[:4]), fast.predict(x[4:])], axis=1), whole,
+                               atol=1e-6)
+    assert fast.predict(x[:0]).shape == (2, 0, 6)
+
+
+def test_conversion_is_cached_per_member_id(fast, bundle):
+    files = sorted(p.name for p in (bundle.path / "litert").iterdir())
+    assert files == sorted(f"{m.id}.tflite" for m in bundle.members)
+    stamps = {p: p.stat().st_mtime_ns for p in (bundle.path / "litert").iterdir()}
+    Predictor(bundle)                              # a second predictor reuses the files
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_predict_rejects_wrong_crop_shapes(fast):
+    with pytest.raises(NeuroRGError, match=r"expected \(n, 32, 32, 3\)"):
+        fast.predict(np.zeros((2, 16, 16, 3), np.float32))
+
+
+def test_predict_stream_keeps_order_and_overlaps_reading(fast, bundle):
+    import threading
+
+    reader_threads = set()
+    batches = [(f"k{i}", _crops(3 + i, seed=i)) for i in range(4)]
+
+    def source():
+        for key, x in batches:
+            reader_threads.add(threading.current_thread().name)
+            yield key, x
+
+    out = list(predict_stream(source(), bundle, predictor=fast))
+    assert [k for k, _ in out] == ["k0", "k1", "k2", "k3"]
+    for (key, x), (_, probs) in zip(batches, out):
+        np.testing.assert_allclose(probs, fast.predict(x), atol=1e-6)
+    assert reader_threads == {"neurorg-reader"}   # consumed off the calling thread
+
+
+def test_predict_stream_reraises_the_readers_error(fast, bundle):
+    def source():
+        yield "a", _crops(2)
+        raise NeuroRGError("field A02 unreadable")
+
+    stream = predict_stream(source(), bundle, predictor=fast)
+    assert next(stream)[0] == "a"
+    with pytest.raises(NeuroRGError, match="A02 unreadable"):
+        next(stream)
+
+
+def test_predict_stream_stops_its_reader_when_closed_early(fast, bundle):
+    import threading
+
+    def endless():
+        i = 0
+        while True:
+            i += 1
+            yield i, _crops(1)
+
+    stream = predict_stream(endless(), bundle, predictor=fast)
+    assert next(stream)[0] == 1
+    stream.close()
+    assert not any(t.name == "neurorg-reader" and t.is_alive() for t in threading.enumerate())
