@@ -25,6 +25,7 @@ def _expected_password() -> str:
 
 
 def _password_gate() -> None:
+    """Ask for the password (compared in constant time) and stop until it is given."""
     expected = _expected_password()
     if not expected or st.session_state.get("authenticated"):
         return
@@ -40,8 +41,6 @@ def _password_gate() -> None:
     st.stop()
 
 
-_password_gate()
-
 PAGES = {
     "overview": st.Page("views/overview.py", title="Overview", icon=":material/home:", default=True),
     "upload": st.Page("views/upload.py", title="Upload & score", icon=":material/upload:",
@@ -55,7 +54,11 @@ PAGES = {
     "library": st.Page("views/library.py", title="Library", icon=":material/folder:",
                        url_path="library"),
 }
-current = st.navigation(list(PAGES.values()))
+# Navigation is resolved before the gate (so the address's page opens after logging in), but the
+# menu stays hidden until the password is given.
+unlocked = not _expected_password() or bool(st.session_state.get("authenticated"))
+current = st.navigation(list(PAGES.values()), position="sidebar" if unlocked else "hidden")
+_password_gate()
 # A shared link carries ?page=<name>&plate=<plate>: on a session's first run, open that page.
 # (Later runs follow the sidebar; each page rewrites ?page= to itself.)
 if not st.session_state.get("link_followed"):

@@ -43,6 +43,8 @@ def server(tmp_path: Path, tiny_models: Path) -> Iterator[str]:
         "NEURORG_DATA_DIR": str(tmp_path / "data"),
         "NEURORG_MODEL_DIR": str(tiny_models),
         "NEURORG_PASSWORD": PASSWORD,
+        "NEURORG_DEMO_FIELDS": "1",
+        "NEURORG_DEMO_SIZE": "64",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     log = open(tmp_path / "server.log", "w+")
@@ -92,7 +94,7 @@ def _zip(folder: Path, out: Path) -> Path:
 
 
 def _log_in(page, password: str) -> None:
-    page.get_by_label("Password").fill(password)
+    page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Enter").click()
 
 
@@ -104,6 +106,8 @@ def test_browser_password_upload_heatmap_and_shared_link(server: str, tmp_path: 
                     "(apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=TIMEOUT_MS)
+
     zip_path = _zip(tiny_plate, tmp_path / "browser_plate.zip")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -113,7 +117,7 @@ def test_browser_password_upload_heatmap_and_shared_link(server: str, tmp_path: 
 
             # The gate shows nothing but the password form, and refuses a wrong password.
             page.goto(f"{server}/upload")
-            expect(page.get_by_label("Password")).to_be_visible()
+            expect(page.get_by_label("Password", exact=True)).to_be_visible()
             expect(page.get_by_text("Upload & score")).to_have_count(0)
             _log_in(page, "wrong")
             expect(page.get_by_text("Wrong password.")).to_be_visible()
@@ -149,11 +153,11 @@ def test_browser_password_upload_heatmap_and_shared_link(server: str, tmp_path: 
             other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
             other.set_default_timeout(TIMEOUT_MS)
             other.goto(link)
-            expect(other.get_by_label("Password")).to_be_visible()
+            expect(other.get_by_label("Password", exact=True)).to_be_visible()
             _log_in(other, PASSWORD)
             expect(other.get_by_role("heading", name="Plate heatmap")).to_be_visible()
             expect(other.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)
-            expect(other.get_by_text("browser plate").first).to_be_visible()
+            expect(other.get_by_role("combobox", name="Plate")).to_have_value("browser plate")
             other.screenshot(path=str(tmp_path / "shared_link.png"), full_page=True)
         finally:
             browser.close()

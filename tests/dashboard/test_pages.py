@@ -181,3 +181,29 @@ def test_library_open_navigates_to_the_plate(truth_store: Path) -> None:
     assert not at.exception
     assert at.title[0].value == "Plate heatmap"
     assert _query(at, "plate") == TRUTH_PLATE
+
+
+def test_password_gate_blocks_until_the_right_password(truth_store: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEURORG_PASSWORD", "open sesame")
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update({"page": "plate", "plate": TRUTH_PLATE})
+    at.run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["NeuroRG Screen"] and not at.get("plotly_chart")
+    assert not at.selectbox  # no plate picker, no page content
+    at.text_input(key="password").set_value("open sesame?")
+    at.button[0].click().run()
+    assert "Wrong password." in [e.value for e in at.error] and not at.get("plotly_chart")
+    at.text_input(key="password").set_value("open sesame")
+    at.button[0].click().run()
+    assert not at.exception
+    # In: the page and plate the link named.
+    assert at.title[0].value == "Plate heatmap" and len(at.get("plotly_chart")) == 1
+
+
+def test_password_from_streamlit_secrets(truth_store: Path) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.secrets["password"] = "from secrets"
+    at.run()
+    assert not at.get("plotly_chart") and at.text_input(key="password") is not None
