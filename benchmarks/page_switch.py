@@ -72,6 +72,8 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=120_000)
+
     tmp = Path(tempfile.mkdtemp(prefix="neurorg_bench_"))
     folder = write_synthetic_plates(tmp / "plates", seed=11, n_wells=384, n_fields=1, size=64,
                                     kind="screen")[0]
@@ -115,8 +117,30 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=20)
     for name, ts in times.items():
-        print(f"switch to {name:14s} median {statistics.median(ts):.2f} s  max {max(ts):.2f} s  "
-              f"({len(ts)} switches, 384-well plate)")
+        print(f"browser: switch to {name:14s} median {statistics.median(ts):.2f} s  max {max(ts):.2f} s  "
+              f"({len(ts)} switches, 384-well plate, click to drawn chart)")
+    _server_side(env, args.rounds)
+
+
+def _server_side(env: dict, rounds: int) -> None:
+    """Script time alone (no browser): each page run in-process by AppTest, caches warm."""
+    from streamlit.testing.v1 import AppTest
+
+    os.environ.update({k: v for k, v in env.items() if k.startswith("NEURORG_")})
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
+    at.query_params.update({"page": "plate", "plate": PLATE})
+    at.run()
+    files = {"Plate heatmap": "plate", "Treatments": "treatments", "Channels": "channels",
+             "Library": "library"}
+    times: dict[str, list[float]] = {name: [] for name in files}
+    for rnd in range(rounds + 1):
+        for name, view in files.items():
+            start = time.perf_counter()
+            at.switch_page(f"views/{view}.py").run()
+            if rnd:
+                times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        print(f"server:  run {name:14s} median {statistics.median(ts):.2f} s  max {max(ts):.2f} s")
 
 
 if __name__ == "__main__":

@@ -330,15 +330,44 @@ def plate_summary_table(summary: dict) -> pd.DataFrame:
 
 # --- charts -------------------------------------------------------------------------------
 
-def _bands(fig: go.Figure, qc: dict, **where: object) -> None:
-    """Control and disease bands (mean +/- SD) as shaded horizontal strips."""
+def _band_shapes(qc: dict, n_panels: int = 1) -> tuple[list[dict], list[dict]]:
+    """Control and disease bands (mean +/- SD) across each panel: (shapes, labels)."""
+    shapes, notes = [], []
     for role in ("control", "disease"):
         mean, sd = qc.get(f"mean_{role}"), qc.get(f"sd_{role}")
         if mean is None or sd is None or not np.isfinite(mean):
             continue
-        fig.add_hrect(y0=mean - sd, y1=mean + sd, fillcolor=ROLE_COLOURS[role], opacity=0.15,
-                      line_width=0, annotation_text=f"{role} mean +/- SD", **where)
-        fig.add_hline(y=mean, line_dash="dot", line_color=ROLE_COLOURS[role], **where)
+        for k in range(1, n_panels + 1):
+            axis = "" if k == 1 else str(k)
+            common = dict(xref=f"x{axis} domain", yref=f"y{axis}", x0=0, x1=1, layer="below")
+            shapes.append(dict(type="rect", y0=mean - sd, y1=mean + sd, fillcolor=ROLE_COLOURS[role],
+                               opacity=0.15, line_width=0, **common))
+            shapes.append(dict(type="line", y0=mean, y1=mean,
+                               line=dict(color=ROLE_COLOURS[role], dash="dot"), **common))
+        notes.append(dict(xref="x domain", yref="y", x=1, y=mean, xanchor="right", yanchor="bottom",
+                          text=f"{role} mean +/- SD", showarrow=False,
+                          font=dict(size=10, color=ROLE_COLOURS[role])))
+    return shapes, notes
+
+
+def _panels(titles: list[str], x_axis: dict, y_axis: dict, gap: float = 0.04) -> dict:
+    """Layout of side-by-side panels sharing the y axis (one dict: plotly's ``make_subplots`` and
+    per-panel updates are slow, and page switches should stay well under a second)."""
+    n = max(1, len(titles))
+    width = (1.0 - gap * (n - 1)) / n
+    layout: dict = {"annotations": []}
+    for k in range(n):
+        axis = "" if k == 0 else str(k + 1)
+        x0 = k * (width + gap)
+        layout[f"xaxis{axis}"] = dict(domain=[x0, x0 + width], anchor=f"y{axis}", **x_axis)
+        layout[f"yaxis{axis}"] = dict(anchor=f"x{axis}", **({} if k == 0 else {"matches": "y",
+                                                                                  "showticklabels": False}),
+                                      **(y_axis if k == 0 else {}))
+        if k < len(titles):
+            layout["annotations"].append(dict(text=titles[k], x=x0 + width / 2, y=1.0, xref="paper",
+                                              yref="paper", xanchor="center", yanchor="bottom",
+                                              showarrow=False))
+    return layout
 
 
 def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame,
@@ -347,24 +376,27 @@ def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.Dat
     its EC50, over the control/disease bands."""
     treat = wells[wells[ROLE] == "treatment"]
     compounds = sorted(treat[COMPOUND].unique())
-    fig = make_subplots(rows=1, cols=max(1, len(compounds)), shared_yaxes=True,
-                        subplot_titles=[_fit_title(fits, c) for c in compounds])
+    data = []
     for k, cpd in enumerate(compounds, start=1):
+        axes = dict(xaxis=f"x{'' if k == 1 else k}", yaxis=f"y{'' if k == 1 else k}")
         pts = treat[treat[COMPOUND] == cpd]
-        fig.add_trace(go.Scatter(
-            x=pts[DOSE], y=pts[P_CONTROL], mode="markers", name=cpd, showlegend=False,
-            text=pts[WELL], hovertemplate="%{text}: %{x:g} uM, P(control) %{y:.3f}<extra></extra>",
-            marker=dict(color=ROLE_COLOURS["treatment"]),
-        ), row=1, col=k)
+        data.append(dict(
+            type="scatter", x=pts[DOSE].tolist(), y=pts[P_CONTROL].tolist(), mode="markers", name=cpd,
+            showlegend=False, text=pts[WELL].tolist(), marker=dict(color=ROLE_COLOURS["treatment"]),
+            hovertemplate="%{text}: %{x:g} uM, P(control) %{y:.3f}<extra></extra>", **axes,
+        ))
         line = curves[curves[COMPOUND] == cpd]
         if not line.empty:
-            fig.add_trace(go.Scatter(x=line[DOSE], y=line[P_CONTROL], mode="lines", showlegend=False,
-                                     name=f"{cpd} 4PL", line=dict(color="black")), row=1, col=k)
-        fig.update_xaxes(type="log", title_text="dose (uM)", row=1, col=k)
-        _bands(fig, qc, row=1, col=k)
-    fig.update_yaxes(title_text="P(control)", row=1, col=1)
-    fig.update_layout(height=380, margin=dict(l=10, r=10, t=60, b=10))
-    return fig
+            data.append(dict(type="scatter", x=line[DOSE].tolist(), y=line[P_CONTROL].tolist(),
+                             mode="lines", showlegend=False, name=f"{cpd} 4PL",
+                             line=dict(color="black"), **axes))
+    layout = _panels([_fit_title(fits, c) for c in compounds],
+                     dict(type="log", title=dict(text="dose (uM)")),
+                     dict(title=dict(text="P(control)")))
+    shapes, notes = _band_shapes(qc, max(1, len(compounds)))
+    layout["annotations"] += notes
+    layout.update(shapes=shapes, height=380, margin=dict(l=10, r=10, t=60, b=10))
+    return go.Figure(data=data, layout=layout)
 
 
 def _fit_title(fits: pd.DataFrame, compound: str) -> str:
@@ -395,9 +427,9 @@ def dose_strip(wells: pd.DataFrame, qc: dict) -> go.Figure:
         grp = treat[treat[COMPOUND] == cpd]
         labels = [f"{cpd} {d:.3g}" for d in grp[DOSE]]
         fig.add_trace(go.Box(x=labels, y=grp[P_CONTROL], name=cpd, boxpoints="all", text=grp[WELL]))
-    _bands(fig, qc)
+    shapes, notes = _band_shapes(qc)
     fig.update_layout(height=420, yaxis_title="P(control)", xaxis_title="compound and dose (uM)",
-                      margin=dict(l=10, r=10, t=30, b=10))
+                      margin=dict(l=10, r=10, t=30, b=10), shapes=shapes, annotations=notes)
     return fig
 
 
