@@ -127,7 +127,47 @@ class _FieldJob:
     crop_key: str
     field_hash: str
     missing: dict[str, tuple[Any, ...]]  # bundle role -> members with no cached prediction
-    pending: int = 0          # inference groups not yet finished for this field
+    todo: set[str] = dataclasses.field(default_factory=set)  # roles whose inference is pending
+
+
+@dataclass
+class _RunState:
+    """Bookkeeping of one run on the calling thread: jobs, new predictions, progress, flushing."""
+
+    jobs: list[_FieldJob]
+    total: int
+    progress: ProgressCallback | None
+    store: ResultStore
+    done: int = 0
+    inferred_crops: int = 0
+    new_probs: dict[tuple[str, str, str], np.ndarray] = dataclasses.field(default_factory=dict)
+    unflushed: list[PredictionRow] = dataclasses.field(default_factory=list)
+    unflushed_fields: int = 0
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def resolve_hit(self, j: int) -> None:
+        self.done += len(self.jobs[j].tiles)
+
+    def resolve(self, j: int, role: str, members: Sequence[Any], probs: np.ndarray) -> None:
+        """Record one field's new predictions ((n_members, n_crops, 6)) for one bundle role."""
+        job = self.jobs[j]
+        for m, p in zip(members, probs):
+            self.new_probs[(job.field_hash, m.id, job.crop_key)] = p
+            self.unflushed.append(PredictionRow(job.field_hash, m.id, job.crop_key, p))
+        self.inferred_crops += probs.shape[0] * probs.shape[1]
+        self.unflushed_fields += 1
+        job.todo.discard(role)
+        if not job.todo:
+            self.done += len(job.tiles)
+
+    def flush(self, at_least: int = 1) -> None:
+        """Commit new predictions to the cache once ``at_least`` fields are waiting."""
+        if self.unflushed and self.unflushed_fields >= at_least:
+            self.store.put_predictions(self.unflushed)
+            self.unflushed, self.unflushed_fields = [], 0
 
 
 def hash_field(pixels: np.ndarray) -> str:
@@ -281,77 +321,73 @@ def run_plate(
     members_all = [m for b in bundles.values() for m in b.members]
     cached = store.cached_keys([m.id for m in members_all])
 
-    # --- pass 1: hash every field and find what the cache lacks ------------------------------
-    jobs: list[_FieldJob] = []
-    position: dict[Any, int] = {}
-    for w in wells:
-        for i, ref in enumerate(plate.fields_of(w)):
-            position[ref] = i
-    for ref, pixels in plate.iter_fields():
+    position = {ref: i for w in wells for i, ref in enumerate(plate.fields_of(w))}
+    total = sum(len(plans[ref.well].tiles_of(position[ref])) for ref in plate.fields)
+    state = _RunState(jobs=[], total=total, progress=progress, store=store)
+
+    def make_job(ref: Any, pixels: np.ndarray) -> int:
+        """Hash a field and note which members lack a cached prediction for it."""
         idx = position[ref]
         plan = plans[ref.well]
         key = _crop_key(plan, idx)
         h = hash_field(pixels)
         tiles = plan.tiles_of(idx)
-        missing = {
-            role: tuple(m for m in b.members if (h, m.id, key) not in cached) if tiles else ()
-            for role, b in bundles.items()
-        }
-        jobs.append(_FieldJob(ref, idx, tiles, key, h, {r: ms for r, ms in missing.items() if ms}))
-    total = sum(len(j.tiles) for j in jobs)
-    done = sum(len(j.tiles) for j in jobs if not j.missing)
-    if progress is not None:
-        progress(done, total)
+        missing: dict[str, tuple[Any, ...]] = {}
+        for role, b in bundles.items():
+            lacking = tuple(m for m in b.members if (h, m.id, key) not in cached)
+            if tiles and lacking:
+                missing[role] = lacking
+        state.jobs.append(_FieldJob(ref, idx, tiles, key, h, missing, todo=set(missing)))
+        return len(state.jobs) - 1
 
-    # --- pass 2: inference for the missing (field, member) pairs ------------------------------
-    new_probs: dict[tuple[str, str, str], np.ndarray] = {}
-    unflushed: list[PredictionRow] = []
-    unflushed_fields = 0
-    inferred_crops = 0
+    # --- one streaming pass: read + hash each field once; fields cached for every member are
+    # hits; fields lacking the same members as the first miss are cropped and inferred on the
+    # way (reading in predict_stream's background thread); any other miss is deferred ----------
+    fields_iter = plate.iter_fields()
+    first: tuple[int, np.ndarray] | None = None
+    for ref, pixels in fields_iter:
+        j = make_job(ref, pixels)
+        if state.jobs[j].missing:
+            first = (j, pixels)
+            break
+        state.resolve_hit(j)
+    state.report()
+    if first is not None:
+        j0, pixels0 = first
+        role, subset = next(iter(state.jobs[j0].missing.items()))
+        ids = tuple(m.id for m in subset)
+        input_size = subset[0].input_size
+
+        def stream_items() -> Iterator[tuple[int, np.ndarray]]:
+            job0 = state.jobs[j0]
+            yield j0, crops_from_field(pixels0, plans[job0.ref.well], job0.index, input_size)
+            for ref, pixels in fields_iter:
+                j = make_job(ref, pixels)
+                job = state.jobs[j]
+                if tuple(m.id for m in job.missing.get(role, ())) == ids:
+                    yield j, crops_from_field(pixels, plans[ref.well], job.index, input_size)
+                else:  # a cache hit, or lacking other members: nothing to infer in this stream
+                    yield j, np.empty((0, input_size, input_size, 3), np.float32)
+
+        _infer(state, bundles[role], subset, role, stream_items(), backend)
+
+    # --- deferred misses (rare: e.g. part of a plate scored before by a changed member) -------
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
-    for j, job in enumerate(jobs):
-        for role, ms in job.missing.items():
-            groups.setdefault((role, tuple(m.id for m in ms)), []).append(j)
-            job.pending += 1
-
-    for (role, member_ids), job_ids in groups.items():
-        src = bundles[role]
-        subset = tuple(m for m in src.members if m.id in member_ids)
-        sub_bundle = dataclasses.replace(src, members=subset)
-        predictor = Predictor(sub_bundle, backend=backend)
-        log.info("inference: %d field(s) x %d %s member(s)", len(job_ids), len(subset), role)
-        batches = _field_batches(plate, plans, jobs, job_ids, subset[0].input_size,
-                                 CROPS_PER_BATCH_FACTOR * predictor.batch_size)
-        with closing(predict_stream(batches, sub_bundle, predictor=predictor)) as stream:
-            for keys, probs in stream:
-                n_in = sum(k for _, k in keys)
-                if probs.shape != (len(subset), n_in, len(PROB_COLUMNS)):
-                    raise NeuroRGError(
-                        f"inference returned shape {probs.shape}; expected "
-                        f"({len(subset)}, {n_in}, {len(PROB_COLUMNS)})", path=sub_bundle.path,
-                    )
-                start = 0
-                for j, k in keys:
-                    job = jobs[j]
-                    for m, p in zip(subset, probs[:, start:start + k]):
-                        new_probs[(job.field_hash, m.id, job.crop_key)] = p
-                        unflushed.append(PredictionRow(job.field_hash, m.id, job.crop_key, p))
-                    start += k
-                    inferred_crops += len(subset) * k
-                    unflushed_fields += 1
-                    job.pending -= 1
-                    if job.pending == 0:
-                        done += k
-                        if progress is not None:
-                            progress(done, total)
-                if unflushed_fields >= CACHE_FLUSH_FIELDS:
-                    store.put_predictions(unflushed)
-                    unflushed, unflushed_fields = [], 0
-    if unflushed:
-        store.put_predictions(unflushed)
+    for j, job in enumerate(state.jobs):
+        for role in sorted(job.todo):
+            groups.setdefault((role, tuple(m.id for m in job.missing[role])), []).append(j)
+    for (role, ids), job_ids in groups.items():
+        subset = tuple(m for m in bundles[role].members if m.id in ids)
+        items = _reread_items(plate, plans, state.jobs, job_ids, subset[0].input_size)
+        _infer(state, bundles[role], subset, role, items, backend)
+    state.flush()
+    jobs = state.jobs
+    if state.done != total:
+        raise NeuroRGError(f"{state.done} of {total} crops were scored; expected all (a field was skipped)",
+                           path=plate.source)
 
     # --- crop-level tables and scores ---------------------------------------------------------
-    crop_tables = {role: _crop_table(jobs, b.members, new_probs, store) for role, b in bundles.items()}
+    crop_tables = {role: _crop_table(jobs, b.members, state.new_probs, store) for role, b in bundles.items()}
     well_scores = score_plate(crop_tables["ensemble"], pm)
     well_scores[PLATE] = name
     channel_scores = None
@@ -397,23 +433,17 @@ def run_plate(
                    well_scores=well_scores, run=run, channel_scores=channel_scores)
     result = RunResult(
         run_id=run_id, plate=name, n_wells=len(well_scores), n_fields=len(jobs), n_crops=total,
-        cache_hits=hits, cache_misses=len(jobs) - hits, inferred_crops=inferred_crops,
+        cache_hits=hits, cache_misses=len(jobs) - hits, inferred_crops=state.inferred_crops,
     )
     log.info("run %s: %d wells, %d fields (%d cached, %d inferred), %d crop predictions computed",
-             run_id, result.n_wells, result.n_fields, hits, result.cache_misses, inferred_crops)
+             run_id, result.n_wells, result.n_fields, hits, result.cache_misses, state.inferred_crops)
     return result
 
 
-def _field_batches(
-    plate: Any, plans: dict[str, Any], jobs: Sequence[_FieldJob], job_ids: Sequence[int],
-    input_size: int, min_crops: int,
-) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
-    """Read, re-hash and crop the given fields; yield ``([(job, n_crops), ...], crops)`` batches
-    of at least ``min_crops`` crops (the last may be smaller), so the fixed-size model batches are
-    full. Runs in ``predict_stream``'s background thread."""
-    keys: list[tuple[int, int]] = []
-    parts: list[np.ndarray] = []
-    n = 0
+def _reread_items(
+    plate: Any, plans: dict[str, Any], jobs: Sequence[_FieldJob], job_ids: Sequence[int], input_size: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Read the given fields again, check they did not change, and crop them."""
     for j in job_ids:
         job = jobs[j]
         pixels = plate.read_field(job.ref)
@@ -422,7 +452,18 @@ def _field_batches(
                 f"field {job.ref.field} changed on disk while the plate was being scored; score it again",
                 path=plate.source, well=job.ref.well,
             )
-        crops = crops_from_field(pixels, plans[job.ref.well], job.index, input_size)
+        yield j, crops_from_field(pixels, plans[job.ref.well], job.index, input_size)
+
+
+def _batched(
+    items: Iterator[tuple[int, np.ndarray]], min_crops: int,
+) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+    """Group ``(job, crops)`` items into ``([(job, n_crops), ...], crops)`` batches of at least
+    ``min_crops`` crops (the last may be smaller), so that the fixed-size model batches are full."""
+    keys: list[tuple[int, int]] = []
+    parts: list[np.ndarray] = []
+    n = 0
+    for j, crops in items:
         keys.append((j, len(crops)))
         parts.append(crops)
         n += len(crops)
@@ -431,6 +472,36 @@ def _field_batches(
             keys, parts, n = [], [], 0
     if keys:
         yield keys, np.concatenate(parts)
+
+
+def _infer(
+    state: _RunState, src: Any, subset: Sequence[Any], role: str,
+    items: Iterator[tuple[int, np.ndarray]], backend: Backend,
+) -> None:
+    """Run ``subset`` (members of bundle ``src``) over the items' crops through ``predict_stream``;
+    items are produced in its background thread. Items with no crops are cache hits (or deferred
+    misses) passing by."""
+    sub_bundle = dataclasses.replace(src, members=tuple(subset))
+    predictor = Predictor(sub_bundle, backend=backend)
+    log.info("inference with %d %s member(s) of model %s", len(subset), role, src.id)
+    batches = _batched(items, CROPS_PER_BATCH_FACTOR * predictor.batch_size)
+    with closing(predict_stream(batches, sub_bundle, predictor=predictor)) as stream:
+        for keys, probs in stream:
+            n_in = sum(k for _, k in keys)
+            if probs.shape != (len(subset), n_in, len(PROB_COLUMNS)):
+                raise NeuroRGError(
+                    f"inference returned shape {probs.shape}; expected "
+                    f"({len(subset)}, {n_in}, {len(PROB_COLUMNS)})", path=sub_bundle.path,
+                )
+            start = 0
+            for j, k in keys:
+                if k:
+                    state.resolve(j, role, subset, probs[:, start:start + k])
+                    start += k
+                elif not state.jobs[j].missing:
+                    state.resolve_hit(j)
+            state.report()
+            state.flush(at_least=CACHE_FLUSH_FIELDS)
 
 
 def _crop_table(

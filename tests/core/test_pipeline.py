@@ -217,6 +217,25 @@ def test_changed_member_recomputes_only_that_member(plate_dir, bundles, scored, 
     assert store.count_predictions() == first.n_fields * 3
 
 
+def test_mixed_misses_infer_each_field_with_exactly_its_missing_members(
+    plate_dir, bundles, scored, store, tmp_path
+) -> None:
+    """Changed member *and* one changed field: most fields lack fold 2 only and are inferred in
+    the streaming pass; the changed field lacks both folds and is re-read in a deferred pass."""
+    first = scored["first"]
+    copy = shutil.copytree(plate_dir, tmp_path / "edited")
+    pixels = tifffile.imread(copy / "B03_s1.tif")
+    tifffile.imwrite(copy / "B03_s1.tif", 255 - pixels, photometric="rgb")
+    r = score(copy, bundles["b"], store)
+    assert r.inferred_crops == (first.n_fields - 1) * CROPS * 1 + CROPS * 2
+    assert r.cache_misses == first.n_fields
+    # the same numbers as scoring the edited plate from scratch
+    with ResultStore(tmp_path / "fresh.duckdb") as fresh:
+        score(copy, bundles["b"], fresh)
+        pd.testing.assert_frame_equal(store.load_well_scores("screen1"), fresh.load_well_scores("screen1"),
+                                      check_exact=False, atol=1e-6)
+
+
 def test_failure_mid_run_leaves_earlier_runs_untouched_and_keeps_finished_inference(
     plate_dir, bundles, scored, store
 ) -> None:
