@@ -178,11 +178,20 @@ def plate_heatmap(wells: pd.DataFrame, plate_format: int, metric: str) -> go.Fig
         heat = dict(colorscale="RdBu", zmid=50.0, colorbar=dict(title="Rescue %"))
     elif metric in (P_CONTROL_SD, N_CROPS):
         heat = dict(colorscale="Viridis", colorbar=dict(title=METRIC_LABELS[metric]))
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[f"{c:02d}" for c in range(1, n_cols + 1)],
-        y=[row_letters(r) for r in range(1, n_rows + 1)],
-        text=hover, hovertemplate="%{text}<extra></extra>", xgap=2, ygap=2, **heat,
-    ))
+    x_labels = [f"{c:02d}" for c in range(1, n_cols + 1)]
+    y_labels = [row_letters(r) for r in range(1, n_rows + 1)]
+    imaged = wells[[ROW, COL]].astype(int).to_numpy() - 1
+    fig = go.Figure([
+        go.Heatmap(z=z, x=x_labels, y=y_labels, text=hover, hoverinfo="skip", xgap=2, ygap=2, **heat),
+        # Invisible markers on the imaged wells carry the hover text and make wells clickable
+        # (Streamlit's chart selection works on points, not on heatmap cells).
+        go.Scatter(
+            x=[x_labels[c] for c in imaged[:, 1]], y=[y_labels[r] for r in imaged[:, 0]],
+            text=[hover[r, c] for r, c in imaged], hovertemplate="%{text}<extra></extra>",
+            mode="markers", marker=dict(symbol="square", size=max(6, 300 // n_cols), opacity=0),
+            showlegend=False, name="wells",
+        ),
+    ])
     fig.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", type="category")
     fig.update_xaxes(side="top", type="category")
     fig.update_layout(
