@@ -21,7 +21,7 @@ import streamlit as st
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.plates import Plate, extract_zip
 from neurorg_core.platemap import load_plate_map
-from neurorg_core.schema import SOURCE
+from neurorg_core.schema import PLATE, SOURCE
 from neurorg_core.store import PLATE_MAP_COLUMNS
 
 from dashboard import resources
@@ -198,6 +198,18 @@ def open_images(path: Path) -> Path:
             extract_zip(path, dest)
         return dest
     return path
+
+
+def map_plates(plate_map: pd.DataFrame) -> list[str]:
+    """The plate names a plate map describes (``Metadata_Plate``), sorted; [] when it names none."""
+    if PLATE not in plate_map.columns:
+        return []
+    return sorted({str(p) for p in plate_map[PLATE].dropna() if str(p).strip()})
+
+
+def map_for_plate(plate_map: pd.DataFrame, plate: str) -> pd.DataFrame:
+    """The rows of a multi-plate map that describe ``plate``."""
+    return plate_map[plate_map[PLATE].astype(str) == plate].reset_index(drop=True)
 
 
 # --- scoring ------------------------------------------------------------------------------

@@ -99,7 +99,13 @@ except PlateMapError as exc:
 except NeuroRGError as exc:
     st.error(str(exc))
     st.stop()
-problems = check_plate_map(plate_map, plate.wells())
+map_plates = flows.map_plates(plate_map)
+map_plate = None
+if len(map_plates) > 1:
+    map_plate = st.selectbox("The map describes several plates: which one is this?", map_plates,
+                             key="map_plate")
+    plate_map = flows.map_for_plate(plate_map, map_plate)
+problems = check_plate_map(plate_map, plate.wells(), plate=map_plate)
 if problems:
     st.warning("Plate map vs images:\n" + "\n".join(f"- {p}" for p in problems))
 else:
