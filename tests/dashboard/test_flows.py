@@ -159,3 +159,19 @@ def test_first_start_renders_and_scores_the_synthetic_demo(model_env: Path,
     again = AppTest.from_file(str(APP), default_timeout=60).run()
     assert not any("First start" in i.value for i in again.info)
     assert len(resources.store().list_runs(resources.DEMO_PLATE)) == 1
+
+
+def test_multi_plate_map_asks_which_plate(model_env: Path, tiny_plate: Path) -> None:
+    import pandas as pd
+
+    one = pd.read_csv(tiny_plate / "platemap.csv")
+    both = pd.concat([one, one.assign(Metadata_Plate="other plate")])
+    both.to_csv(model_env / "two_plates.csv", index=False)
+    at = _upload_page()
+    at.text_input(key="server_images").set_value(str(tiny_plate))
+    at.text_input(key="server_platemap").set_value(str(model_env / "two_plates.csv"))
+    at.button(key="use_server_path").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="map_plate").options == ["other plate", "plate_01"]
+    at.selectbox(key="map_plate").set_value("plate_01").run()
+    assert any("matches the images: 96 wells" in s.value for s in at.success)
