@@ -164,9 +164,9 @@ class SynthParams:
     """Gaussian profile of a process (FWHM 1.8 px)."""
     process_intensity: float = 0.4
     # plate batch effects (drawn per plate from the seed)
-    gain_sd: float = 0.1
+    gain_sd: float = 0.08
     """SD of log gain per channel and plate."""
-    offset_max: float = 0.05
+    offset_max: float = 0.04
     """Largest background offset per channel (uniform 0..offset_max)."""
     blur_sigma_range: tuple[float, float] = (0.0, 1.0)
     """Optical blur (Gaussian sigma, px) drawn uniformly per plate."""
@@ -175,7 +175,7 @@ class SynthParams:
     (uniform 0..vignette_max per plate; quadratic in the distance)."""
     noise_sd_range: tuple[float, float] = (0.01, 0.035)
     """Additive camera noise SD drawn uniformly per plate."""
-    density_sd: float = 0.2
+    density_sd: float = 0.12
     """SD of the log cell-density factor per plate."""
     well_gain_sd: float = 0.05
     """SD of log gain per well (pipetting / staining spread within a plate)."""
