@@ -81,8 +81,8 @@ CACHE_FLUSH_FIELDS = 64
 """Default ``flush_every``: new predictions are committed to the cache once at least this many
 fields have them (each commit costs a DuckDB transaction, ~30 ms)."""
 
-CROPS_PER_BATCH_FACTOR = 4
-"""Fields are grouped into inference batches of at least this many model batches of crops."""
+CROPS_PER_BATCH_FACTOR = 8
+"""Crops are streamed to inference in batches of this many model batches (of 16 crops)."""
 
 ProgressCallback = Callable[[int, int], None]
 """``progress(done_crops, total_crops)``: crops of the plate resolved so far (cached or inferred)."""
@@ -462,20 +462,30 @@ def _reread_items(
 
 
 def _batched(
-    items: Iterator[tuple[int, np.ndarray]], min_crops: int,
-) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
-    """Group ``(job, crops)`` items into ``([(job, n_crops), ...], crops)`` batches of at least
-    ``min_crops`` crops (the last may be smaller), so that the fixed-size model batches are full."""
-    keys: list[tuple[int, int]] = []
+    items: Iterator[tuple[int, np.ndarray]], size: int,
+) -> Iterator[tuple[list[tuple[int, int, bool]], np.ndarray]]:
+    """Regroup ``(job, crops)`` items into batches of exactly ``size`` crops (the last may be
+    smaller), so every fixed-size model batch is full: a field's crops may be split over two
+    batches. Keys are ``(job, n_crops in this batch, last part of the job)``."""
+    keys: list[tuple[int, int, bool]] = []
     parts: list[np.ndarray] = []
     n = 0
     for j, crops in items:
-        keys.append((j, len(crops)))
-        parts.append(crops)
-        n += len(crops)
-        if n >= min_crops:
-            yield keys, np.concatenate(parts)
-            keys, parts, n = [], [], 0
+        k = len(crops)
+        if k == 0:  # a field passing by without inference
+            keys.append((j, 0, True))
+            parts.append(crops)
+            continue
+        start = 0
+        while start < k:
+            take = min(k - start, size - n)
+            keys.append((j, take, start + take == k))
+            parts.append(crops[start:start + take])
+            n += take
+            start += take
+            if n == size:
+                yield keys, np.concatenate(parts)
+                keys, parts, n = [], [], 0
     if keys:
         yield keys, np.concatenate(parts)
 
@@ -491,19 +501,22 @@ def _infer(
     predictor = Predictor(sub_bundle, backend=backend)
     log.info("inference with %d %s member(s) of model %s", len(subset), role, src.id)
     batches = _batched(items, CROPS_PER_BATCH_FACTOR * predictor.batch_size)
+    partial: dict[int, list[np.ndarray]] = {}
     with closing(predict_stream(batches, sub_bundle, predictor=predictor)) as stream:
         for keys, probs in stream:
-            n_in = sum(k for _, k in keys)
+            n_in = sum(k for _, k, _ in keys)
             if probs.shape != (len(subset), n_in, len(PROB_COLUMNS)):
                 raise NeuroRGError(
                     f"inference returned shape {probs.shape}; expected "
                     f"({len(subset)}, {n_in}, {len(PROB_COLUMNS)})", path=sub_bundle.path,
                 )
             start = 0
-            for j, k in keys:
+            for j, k, last in keys:
                 if k:
-                    state.resolve(j, role, subset, probs[:, start:start + k])
+                    partial.setdefault(j, []).append(probs[:, start:start + k])
                     start += k
+                    if last:
+                        state.resolve(j, role, subset, np.concatenate(partial.pop(j), axis=1))
                 elif not state.jobs[j].missing:
                     state.resolve_hit(j)
             state.report()
