@@ -140,10 +140,9 @@ def test_ids_are_content_hashes(tiny, tmp_path):
 
 @pytest.fixture()
 def saved(tiny, tmp_path):
-    singles = []
     save_bundle(tmp_path / "b", [tiny], [{"name": "fold1", "fold": 1}], kind="ensemble",
                 arch="efficientnet_tiny", input_size=S)
-    return tmp_path / "b", singles
+    return tmp_path / "b"
 
 
 def _edit_card(folder, fn):
@@ -165,7 +164,7 @@ def _edit_card(folder, fn):
     (lambda f: _edit_card(f, lambda c: c.pop("members")), "lacks members", "card.json"),
 ])
 def test_load_bundle_rejects_damaged_bundles_naming_the_file(saved, damage, fragment, names):
-    folder, _ = saved
+    folder = saved
     damage(folder)
     with pytest.raises(NeuroRGError, match=fragment) as info:
         load_bundle(folder)

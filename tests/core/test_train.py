@@ -1,0 +1,144 @@
+"""Leave-plate-out folds, augmentation, crop loading, and a real (tiny) train -> evaluate run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from neurorg_core.errors import NeuroRGError  # noqa: E402
+from neurorg_core.train import (augment, fold_split, load_crop_set, score_crops, split_wells,  # noqa: E402
+                                well_calls)
+
+
+@pytest.mark.parametrize("n, expected", [
+    (1, [[1]]),
+    (2, [[1], [2]]),
+    (3, [[1], [2], [3]]),
+    (4, [[1], [2], [3], [4]]),
+    (5, [[1, 5], [2], [3], [4]]),            # the study's split
+    (6, [[1, 5], [2, 6], [3], [4]]),
+    (8, [[1, 5], [2, 6], [3, 7], [4, 8]]),
+])
+def test_fold_split_follows_the_study(n, expected):
+    names = [f"plate_{i}" for i in range(n, 0, -1)]    # given in any order
+    folds = fold_split(names)
+    assert folds == [[f"plate_{i}" for i in fold] for fold in expected]
+    assert sorted(p for f in folds for p in f) == sorted(names)   # every plate validates once
+
+
+def test_fold_split_sorts_naturally_and_rejects_bad_input():
+    assert fold_split(["p10", "p2", "p1"]) == [["p1"], ["p2"], ["p10"]]
+    with pytest.raises(NeuroRGError, match="no training plates"):
+        fold_split([])
+    with pytest.raises(NeuroRGError, match="p1 appear more than once"):
+        fold_split(["p1", "p1"])
+
+
+def test_augment_keeps_range_shape_and_is_reproducible():
+    x = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    a = augment(x, np.random.default_rng(5))
+    b = augment(x, np.random.default_rng(5))
+    c = augment(x, np.random.default_rng(6))
+    assert a.dtype == np.float32 and a.shape == x.shape
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0.05
+    # a bright spot stays a single bright spot (rotations / flips move it, never duplicate it)
+    spot = np.zeros((1, 16, 16, 3), np.uint8)
+    spot[0, 2, 3, :] = 255
+    out = augment(np.repeat(spot, 20, 0), np.random.default_rng(1))
+    peaks = {tuple(np.unravel_index(np.argmax(o[..., 0]), (16, 16))) for o in out}
+    plane = spot[0, :, :, 0]
+    dihedral = [np.rot90(plane, k) for k in range(4)]
+    dihedral += [d[:, ::-1] for d in dihedral]
+    expected = {tuple(int(v) for v in np.unravel_index(np.argmax(d), (16, 16))) for d in dihedral}
+    assert len(expected) == 8
+    assert {tuple(int(v) for v in p) for p in peaks} <= expected
+    assert len(peaks) > 1
+
+
+def test_well_calls_mean_probability_and_plurality_vote():
+    probs = np.array([[0.6, 0.4, 0, 0, 0, 0], [0.6, 0.4, 0, 0, 0, 0], [0.0, 1.0, 0, 0, 0, 0],
+                      [0, 0, 0, 0, 0.2, 0.8]], np.float32)
+    wells = np.array(["A01", "A01", "A01", "B01"])
+    names, mean_call, vote_call = well_calls(probs, wells)
+    assert list(names) == ["A01", "B01"]
+    assert list(mean_call) == [1, 5]      # mean of A01: (0.4, 0.6) -> class 1
+    assert list(vote_call) == [0, 5]      # votes of A01: 0, 0, 1 -> class 0
+    m = score_crops(probs, np.array([0, 0, 0, 5]), wells)
+    assert m["crop_acc"] == 0.75 and m["well_acc"] == 0.5 and m["well_acc_vote"] == 1.0
+    assert np.sum(m["well_confusion"]) == 2 and m["well_confusion"][0][1] == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_plates(tmp_path_factory):
+    from neurorg_core.synth import write_synthetic_plates
+
+    root = tmp_path_factory.mktemp("plates")
+    train = write_synthetic_plates(root / "train", seed=1, n_plates=1, n_fields=1, size=64)
+    test = write_synthetic_plates(root / "test", seed=7, n_plates=1, n_fields=1, size=64)
+    return train[0], test[0]
+
+
+def test_load_crop_set_reads_labelled_wells(tiny_plates):
+    cs = load_crop_set(tiny_plates[0], 32, crops_per_well=4)
+    assert cs.crops.dtype == np.uint8 and cs.crops.shape[1:] == (32, 32, 3)
+    assert len(np.unique(cs.wells)) == 60 and len(cs.labels) == 240
+    assert sorted(np.bincount(cs.labels).tolist()) == [40] * 6
+    tr, va = split_wells(cs)
+    assert set(tr.wells).isdisjoint(va.wells)
+    assert np.bincount(va.labels).tolist() == [8] * 6   # every 4th of 10 wells per class, x 4 crops
+    other = load_crop_set(tiny_plates[1], 32, crops_per_well=4)
+    assert other.fingerprint != cs.fingerprint
+
+
+def test_load_crop_set_without_labels_names_the_folder(tmp_path):
+    from neurorg_core.synth import write_synthetic_plates
+
+    folder = write_synthetic_plates(tmp_path, seed=3, n_plates=1, n_fields=1, size=64, kind="screen")[0]
+    (folder / "platemap.csv").unlink()
+    with pytest.raises(NeuroRGError, match="no plate map") as info:
+        load_crop_set(folder, 32)
+    assert folder.name in str(info.value)
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_end_to_end_through_the_cli(tiny_plates, tmp_path, capsys):
+    from neurorg_core.cli import main
+    from neurorg_core.model import load_bundle
+
+    train_dir, test_dir = tiny_plates
+    out = tmp_path / "bundle"
+    rc = main(["train", "--plates", str(train_dir), "--out", str(out), "--arch", "efficientnet_tiny",
+               "--input-size", "32", "--epochs", "2", "--seed", "3"])
+    assert rc == 0
+    bundle = load_bundle(out)
+    card = bundle.card
+    assert card["kind"] == "ensemble" and len(bundle.members) == 1          # one plate -> one fold
+    entry = card["members"][0]
+    assert [h["epoch"] for h in entry["history"]] == [1, 2]
+    best = max(entry["history"], key=lambda h: (h["crop_acc"], -h["loss"]))
+    assert entry["best_epoch"] == best["epoch"]                              # best epoch kept
+    assert entry["metrics"]["validation"]["crop_acc"] == pytest.approx(best["crop_acc"], abs=0.02)
+    assert card["training"]["epochs"] == 2 and card["training"]["seed"] == 3
+    assert card["training_plates"][0]["name"] == train_dir.name
+    assert "model " + bundle.id in capsys.readouterr().out
+
+    report_path = tmp_path / "report.json"
+    rc = main(["evaluate", "--plates", str(train_dir), str(test_dir), "--model", str(out),
+               "--json", str(report_path), "--backend", "keras"])   # LiteRT is covered elsewhere
+    assert rc == 0
+    report = json.loads(report_path.read_text())
+    status = {p["source"]: p["status"] for p in report["plates"]}
+    assert status[str(train_dir)].startswith("training")
+    assert status[str(test_dir)] == "unseen"
+    ens = report["unseen"]["ensemble"]
+    assert ens["n_wells"] == 60 and np.sum(ens["well_confusion"]) == 60
+    assert np.sum(ens["crop_confusion"]) == ens["n_crops"] == 900
+    assert report["unseen"]["mcnemar_ensemble_vs_best_member"]["b"] == 0   # a 1-member ensemble
+    assert "unseen plates, ensemble" in capsys.readouterr().out
