@@ -68,7 +68,8 @@ def main() -> None:
         x = np.random.default_rng(1).random((args.n, s, s, 3), dtype=np.float32)
         keras_pred = Predictor(bundle, backend="keras", batch_size=args.batch_size)
         t0 = time.perf_counter()
-        fast = Predictor(bundle, threads=args.threads, batch_size=args.fast_batch, cache_dir=Path(tmp) / "lite")
+        cache = None if args.model else Path(tmp) / "lite"   # a shipped bundle has its own cache
+        fast = Predictor(bundle, threads=args.threads, batch_size=args.fast_batch, cache_dir=cache)
         convert_s = time.perf_counter() - t0
         tk, pk = _best(lambda: keras_pred.predict(x), args.repeats)
         tf_, pf = _best(lambda: fast.predict(x), args.repeats)
