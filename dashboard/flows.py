@@ -19,6 +19,8 @@ import pandas as pd
 import streamlit as st
 
 from neurorg_core.errors import NeuroRGError
+from neurorg_core.model import Bundle
+from neurorg_core.pipeline import RunResult, run_plate
 from neurorg_core.plates import Plate, extract_zip
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.schema import PLATE, SOURCE
@@ -215,7 +217,7 @@ def map_for_plate(plate_map: pd.DataFrame, plate: str) -> pd.DataFrame:
 # --- scoring ------------------------------------------------------------------------------
 
 def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress | None = None,
-          *, with_channels: bool = False):
+          *, with_channels: bool = False) -> RunResult:
     """Score a plate into the result store with the shipped ensemble (cached fields are free).
 
     Returns
@@ -231,7 +233,7 @@ def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress |
         return _run(plate, plate_map, ensemble, name.strip(), progress, single)
 
 
-def score_channels(plate_name: str, progress: Progress | None = None):
+def score_channels(plate_name: str, progress: Progress | None = None) -> RunResult:
     """Re-score a stored plate with the single-channel models too (the ensemble comes from cache)."""
     record = resources.store().load_plate(plate_name)
     plate = resources.plate(record[SOURCE], record["channel_map"])
@@ -244,10 +246,8 @@ def stored_plate_map(plate_name: str) -> pd.DataFrame:
     return wells[[c for c in PLATE_MAP_COLUMNS if c in wells.columns]].copy()
 
 
-def _run(plate: Plate, plate_map: pd.DataFrame, ensemble, name: str, progress: Progress | None,
-         single):
-    from neurorg_core.pipeline import run_plate
-
+def _run(plate: Plate, plate_map: pd.DataFrame, ensemble: Bundle, name: str,
+         progress: Progress | None, single: Bundle | None) -> RunResult:
     result = run_plate(
         plate, plate_map, ensemble, resources.store(), name=name, progress=progress,
         single_channel_bundle=single,
