@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import (
     CALLED_CLASS,
     CHANNEL_P_CONTROL,
@@ -63,6 +64,18 @@ PLATE_KEY = "plate"
 
 
 # --- navigation state: the selected plate, mirrored in the URL -----------------------------
+
+def stored_plates() -> list[str]:
+    """Plates in the result store; if the store cannot be opened (e.g. the DuckDB file is held by
+    another process), say so in plain words and stop the page."""
+    from dashboard import resources
+
+    try:
+        return resources.plate_names()
+    except NeuroRGError as exc:
+        st.error(f"The result store cannot be opened: {exc}")
+        st.stop()
+
 
 def pick_plate(names: list[str], *, page: str, default: str | None = None) -> str:
     """Sidebar plate selector whose choice is mirrored in ``?page=...&plate=...``.

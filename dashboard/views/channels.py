@@ -11,7 +11,8 @@ st.title("Channels")
 st.caption("Which channel carries the signal? Each panel plots a single-channel model's P(control) "
            "(y) against the 3-channel ensemble's (x), one point per well, with the least-squares "
            "line and Pearson r.")
-plate = components.pick_plate(resources.plate_names(), page="channels", default=resources.DEMO_PLATE)
+plate = components.pick_plate(components.stored_plates(), page="channels",
+                              default=resources.DEMO_PLATE)
 try:
     res = resources.plate_results(plate)
 except NeuroRGError as exc:

@@ -9,6 +9,7 @@ from neurorg_core.errors import NeuroRGError
 
 st.title("Library")
 components.set_link("library", None)
+components.stored_plates()  # stops with a message if the store cannot be opened
 plates = resources.plates_table()
 if plates.empty:
     st.info("The result store is empty. Score a plate under **Upload & score**.")
@@ -19,7 +20,7 @@ st.dataframe(plates, hide_index=True, key="plates_table")
 st.subheader("Runs (provenance: model id, date, parameters)")
 st.dataframe(resources.runs_table(), hide_index=True, key="runs_table")
 
-names = resources.plate_names()
+names = components.stored_plates()
 if not names:
     st.info("No plate has a stored run.")
     st.stop()

@@ -17,7 +17,7 @@ st.markdown(
 )
 components.set_link("overview", None)
 
-names = resources.plate_names()
+names = components.stored_plates()
 if not names:
     if not resources.has_bundle(resources.ENSEMBLE_DIR):
         st.info(
@@ -33,7 +33,7 @@ if not names:
     except NeuroRGError as exc:
         st.error(f"The demo plate could not be made: {exc}")
         st.stop()
-    names = resources.plate_names()
+    names = components.stored_plates()
 
 st.subheader("Plates in the result store")
 default = resources.DEMO_PLATE if resources.DEMO_PLATE in names else names[0]

@@ -11,7 +11,8 @@ from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import WELL
 
 st.title("Plate heatmap")
-plate = components.pick_plate(resources.plate_names(), page="plate", default=resources.DEMO_PLATE)
+plate = components.pick_plate(components.stored_plates(), page="plate",
+                              default=resources.DEMO_PLATE)
 try:
     res = resources.plate_results(plate)
 except NeuroRGError as exc:

@@ -9,7 +9,7 @@ from dashboard import components, resources
 from neurorg_core.errors import NeuroRGError
 
 st.title("Treatments")
-plate = components.pick_plate(resources.plate_names(), page="treatments",
+plate = components.pick_plate(components.stored_plates(), page="treatments",
                               default=resources.DEMO_PLATE)
 try:
     res = resources.plate_results(plate)
@@ -26,7 +26,8 @@ st.subheader("Dose-response (4-parameter logistic)")
 if "fits" in res.problems:
     st.warning(f"Dose-response fits could not be made: {res.problems['fits']}")
 else:
-    st.plotly_chart(components.dose_response_figure(res.wells, res.curves, res.fits, res.qc), key="dose_response")
+    st.plotly_chart(components.dose_response_figure(res.wells, res.curves, res.fits, res.qc),
+                    key="dose_response")
     components.table_with_download(components.fit_table(res.fits), file_name=f"{plate}_ec50.csv",
                                    key="fits")
 

@@ -146,6 +146,7 @@ def test_save_uploads_refuses_mixed_and_unknown_files(model_env: Path) -> None:
     assert folder.parent == model_env / "data" / "uploads"
 
 
+@pytest.mark.slow
 def test_first_start_renders_and_scores_the_synthetic_demo(model_env: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURORG_DEMO_FIELDS", "1")

@@ -207,3 +207,23 @@ def test_password_from_streamlit_secrets(truth_store: Path) -> None:
     at.secrets["password"] = "from secrets"
     at.run()
     assert not at.get("plotly_chart") and at.text_input(key="password") is not None
+
+
+def test_a_store_held_by_another_process_is_reported_in_plain_words(app_env: Path) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+         "print('ready', flush=True); sys.stdin.read()", str(app_env / "store.duckdb")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        at = _open("plate")
+        assert not at.exception
+        assert "result store cannot be opened" in at.error[0].value
+        assert "in use by another process" in at.error[0].value
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
