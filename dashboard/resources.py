@@ -111,6 +111,12 @@ def plate(path: str | Path, channel_map: dict[str, str] | None = None) -> Plate:
     return _plate(str(path), json.dumps(channel_map or {}, sort_keys=True), config().max_pixels)
 
 
+@st.cache_data(show_spinner="Checking every image file ...", max_entries=8)
+def file_problems(path: str, channel_map_json: str) -> list[str]:
+    """Every unreadable or mismatched image file of a plate (headers only; a pure read)."""
+    return _plate(path, channel_map_json, config().max_pixels).check_files()
+
+
 # --- reads for the pages ------------------------------------------------------------------
 
 def plate_names() -> list[str]:

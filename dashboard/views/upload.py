@@ -3,6 +3,8 @@ confirm the detected layout and channel roles, then score it into the result sto
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
 from dashboard import components, flows, resources
@@ -83,6 +85,12 @@ try:
     plate = resources.plate(detected.source, channel_map)
 except NeuroRGError as exc:
     st.error(f"That channel mapping cannot be read: {exc}")
+    st.stop()
+
+file_problems = resources.file_problems(str(plate.source), json.dumps(channel_map, sort_keys=True))
+if file_problems:
+    st.error(f"{len(file_problems)} image file problem(s); fix them before scoring:\n"
+             + "\n".join(f"- {p}" for p in file_problems[:50]))
     st.stop()
 
 # --- plate map ------------------------------------------------------------------------------

@@ -178,3 +178,19 @@ def test_multi_plate_map_asks_which_plate(model_env: Path, tiny_plate: Path) -> 
     assert at.selectbox(key="map_plate").options == ["other plate", "plate_01"]
     at.selectbox(key="map_plate").set_value("plate_01").run()
     assert any("matches the images: 96 wells" in s.value for s in at.success)
+
+
+def test_corrupt_image_files_are_listed_before_scoring(model_env: Path, tiny_plate: Path) -> None:
+    import shutil
+
+    plate = shutil.copytree(tiny_plate, model_env / "copy" / "plate_01")
+    bad = sorted(plate.glob("*_D05_s1_w3.tif"))[0]
+    bad.write_bytes(b"not a tiff at all")
+    at = _upload_page()
+    at.text_input(key="server_images").set_value(str(plate))
+    at.text_input(key="server_platemap").set_value(str(plate / "platemap.csv"))
+    at.button(key="use_server_path").click().run()
+    assert not at.exception
+    text = at.error[0].value
+    assert "1 image file problem(s)" in text and bad.name in text and "D05" in text
+    assert "score" not in [b.key for b in at.button]  # scoring is not offered
