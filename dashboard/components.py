@@ -114,6 +114,12 @@ def _on_plate_change() -> None:
     st.query_params["plate"] = st.session_state["plate_select"]
 
 
+def forget(*keys: str) -> None:
+    """Drop earlier choices (e.g. channel roles of a previous upload) so widgets start afresh."""
+    for key in keys:
+        st.session_state.pop(key, None)
+
+
 def set_link(page: str, plate: str | None) -> None:
     """Write the page (and plate) into the URL so the address bar is a shareable link."""
     if st.query_params.get("page") != page:

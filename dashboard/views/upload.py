@@ -37,6 +37,7 @@ with upload_tab:
                 (map_file.name, map_file.getvalue()) if map_file is not None else None,
             )
             st.session_state["images_path"] = str(flows.images_path(folder))
+            components.forget(*(f"role_{r}" for r in CHANNELS), "map_plate", "plate_name")
             st.session_state["platemap_path"] = (
                 str(flows.plate_map_path(folder)) if map_file is not None else ""
             )
@@ -49,6 +50,7 @@ with server_tab:
         try:
             st.session_state["images_path"] = str(
                 flows.open_images(flows.resolve_server_path(server_images)))
+            components.forget(*(f"role_{r}" for r in CHANNELS), "map_plate", "plate_name")
             st.session_state["platemap_path"] = (
                 str(flows.resolve_server_path(server_map)) if server_map.strip() else ""
             )
