@@ -19,11 +19,10 @@ PAGES = ("overview", "upload", "plate", "treatments", "channels", "library")
 
 
 def _open(page: str, **query: str) -> AppTest:
+    """Open a page the way a link does (``?page=...``): one script run."""
     at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params.update(query)
+    at.query_params.update({"page": page, **query})
     at.run()
-    if page != "overview":
-        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
