@@ -35,8 +35,8 @@ if not names:
         st.stop()
     names = components.stored_plates()
 
-st.subheader("Plates in the result store")
 default = resources.DEMO_PLATE if resources.DEMO_PLATE in names else names[0]
+st.subheader("The demo plate" if default == resources.DEMO_PLATE else f"Plate {default}")
 try:
     res = resources.plate_results(default)
 except NeuroRGError as exc:
