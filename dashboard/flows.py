@@ -12,6 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from neurorg_core.plates import Plate, extract_zip
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.schema import PLATE, SOURCE
 from neurorg_core.store import PLATE_MAP_COLUMNS
+from neurorg_core.synth import DEFAULT_PARAMS, write_synthetic_plates
 
 from dashboard import resources
 
@@ -39,14 +41,21 @@ DEMO_SEED = 2025
 DEMO_WELLS = 96
 
 
-def demo_fields() -> int:
-    """Fields per well of the demo plate: 4, or ``NEURORG_DEMO_FIELDS``."""
-    return int(os.environ.get("NEURORG_DEMO_FIELDS", "4"))
+def demo_recipe(ensemble: Bundle) -> dict:
+    """How the demo plate is rendered: like the shipped model's training plates.
 
-
-def demo_size() -> int:
-    """Field edge of the demo plate in pixels: 256, or ``NEURORG_DEMO_SIZE``."""
-    return int(os.environ.get("NEURORG_DEMO_SIZE", "256"))
+    The bundle card's ``demo_recipe`` (written by ``build-demo``) gives the field size, fields per
+    well and the synthetic knobs the model was trained with; ``NEURORG_DEMO_FIELDS`` and
+    ``NEURORG_DEMO_SIZE`` (pixels) override the first two (tests use tiny plates). Defaults: 4
+    fields of 256 px, ``synth.DEFAULT_PARAMS``.
+    """
+    recipe = dict(ensemble.card.get("demo_recipe", {}))
+    knobs = {k: recipe[k] for k in ("cell_severity_sd", "well_severity_sd") if k in recipe}
+    return {
+        "n_fields": int(os.environ.get("NEURORG_DEMO_FIELDS", recipe.get("n_fields", 4))),
+        "size": int(os.environ.get("NEURORG_DEMO_SIZE", recipe.get("field_size", 256))),
+        "params": replace(DEFAULT_PARAMS, **knobs),
+    }
 
 
 @st.cache_resource
@@ -60,7 +69,7 @@ def _scoring_lock() -> threading.Lock:
 def ensure_demo(progress: Progress | None = None) -> str:
     """Render and score the demo plate if the store does not hold it yet; return its name.
 
-    The plate (96 wells, ``demo_fields()`` fields of ``demo_size()`` px) is rendered by
+    The plate (96 wells, fields as in ``demo_recipe``) is rendered by
     ``neurorg_core.synth`` into ``Config().demo_dir`` and scored with the shipped ensemble. The
     single-channel models run later, from the Channels page, so the first start stays short.
 
@@ -69,8 +78,6 @@ def ensure_demo(progress: Progress | None = None) -> str:
     NeuroRGError
         If the shipped model bundle is missing or invalid.
     """
-    from neurorg_core.synth import write_synthetic_plates
-
     if resources.DEMO_PLATE in resources.plate_names():
         return resources.DEMO_PLATE
     cfg = resources.config()
@@ -82,8 +89,8 @@ def ensure_demo(progress: Progress | None = None) -> str:
         if not (folder / "platemap.csv").is_file():
             log.info("rendering the demo plate into %s", cfg.demo_dir)
             folder = write_synthetic_plates(
-                cfg.demo_dir, seed=DEMO_SEED, n_plates=1, n_wells=DEMO_WELLS, n_fields=demo_fields(),
-                size=demo_size(), layout="imagexpress", kind="screen",
+                cfg.demo_dir, seed=DEMO_SEED, n_plates=1, n_wells=DEMO_WELLS, layout="imagexpress",
+                kind="screen", **demo_recipe(ensemble),
             )[0]
         plate = resources.plate(folder)
         plate_map = load_plate_map(folder / "platemap.csv")

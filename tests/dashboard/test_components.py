@@ -69,3 +69,22 @@ def test_multi_plate_maps_are_split_by_plate() -> None:
     assert flows.map_plates(pm) == ["P1", "P2"]
     assert list(flows.map_for_plate(pm, "P2")[WELL]) == ["A01"]
     assert flows.map_plates(pm.drop(columns=PLATE)) == []
+
+
+def test_demo_recipe_follows_the_model_card_and_env(tiny_models, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from neurorg_core.model import load_bundle
+
+    bundle = load_bundle(tiny_models / "ensemble")
+    monkeypatch.delenv("NEURORG_DEMO_FIELDS", raising=False)
+    monkeypatch.delenv("NEURORG_DEMO_SIZE", raising=False)
+    plain = flows.demo_recipe(bundle)
+    assert (plain["n_fields"], plain["size"]) == (4, 256)
+    carded = replace(bundle, card={**bundle.card, "demo_recipe": {
+        "n_fields": 2, "field_size": 128, "cell_severity_sd": 0.05, "well_severity_sd": 0.01}})
+    recipe = flows.demo_recipe(carded)
+    assert (recipe["n_fields"], recipe["size"]) == (2, 128)
+    assert recipe["params"].cell_severity_sd == 0.05 and recipe["params"].well_severity_sd == 0.01
+    monkeypatch.setenv("NEURORG_DEMO_SIZE", "64")
+    assert flows.demo_recipe(carded)["size"] == 64
