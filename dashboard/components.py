@@ -149,8 +149,13 @@ def progress_callback(label: str) -> Callable[[int, int], None]:
         frac = done / total if total else 1.0
         elapsed = time.monotonic() - start
         left = elapsed / frac - elapsed if frac > 0 else float("nan")
-        eta = f"about {left:.0f} s left" if np.isfinite(left) and done < total else ""
-        bar.progress(min(frac, 1.0), text=f"{label}: {done} / {total} crops {eta}")
+        if done == 0:
+            text = (f"{label}: 0 / {total} crops (loading the model; its first use converts it for "
+                    "fast inference, about a minute)")
+        else:
+            eta = f", about {left:.0f} s left" if np.isfinite(left) and done < total else ""
+            text = f"{label}: {done} / {total} crops{eta}"
+        bar.progress(min(frac, 1.0), text=text)
 
     return update
 
