@@ -109,3 +109,4 @@ CACHE_MISSES: Final = "Cache_misses"    # fields that went through inference
 N_WELLS: Final = "N_wells"
 SOURCE: Final = "Source"                # the plate's image folder
 PLATE_FORMAT: Final = "Plate_format"    # 96 | 384 | 1536
+EXPECTED_CLASS: Final = "Expected_class"  # sum_k k * P_class_k: a readout linear in phenotype severity
