@@ -242,6 +242,7 @@ def test_mixed_misses_infer_each_field_with_exactly_its_missing_members(
                                       check_exact=False, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_failure_mid_run_leaves_earlier_runs_untouched_and_keeps_finished_inference(
     plate_dir, bundles, scored, store
 ) -> None:
