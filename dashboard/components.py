@@ -38,7 +38,6 @@ from neurorg_core.schema import (
     P_CONTROL_SD,
     RESCUE_PCT,
     ROLE,
-    ROLES,
     ROW,
     VOTE_COLUMNS,
     WELL,
@@ -305,10 +304,6 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def role_colour_map() -> dict[str, str]:
-    return {role: ROLE_COLOURS[role] for role in ROLES}
-
-
 # --- summaries ----------------------------------------------------------------------------
 
 QC_ITEMS = (
@@ -476,7 +471,7 @@ def channel_scatter(channels: pd.DataFrame, fits: dict) -> go.Figure:
                       else f"{role}: r undefined")
     fig = make_subplots(rows=1, cols=len(CHANNELS), subplot_titles=titles, shared_yaxes=True)
     for k, (role, column) in enumerate(zip(CHANNELS, CHANNEL_P_CONTROL), start=1):
-        for well_role in ROLES:
+        for well_role in ("empty", "treatment", "control", "disease"):  # reference wells on top
             grp = channels[channels[ROLE] == well_role]
             if grp.empty:
                 continue
