@@ -110,7 +110,8 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
 
     from neurorg_core.train import DemoRecipe, TrainSettings, build_demo
 
-    recipe = DemoRecipe(ensemble_epochs=args.epochs, single_channel_epochs=args.single_channel_epochs)
+    recipe = DemoRecipe(ensemble_epochs=args.epochs, single_channel_epochs=args.single_channel_epochs,
+                        cell_severity_sd=args.cell_severity_sd, well_severity_sd=args.well_severity_sd)
     settings = TrainSettings(epochs=args.epochs, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="neurorg-demo-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
@@ -185,6 +186,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_CELL_SEVERITY_SD = 0.10   # = train.DemoRecipe defaults (kept here so --help needs no TensorFlow)
+DEMO_WELL_SEVERITY_SD = 0.02
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--work-dir", help="keep the rendered plates here (default: a temporary folder)")
     s.add_argument("--epochs", type=int, default=6, help="epochs per ensemble member")
     s.add_argument("--single-channel-epochs", type=int, default=3)
+    s.add_argument("--cell-severity-sd", type=float, default=DEMO_CELL_SEVERITY_SD,
+                   help="synthetic cell-to-cell severity spread used for the demo plates")
+    s.add_argument("--well-severity-sd", type=float, default=DEMO_WELL_SEVERITY_SD)
     s.add_argument("--reuse", action="store_true", help="keep bundles already trained in --out; "
                    "only evaluate them and write the metrics")
     s.add_argument("--seed", type=int, default=0)

@@ -406,8 +406,7 @@ def train_bundle(plates: Sequence[str | Path], out: str | Path, settings: TrainS
                  ", ".join(c.plate for c in va) + (" (held-out wells)" if len(data) == 1 else ""))
         res = train_member(tr, va, settings, channels=chans, seed_offset=fold, name=name)
         res.info.update({"fold": None if single else fold, "train_plates": [c.plate for c in tr],
-                         "val_plates": [] if len(data) == 1 else [c.plate for c in va],
-                         "val_fingerprints": [] if len(data) == 1 else [c.fingerprint for c in va]})
+                         "val_plates": [] if len(data) == 1 else [c.plate for c in va]})
         models.append(res.model)
         infos.append(res.info)
     card_extra = {
@@ -429,8 +428,7 @@ def train_single_channel_bundle(out: str | Path, settings: TrainSettings, sets: 
     for i, ch in enumerate(channels):
         res = train_member(tr, va, settings, channels=(ch,), seed_offset=100 + i, name=ch)
         res.info.update({"fold": None, "train_plates": [c.plate for c in tr],
-                         "val_plates": [] if len(sets) == 1 else [c.plate for c in va],
-                         "val_fingerprints": [] if len(sets) == 1 else [c.fingerprint for c in va]})
+                         "val_plates": [] if len(sets) == 1 else [c.plate for c in va]})
         models.append(res.model)
         infos.append(res.info)
     card_extra = {"training": settings.as_dict(), "training_plates": _plate_entries(sets),
@@ -509,7 +507,7 @@ def evaluate_bundle(plates: Sequence[str | Path], bundle: Bundle, *, predictor: 
     unseen: list[tuple[np.ndarray, CropSet]] = []
     for cs in data:
         probs = pred.predict(_as_float(cs.crops))
-        val_members = [k for k, e in enumerate(entries) if cs.fingerprint in e.get("val_fingerprints", [])]
+        val_members = [k for k, e in enumerate(entries) if cs.fingerprint in _val_fingerprints(bundle, e)]
         if val_members:
             status = "validation of " + ", ".join(entries[k]["name"] for k in val_members)
             for k in val_members:
@@ -551,6 +549,11 @@ def evaluate_bundle(plates: Sequence[str | Path], bundle: Bundle, *, predictor: 
                                                           **mcnemar(b, c)}
         report["unseen"] = section
     return report
+
+
+def _val_fingerprints(bundle: Bundle, entry: dict) -> list[str]:
+    by_name = {p["name"]: p["fingerprint"] for p in bundle.card.get("training_plates", [])}
+    return [by_name[n] for n in entry.get("val_plates", []) if n in by_name]
 
 
 def _train_fingerprints(bundle: Bundle, entry: dict) -> list[str]:
