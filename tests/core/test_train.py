@@ -142,3 +142,35 @@ def test_train_and_evaluate_end_to_end_through_the_cli(tiny_plates, tmp_path, ca
     assert np.sum(ens["crop_confusion"]) == ens["n_crops"] == 900
     assert report["unseen"]["mcnemar_ensemble_vs_best_member"]["b"] == 0   # a 1-member ensemble
     assert "unseen plates, ensemble" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_evaluate_recognises_validation_training_and_unseen_plates_by_content(tmp_path):
+    from neurorg_core.inference import Predictor
+    from neurorg_core.model import build_model, save_bundle
+    from neurorg_core.train import CropSet, evaluate_bundle
+
+    rng = np.random.default_rng(0)
+
+    def plate(name, fp):
+        labels = np.repeat(np.arange(6), 4)                       # 6 wells x 4 crops
+        wells = np.repeat([f"B{c:02d}" for c in range(2, 8)], 4)
+        return CropSet(name, fp, tmp_path / fp, rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8),
+                       labels, wells)
+
+    p1, p2 = plate("plate_01", "fp1"), plate("plate_02", "fp2")
+    new = plate("plate_01", "fp9")        # same name as a training plate, different content
+    models = [build_model("efficientnet_tiny", 32) for _ in range(2)]
+    infos = [{"name": "fold1", "fold": 1, "train_plates": ["plate_02"], "val_plates": ["plate_01"]},
+             {"name": "fold2", "fold": 2, "train_plates": ["plate_01"], "val_plates": ["plate_02"]}]
+    training = [{"name": "plate_01", "fingerprint": "fp1"}, {"name": "plate_02", "fingerprint": "fp2"}]
+    bundle = save_bundle(tmp_path / "b", models, infos, kind="ensemble", arch="efficientnet_tiny",
+                         input_size=32, extra={"training_plates": training})
+    report = evaluate_bundle([], bundle, predictor=Predictor(bundle, backend="keras"), sets=[p1, p2, new])
+    assert [p["status"] for p in report["plates"]] == ["validation of fold1", "validation of fold2", "unseen"]
+    cv = report["cross_validation"]
+    assert sorted(cv["folds"]) == ["fold1", "fold2"]
+    assert cv["pooled"]["n_wells"] == 12 and cv["pooled"]["n_crops"] == 48
+    un = report["unseen"]
+    assert un["ensemble"]["n_wells"] == 6 and sorted(un["members"]) == ["fold1", "fold2"]
+    assert {"chi2", "p", "b", "c", "member"} <= set(un["mcnemar_ensemble_vs_best_member"])
