@@ -726,6 +726,8 @@ def build_demo(out: str | Path, work_dir: str | Path, *, settings: TrainSettings
         pearson[m.name] = {"r": round(c["r"], 4), "p": float(f"{c['p']:.3g}"), "n_wells": c["n"]}
     log.info("screening plate, P(control) per well vs ensemble: %s", pearson)
     seconds = round(time.perf_counter() - t0)
+    if reuse:  # only evaluated now: keep the training run's build time
+        seconds = int(ens.card.get("metrics", {}).get("build_seconds", seconds))
     ens_metrics = {"evaluation": ens_report, "build_seconds": seconds,
                    "summary": _summary(ens_report)}
     ens = update_card(ens, metrics=ens_metrics)
