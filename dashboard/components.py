@@ -76,6 +76,22 @@ def stored_plates() -> list[str]:
         st.stop()
 
 
+def plate_page_results(page: str):
+    """The header every per-plate page shares: pick the plate (mirrored in the URL), read its
+    results from the store, say whether it is synthetic. Stops the page with ``st.error`` if the
+    plate cannot be read. Returns ``pipeline.PlateResults`` (plus ``synthetic``) from resources."""
+    from dashboard import resources
+
+    plate = pick_plate(stored_plates(), page=page, default=resources.DEMO_PLATE)
+    try:
+        res = resources.plate_results(plate)
+    except NeuroRGError as exc:
+        st.error(str(exc))
+        st.stop()
+    synthetic_banner(res.synthetic)
+    return res
+
+
 def pick_plate(names: list[str], *, page: str, default: str | None = None) -> str:
     """Sidebar plate selector whose choice is mirrored in ``?page=...&plate=...``.
 

@@ -11,14 +11,7 @@ st.title("Channels")
 st.caption("Which channel carries the signal? Each panel plots a single-channel model's P(control) "
            "(y) against the 3-channel ensemble's (x), one point per well, with the least-squares "
            "line and Pearson r.")
-plate = components.pick_plate(components.stored_plates(), page="channels",
-                              default=resources.DEMO_PLATE)
-try:
-    res = resources.plate_results(plate)
-except NeuroRGError as exc:
-    st.error(str(exc))
-    st.stop()
-components.synthetic_banner(res.synthetic)
+res = components.plate_page_results("channels")
 
 if res.channels.empty:
     if not resources.has_bundle(resources.SINGLE_CHANNEL_DIR):
@@ -29,7 +22,7 @@ if res.channels.empty:
             "scores come from the cache, so only the single-channel models run.")
     if st.button("Score the single-channel models", key="score_channels", type="primary"):
         try:
-            flows.score_channels(plate, components.progress_callback("Single-channel models"))
+            flows.score_channels(res.plate, components.progress_callback("Single-channel models"))
         except NeuroRGError as exc:
             st.error(f"Scoring stopped: {exc}")
             st.stop()

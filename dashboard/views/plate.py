@@ -11,14 +11,7 @@ from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import WELL
 
 st.title("Plate heatmap")
-plate = components.pick_plate(components.stored_plates(), page="plate",
-                              default=resources.DEMO_PLATE)
-try:
-    res = resources.plate_results(plate)
-except NeuroRGError as exc:
-    st.error(str(exc))
-    st.stop()
-components.synthetic_banner(res.synthetic)
+res = components.plate_page_results("plate")
 
 metrics = [m for m in components.METRIC_LABELS if m in res.wells.columns]
 metric = st.selectbox("Metric", metrics, format_func=components.METRIC_LABELS.get, key="metric")

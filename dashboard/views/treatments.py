@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components, resources
-from neurorg_core.errors import NeuroRGError
+from dashboard import components
 
 st.title("Treatments")
-plate = components.pick_plate(components.stored_plates(), page="treatments",
-                              default=resources.DEMO_PLATE)
-try:
-    res = resources.plate_results(plate)
-except NeuroRGError as exc:
-    st.error(str(exc))
-    st.stop()
-components.synthetic_banner(res.synthetic)
+res = components.plate_page_results("treatments")
 if res.treatments.empty:
     st.info("No treatment statistics for this plate: "
             + res.problems.get("treatments", "it has no treatment wells (role 'treatment')."))
@@ -28,7 +20,7 @@ if "fits" in res.problems:
 else:
     st.plotly_chart(components.dose_response_figure(res.wells, res.curves, res.fits, res.qc),
                     key="dose_response")
-    components.table_with_download(components.fit_table(res.fits), file_name=f"{plate}_ec50.csv",
+    components.table_with_download(components.fit_table(res.fits), file_name=f"{res.plate}_ec50.csv",
                                    key="fits")
 
 st.subheader("P(control) per dose, with the control and disease bands")
@@ -37,4 +29,4 @@ st.plotly_chart(components.dose_strip(res.wells, res.qc), key="dose_strip")
 st.subheader("Each treatment against disease wells")
 st.caption("Rescue % = 100 x (mean - disease mean) / (control mean - disease mean). p: Welch's t-test "
            "and Mann-Whitney U against the disease wells; q: Benjamini-Hochberg across treatments.")
-components.table_with_download(res.treatments, file_name=f"{plate}_treatments.csv", key="treatments")
+components.table_with_download(res.treatments, file_name=f"{res.plate}_treatments.csv", key="treatments")
