@@ -25,25 +25,15 @@ from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
 from neurorg_core.schema import (
-    BOTTOM,
     COMPOUND,
     CONVERGED,
     DOSE,
-    EC50,
-    EC50_CI_HIGH,
-    EC50_CI_LOW,
-    FIT_MESSAGE,
-    HILL,
-    N_DOSES,
-    N_WELLS,
     P_CONTROL,
-    P_FLAT,
     PLATE,
     PLATE_FORMAT,
     ROLE,
     RUN_ID,
     SOURCE,
-    TOP,
 )
 from neurorg_core.store import ResultStore
 
@@ -195,11 +185,7 @@ def _fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, n_points: int = 60) -> 
             continue
         doses = wells.loc[(wells[ROLE] == "treatment") & (wells[COMPOUND] == row[COMPOUND]), DOSE]
         grid = np.logspace(np.log10(doses.min()), np.log10(doses.max()), n_points)
-        fit = DoseResponseFit(
-            ec50_uM=row[EC50], ec50_ci_low_uM=row[EC50_CI_LOW], ec50_ci_high_uM=row[EC50_CI_HIGH],
-            hill=row[HILL], top=row[TOP], bottom=row[BOTTOM], p_flat=row[P_FLAT], n=row[N_WELLS],
-            n_doses=row[N_DOSES], converged=True, message=row[FIT_MESSAGE],
-        )
+        fit = DoseResponseFit.from_row(row)
         parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, P_CONTROL: fit.predict(grid)}))
     if not parts:
         return pd.DataFrame({COMPOUND: pd.Series(dtype=str), DOSE: pd.Series(dtype=float),
