@@ -620,12 +620,15 @@ def render_well(seed: int, plate_number: int, well: str, severity: float, n_fiel
 
 # --- writers --------------------------------------------------------------------------------------
 
+def _at_bit_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:
+    """8-bit pixels as written: unchanged for 8 bits, value * 257 (full 16-bit range) for 16 bits."""
+    return img.astype(np.uint16) * np.uint16(257) if bit_depth == 16 else img
+
+
 def _write_imagexpress(folder: Path, name: str, well: str, fields: np.ndarray, bit_depth: int) -> None:
     for s, img in enumerate(fields, start=1):
         for ch in range(3):
-            plane = img[:, :, ch]
-            if bit_depth == 16:
-                plane = plane.astype(np.uint16) * np.uint16(257)
+            plane = _at_bit_depth(img[:, :, ch], bit_depth)
             tifffile.imwrite(folder / f"{name}_{well}_s{s}_w{ch + 1}.tif", plane)
 
 
@@ -635,16 +638,13 @@ def _write_operetta(folder: Path, well: str, fields: np.ndarray, bit_depth: int)
     images.mkdir(exist_ok=True)
     for f, img in enumerate(fields, start=1):
         for ch in range(3):
-            plane = img[:, :, ch]
-            if bit_depth == 16:
-                plane = plane.astype(np.uint16) * np.uint16(257)
+            plane = _at_bit_depth(img[:, :, ch], bit_depth)
             tifffile.imwrite(images / f"r{r:02d}c{c:02d}f{f:02d}p01-ch{ch + 1}sk1fk1fl1.tiff", plane)
 
 
 def _write_tiff(folder: Path, well: str, fields: np.ndarray, bit_depth: int) -> None:
     for s, img in enumerate(fields, start=1):
-        data = img.astype(np.uint16) * np.uint16(257) if bit_depth == 16 else img
-        tifffile.imwrite(folder / f"{well}_s{s}.tif", data, photometric="rgb")
+        tifffile.imwrite(folder / f"{well}_s{s}.tif", _at_bit_depth(img, bit_depth), photometric="rgb")
 
 
 @dataclass(frozen=True)
