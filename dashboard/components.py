@@ -82,7 +82,13 @@ def plate_page_results(page: str):
     plate cannot be read. Returns ``pipeline.PlateResults`` (plus ``synthetic``) from resources."""
     from dashboard import resources
 
-    plate = pick_plate(stored_plates(), page=page, default=resources.DEMO_PLATE)
+    return plate_results_or_stop(pick_plate(stored_plates(), page=page, default=resources.DEMO_PLATE))
+
+
+def plate_results_or_stop(plate: str):
+    """A stored plate's results with its SYNTHETIC banner; ``st.error`` and stop if unreadable."""
+    from dashboard import resources
+
     try:
         res = resources.plate_results(plate)
     except NeuroRGError as exc:

@@ -26,12 +26,7 @@ if not names:
     st.stop()
 st.subheader("Open, export or delete a plate")
 chosen = st.selectbox("Plate", names, key="library_plate")
-try:
-    res = resources.plate_results(chosen)
-except NeuroRGError as exc:
-    st.error(str(exc))
-    st.stop()
-components.synthetic_banner(res.synthetic)
+res = components.plate_results_or_stop(chosen)
 open_col, csv_col, parquet_col = st.columns(3)
 if open_col.button("Open", key="library_open", type="primary"):
     st.session_state[components.PLATE_KEY] = chosen

@@ -37,12 +37,7 @@ if not names:
 
 default = resources.DEMO_PLATE if resources.DEMO_PLATE in names else names[0]
 st.subheader("The demo plate" if default == resources.DEMO_PLATE else f"Plate {default}")
-try:
-    res = resources.plate_results(default)
-except NeuroRGError as exc:
-    st.error(str(exc))
-    st.stop()
-components.synthetic_banner(res.synthetic)
+res = components.plate_results_or_stop(default)
 left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(components.plate_heatmap(res.wells, res.plate_format, P_CONTROL),
