@@ -29,6 +29,7 @@ from neurorg_core.schema import (
     EC50,
     EC50_CI_HIGH,
     EC50_CI_LOW,
+    EXPECTED_CLASS,
     FIT_MESSAGE,
     HILL,
     N_DOSES,
@@ -47,6 +48,7 @@ from neurorg_core.wells import format_well, plate_shape, row_letters
 METRIC_LABELS = {
     P_CONTROL: "P(control)",
     CALLED_CLASS: "Called class",
+    EXPECTED_CLASS: "Expected class (0 control .. 5 disease)",
     RESCUE_PCT: "Rescue %",
     P_CONTROL_SD: "Ensemble disagreement (SD of P(control))",
     N_CROPS: "Crops scored",
@@ -219,6 +221,9 @@ def plate_heatmap(wells: pd.DataFrame, plate_format: int, metric: str) -> go.Fig
             colorbar=dict(title="Called class", tickvals=list(range(len(CLASS_NAMES))),
                           ticktext=list(CLASS_NAMES)),
         )
+    elif metric == EXPECTED_CLASS:
+        heat = dict(colorscale="RdYlGn_r", zmin=0.0, zmax=len(CLASS_NAMES) - 1.0,
+                    colorbar=dict(title="Expected class"))
     elif metric == RESCUE_PCT:
         heat = dict(colorscale="RdBu", zmid=50.0, colorbar=dict(title="Rescue %"))
     elif metric in (P_CONTROL_SD, N_CROPS):
@@ -380,12 +385,23 @@ def plate_summary_table(summary: dict) -> pd.DataFrame:
 
 # --- charts -------------------------------------------------------------------------------
 
-def _band_shapes(qc: dict, n_panels: int = 1) -> tuple[list[dict], list[dict]]:
+def role_bands(wells: pd.DataFrame, metric: str) -> dict[str, tuple[float, float]]:
+    """Mean and SD (ddof 1) of ``metric`` over the control and the disease wells (roles absent or
+    with fewer than two wells are left out)."""
+    bands = {}
+    for role in ("control", "disease"):
+        values = wells.loc[wells[ROLE] == role, metric].dropna().to_numpy(np.float64) \
+            if metric in wells.columns else np.zeros(0)
+        if len(values) >= 2:
+            bands[role] = (float(values.mean()), float(values.std(ddof=1)))
+    return bands
+
+
+def _band_shapes(bands: dict[str, tuple[float, float]], n_panels: int = 1) -> tuple[list[dict], list[dict]]:
     """Control and disease bands (mean +/- SD) across each panel: (shapes, labels)."""
     shapes, notes = [], []
-    for role in ("control", "disease"):
-        mean, sd = qc.get(f"mean_{role}"), qc.get(f"sd_{role}")
-        if mean is None or sd is None or not np.isfinite(mean):
+    for role, (mean, sd) in bands.items():
+        if not (np.isfinite(mean) and np.isfinite(sd)):
             continue
         for k in range(1, n_panels + 1):
             axis = "" if k == 1 else str(k)
@@ -420,10 +436,9 @@ def _panels(titles: list[str], x_axis: dict, y_axis: dict, gap: float = 0.04) ->
     return layout
 
 
-def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame,
-                         qc: dict) -> go.Figure:
-    """P(control) of each treatment well against dose (log axis), the fitted 4PL per compound and
-    its EC50, over the control/disease bands."""
+def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
+    """Expected class of each treatment well against dose (log axis), the fitted 4PL per compound
+    and its EC50, over the control/disease bands of the same readout."""
     treat = wells[wells[ROLE] == "treatment"]
     compounds = sorted(treat[COMPOUND].unique())
     data = []
@@ -431,19 +446,19 @@ def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.Dat
         axes = dict(xaxis=f"x{'' if k == 1 else k}", yaxis=f"y{'' if k == 1 else k}")
         pts = treat[treat[COMPOUND] == cpd]
         data.append(dict(
-            type="scatter", x=pts[DOSE].tolist(), y=pts[P_CONTROL].tolist(), mode="markers", name=cpd,
+            type="scatter", x=pts[DOSE].tolist(), y=pts[EXPECTED_CLASS].tolist(), mode="markers", name=cpd,
             showlegend=False, text=pts[WELL].tolist(), marker=dict(color=ROLE_COLOURS["treatment"]),
-            hovertemplate="%{text}: %{x:g} uM, P(control) %{y:.3f}<extra></extra>", **axes,
+            hovertemplate="%{text}: %{x:g} uM, expected class %{y:.2f}<extra></extra>", **axes,
         ))
         line = curves[curves[COMPOUND] == cpd]
         if not line.empty:
-            data.append(dict(type="scatter", x=line[DOSE].tolist(), y=line[P_CONTROL].tolist(),
+            data.append(dict(type="scatter", x=line[DOSE].tolist(), y=line[EXPECTED_CLASS].tolist(),
                              mode="lines", showlegend=False, name=f"{cpd} 4PL",
                              line=dict(color="black"), **axes))
     layout = _panels([_fit_title(fits, c) for c in compounds],
                      dict(type="log", title=dict(text="dose (uM)")),
-                     dict(title=dict(text="P(control)")))
-    shapes, notes = _band_shapes(qc, max(1, len(compounds)))
+                     dict(title=dict(text="expected class (0 control .. 5 disease)")))
+    shapes, notes = _band_shapes(role_bands(wells, EXPECTED_CLASS), max(1, len(compounds)))
     layout["annotations"] += notes
     layout.update(shapes=shapes, height=380, margin=dict(l=10, r=10, t=60, b=10))
     return go.Figure(data=data, layout=layout)
@@ -465,7 +480,7 @@ def fit_table(fits: pd.DataFrame) -> pd.DataFrame:
     return fits[first + [c for c in fits.columns if c not in first]]
 
 
-def dose_strip(wells: pd.DataFrame, qc: dict) -> go.Figure:
+def dose_strip(wells: pd.DataFrame) -> go.Figure:
     """Box + points of P(control) per dose for each compound, beside the control and disease wells."""
     fig = go.Figure()
     for role in ("control", "disease"):
@@ -477,7 +492,7 @@ def dose_strip(wells: pd.DataFrame, qc: dict) -> go.Figure:
         grp = treat[treat[COMPOUND] == cpd]
         labels = [f"{cpd} {d:.3g}" for d in grp[DOSE]]
         fig.add_trace(go.Box(x=labels, y=grp[P_CONTROL], name=cpd, boxpoints="all", text=grp[WELL]))
-    shapes, notes = _band_shapes(qc)
+    shapes, notes = _band_shapes(role_bands(wells, P_CONTROL))
     fig.update_layout(height=420, yaxis_title="P(control)", xaxis_title="compound and dose (uM)",
                       margin=dict(l=10, r=10, t=30, b=10), shapes=shapes, annotations=notes)
     return fig

@@ -28,7 +28,7 @@ from neurorg_core.schema import (
     COMPOUND,
     CONVERGED,
     DOSE,
-    P_CONTROL,
+    EXPECTED_CLASS,
     PLATE,
     PLATE_FORMAT,
     ROLE,
@@ -142,7 +142,7 @@ class PlateResults:
     qc: dict = field(default_factory=dict)
     treatments: pd.DataFrame = field(default_factory=pd.DataFrame)
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
-    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # compound, dose, fitted P_control
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # compound, dose, fitted Expected_class
     channel_fits: dict = field(default_factory=dict)  # channel -> Pearson r, p, n, slope, intercept
     problems: dict = field(default_factory=dict)   # statistic -> why it could not be computed
 
@@ -186,10 +186,10 @@ def _fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, n_points: int = 60) -> 
         doses = wells.loc[(wells[ROLE] == "treatment") & (wells[COMPOUND] == row[COMPOUND]), DOSE]
         grid = np.logspace(np.log10(doses.min()), np.log10(doses.max()), n_points)
         fit = DoseResponseFit.from_row(row)
-        parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, P_CONTROL: fit.predict(grid)}))
+        parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, EXPECTED_CLASS: fit.predict(grid)}))
     if not parts:
         return pd.DataFrame({COMPOUND: pd.Series(dtype=str), DOSE: pd.Series(dtype=float),
-                             P_CONTROL: pd.Series(dtype=float)})
+                             EXPECTED_CLASS: pd.Series(dtype=float)})
     return pd.concat(parts, ignore_index=True)
 
 

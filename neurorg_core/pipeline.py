@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from neurorg_core.config import REPO_ROOT
-from neurorg_core import stats
+from neurorg_core import scoring, stats
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.schema import (
     CHANNEL_P_CONTROL,
@@ -47,6 +47,7 @@ from neurorg_core.schema import (
     COMPOUND,
     CROP,
     DOSE,
+    EXPECTED_CLASS,
     FIELD,
     FIELD_HASH,
     HIT,
@@ -584,7 +585,7 @@ class PlateResults:
     run
         ``ResultStore.load_run``: provenance (model id, bundle card, parameters, code version).
     wells
-        Per-well scores, plus ``Rescue_pct`` when the plate has control and disease wells.
+        Per-well scores with ``Expected_class``, plus ``Rescue_pct`` when the plate has control and disease wells.
     channels
         ``wells`` joined with the single-channel ``P_control_<channel>`` columns; empty when the
         run had no single-channel models.
@@ -593,7 +594,8 @@ class PlateResults:
     treatments
         ``stats.compare_treatments`` (per compound and dose, with hit calls).
     fits
-        ``stats.fit_compounds`` (4PL, EC50 with 95 % CI, per compound).
+        ``stats.fit_compounds`` on ``Expected_class`` (4PL, EC50 with 95 % CI, per compound; see
+        ``scoring.expected_class`` for why not P(control)).
     channel_fits
         Channel role -> ``stats.channel_correlation`` against the 3-channel P(control).
     problems
@@ -642,7 +644,7 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
         If the plate has no stored run or ``run_id`` is not one of its runs.
     """
     run = run_id if run_id is not None else store.latest_run_id(plate)
-    wells = store.load_well_scores(plate, run)
+    wells = scoring.with_expected_class(store.load_well_scores(plate, run))
     problems: dict[str, str] = {}
     qc: dict[str, Any] = {}
     treatments = pd.DataFrame({c: pd.Series(dtype=float) for c in stats.TREATMENT_COLUMNS})
@@ -660,7 +662,7 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
     except NeuroRGError as exc:
         problems["treatments"] = str(exc)
     try:
-        fits = stats.fit_compounds(wells)
+        fits = stats.fit_compounds(wells, metric=EXPECTED_CLASS)
     except NeuroRGError as exc:
         problems["fits"] = str(exc)
     channel_scores = store.load_channel_scores(run)

@@ -70,8 +70,13 @@ RESCUE_PCT: Final = "Rescue_pct"
 CHANNEL_P_CONTROL: Final = tuple(f"{P_CONTROL}_{c}" for c in CHANNELS)
 """Per-well P(control) of each single-channel model, in CHANNELS order (``P_control_nucleus``, ...)."""
 
-WellMetric = Literal["P_control", "Called_class", "Rescue_pct", "P_control_member_sd", "N_crops"]
-WELL_METRICS: Final = (P_CONTROL, CALLED_CLASS, RESCUE_PCT, P_CONTROL_SD, N_CROPS)
+EXPECTED_CLASS: Final = "Expected_class"
+"""sum_k k * P_class_k (0 = control .. 5 = 20 uM): moves with the phenotype over the whole range,
+so dose-response fits use it (P(control) saturates; see ``scoring.expected_class``)."""
+
+WellMetric = Literal["P_control", "Called_class", "Expected_class", "Rescue_pct", "P_control_member_sd",
+                     "N_crops"]
+WELL_METRICS: Final = (P_CONTROL, CALLED_CLASS, EXPECTED_CLASS, RESCUE_PCT, P_CONTROL_SD, N_CROPS)
 
 # --- statistics tables (stats.py) ----------------------------------------------------------
 MEAN: Final = "Mean"                    # mean of the metric over the group's wells
@@ -109,4 +114,3 @@ CACHE_MISSES: Final = "Cache_misses"    # fields that went through inference
 N_WELLS: Final = "N_wells"
 SOURCE: Final = "Source"                # the plate's image folder
 PLATE_FORMAT: Final = "Plate_format"    # 96 | 384 | 1536
-EXPECTED_CLASS: Final = "Expected_class"  # sum_k k * P_class_k: a readout linear in phenotype severity

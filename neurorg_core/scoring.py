@@ -29,6 +29,7 @@ from neurorg_core.schema import (
     CHANNELS,
     COL,
     CROP,
+    EXPECTED_CLASS,
     FIELD,
     MEMBER,
     N_CLASSES,
@@ -167,7 +168,7 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
     DataFrame
         One row per scored well, sorted by row then column: ``Metadata_Well``, ``Metadata_Row``,
         ``Metadata_Col``, the plate-map columns, ``P_control``, ``P_control_member_sd``,
-        ``Called_class``, ``N_crops``, ``P_class0..5``, ``Vote_class0..5``.
+        ``Called_class``, ``Expected_class``, ``N_crops``, ``P_class0..5``, ``Vote_class0..5``.
         ``P_control_member_sd`` is the sample SD (ddof 1) over members of each member's mean
         class-0 probability; 0 for a single member.
 
@@ -207,6 +208,7 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
     out[P_CONTROL] = well_probs[PROB_COLUMNS[0]]
     out[P_CONTROL_SD] = member_sd.reindex(out.index).astype(float)
     out[CALLED_CLASS] = np.argmax(well_probs.to_numpy(), axis=1).astype(int)
+    out[EXPECTED_CLASS] = expected_class(well_probs)
     out[N_CROPS] = n_crops.astype(int)
     out = pd.concat([out, well_probs, votes], axis=1)
     out = out.rename_axis(WELL).reset_index()
@@ -227,6 +229,28 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
     out = out.sort_values([ROW, COL], kind="stable").reset_index(drop=True)
     log.info("scored %d wells from %d crop rows (%d members)", len(out), len(df), df[MEMBER].nunique())
     return out
+
+
+def expected_class(probs: pd.DataFrame) -> pd.Series:
+    """Probability-weighted class index, ``sum_k k * P_class_k`` (0 = control .. 5 = 20 uM).
+
+    P(control) answers "does this well look like control?" and saturates: a well halfway back
+    from disease still has P(control) near 0, so a 4PL fitted to P(control) puts the EC50 at
+    the dose where wells are almost fully rescued (2.5-4.5x too high on the synthetic screen).
+    The expected class moves with the phenotype all the way from disease to control, so the
+    dose-response fits (``stats.fit_compounds``) use it.
+    """
+    missing = [c for c in PROB_COLUMNS if c not in probs.columns]
+    if missing:
+        raise NeuroRGError(f"well table lacks column(s) {', '.join(missing)}; expected the mean class "
+                           "probabilities of score_plate")
+    values = probs[list(PROB_COLUMNS)].to_numpy(np.float64) @ np.arange(N_CLASSES, dtype=np.float64)
+    return pd.Series(values, index=probs.index, name=EXPECTED_CLASS)
+
+
+def with_expected_class(wells: pd.DataFrame) -> pd.DataFrame:
+    """``wells`` with the ``Expected_class`` column (derived: the store keeps the probabilities)."""
+    return wells.assign(**{EXPECTED_CLASS: expected_class(wells)})
 
 
 def score_channels(crop_probs_by_channel: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

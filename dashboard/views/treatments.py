@@ -1,4 +1,4 @@
-"""Treatments: dose-response with fitted 4PL and EC50 per compound, P(control) per dose against
+"""Treatments: dose-response (expected class) with fitted 4PL and EC50 per compound, P(control) per dose against
 the control and disease bands, and the treatment-vs-disease table (rescue %, p, q, hit)."""
 
 from __future__ import annotations
@@ -15,16 +15,19 @@ if res.treatments.empty:
     st.stop()
 
 st.subheader("Dose-response (4-parameter logistic)")
+st.caption("Fitted on each well's expected class (sum of class x probability: 0 = control, 5 = 20 uM "
+           "disease), which moves with the phenotype over the whole range. P(control) only rises once "
+           "wells are almost fully rescued, so an EC50 fitted to it would sit at too high a dose.")
 if "fits" in res.problems:
     st.warning(f"Dose-response fits could not be made: {res.problems['fits']}")
 else:
-    st.plotly_chart(components.dose_response_figure(res.wells, res.curves, res.fits, res.qc),
+    st.plotly_chart(components.dose_response_figure(res.wells, res.curves, res.fits),
                     key="dose_response")
     components.table_with_download(components.fit_table(res.fits), file_name=f"{res.plate}_ec50.csv",
                                    key="fits")
 
 st.subheader("P(control) per dose, with the control and disease bands")
-st.plotly_chart(components.dose_strip(res.wells, res.qc), key="dose_strip")
+st.plotly_chart(components.dose_strip(res.wells), key="dose_strip")
 
 st.subheader("Each treatment against disease wells")
 st.caption("Rescue % = 100 x (mean - disease mean) / (control mean - disease mean). p: Welch's t-test "

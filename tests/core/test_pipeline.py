@@ -42,7 +42,6 @@ from neurorg_core.schema import (
     TRUE_MAX_RESCUE,
     WELL,
 )
-from neurorg_core.stats import fit_compounds
 from neurorg_core.store import ResultStore
 from neurorg_core.synth import write_synthetic_plates
 
@@ -324,10 +323,10 @@ def test_demo_ensemble_recovers_ec50s_and_spares_the_inactive_compound(tmp_path)
     """The issue's end-to-end check, on a screening plate of a seed the demo never trained on
     (the demo recipe: 4 fields of 256 px per well, 15 crops per well).
 
-    EC50s are fitted on the expected class (sum_k k * P_class_k), which moves linearly with the
-    phenotype. P(control) saturates (it is ~0 for every well beyond mild severity), so a 4PL on it
-    puts the EC50 where *most* of the phenotype is undone: 2.5-4.5x above the true EC50 on this
-    plate (measured 2026-11-24), outside the 2x goal."""
+    The product fits EC50s on the expected class (sum_k k * P_class_k), which moves with the
+    phenotype over its whole range. P(control) saturates (it is ~0 for every well beyond mild
+    severity), so a 4PL on it put the EC50 where *most* of the phenotype is undone: 2.5-4.5x above
+    the true EC50 on this plate (measured 2026-11-24), outside the 2x goal."""
     bundle = load_bundle(DEMO_ENSEMBLE)
     folder = write_synthetic_plates(tmp_path / "plates", seed=301, n_wells=96, n_fields=4, size=256,
                                     layout="imagexpress", kind="screen")[0]
@@ -335,9 +334,9 @@ def test_demo_ensemble_recovers_ec50s_and_spares_the_inactive_compound(tmp_path)
         run_plate(load_plate(folder), load_plate_map(folder / "platemap.csv"), bundle, store,
                   name="ec50", crops_per_well=15)
         res = load_plate_results(store, "ec50")
-    wells = res.wells.copy()
-    wells[EXPECTED_CLASS] = wells[list(PROB_COLUMNS)].to_numpy() @ np.arange(len(PROB_COLUMNS))
-    fits = fit_compounds(wells, metric=EXPECTED_CLASS).set_index(COMPOUND)
+    expected = res.wells[list(PROB_COLUMNS)].to_numpy() @ np.arange(len(PROB_COLUMNS))
+    np.testing.assert_allclose(res.wells[EXPECTED_CLASS], expected)
+    fits = res.fits.set_index(COMPOUND)
     truth = pd.read_csv(folder / "ground_truth.csv")
     compounds = truth[truth[ROLE] == "treatment"].groupby(COMPOUND)[[TRUE_EC50, TRUE_MAX_RESCUE]].first()
     hits = res.treatments.groupby(COMPOUND)[HIT].any()

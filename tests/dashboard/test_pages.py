@@ -117,6 +117,7 @@ def test_treatments_page_fits_bands_and_table(truth_store: Path) -> None:
     for active in ("CPD-001", "CPD-002", "CPD-003"):
         assert active in titles
     assert "EC50" in titles and "no EC50" in titles  # the inactive compound is not given an EC50
+    assert dose["layout"]["yaxis"]["title"]["text"].startswith("expected class")  # the fitted readout
     assert any("control mean" in t for t in _titles(strip))
     table = _frame_with(at, "Q_welch")
     for col in ("Rescue_pct", "P_welch", "Q_welch", "Hit"):
