@@ -188,6 +188,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 DEMO_CELL_SEVERITY_SD = 0.10   # = train.DemoRecipe defaults (kept here so --help needs no TensorFlow)
 DEMO_WELL_SEVERITY_SD = 0.02
+DEMO_EPOCHS = 20
+DEMO_SINGLE_CHANNEL_EPOCHS = 5
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -239,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("build-demo", help="render synthetic plates, train and evaluate the demo bundles")
     s.add_argument("--out", default="data/models/demo")
     s.add_argument("--work-dir", help="keep the rendered plates here (default: a temporary folder)")
-    s.add_argument("--epochs", type=int, default=6, help="epochs per ensemble member")
-    s.add_argument("--single-channel-epochs", type=int, default=3)
+    s.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="epochs per ensemble member")
+    s.add_argument("--single-channel-epochs", type=int, default=DEMO_SINGLE_CHANNEL_EPOCHS)
     s.add_argument("--cell-severity-sd", type=float, default=DEMO_CELL_SEVERITY_SD,
                    help="synthetic cell-to-cell severity spread used for the demo plates")
     s.add_argument("--well-severity-sd", type=float, default=DEMO_WELL_SEVERITY_SD)

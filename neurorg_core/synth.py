@@ -181,9 +181,13 @@ class SynthParams:
     """SD of log gain per well (pipetting / staining spread within a plate)."""
     # treatment
     compounds: tuple[Compound, ...] = DEFAULT_COMPOUNDS
-    n_doses: int = 8
+    n_doses: int = 6
     dose_step_log10: float = 0.5
     """Dose series step (0.5 = half-log), centred on each compound's EC50."""
+    replicates: int = 3
+    """Wells per compound dose on a 96-well screen (x 4 on 384). Three, not two: with duplicates
+    Welch's t against the disease wells has about one degree of freedom, and no dose of even a
+    full rescuer survives the FDR correction."""
 
 
 DEFAULT_PARAMS = SynthParams()
@@ -523,15 +527,18 @@ def _training_layout(rng: np.random.Generator, n_wells: int, params: SynthParams
 def _screen_layout(n_wells: int, params: SynthParams) -> list[dict]:
     """Controls, disease wells and compound dose series on one plate.
 
-    96-well: control = column 02 + C01..F01 (12 wells), disease = column 11 + C12..F12 (12 wells),
-    empty = A01, B01, G01, H01, A12, B12, G12, H12; compound i occupies rows 2i+1, 2i+2 (two
-    replicates) of columns 03..(02 + n_doses), doses ascending left to right. A 384-well plate
-    repeats each 96-well position in a 2 x 2 block (4 x the replicates).
+    96-well: control = column 02 (A..H, 8 wells), disease = column 11 (8 wells), empty = column 12;
+    compound i occupies rows 2i+1 and 2i+2 of columns 01, 03..10 (18 wells), filled in reading
+    order with ``replicates`` wells per dose, doses ascending (defaults: 6 doses x 3 replicates).
+    A 384-well plate repeats each 96-well position in a 2 x 2 block (4 x the replicates).
     """
-    if len(params.compounds) * 2 > 8 or params.n_doses > 8:
+    slots = [(r, c) for r in (0, 1) for c in (1, *range(3, 11))]
+    if len(params.compounds) * 2 > 8 or params.n_doses * params.replicates > len(slots) \
+            or params.replicates < 1:
         raise NeuroRGError(
-            f"a screening plate holds at most 4 compounds x 8 doses; got {len(params.compounds)} "
-            f"compounds x {params.n_doses} doses"
+            f"a 96-well screening plate holds at most 4 compounds, each with doses x replicates <= "
+            f"{len(slots)}; got {len(params.compounds)} compounds x {params.n_doses} doses x "
+            f"{params.replicates} replicates"
         )
     sev = class_severity(params)
     disease_sev = sev[DISEASE_CLASS]
@@ -542,8 +549,8 @@ def _screen_layout(n_wells: int, params: SynthParams) -> list[dict]:
             base[(r, c)] = {ROLE: "empty", COMPOUND: "", DOSE: np.nan, CLASS: pd.NA,
                             TRUE_STIMULUS: np.nan, TRUE_SEVERITY: np.nan, TRUE_RESCUE: np.nan,
                             TRUE_EC50: np.nan, TRUE_HILL: np.nan, TRUE_MAX_RESCUE: np.nan}
-    control = [(r, 2) for r in range(1, 9)] + [(r, 1) for r in range(3, 7)]
-    disease = [(r, 11) for r in range(1, 9)] + [(r, 12) for r in range(3, 7)]
+    control = [(r, 2) for r in range(1, 9)]
+    disease = [(r, 11) for r in range(1, 9)]
     for rc in control:
         base[rc].update({ROLE: "control", CLASS: CONTROL_CLASS, TRUE_STIMULUS: 0.0,
                          TRUE_SEVERITY: sev[CONTROL_CLASS], TRUE_RESCUE: 1.0})
@@ -553,8 +560,9 @@ def _screen_layout(n_wells: int, params: SynthParams) -> list[dict]:
     for i, cpd in enumerate(params.compounds):
         for j, dose in enumerate(dose_series(cpd, params)):
             rescue = float(rescue_fraction(dose, cpd))
-            for rep in range(2):
-                base[(2 * i + 1 + rep, 3 + j)].update({
+            for rep in range(params.replicates):
+                dr, c = slots[j * params.replicates + rep]
+                base[(2 * i + 1 + dr, c)].update({
                     ROLE: "treatment", COMPOUND: cpd.name, DOSE: float(dose), TRUE_STIMULUS: top,
                     TRUE_SEVERITY: disease_sev * (1.0 - rescue), TRUE_RESCUE: rescue,
                     TRUE_EC50: cpd.ec50_um, TRUE_HILL: cpd.hill, TRUE_MAX_RESCUE: cpd.max_rescue})

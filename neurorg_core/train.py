@@ -602,8 +602,8 @@ class DemoRecipe:
     screen_seed: int = 201
     field_size: int = 256          # pixels; 4 fields -> 2 x 2 grid of 128 px tiles -> 64 px crops
     n_fields: int = 4
-    ensemble_epochs: int = 6
-    single_channel_epochs: int = 3
+    ensemble_epochs: int = 20        # a fold member was still improving at 12-17 (2026-11-24 trial)
+    single_channel_epochs: int = 5
     cell_severity_sd: float = 0.10  # synth default 0.15: see ``synth_params``
     well_severity_sd: float = 0.02  # synth default 0.03
 

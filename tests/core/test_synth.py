@@ -127,13 +127,14 @@ def test_screen_plate_roles_and_true_rescue(tmp_path):
     pm = pd.read_csv(folder / "platemap.csv")
     assert CLASS not in pm.columns
     roles = pm[ROLE].value_counts().to_dict()
-    assert roles == {"treatment": 64, "control": 12, "disease": 12, "empty": 8}
+    assert roles == {"treatment": 72, "control": 8, "disease": 8, "empty": 8}
     gt = pd.read_csv(folder / "ground_truth.csv")
     treated = gt[gt[ROLE] == "treatment"]
     assert treated[COMPOUND].nunique() >= 4
-    assert (treated.groupby(COMPOUND)[DOSE].nunique() == 8).all()
+    assert (treated.groupby(COMPOUND)[DOSE].nunique() == 6).all()
+    assert (treated.groupby([COMPOUND, DOSE]).size() == 3).all()  # triplicates
     inactive = treated[treated[TRUE_MAX_RESCUE] == 0]
-    assert len(inactive) == 16 and (inactive[TRUE_RESCUE] == 0).all()
+    assert len(inactive) == 18 and (inactive[TRUE_RESCUE] == 0).all()
     disease_sev = CLASS_SEVERITY[-1]
     d, e, h, m = (treated[c].to_numpy() for c in (DOSE, TRUE_EC50, TRUE_HILL, TRUE_MAX_RESCUE))
     expected_rescue = m * d**h / (d**h + e**h)
@@ -168,7 +169,7 @@ def test_384_screen_layout_repeats_each_96_position_in_a_2x2_block():
 
     t96 = build_plate_table(0, 1, 96, "screen").set_index(WELL)
     t384 = build_plate_table(0, 1, 384, "screen")
-    assert t384[ROLE].value_counts().to_dict() == {"treatment": 256, "control": 48, "disease": 48,
+    assert t384[ROLE].value_counts().to_dict() == {"treatment": 288, "control": 32, "disease": 32,
                                                    "empty": 32}
     for well, row in t384.set_index(WELL).iterrows():
         r, c = parse_well(well)

@@ -80,18 +80,18 @@ def test_plate_page_heatmap_geometry_hover_and_qc(truth_store: Path) -> None:
     z, text = _array(heat["z"]).astype(float), _array(heat["text"])
     # True 96-well geometry: 8 rows x 12 columns, positions without images left empty (NaN).
     assert z.shape == (8, 12) and text.shape == (8, 12)
-    assert np.isnan(z[0, 0])  # A01 is not imaged on the synthetic screening plate
+    assert np.isnan(z[0, 11])  # A12 is not imaged on the synthetic screening plate
     assert z[0, 1] > 0.9  # A02 is a control well
     assert np.isfinite(z).sum() == 88
-    assert "not imaged" in text[0, 0]
+    assert "not imaged" in text[0, 11]
     a03 = text[0, 2]
     assert "A03" in a03 and "CPD-001" in a03 and "treatment" in a03 and "uM" in a03
     z_prime = next(m for m in at.metric if m.label == "Z'")
     assert float(z_prime.value) > 0.5  # truth-derived scores separate control from disease
     # The selected well's fields are shown as RGB thumbnails.
-    assert at.selectbox(key="well").value == "A02"
+    assert at.selectbox(key="well").value == "A01"  # the first imaged well
     captions = [c for img in at.get("image") for c in img.captions]
-    assert captions == ["A02 field 1"]
+    assert captions == ["A01 field 1"]
 
 
 def test_plate_page_metric_switch_and_well_selection(truth_store: Path) -> None:
