@@ -153,8 +153,16 @@ def _png_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return shape, np.dtype(dtype)
 
 
+def _tiff_source(tif: tifffile.TiffFile) -> Any:
+    """What holds the image: the page itself for a one-page file (skips tifffile's series
+    detection, a third of the read time of a small ImageXpress file), else the first series (a
+    multi-page stack, an ImageJ hyperstack or an OME file)."""
+    pages = tif.pages
+    return pages.first if len(pages) == 1 else tif.series[0]
+
+
 def _tiff_shape(tif: tifffile.TiffFile) -> tuple[tuple[int, ...], np.dtype]:
-    series = tif.series[0]
+    series = _tiff_source(tif)
     shape = tuple(int(d) for d in series.shape)
     while len(shape) > 2 and shape[0] == 1:   # ImageJ hyperstacks carry singleton T/Z axes
         shape = shape[1:]
@@ -203,7 +211,7 @@ def _read_image(path: Path, max_pixels: int) -> np.ndarray:
             raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
         _check_header(path, shape, dtype, max_pixels)
         try:
-            return tif.series[0].asarray().reshape(shape)
+            return _tiff_source(tif).asarray().reshape(shape)
         except _DECODE_ERRORS as exc:
             raise NeuroRGError(f"image is truncated or corrupt ({exc})", path=path) from exc
 

@@ -82,7 +82,8 @@ def check_crop_probs(crop_probs: pd.DataFrame) -> pd.DataFrame:
     if crop_probs.empty:
         raise NeuroRGError("crop probability table has no rows; expected at least one scored crop")
     df = crop_probs.loc[:, list(CROP_PROB_COLUMNS)].copy()
-    df[WELL] = [format_well(*parse_well(w)) for w in df[WELL]]
+    spelled = {w: format_well(*parse_well(w)) for w in pd.unique(df[WELL])}  # each well once
+    df[WELL] = df[WELL].map(spelled)
     probs = df[list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
 
     bad = ~np.isfinite(probs).all(axis=1) | (probs < -PROB_SUM_TOLERANCE).any(axis=1) | (

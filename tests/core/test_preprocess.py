@@ -86,6 +86,17 @@ def test_crops_resize_by_area_average_for_integer_factor():
     np.testing.assert_allclose(crops, 0.25, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype,side,size", [(np.uint8, 128, 64), (np.uint16, 96, 32), (np.uint8, 60, 20)])
+def test_integer_shrink_matches_the_pillow_box_filter(dtype, side, size):
+    """The numpy block-sum path for integer factors gives what Pillow's box filter (the general
+    path, ``resize_square``) gives, on random 8- and 16-bit tiles."""
+    full = np.iinfo(dtype).max
+    field = np.random.default_rng(2).integers(0, full, (side, side, 3), dtype=dtype, endpoint=True)
+    crops = crops_from_field(field, plan_crops(15), 0, size)
+    expected = resize_square(scale_intensity(field), size)
+    np.testing.assert_allclose(crops[0], expected, rtol=0, atol=1e-6)
+
+
 def test_crops_non_integer_resize_keeps_range_and_mean():
     rng = np.random.default_rng(0)
     field = rng.integers(0, 256, (90, 90, 3), dtype=np.uint8)
