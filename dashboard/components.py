@@ -55,6 +55,10 @@ METRIC_LABELS = {
 }
 """Heatmap metrics, in menu order, with the words shown for them."""
 
+COMPOUND_COLOURS = ("#1f77b4", "#e7298a", "#a6761d", "#17becf", "#666666", "#e6ab02")
+"""Per-compound colours (name order), chosen apart from the role colours so that no compound's
+boxes look like the control or disease wells."""
+
 ROLE_COLOURS = {"control": "#1b9e77", "disease": "#d95f02", "treatment": "#7570b3", "empty": "#999999"}
 
 CHANNEL_COLOURS = {"nucleus": (0.0, 0.35, 1.0), "neuron": (0.0, 1.0, 0.0), "microglia": (1.0, 0.0, 1.0)}
@@ -488,10 +492,11 @@ def dose_strip(wells: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Box(x=[role] * len(grp), y=grp[P_CONTROL], name=role, boxpoints="all",
                              marker_color=ROLE_COLOURS[role], text=grp[WELL]))
     treat = wells[wells[ROLE] == "treatment"].sort_values([COMPOUND, DOSE])
-    for cpd in sorted(treat[COMPOUND].unique()):
+    for k, cpd in enumerate(sorted(treat[COMPOUND].unique())):
         grp = treat[treat[COMPOUND] == cpd]
         labels = [f"{cpd} {d:.3g}" for d in grp[DOSE]]
-        fig.add_trace(go.Box(x=labels, y=grp[P_CONTROL], name=cpd, boxpoints="all", text=grp[WELL]))
+        fig.add_trace(go.Box(x=labels, y=grp[P_CONTROL], name=cpd, boxpoints="all", text=grp[WELL],
+                             marker_color=COMPOUND_COLOURS[k % len(COMPOUND_COLOURS)]))
     shapes, notes = _band_shapes(role_bands(wells, P_CONTROL))
     fig.update_layout(height=420, yaxis_title="P(control)", xaxis_title="compound and dose (uM)",
                       margin=dict(l=10, r=10, t=30, b=10), shapes=shapes, annotations=notes)

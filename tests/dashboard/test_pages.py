@@ -119,6 +119,9 @@ def test_treatments_page_fits_bands_and_table(truth_store: Path) -> None:
     assert "EC50" in titles and "no EC50" in titles  # the inactive compound is not given an EC50
     assert dose["layout"]["yaxis"]["title"]["text"].startswith("expected class")  # the fitted readout
     assert any("control mean" in t for t in _titles(strip))
+    compound_boxes = [t for t in strip["data"] if t["name"].startswith("CPD-")]
+    role_colours = {t["marker"]["color"] for t in strip["data"] if t["name"] in ("control", "disease")}
+    assert len(compound_boxes) == 4 and not {t["marker"]["color"] for t in compound_boxes} & role_colours
     table = _frame_with(at, "Q_welch")
     for col in ("Rescue_pct", "P_welch", "Q_welch", "Hit"):
         assert col in table.columns
