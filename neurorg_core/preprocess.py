@@ -175,8 +175,8 @@ def crops_from_field(field: np.ndarray, plan: CropPlan, field_index: int, input_
     for i, t in enumerate(chosen):
         top, left, side = boxes[t]
         if side > input_size and side % input_size == 0:
-            # integer shrink: the box filter is the mean of k x k blocks; numpy does it in one pass
-            # (~10x faster than Pillow plane by plane, and within 1e-6 of it)
+            # integer shrink: the box filter is the mean of k x k blocks, summed here from k * k
+            # strided views (3.5x faster than Pillow plane by plane; within 1.2e-7 of it)
             k = side // input_size
             block = field[top:top + side, left:left + side]
             acc = out[i]
