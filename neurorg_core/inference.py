@@ -159,12 +159,24 @@ class Predictor:
             return out
         bs = self.batch_size
         items = [(k, a) for k in range(self.n_members) for a in range(0, n, bs)]
+        pending = iter(items)
+        take = threading.Lock()
         errors: list[BaseException] = []
+
+        def next_items() -> Iterator[tuple[int, int]]:
+            """Items handed out one at a time to whichever worker is free: when the plate reader
+            slows one core, the other worker takes more batches instead of waiting at the end."""
+            while True:
+                with take:
+                    item = next(pending, None)
+                if item is None:
+                    return
+                yield item
 
         def work(w: int) -> None:
             worker = self._workers[w]
             try:
-                for k, a in items[w::len(self._workers)]:
+                for k, a in next_items():
                     xb = x[a:a + bs]
                     m = len(xb)
                     if m < bs:
