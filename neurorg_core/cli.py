@@ -186,10 +186,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_CELL_SEVERITY_SD = 0.10   # = train.DemoRecipe defaults (kept here so --help needs no TensorFlow)
-DEMO_WELL_SEVERITY_SD = 0.02
-DEMO_EPOCHS = 20
-DEMO_SINGLE_CHANNEL_EPOCHS = 5
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -238,14 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the full report (confusion matrices) here")
     s.set_defaults(func=_cmd_evaluate)
 
+    from neurorg_core.train import DemoRecipe  # no TensorFlow: train imports Keras only when training
+
+    demo = DemoRecipe()
     s = sub.add_parser("build-demo", help="render synthetic plates, train and evaluate the demo bundles")
     s.add_argument("--out", default="data/models/demo")
     s.add_argument("--work-dir", help="keep the rendered plates here (default: a temporary folder)")
-    s.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="epochs per ensemble member")
-    s.add_argument("--single-channel-epochs", type=int, default=DEMO_SINGLE_CHANNEL_EPOCHS)
-    s.add_argument("--cell-severity-sd", type=float, default=DEMO_CELL_SEVERITY_SD,
+    s.add_argument("--epochs", type=int, default=demo.ensemble_epochs, help="epochs per ensemble member")
+    s.add_argument("--single-channel-epochs", type=int, default=demo.single_channel_epochs)
+    s.add_argument("--cell-severity-sd", type=float, default=demo.cell_severity_sd,
                    help="synthetic cell-to-cell severity spread used for the demo plates")
-    s.add_argument("--well-severity-sd", type=float, default=DEMO_WELL_SEVERITY_SD)
+    s.add_argument("--well-severity-sd", type=float, default=demo.well_severity_sd)
     s.add_argument("--reuse", action="store_true", help="keep bundles already trained in --out; "
                    "only evaluate them and write the metrics")
     s.add_argument("--seed", type=int, default=0)
