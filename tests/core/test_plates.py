@@ -471,3 +471,83 @@ def test_unused_channel_is_not_read_or_checked(tmp_path):
         "180706_B02_s1_w1", "180706_B02_s1_w2", "180706_B02_s1_w3"]
     assert plate.check_files() == []
     assert plate.read_field(plate.fields[0]).shape == (24, 32, 3)
+
+
+# --- TIFF header reuse (plates._TiffReader) -----------------------------------------------------
+
+def _random_imagexpress(root, rng, dtype, shape=(24, 32), **imwrite):
+    """Random per-channel planes; returns {(well, site, channel): plane}."""
+    root.mkdir(parents=True, exist_ok=True)
+    top = np.iinfo(dtype).max
+    truth = {}
+    for well in ("B02", "B03", "C04"):
+        for s in (1, 2):
+            for c in (1, 2, 3):
+                img = rng.integers(0, top, shape, dtype=dtype, endpoint=True)
+                kwargs = {k: (v(well, s, c) if callable(v) else v) for k, v in imwrite.items()}
+                tifffile.imwrite(root / f"180706_{well}_s{s}_w{c}.tif", img, **kwargs)
+                truth[(well, s, c)] = img
+    return truth
+
+
+def _count_tifffile_parses(monkeypatch):
+    import neurorg_core.plates as plates
+
+    calls = []
+    real = plates.tifffile.TiffFile
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plates.tifffile, "TiffFile", counting)
+    return calls
+
+
+def _assert_fields_match(plate, truth):
+    for ref, pixels in plate.iter_fields():
+        for c in (1, 2, 3):
+            np.testing.assert_array_equal(pixels[..., c - 1], truth[(ref.well, ref.field, c)])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_files_written_alike_are_parsed_once_and_read_exactly(tmp_path, monkeypatch, dtype):
+    truth = _random_imagexpress(tmp_path / "p", np.random.default_rng(1), dtype)
+    plate = load_plate(tmp_path / "p")
+    calls = _count_tifffile_parses(monkeypatch)
+    _assert_fields_match(plate, truth)
+    assert len(calls) == 1          # 18 files, one header parsed by tifffile
+    first = plate.read_field(plate.fields[0])
+    first[0, 0, 0] ^= 1             # fields are independent, writable arrays
+    assert plate.read_field(plate.fields[0])[0, 0, 0] == truth[("B02", 1, 1)][0, 0]
+
+
+def test_files_whose_headers_differ_are_each_read_by_tifffile(tmp_path, monkeypatch):
+    # per-file metadata of equal length (as an instrument's time stamps): same file size,
+    # different header bytes, so no header may be reused
+    truth = _random_imagexpress(tmp_path / "p", np.random.default_rng(2), np.uint16,
+                                description=lambda w, s, c: f"acquired {w} site {s} channel {c}")
+    plate = load_plate(tmp_path / "p")
+    calls = _count_tifffile_parses(monkeypatch)
+    _assert_fields_match(plate, truth)
+    assert len(calls) == 18
+
+
+@pytest.mark.parametrize("imwrite", [{"byteorder": ">"}, {"compression": "zlib"}, {"tile": (16, 16)}],
+                         ids=["big-endian", "zlib", "tiled"])
+def test_header_reuse_keeps_other_tiffs_exact(tmp_path, imwrite):
+    truth = _random_imagexpress(tmp_path / "p", np.random.default_rng(3), np.uint16, shape=(32, 48),
+                                **imwrite)
+    _assert_fields_match(load_plate(tmp_path / "p"), truth)
+
+
+def test_same_size_file_with_another_header_is_not_read_through_the_old_one(tmp_path):
+    # a 32 x 24 file has exactly the byte size of the plate's 24 x 32 files: only its header
+    # (ImageWidth / ImageLength) differs, and that must still be caught
+    root = write_imagexpress(tmp_path / "p", wells=("B02", "B03", "B04"))
+    victim = root / f"180706_B04_s1_w2{GUID}.tif"
+    tifffile.imwrite(victim, plane(1, shape=(32, 24)))
+    plate = load_plate(root)
+    assert plate.read_field(FieldRef("B02", 2, 2, 1))[0, 0].tolist() == [51, 101, 151]
+    with pytest.raises(NeuroRGError, match="B04_s1_w2.*well B04: field is 32 x 24 pixels"):
+        plate.read_field(FieldRef("B04", 2, 4, 1))
