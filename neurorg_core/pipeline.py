@@ -59,7 +59,7 @@ from neurorg_core.schema import (
     ROW,
     WELL,
 )
-from neurorg_core.inference import Backend, Predictor, predict_stream
+from neurorg_core.inference import Backend, predict_stream, shared_predictor
 from neurorg_core.platemap import check_plate_map
 from neurorg_core.preprocess import crops_from_field, plan_crops
 from neurorg_core.scoring import score_channels, score_plate
@@ -501,7 +501,7 @@ def _infer(
     items are produced in its background thread. Items with no crops are cache hits (or deferred
     misses) passing by."""
     sub_bundle = dataclasses.replace(src, members=tuple(subset))
-    predictor = Predictor(sub_bundle, backend=backend)
+    predictor = shared_predictor(sub_bundle, backend=backend)
     log.info("inference with %d %s member(s) of model %s", len(subset), role, src.id)
     batches = _batched(items, CROPS_PER_BATCH_FACTOR * predictor.batch_size)
     partial: dict[int, list[np.ndarray]] = {}

@@ -126,3 +126,73 @@ def test_predict_stream_stops_its_reader_when_closed_early(fast, bundle):
     assert next(stream)[0] == 1
     stream.close()
     assert not any(t.name == "neurorg-reader" and t.is_alive() for t in threading.enumerate())
+
+
+def test_submitted_batches_run_together_and_come_back_right(fast):
+    batches = [_crops(5 + i, seed=20 + i) for i in range(4)]
+    expected = [fast.predict(x) for x in batches]
+    pending = [fast.submit(x) for x in batches]          # all queued before any result is read
+    for p, want in zip(reversed(pending), reversed(expected)):
+        np.testing.assert_allclose(p.result(), want, atol=1e-6)
+
+
+def test_one_predictor_serves_several_threads(fast):
+    import threading
+
+    inputs = [_crops(7, seed=40 + i) for i in range(4)]
+    expected = [fast.predict(x) for x in inputs]
+    got: dict[int, np.ndarray] = {}
+
+    def call(i):
+        for _ in range(3):
+            got[i] = fast.predict(inputs[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(expected):
+        np.testing.assert_allclose(got[i], want, atol=1e-6)
+
+
+def _litert_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("neurorg-litert") and t.is_alive()]
+
+
+def test_workers_stop_on_close_and_with_the_predictor(bundle):
+    import gc
+
+    before = len(_litert_threads())
+    pred = Predictor(bundle, batch_size=8)
+    x = _crops(3)
+    first = pred.predict(x)
+    assert len(_litert_threads()) == before + 2
+    pred.close()
+    assert len(_litert_threads()) == before
+    np.testing.assert_allclose(pred.predict(x), first, atol=1e-6)   # a later call restarts them
+    del pred
+    gc.collect()
+    assert len(_litert_threads()) == before
+
+
+def test_shared_predictor_is_reused_per_member_set(bundle, monkeypatch):
+    import dataclasses
+
+    from neurorg_core import inference
+
+    monkeypatch.setattr(inference, "_SHARED", type(inference._SHARED)())
+    monkeypatch.setattr(inference, "SHARED_PREDICTORS", 1)
+    a = inference.shared_predictor(bundle)
+    assert inference.shared_predictor(bundle) is a
+    from_a = a.predict(_crops(2))
+    workers = list(a._threads)
+    assert len(workers) == 2 and all(t.is_alive() for t in workers)
+    one = dataclasses.replace(bundle, members=bundle.members[:1])
+    b = inference.shared_predictor(one)
+    assert b is not a and b.n_members == 1
+    assert list(inference._SHARED.values()) == [b]           # the older one was dropped ...
+    assert not any(t.is_alive() for t in workers)            # ... and its workers stopped
+    np.testing.assert_allclose(b.predict(_crops(2)), from_a[:1], atol=1e-6)

@@ -1,0 +1,83 @@
+"""Where the time of ``run_plate`` goes: timers around each step of scoring one plate.
+
+Wraps the pipeline's steps (plate-map checks, hashing and cropping on the reader thread, each
+inference call, cache writes, scoring, the store write) with wall-clock timers and scores a
+96-well synthetic screen into a fresh store ``--runs`` times. Reader-thread steps run while
+inference runs, so their times overlap the inference calls'.
+
+Usage::
+
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/score_phases.py [--model data/models/demo/ensemble]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout  # noqa: E402
+
+import neurorg_core.inference as inference  # noqa: E402
+import neurorg_core.pipeline as pipeline  # noqa: E402
+import neurorg_core.store as store  # noqa: E402
+from neurorg_core.config import load_config  # noqa: E402
+from neurorg_core.model import load_bundle  # noqa: E402
+from neurorg_core.platemap import load_plate_map  # noqa: E402
+from neurorg_core.plates import load_plate  # noqa: E402
+from neurorg_core.synth import write_synthetic_plates  # noqa: E402
+
+TIMES: dict[str, list[float]] = {}
+
+
+def timed(owner: object, name: str, label: str) -> None:
+    """Replace ``owner.name`` by a wrapper adding each call's seconds to ``TIMES[label]``."""
+    f = getattr(owner, name)
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return f(*args, **kwargs)
+        finally:
+            TIMES.setdefault(label, []).append(time.perf_counter() - t0)
+
+    setattr(owner, name, wrapper)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="bundle folder (default: the demo ensemble)")
+    p.add_argument("--runs", type=int, default=2)
+    args = p.parse_args()
+    for name in ("check_plate_map", "_plate_map_for", "hash_field", "crops_from_field", "_crop_table",
+                 "score_plate", "code_version"):
+        timed(pipeline, name, f"pipeline.{name}")
+    timed(inference.Pending, "result", "inference: waiting for results")
+    for name in ("cached_keys", "put_predictions", "save_run"):
+        timed(store.ResultStore, name, f"store.{name}")
+
+    bundle = load_bundle(Path(args.model) if args.model else load_config().model_dir / "ensemble")
+    with tempfile.TemporaryDirectory(prefix="neurorg-phases-") as tmp:
+        work = Path(tmp)
+        folder = write_synthetic_plates(work / "plates", seed=0, n_wells=96, n_fields=4, size=256,
+                                        layout="imagexpress", kind="screen")[0]
+        plate_map = load_plate_map(folder / "platemap.csv")
+        inference.shared_predictor(bundle)  # built (and members converted) before timing
+        for run in range(args.runs):
+            TIMES.clear()
+            with store.ResultStore(work / f"run{run}.duckdb") as st:
+                t0 = time.perf_counter()
+                result = pipeline.run_plate(load_plate(folder), plate_map, bundle, st, name="bench")
+                total = time.perf_counter() - t0
+            print(f"run {run + 1}: {result.n_crops} crops in {total:.2f} s")
+            for label, seconds in sorted(TIMES.items(), key=lambda kv: -sum(kv[1])):
+                print(f"    {label:34s} {len(seconds):5d} calls {sum(seconds):7.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
