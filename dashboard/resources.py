@@ -29,6 +29,7 @@ from neurorg_core.schema import (
     CONVERGED,
     DOSE,
     EXPECTED_CLASS,
+    N_RUNS,
     PLATE,
     PLATE_FORMAT,
     ROLE,
@@ -112,7 +113,7 @@ def file_problems(path: str, channel_map_json: str) -> list[str]:
 def plate_names() -> list[str]:
     """Plates with at least one stored run, demo first."""
     plates = store().list_plates()
-    names = [str(n) for n in plates.loc[plates["n_runs"] > 0, PLATE]]
+    names = [str(n) for n in plates.loc[plates[N_RUNS] > 0, PLATE]]
     return sorted(names, key=lambda n: (n != DEMO_PLATE, n))
 
 

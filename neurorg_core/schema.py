@@ -114,3 +114,13 @@ CACHE_MISSES: Final = "Cache_misses"    # fields that went through inference
 N_WELLS: Final = "N_wells"
 SOURCE: Final = "Source"                # the plate's image folder
 PLATE_FORMAT: Final = "Plate_format"    # 96 | 384 | 1536
+PLATE_LAYOUT: Final = "Layout"          # one of LAYOUTS
+FIELD_HEIGHT: Final = "Field_height"    # pixels
+FIELD_WIDTH: Final = "Field_width"      # pixels
+PIXEL_TYPE: Final = "Pixel_type"        # uint8 | uint16
+CHANNEL_MAP: Final = "Channel_map"      # role -> channel id in the file names
+N_RUNS: Final = "N_runs"
+LAST_RUN: Final = "Last_run"            # UTC timestamp of the newest run
+PLATE_LIST_COLUMNS: Final = (PLATE, SOURCE, PLATE_LAYOUT, PLATE_FORMAT, FIELD_HEIGHT, FIELD_WIDTH, PIXEL_TYPE,
+                             CHANNEL_MAP, RUN_CREATED, N_RUNS, LAST_RUN)
+"""Columns of ``ResultStore.list_plates`` (``Created`` is when the plate was first stored)."""

@@ -51,6 +51,7 @@ from neurorg_core.schema import (
     CACHE_HITS,
     CACHE_MISSES,
     CALLED_CLASS,
+    CHANNEL_MAP,
     CHANNEL_P_CONTROL,
     CLASS,
     CODE_VERSION,
@@ -59,14 +60,20 @@ from neurorg_core.schema import (
     DOSE,
     FIELD,
     FIELD_HASH,
+    FIELD_HEIGHT,
+    FIELD_WIDTH,
+    LAST_RUN,
     MODEL_ID,
     N_CLASSES,
     N_CROPS,
+    N_RUNS,
     N_WELLS,
     P_CONTROL,
     P_CONTROL_SD,
     PLATE,
+    PIXEL_TYPE,
     PLATE_FORMAT,
+    PLATE_LAYOUT,
     PROB_COLUMNS,
     ROLE,
     ROW,
@@ -490,13 +497,14 @@ class ResultStore:
     # --- reads --------------------------------------------------------------------------------
 
     def list_plates(self) -> pd.DataFrame:
-        """One row per stored plate: name, source, layout, format, field shape, dtype, channels,
-        created, number of runs and the latest run's time."""
+        """One row per stored plate (``schema.PLATE_LIST_COLUMNS``): name, source, layout, format,
+        field shape, pixel type, channels, created, number of runs and the latest run's time."""
         with self._cursor() as cur:
             df = cur.execute(
-                f"""SELECT p.{_q(PLATE)}, p.{_q(SOURCE)}, p.layout, p.{_q(PLATE_FORMAT)},
-                           p.field_height, p.field_width, p.dtype, p.channel_map, p.{_q(RUN_CREATED)},
-                           count(r.{_q(RUN_ID)}) AS n_runs, max(r.{_q(RUN_CREATED)}) AS last_run
+                f"""SELECT p.{_q(PLATE)}, p.{_q(SOURCE)}, p.layout AS {_q(PLATE_LAYOUT)}, p.{_q(PLATE_FORMAT)},
+                           p.field_height AS {_q(FIELD_HEIGHT)}, p.field_width AS {_q(FIELD_WIDTH)},
+                           p.dtype AS {_q(PIXEL_TYPE)}, p.channel_map AS {_q(CHANNEL_MAP)}, p.{_q(RUN_CREATED)},
+                           count(r.{_q(RUN_ID)}) AS {_q(N_RUNS)}, max(r.{_q(RUN_CREATED)}) AS {_q(LAST_RUN)}
                     FROM plates p LEFT JOIN runs r ON r.{_q(PLATE)} = p.{_q(PLATE)}
                     GROUP BY ALL ORDER BY p.{_q(PLATE)}"""
             ).df()

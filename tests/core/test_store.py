@@ -24,6 +24,7 @@ from neurorg_core.schema import (
     FIELD,
     FIELD_HASH,
     N_CROPS,
+    N_RUNS,
     P_CONTROL,
     P_CONTROL_SD,
     PLATE,
@@ -119,7 +120,7 @@ def test_latest_run_is_default_and_old_runs_stay_readable(store: ResultStore) ->
     assert runs[RUN_ID].tolist() == ["run-b", "run-a"]
     assert store.load_well_scores("P1")[P_CONTROL].iloc[0] == pytest.approx(0.7)
     assert store.load_well_scores("P1", "run-a")[P_CONTROL].iloc[0] == pytest.approx(0.9)
-    assert store.list_plates()["n_runs"].tolist() == [2]
+    assert store.list_plates()[N_RUNS].tolist() == [2]
 
 
 def test_provenance_is_stored_as_json(store: ResultStore) -> None:
@@ -295,3 +296,10 @@ def test_reopening_keeps_data_and_creates_tables_idempotently(tmp_path: Path) ->
         save(s, "run-a", 0.9)
     with ResultStore(path) as s:
         assert s.list_runs()[RUN_ID].tolist() == ["run-a"]
+
+
+def test_list_plates_columns_are_the_schemas(tmp_path):
+    from neurorg_core.schema import PLATE_LIST_COLUMNS
+
+    with ResultStore(tmp_path / "s.duckdb") as store:
+        assert tuple(store.list_plates().columns) == PLATE_LIST_COLUMNS   # empty store too

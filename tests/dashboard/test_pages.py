@@ -168,7 +168,7 @@ def _query(at: AppTest, key: str) -> str:
 
 def test_library_lists_exports_and_deletes_after_confirmation(truth_store: Path) -> None:
     at = _open("library")
-    assert TRUTH_PLATE in list(_frame_with(at, "layout")["Metadata_Plate"])
+    assert TRUTH_PLATE in list(_frame_with(at, "Layout")["Metadata_Plate"])
     runs = _frame_with(at, "Run_Id")
     assert list(runs["Model_Id"]) == ["ground-truth"] and "crops_per_well" in runs["Parameters"][0]
     assert at.button(key="delete_plate").disabled  # nothing is deleted without the confirmation
