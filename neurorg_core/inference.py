@@ -127,8 +127,8 @@ def _work(jobs: queue.SimpleQueue, worker: _Worker, batch_size: int) -> None:
             it.set_tensor(worker.input_index[k], xb)
             it.invoke()
             pending.out[k, a:a + m] = it.get_tensor(worker.output_index[k])[:m]
-        except (RuntimeError, ValueError) as exc:  # reported by Pending.result on the caller's thread
-            pending._finish_item(exc)
+        except Exception as exc:  # noqa: BLE001 - reported by Pending.result on the caller's thread;
+            pending._finish_item(exc)   # a worker that died instead would leave result() waiting
         else:
             pending._finish_item()
 

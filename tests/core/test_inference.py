@@ -196,3 +196,25 @@ def test_shared_predictor_is_reused_per_member_set(bundle, monkeypatch):
     assert list(inference._SHARED.values()) == [b]           # the older one was dropped ...
     assert not any(t.is_alive() for t in workers)            # ... and its workers stopped
     np.testing.assert_allclose(b.predict(_crops(2)), from_a[:1], atol=1e-6)
+
+
+def test_a_failing_interpreter_is_reported_and_the_workers_go_on(bundle):
+    pred = Predictor(bundle, batch_size=8, threads=1)
+    x = _crops(4)
+    good = pred.predict(x)
+    worker = pred._workers[0]
+    real = worker.interpreters[1]
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def invoke(self):
+            raise MemoryError("out of memory in the delegate")
+
+    worker.interpreters[1] = Broken()
+    with pytest.raises(NeuroRGError, match="LiteRT inference failed .*out of memory"):
+        pred.predict(x)
+    worker.interpreters[1] = real
+    np.testing.assert_allclose(pred.predict(x), good, atol=1e-6)   # the same worker thread goes on
+    pred.close()
