@@ -2,7 +2,7 @@
 
 Prints
   (a) the fast inference path's raw crops/s (``inference.Predictor``, LiteRT) on the bundle;
-  (b) end-to-end scoring of a 96-well synthetic screening plate at 15 crops/well into a fresh
+  (b) end-to-end scoring of a 96-well (or --wells 384) synthetic screen at 15 crops/well into a fresh
       result store, in crops/s, and its ratio to (a) (goal >= 80 %);
   (c) seconds to re-open the scored plate from the store (open + ``load_plate_results``; goal < 1 s),
       and the time of a fully cached re-score (no inference).
@@ -70,6 +70,7 @@ def main() -> int:
     # the demo recipe (train.DemoRecipe): 4 fields of 256 px per well
     p.add_argument("--size", type=int, default=256, help="field edge of the synthetic plate, pixels")
     p.add_argument("--fields", type=int, default=4, help="fields per well")
+    p.add_argument("--wells", type=int, default=96, choices=(96, 384), help="plate format")
     p.add_argument("--layout", default="imagexpress", help="synthetic plate layout (imagexpress: 3 files per field)")
     p.add_argument("--raw-crops", type=int, default=480)
     p.add_argument("--no-header-reuse", action="store_true",
@@ -95,7 +96,7 @@ def main() -> int:
         print(f"(a) raw inference: {rate:.1f} crops/s through {len(bundle.members)} members "
               f"({rate * len(bundle.members):.1f} crop x member/s)")
 
-        folder = write_synthetic_plates(work / "plates", seed=0, n_wells=96, n_fields=args.fields,
+        folder = write_synthetic_plates(work / "plates", seed=0, n_wells=args.wells, n_fields=args.fields,
                                         size=args.size, layout=args.layout, kind="screen")[0]
         plate = load_plate(folder)
         plate_map = load_plate_map(folder / "platemap.csv")
