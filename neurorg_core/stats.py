@@ -82,6 +82,29 @@ FLAT_ALPHA = 0.05
 """A 4PL fit no better than a flat line (F-test p above this) is reported as an inactive compound."""
 EDGE_ALPHA = 0.05
 """Edge/trend tests flag the plate when any Bonferroni-adjusted p falls below this."""
+SCORE_RESOLUTION = 1e-6
+"""Well scores that differ by no more than this (times max(1, |score|)) are equal: they are means
+of float32 softmax outputs, resolved to ~1e-7. A control-disease window or a spread of wells this
+small is float noise (e.g. an untrained model), so no rescue % or t-test is computed from it."""
+
+
+def _resolved(spread: float, scale: float) -> bool:
+    """``spread`` is a real difference between scores of magnitude ``scale``, not float noise."""
+    return bool(spread > SCORE_RESOLUTION * max(1.0, abs(scale)))
+
+
+def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Welch's t and two-sided p of ``a`` vs ``b``, or NaN when their values differ only by float
+    noise. scipy's precision-loss warning for a group whose own values are equal to float precision
+    (e.g. replicate wells of a saturated score) is silenced: that group's variance is ~0 either way,
+    and the test stands on the other group's variance and the difference of means."""
+    both = np.concatenate([a, b])
+    if not _resolved(float(np.ptp(both)), float(np.abs(both).max())):
+        return np.nan, np.nan
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        res = sps.ttest_ind(a, b, equal_var=False)
+    return float(res.statistic), float(res.pvalue)
 
 
 # --- validators ----------------------------------------------------------------------------
@@ -137,6 +160,15 @@ def _values(wells: pd.DataFrame, metric: str, role: str) -> np.ndarray:
 
 # --- rescue ---------------------------------------------------------------------------------
 
+def _check_window(mean_control: float, mean_disease: float) -> None:
+    finite = np.isfinite(mean_control) and np.isfinite(mean_disease)
+    if not finite or not _resolved(abs(mean_control - mean_disease), max(abs(mean_control), abs(mean_disease))):
+        raise NeuroRGError(
+            f"control mean {mean_control!r} and disease mean {mean_disease!r} must be finite and differ "
+            f"by more than float noise ({SCORE_RESOLUTION:g}) to express rescue %; the assay window is empty"
+        )
+
+
 def rescue_percent(x: float | np.ndarray, mean_control: float, mean_disease: float) -> float | np.ndarray:
     """Normalised percent inhibition: 100 * (x - mean_disease) / (mean_control - mean_disease).
 
@@ -158,13 +190,10 @@ def rescue_percent(x: float | np.ndarray, mean_control: float, mean_disease: flo
     Raises
     ------
     NeuroRGError
-        If the two means are equal or not finite (no window to normalise over).
+        If the two means are not finite or equal within ``SCORE_RESOLUTION`` (no window to
+        normalise over).
     """
-    if not (np.isfinite(mean_control) and np.isfinite(mean_disease)) or mean_control == mean_disease:
-        raise NeuroRGError(
-            f"control mean {mean_control!r} and disease mean {mean_disease!r} must be finite and differ "
-            "to express rescue %; the assay window is empty"
-        )
+    _check_window(mean_control, mean_disease)
     out = 100.0 * (np.asarray(x, dtype=np.float64) - mean_disease) / (mean_control - mean_disease)
     return float(out) if out.ndim == 0 else out
 
@@ -270,8 +299,8 @@ def _edge_effects(wells: pd.DataFrame, metric: str) -> dict:
         p, diff = np.nan, np.nan
         if e.size >= 2 and i.size >= 2:
             diff = float(e.mean() - i.mean())
-            if np.ptp(np.concatenate([e, i])) > 0:
-                p = float(sps.ttest_ind(e, i, equal_var=False).pvalue)
+            p = _welch(e, i)[1]
+            if np.isfinite(p):
                 ps.append(p)
             notes.append(f"{role}: {e.size} edge vs {i.size} interior wells")
         else:
@@ -287,7 +316,8 @@ def _edge_effects(wells: pd.DataFrame, metric: str) -> dict:
         rows, cols = rc[:, 0], rc[:, 1]
     for name, pos in (("row", rows), ("col", cols)):
         p = np.nan
-        if resid.size >= 4 and np.ptp(pos) > 0 and np.ptp(resid) > 0:
+        scale = float(qc[metric].abs().max()) if len(qc) else 0.0
+        if resid.size >= 4 and np.ptp(pos) > 0 and _resolved(float(np.ptp(resid)), scale):
             p = float(sps.spearmanr(pos, resid).pvalue)
             ps.append(p)
         out[f"trend_p_{name}"] = p
@@ -380,6 +410,7 @@ def compare_treatments(
             raise NeuroRGError(f"well table lacks column {col}; expected it from the plate map")
     ctrl, dis = _values(wells, metric, "control"), _values(wells, metric, "disease")
     mc, md = float(ctrl.mean()), float(dis.mean())
+    _check_window(mc, md)   # before any test: rescue % and hits need a window
     treat = wells[wells[ROLE] == "treatment"]
     no_cpd = treat[COMPOUND].isna() | (treat[COMPOUND].astype(str).str.strip() == "")
     if no_cpd.any():
@@ -395,10 +426,7 @@ def compare_treatments(
         v = grp[metric].to_numpy(np.float64)
         if not np.isfinite(v).all():
             raise NeuroRGError(f"treatment {cpd} at {dose} uM has wells without a finite {metric}")
-        t, p_t = np.nan, np.nan
-        if v.size >= 2 and np.ptp(np.concatenate([v, dis])) > 0:
-            res = sps.ttest_ind(v, dis, equal_var=False)
-            t, p_t = float(res.statistic), float(res.pvalue)
+        t, p_t = _welch(v, dis) if v.size >= 2 else (np.nan, np.nan)
         mw = sps.mannwhitneyu(v, dis, alternative="two-sided")
         rows.append({
             COMPOUND: cpd, DOSE: float(dose), N_WELLS: int(v.size), MEAN: float(v.mean()),

@@ -92,6 +92,32 @@ def test_rescue_percent_by_hand():
 def test_rescue_percent_needs_a_window():
     with pytest.raises(NeuroRGError, match="must be finite and differ"):
         rescue_percent(0.5, 0.4, 0.4)
+    with pytest.raises(NeuroRGError, match="more than float noise"):
+        rescue_percent(0.5, 0.1666667, 0.1666667 + 4e-9)   # float32 noise of an untrained model
+    assert rescue_percent(0.5001, 0.5001, 0.5) == pytest.approx(100.0)   # a small real window is kept
+
+
+def _float_noise_plate(seed=0):
+    """A dead assay: every well's P(control) is 1/6 plus float32-sized noise (an untrained model)."""
+    df = _grid()
+    df[COMPOUND] = np.where(df[ROLE] == "treatment", "CPD-" + (df[ROW] // 2).astype(str), "")
+    df[DOSE] = np.where(df[ROLE] == "treatment", 10.0 ** (df[COL] - 4), np.nan)
+    df[P_CONTROL] = 1 / 6 + np.random.default_rng(seed).normal(0, 3e-8, len(df))
+    return df
+
+
+def test_float_noise_gives_no_rescue_tests_or_trends():
+    import warnings
+
+    wells = _float_noise_plate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # scipy's "catastrophic cancellation" would fail here
+        with pytest.raises(NeuroRGError, match="assay window is empty"):
+            compare_treatments(wells)
+        qc = plate_qc(wells)
+    assert qc["z_prime"] < 0             # the window is noise: Z' says the plate failed
+    assert np.isnan([qc["edge_p_control"], qc["edge_p_disease"], qc["trend_p_row"], qc["trend_p_col"]]).all()
+    assert not qc["edge_flag"]
 
 
 def test_add_rescue_puts_controls_at_100_and_disease_at_0():
