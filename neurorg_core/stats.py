@@ -704,7 +704,8 @@ def channel_correlation(x: np.ndarray | list[float], y: np.ndarray | list[float]
     Raises
     ------
     NeuroRGError
-        Different lengths, fewer than 3 complete pairs, or a constant x or y (r undefined).
+        Different lengths, fewer than 3 complete pairs, or an x or y constant to within
+        ``SCORE_RESOLUTION`` (r undefined, or computed from float noise).
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -716,9 +717,10 @@ def channel_correlation(x: np.ndarray | list[float], y: np.ndarray | list[float]
     x, y = x[ok], y[ok]
     if x.size < 3:
         raise NeuroRGError(f"{x.size} complete pair(s); a correlation needs at least 3")
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        raise NeuroRGError(f"{'x' if np.ptp(x) == 0 else 'y'} is constant ({(x if np.ptp(x) == 0 else y)[0]:g}); "
-                           "the correlation is undefined")
+    for name, v in (("x", x), ("y", y)):
+        if not _resolved(float(np.ptp(v)), float(np.abs(v).max())):
+            raise NeuroRGError(f"{name} is constant ({v[0]:g}, to within float noise {SCORE_RESOLUTION:g}); "
+                               "the correlation is undefined")
     r = sps.pearsonr(x, y)
     slope, intercept = np.polyfit(x, y, 1)
     return {"r": float(r.statistic), "p": float(r.pvalue), "n": int(x.size),

@@ -354,6 +354,8 @@ def test_channel_correlation_matches_scipy():
     assert channel_correlation(x, y_gap)["r"] == pytest.approx(sps.pearsonr(x[5:], y[5:]).statistic)
     with pytest.raises(NeuroRGError, match="constant"):
         channel_correlation(x, np.ones(50))
+    with pytest.raises(NeuroRGError, match="x is constant .*float noise"):   # an untrained model's scores
+        channel_correlation(1 / 6 + rng.normal(0, 3e-8, 50), y)
     with pytest.raises(NeuroRGError, match="at least 3"):
         channel_correlation([1, 2], [3, 4])
 
