@@ -93,13 +93,17 @@ def _resolved(spread: float, scale: float) -> bool:
     return bool(spread > SCORE_RESOLUTION * max(1.0, abs(scale)))
 
 
+def _varies(values: np.ndarray) -> bool:
+    """The values are not all equal to within float noise."""
+    return values.size > 0 and _resolved(float(np.ptp(values)), float(np.abs(values).max()))
+
+
 def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Welch's t and two-sided p of ``a`` vs ``b``, or NaN when their values differ only by float
     noise. scipy's precision-loss warning for a group whose own values are equal to float precision
     (e.g. replicate wells of a saturated score) is silenced: that group's variance is ~0 either way,
     and the test stands on the other group's variance and the difference of means."""
-    both = np.concatenate([a, b])
-    if not _resolved(float(np.ptp(both)), float(np.abs(both).max())):
+    if not _varies(np.concatenate([a, b])):
         return np.nan, np.nan
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
@@ -314,9 +318,9 @@ def _edge_effects(wells: pd.DataFrame, metric: str) -> dict:
     else:
         rc = np.array([parse_well(w) for w in qc[WELL]])
         rows, cols = rc[:, 0], rc[:, 1]
+    scale = float(qc[metric].abs().max()) if len(qc) else 0.0
     for name, pos in (("row", rows), ("col", cols)):
         p = np.nan
-        scale = float(qc[metric].abs().max()) if len(qc) else 0.0
         if resid.size >= 4 and np.ptp(pos) > 0 and _resolved(float(np.ptp(resid)), scale):
             p = float(sps.spearmanr(pos, resid).pvalue)
             ps.append(p)
@@ -718,7 +722,7 @@ def channel_correlation(x: np.ndarray | list[float], y: np.ndarray | list[float]
     if x.size < 3:
         raise NeuroRGError(f"{x.size} complete pair(s); a correlation needs at least 3")
     for name, v in (("x", x), ("y", y)):
-        if not _resolved(float(np.ptp(v)), float(np.abs(v).max())):
+        if not _varies(v):
             raise NeuroRGError(f"{name} is constant ({v[0]:g}, to within float noise {SCORE_RESOLUTION:g}); "
                                "the correlation is undefined")
     r = sps.pearsonr(x, y)
