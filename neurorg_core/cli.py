@@ -186,8 +186,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
