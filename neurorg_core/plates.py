@@ -205,9 +205,10 @@ def _read_image(path: Path, max_pixels: int) -> np.ndarray:
     return _read_tiff(path, max_pixels)[0]
 
 
-def _read_tiff(path: Path, max_pixels: int, *, want_layout: bool = False) -> tuple[np.ndarray, _TiffLayout | None]:
+def _read_tiff(path: Path, max_pixels: int, *, want_layout: bool = False,
+               data: bytearray | None = None) -> tuple[np.ndarray, _TiffLayout | None]:
     """Decode a TIFF with tifffile after checking its header; with ``want_layout``, also its
-    ``_TiffLayout`` when it has a reusable one."""
+    ``_TiffLayout`` when it has a reusable one (``data``: the file's bytes if already read)."""
     try:
         tif = tifffile.TiffFile(path)
     except _DECODE_ERRORS as exc:
@@ -222,7 +223,7 @@ def _read_tiff(path: Path, max_pixels: int, *, want_layout: bool = False) -> tup
             img = _tiff_source(tif).asarray().reshape(shape)
         except _DECODE_ERRORS as exc:
             raise NeuroRGError(f"image is truncated or corrupt ({exc})", path=path) from exc
-        return img, (_tiff_layout(tif, path, img) if want_layout else None)
+        return img, (_tiff_layout(tif, path, img, data) if want_layout else None)
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,11 @@ class _TiffLayout:
         return np.frombuffer(data, self.dtype, self.shape[0] * self.shape[1], self.offset).reshape(self.shape)
 
 
-def _tiff_layout(tif: tifffile.TiffFile, path: Path, img: np.ndarray) -> _TiffLayout | None:
+def _tiff_layout(tif: tifffile.TiffFile, path: Path, img: np.ndarray,
+                 data: bytearray | None = None) -> _TiffLayout | None:
     """The layout of a one-page, uncompressed, single-sample 2-D TIFF in native byte order, if
-    ``tif`` is one (and no tag or IFD byte lies inside its pixel data); else None."""
+    ``tif`` is one (and no tag or IFD byte lies inside its pixel data); else None. ``data`` is
+    the file's bytes when the caller has read them already (else they are read here)."""
     pages = tif.pages
     native = "<" if np.little_endian else ">"
     if len(pages) != 1 or img.ndim != 2 or (img.dtype.itemsize > 1 and tif.byteorder != native):
@@ -270,10 +273,11 @@ def _tiff_layout(tif: tifffile.TiffFile, path: Path, img: np.ndarray) -> _TiffLa
         spans.append((int(tag.valueoffset), int(tag.valueoffset) + int(tag.valuebytecount)))
     if any(a < offset + nbytes and offset < b for a, b in spans):
         return None
-    try:
-        data = bytearray(path.read_bytes())
-    except OSError:
-        return None
+    if not data:
+        try:
+            data = bytearray(path.read_bytes())
+        except OSError:
+            return None
     if offset + nbytes > len(data):
         return None
     layout = _TiffLayout(size=len(data), offset=offset, nbytes=nbytes, head=bytes(data[:offset]),
@@ -311,6 +315,7 @@ class _TiffReader:
         except OSError:
             size = -1
         candidates = self.layouts.get(size) if self.misses < self.GIVE_UP else None
+        data = None
         if candidates:
             try:
                 data = bytearray(path.read_bytes())
@@ -323,7 +328,7 @@ class _TiffReader:
                     self.misses = 0
                     return pixels
             self.misses += 1
-        img, tif_layout = _read_tiff(path, max_pixels,
+        img, tif_layout = _read_tiff(path, max_pixels, data=data,
                                      want_layout=sum(map(len, self.layouts.values())) < self.MAX_LAYOUTS)
         if tif_layout is not None:
             self.layouts.setdefault(tif_layout.size, []).append(tif_layout)
