@@ -43,7 +43,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     paths = write_synthetic_plates(
         out_dir=Path(args.out), seed=args.seed, n_plates=args.plates, n_wells=args.wells,
         n_fields=args.fields, size=args.size, layout=args.layout, kind=args.kind,
-        bit_depth=args.bit_depth, n_workers=args.workers,
+        bit_depth=args.bit_depth, n_workers=args.workers, magnification=args.magnification,
     )
     for p in paths:
         print(p)
@@ -202,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=512, help="field edge, pixels")
     s.add_argument("--layout", choices=[x for x in LAYOUTS], default="imagexpress")
     s.add_argument("--kind", choices=("training", "screen"), default="training")
-    s.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="16-bit = 257 x 8-bit")
+    s.add_argument("--bit-depth", type=int, choices=(8, 12, 16), default=8,
+                   help="12-bit camera data in 16-bit files (v * 4095 / 255), or 16-bit = 257 x 8-bit")
+    s.add_argument("--magnification", type=float, default=1.0,
+                   help="objective magnification relative to the synthetic assay's native scale "
+                        "(pixel size 0.65 um / magnification, written into the files)")
     s.add_argument("--workers", type=int, default=1, help="processes rendering wells in parallel")
     s.set_defaults(func=_cmd_synth)
 

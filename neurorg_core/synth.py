@@ -24,7 +24,7 @@ import logging
 import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +61,14 @@ PlateKind = Literal["training", "screen"]
 PLATE_KINDS = ("training", "screen")
 STIMULUS = "stimulus"
 """Compound name used on training plates for the stimulus itself (classes 1-4)."""
+
+SYNTH_PIXEL_SIZE_UM = 0.65
+"""µm per pixel of the synthetic assay at magnification 1 (a 6.5 µm camera pixel behind a 10x
+objective); every length in ``SynthParams`` is in pixels at this scale. Writers record
+``SYNTH_PIXEL_SIZE_UM / magnification`` in the files' metadata."""
+BIT_DEPTHS = (8, 12, 16)
+"""Bit depths ``write_synthetic_plates`` writes: 8-bit, 12-bit camera data in 16-bit files
+(round(v * 4095 / 255)), or the full 16-bit range (v * 257)."""
 
 _PLATE_STREAM = 0   # spawn-key slot for plate-level draws (batch effects, layout)
 _WELL_STREAM = 1    # spawn-key slot for well-level draws (cells)
@@ -188,6 +196,24 @@ class SynthParams:
     """Wells per compound dose on a 96-well screen (x 4 on 384). Three, not two: with duplicates
     Welch's t against the disease wells has about one degree of freedom, and no dose of even a
     full rescuer survives the FDR correction."""
+
+    def at_magnification(self, magnification: float) -> SynthParams:
+        """The same cells imaged at ``magnification`` x the native scale: every length in pixels
+        (``*_px``) multiplied, every density per pixel area divided by its square. (The plate's
+        blur is scaled where a field is rendered, ``render_field``.)"""
+        m = float(magnification)
+        if not (math.isfinite(m) and 0.25 <= m <= 8):
+            raise NeuroRGError(f"magnification {magnification!r}; expected a number from 0.25 to 8")
+        if m == 1.0:
+            return self
+        changes: dict[str, object] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name.endswith("_per_10k_px2"):
+                changes[f.name] = v / (m * m)
+            elif f.name.endswith("_px"):
+                changes[f.name] = v * m
+        return replace(self, **changes)
 
 
 DEFAULT_PARAMS = SynthParams()
@@ -370,7 +396,7 @@ def _lerp(rest: float, active: float, s: np.ndarray) -> np.ndarray:
 
 def render_field(rng: np.random.Generator, severity: float, plate_effects: PlateEffects | None = None,
                  size: int = 256, params: SynthParams = DEFAULT_PARAMS, well_gain: float = 1.0,
-                 ) -> np.ndarray:
+                 magnification: float = 1.0) -> np.ndarray:
     """Render one field of view.
 
     Parameters
@@ -387,6 +413,10 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     params : SynthParams
     well_gain : float
         Extra multiplicative gain of this well (all channels).
+    magnification : float
+        Objective magnification relative to the native scale (pixel size
+        ``SYNTH_PIXEL_SIZE_UM / magnification``): cells, processes and the plate's blur are that
+        many times larger in pixels, and there are that many squared fewer per pixel area.
 
     Returns
     -------
@@ -396,8 +426,10 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     if size < 8:
         raise NeuroRGError(f"field size {size} px is too small; expected at least 8 px")
     fx = plate_effects if plate_effects is not None else PlateEffects()
-    p = params
-    pad = 32
+    p = params.at_magnification(magnification)
+    mag = float(magnification)
+    pad = int(math.ceil(32 * mag))
+    walk = 1.0 / math.sqrt(mag)  # turning per unit step, so paths bend alike per micrometre
     full = size + 2 * pad
     area = full * full / 1e4 * fx.density
     nuc = np.zeros((full, full), np.float32)
@@ -429,7 +461,7 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     n_prim = morph.poisson(_lerp(p.neurite_count_rest, p.neurite_count_active, ns))
     n_len = _lerp(p.neurite_length_rest_px, p.neurite_length_active_px, ns)
     n_br = np.clip(_lerp(p.neurite_branches_rest, p.neurite_branches_active, ns), 0, None)
-    ys, xs, vs, owner = _tree(morph, ny, nx, n_soma, n_prim, n_len, n_br, tortuosity=0.12)
+    ys, xs, vs, owner = _tree(morph, ny, nx, n_soma, n_prim, n_len, n_br, tortuosity=0.12 * walk)
     row0 = 0
     for y, x, v in zip(ys, xs, vs):
         if y.size == 0:
@@ -460,7 +492,7 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     m_prim = morph.poisson(np.clip(_lerp(p.process_count_rest, p.process_count_active, ms), 0, None))
     m_len = np.clip(_lerp(p.process_length_rest_px, p.process_length_active_px, ms), 2.0, None)
     m_br = np.clip(_lerp(p.process_branches_rest, 0.0, ms), 0, None)
-    ys, xs, vs, owner = _tree(morph, my, mx, np.minimum(rx, ry), m_prim, m_len, m_br, tortuosity=0.25)
+    ys, xs, vs, owner = _tree(morph, my, mx, np.minimum(rx, ry), m_prim, m_len, m_br, tortuosity=0.25 * walk)
     for y, x, v in zip(ys, xs, vs):
         if y.size:
             amp = p.process_intensity * morph.uniform(0.7, 1.3, y.shape)
@@ -472,8 +504,9 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
 
     # --- optics and camera
     stack = np.stack([nuc, neu, mg])[:, pad:pad + size, pad:pad + size]
-    if fx.blur_sigma > 0.05:
-        stack = ndimage.gaussian_filter(stack, (0, fx.blur_sigma, fx.blur_sigma))
+    blur = fx.blur_sigma * mag
+    if blur > 0.05 * mag:
+        stack = ndimage.gaussian_filter(stack, (0, blur, blur))
     yy, xx = np.ogrid[0:size, 0:size]
     r2 = ((yy / size - fx.vignette_center[0]) ** 2 + (xx / size - fx.vignette_center[1]) ** 2) / 0.5
     illum = (1.0 - fx.vignette * r2).astype(np.float32)
@@ -616,43 +649,89 @@ def plate_effects_for(seed: int, plate_number: int, params: SynthParams = DEFAUL
 
 
 def render_well(seed: int, plate_number: int, well: str, severity: float, n_fields: int, size: int,
-                plate_effects: PlateEffects, params: SynthParams = DEFAULT_PARAMS) -> np.ndarray:
-    """All fields of one well: (n_fields, size, size, 3) uint8, reproducible from (seed, plate, well)."""
+                plate_effects: PlateEffects, params: SynthParams = DEFAULT_PARAMS,
+                magnification: float = 1.0) -> np.ndarray:
+    """All fields of one well: (n_fields, size, size, 3) uint8, reproducible from (seed, plate, well)
+    (the same cells and draws at any ``magnification``, see ``render_field``)."""
     r, c = parse_well(well)
     rng = _rng(seed, plate_number, _WELL_STREAM, r, c)
     well_sev = float(severity) + rng.normal(0.0, params.well_severity_sd)
     well_gain = float(np.exp(rng.normal(0.0, params.well_gain_sd)))
-    return np.stack([render_field(rng, well_sev, plate_effects, size, params, well_gain)
+    return np.stack([render_field(rng, well_sev, plate_effects, size, params, well_gain, magnification)
                      for _ in range(n_fields)])
 
 
 # --- writers --------------------------------------------------------------------------------------
 
 def _at_bit_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:
-    """8-bit pixels as written: unchanged for 8 bits, value * 257 (full 16-bit range) for 16 bits."""
-    return img.astype(np.uint16) * np.uint16(257) if bit_depth == 16 else img
+    """8-bit pixels as written: unchanged for 8 bits; round(v * 4095 / 255) in uint16 for 12-bit
+    camera data; v * 257 (the full 16-bit range) for 16 bits."""
+    if bit_depth == 16:
+        return img.astype(np.uint16) * np.uint16(257)
+    if bit_depth == 12:
+        return np.rint(img.astype(np.float32) * np.float32(4095 / 255)).astype(np.uint16)
+    return img
 
 
-def _write_imagexpress(folder: Path, name: str, well: str, fields: np.ndarray, bit_depth: int) -> None:
+def _metamorph_description(pixel_size_um: float) -> str:
+    """The spatial calibration as MetaMorph / MetaXpress writes it in ImageDescription."""
+    return ("<MetaData><PlaneInfo>"
+            f'<prop id="spatial-calibration-x" type="float" value="{pixel_size_um:.6g}"/>'
+            f'<prop id="spatial-calibration-y" type="float" value="{pixel_size_um:.6g}"/>'
+            '<prop id="spatial-calibration-units" type="string" value="um"/>'
+            "</PlaneInfo></MetaData>")
+
+
+def _write_imagexpress(folder: Path, name: str, well: str, fields: np.ndarray, bit_depth: int,
+                       pixel_size_um: float) -> None:
+    description = _metamorph_description(pixel_size_um)
     for s, img in enumerate(fields, start=1):
         for ch in range(3):
             plane = _at_bit_depth(img[:, :, ch], bit_depth)
-            tifffile.imwrite(folder / f"{name}_{well}_s{s}_w{ch + 1}.tif", plane)
+            tifffile.imwrite(folder / f"{name}_{well}_s{s}_w{ch + 1}.tif", plane, description=description,
+                             metadata=None)
 
 
-def _write_operetta(folder: Path, well: str, fields: np.ndarray, bit_depth: int) -> None:
+def _operetta_name(row: int, col: int, field: int, channel: int) -> str:
+    return f"r{row:02d}c{col:02d}f{field:02d}p01-ch{channel}sk1fk1fl1.tiff"
+
+
+def _write_operetta(folder: Path, well: str, fields: np.ndarray, bit_depth: int, pixel_size_um: float) -> None:
     r, c = parse_well(well)
     images = folder / "Images"
     images.mkdir(exist_ok=True)
     for f, img in enumerate(fields, start=1):
         for ch in range(3):
             plane = _at_bit_depth(img[:, :, ch], bit_depth)
-            tifffile.imwrite(images / f"r{r:02d}c{c:02d}f{f:02d}p01-ch{ch + 1}sk1fk1fl1.tiff", plane)
+            tifffile.imwrite(images / _operetta_name(r, c, f, ch + 1), plane)
 
 
-def _write_tiff(folder: Path, well: str, fields: np.ndarray, bit_depth: int) -> None:
+def _write_harmony_index(images: Path, wells: list[str], n_fields: int, pixel_size_um: float) -> None:
+    """``Images/Index.idx.xml`` as Harmony exports it: one entry per image file, with the pixel
+    size in metres."""
+    res = f"{pixel_size_um * 1e-6:.6E}"
+    entries = []
+    for well in wells:
+        r, c = parse_well(well)
+        for f in range(1, n_fields + 1):
+            for ch in range(1, 4):
+                entries.append(
+                    f"    <Image Version=\"1\"><id>{r:02d}{c:02d}K1F{f}P1R{ch}</id>"
+                    f"<URL>{_operetta_name(r, c, f, ch)}</URL><Row>{r}</Row><Col>{c}</Col>"
+                    f"<FieldID>{f}</FieldID><PlaneID>1</PlaneID><ChannelID>{ch}</ChannelID>"
+                    f"<ImageResolutionX Unit=\"m\">{res}</ImageResolutionX>"
+                    f"<ImageResolutionY Unit=\"m\">{res}</ImageResolutionY></Image>")
+    xml = ('<?xml version="1.0" encoding="utf-8"?>\n'
+           '<EvaluationInputData xmlns="http://www.perkinelmer.com/PEHH/HarmonyV5" Version="2">\n'
+           "  <Images>\n" + "\n".join(entries) + "\n  </Images>\n</EvaluationInputData>\n")
+    (images / "Index.idx.xml").write_text(xml, encoding="utf-8")
+
+
+def _write_tiff(folder: Path, well: str, fields: np.ndarray, bit_depth: int, pixel_size_um: float) -> None:
+    per_cm = 1e4 / pixel_size_um
     for s, img in enumerate(fields, start=1):
-        tifffile.imwrite(folder / f"{well}_s{s}.tif", _at_bit_depth(img, bit_depth), photometric="rgb")
+        tifffile.imwrite(folder / f"{well}_s{s}.tif", _at_bit_depth(img, bit_depth), photometric="rgb",
+                         resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", metadata=None)
 
 
 @dataclass(frozen=True)
@@ -670,18 +749,24 @@ class _WellJob:
     layout: str
     folder: Path
     bit_depth: int
+    magnification: float = 1.0
+
+    @property
+    def pixel_size_um(self) -> float:
+        return SYNTH_PIXEL_SIZE_UM / self.magnification
 
 
 def _run_job(job: _WellJob) -> np.ndarray | None:
     """Render one well; write its files (image layouts) or return its fields (npy layout)."""
     fields = render_well(job.seed, job.plate_number, job.well, job.severity, job.n_fields, job.size,
-                         job.effects, job.params)
+                         job.effects, job.params, job.magnification)
     if job.layout == "imagexpress":
-        _write_imagexpress(job.folder, plate_name(job.plate_number), job.well, fields, job.bit_depth)
+        _write_imagexpress(job.folder, plate_name(job.plate_number), job.well, fields, job.bit_depth,
+                           job.pixel_size_um)
     elif job.layout == "operetta":
-        _write_operetta(job.folder, job.well, fields, job.bit_depth)
+        _write_operetta(job.folder, job.well, fields, job.bit_depth, job.pixel_size_um)
     elif job.layout == "tiff":
-        _write_tiff(job.folder, job.well, fields, job.bit_depth)
+        _write_tiff(job.folder, job.well, fields, job.bit_depth, job.pixel_size_um)
     else:
         return fields
     return None
@@ -690,7 +775,7 @@ def _run_job(job: _WellJob) -> np.ndarray | None:
 def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_wells: int = 96,
                            n_fields: int = 4, size: int = 512, layout: str = "imagexpress",
                            kind: str = "training", params: SynthParams | None = None,
-                           bit_depth: int = 8, n_workers: int = 1) -> list[Path]:
+                           bit_depth: int = 8, n_workers: int = 1, magnification: float = 1.0) -> list[Path]:
     """Render synthetic plates with their plate maps and ground truth.
 
     Parameters
@@ -714,10 +799,15 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
     kind : {"training", "screen"}
     params : SynthParams, optional
         Knobs; ``None`` means the defaults.
-    bit_depth : {8, 16}
-        16-bit output stores 257 x the 8-bit value (not for npy).
+    bit_depth : {8, 12, 16}
+        12-bit output stores round(v * 4095 / 255) in 16-bit files (a 12-bit camera), 16-bit output
+        257 x the 8-bit value (neither for npy).
     n_workers : int
         Processes rendering wells in parallel (1 = in this process).
+    magnification : float
+        Objective magnification relative to the native scale (see ``render_field``). The pixel
+        size, ``SYNTH_PIXEL_SIZE_UM / magnification`` µm, is written into the files' metadata
+        (MetaMorph description, Harmony ``Images/Index.idx.xml``, TIFF resolution; npy has none).
 
     Returns
     -------
@@ -732,8 +822,9 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
     if layout == "npy" and kind != "training":
         raise NeuroRGError("the npy layout ({class}_Plate_{n}.npy) holds class-labelled training "
                            "plates only; use imagexpress, operetta or tiff for screening plates")
-    if bit_depth not in (8, 16):
-        raise NeuroRGError(f"bit_depth {bit_depth} is not 8 or 16")
+    if bit_depth not in BIT_DEPTHS:
+        raise NeuroRGError(f"bit_depth {bit_depth} is not one of {', '.join(map(str, BIT_DEPTHS))}")
+    p.at_magnification(magnification)  # refuses a magnification out of range, naming it
     if layout == "npy" and bit_depth != 8:
         raise NeuroRGError("the npy layout is 8-bit only (as in the study's release)")
     if n_wells not in (96, 384):
@@ -760,7 +851,8 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
                 imaged = imaged.sort_values(CLASS, kind="stable")
             log.info("%s: %s plate, %d wells imaged, %d fields of %d px, %s", folder.name, kind,
                      len(imaged), n_fields, size, effects)
-            jobs = [_WellJob(seed, k, w, float(sv), n_fields, size, effects, p, layout, folder, bit_depth)
+            jobs = [_WellJob(seed, k, w, float(sv), n_fields, size, effects, p, layout, folder, bit_depth,
+                             float(magnification))
                     for w, sv in zip(imaged[WELL], imaged[TRUE_SEVERITY])]
             results = (executor.map(_run_job, jobs, chunksize=4) if executor is not None
                        else map(_run_job, jobs))
@@ -769,6 +861,9 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
             else:
                 for _ in results:
                     pass
+            if layout == "operetta":
+                _write_harmony_index(folder / "Images", list(imaged[WELL]), n_fields,
+                                     SYNTH_PIXEL_SIZE_UM / magnification)
             map_cols = [PLATE, WELL, COMPOUND, DOSE, ROLE] + ([CLASS] if kind == "training" else [])
             table[map_cols].to_csv(folder / "platemap.csv", index=False)
             table.to_csv(folder / "ground_truth.csv", index=False)

@@ -28,6 +28,7 @@ from neurorg_core.schema import (
 from neurorg_core.synth import (
     CLASS_SEVERITY,
     DEFAULT_PARAMS,
+    SYNTH_PIXEL_SIZE_UM,
     PlateEffects,
     draw_plate_effects,
     render_field,
@@ -94,9 +95,65 @@ def test_sixteen_bit_is_257_times_eight_bit(tmp_path):
     np.testing.assert_array_equal(b, a.astype(np.uint16) * 257)
 
 
+def test_twelve_bit_camera_data_in_sixteen_bit_files(tmp_path):
+    f8 = write_synthetic_plates(tmp_path / "a", seed=3, **TINY)[0]
+    f12 = write_synthetic_plates(tmp_path / "b", seed=3, bit_depth=12, **TINY)[0]
+    name = sorted(p.name for p in f8.glob("*.tif"))[5]
+    a, b = tifffile.imread(f8 / name), tifffile.imread(f12 / name)
+    assert b.dtype == np.uint16 and b.max() <= 4095
+    np.testing.assert_array_equal(b, np.rint(a * (4095 / 255)).astype(np.uint16))
+
+
+def test_magnification_scales_cells_not_counts():
+    """At 2x the same cells are twice as large in pixels: a 2x field of 128 px holds the cells of
+    a 64 px native field, and shrunk 2x it matches the native field's statistics."""
+    from neurorg_core.synth import SynthParams
+
+    p2 = DEFAULT_PARAMS.at_magnification(2.0)
+    assert p2.microglia_radius_rest_px == 2 * DEFAULT_PARAMS.microglia_radius_rest_px
+    assert p2.neurons_per_10k_px2 == DEFAULT_PARAMS.neurons_per_10k_px2 / 4
+    assert DEFAULT_PARAMS.at_magnification(1.0) is DEFAULT_PARAMS
+    assert isinstance(p2, SynthParams)
+    effects = PlateEffects(noise_sd=0.0)
+    nat = np.stack([render_field(np.random.default_rng(i), 0.0, effects, 128) for i in range(6)]).astype(float)
+    big = np.stack([render_field(np.random.default_rng(i), 0.0, effects, 256, magnification=2.0)
+                    for i in range(6)]).astype(float)
+    shrunk = big.reshape(6, 128, 2, 128, 2, 3).mean(axis=(2, 4))
+    # same mean brightness per channel (cells cover the same fraction of the field) ...
+    np.testing.assert_allclose(shrunk.mean(axis=(0, 1, 2)), nat.mean(axis=(0, 1, 2)), rtol=0.25)
+    # ... while a 2x field of the same pixel size shows a quarter of the cells, each 4x the area:
+    # bright-pixel area per cell differs, so per-pixel foreground fraction is the same but objects
+    # are larger: the fraction of foreground pixels whose 4-neighbours are all foreground rises
+    def interior(img):
+        fg = img[..., 0] > 60
+        core = fg[1:-1, 1:-1] & fg[:-2, 1:-1] & fg[2:, 1:-1] & fg[1:-1, :-2] & fg[1:-1, 2:]
+        return core.sum() / max(fg[1:-1, 1:-1].sum(), 1)
+    assert np.mean([interior(b) for b in big]) > np.mean([interior(n) for n in nat]) + 0.1
+
+
+@pytest.mark.parametrize("layout", ["imagexpress", "operetta", "tiff"])
+def test_pixel_size_written_into_the_files(tmp_path, layout):
+    folder = write_synthetic_plates(tmp_path, seed=2, layout=layout, magnification=2.0, **TINY)[0]
+    want = SYNTH_PIXEL_SIZE_UM / 2
+    if layout == "operetta":
+        xml = (folder / "Images" / "Index.idx.xml").read_text()
+        assert f'<ImageResolutionX Unit="m">{want * 1e-6:.6E}</ImageResolutionX>' in xml
+        assert xml.count("<Image ") == 60 * 3
+        return
+    path = next(folder.glob("*.tif"))
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        if layout == "imagexpress":
+            assert f'id="spatial-calibration-x" type="float" value="{want:g}"' in page.description
+        else:
+            x = page.tags["XResolution"].value
+            assert page.tags["ResolutionUnit"].value == tifffile.RESUNIT.CENTIMETER
+            assert abs(1e4 / (x[0] / x[1]) - want) < 1e-6
+
+
 def test_operetta_and_tiff_layouts(tmp_path):
     op = write_synthetic_plates(tmp_path / "op", seed=2, layout="operetta", n_fields=2, size=32)[0]
-    names = {p.name for p in (op / "Images").iterdir()}
+    names = {p.name for p in (op / "Images").glob("*.tiff")}
     assert len(names) == 60 * 2 * 3
     assert "r02c02f01p01-ch1sk1fk1fl1.tiff" in names
     assert "r07c11f02p01-ch3sk1fk1fl1.tiff" in names
@@ -222,7 +279,9 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
     with pytest.raises(NeuroRGError, match="too small"):
         write_synthetic_plates(tmp_path, seed=0, n_fields=1, size=4)
     with pytest.raises(NeuroRGError, match="bit_depth"):
-        write_synthetic_plates(tmp_path, seed=0, n_fields=1, size=16, bit_depth=12)
+        write_synthetic_plates(tmp_path, seed=0, n_fields=1, size=16, bit_depth=10)
+    with pytest.raises(NeuroRGError, match="magnification"):
+        write_synthetic_plates(tmp_path, seed=0, n_fields=1, size=16, magnification=0)
     assert not any(tmp_path.iterdir())   # nothing written for bad arguments
 
 
