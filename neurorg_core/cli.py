@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.schema import CHANNELS, LAYOUTS, RESCUE_PCT
+from neurorg_core.schema import (CHANNELS, DEFAULT_READOUT, EXPORT_TABLES, LAYOUTS, READOUT_LABELS, READOUTS,
+                                 RESCUE_PCT)
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from neurorg_core.train import TrainSettings, train_bundle
 
-    settings = TrainSettings(arch=args.arch, input_size=args.input_size, epochs=args.epochs,
-                             batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    settings = TrainSettings(arch=args.arch, input_size=args.input_size, crop_edge_px=args.crop_edge,
+                             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                             seed=args.seed)
     bundle = train_bundle(args.plates, Path(args.out), settings, channels=args.channels)
     print(f"model {bundle.id} ({bundle.kind}, {len(bundle.members)} members) written to {bundle.path}")
     for m, entry in zip(bundle.members, bundle.card["members"]):
@@ -149,40 +151,69 @@ def _cmd_score(args: argparse.Namespace) -> int:
           f"model {bundle.id} ({len(bundle.members)} members)", file=sys.stderr)
     with ResultStore(db) as store:
         result = run_plate(plate, plate_map, bundle, store, name=args.name or plate.name,
-                           crops_per_well=args.crops_per_well, progress=progress, backend=args.backend)
+                           crops_per_well=args.crops_per_well, progress=progress, backend=args.backend,
+                           pixel_size_um=args.pixel_size, bits=args.bit_depth, readout=args.readout)
         res = load_plate_results(store, result.plate, result.run_id)
+    geo = res.run["params"]["crop_geometry"]
     print(f"plate {result.plate}: run {result.run_id} stored in {db}")
-    print(f"wells scored: {result.n_wells} ({result.n_fields} fields, {result.n_crops} crops)")
+    if res.synthetic_model:
+        print("model: SYNTHETIC demo model (trained on the synthetic assay, not on real cells)")
+    print(f"wells scored: {result.n_wells} ({result.n_fields} fields, {result.n_crops} crops of "
+          f"{result.crop_edge_px} px; plate pixel size {geo['plate_pixel_size_um'] or 'unknown'} um"
+          f"{' (' + geo['pixel_size_source'] + ')' if geo['pixel_size_source'] else ''}, "
+          f"{result.intensity.bits}-bit intensity)")
     print(f"cache hits: {result.cache_hits} fields, misses: {result.cache_misses} "
           f"({result.inferred_crops} crop x member predictions computed)")
+    print(f"model fit: {result.model_fit.summary()}")
+    label = READOUT_LABELS[res.readout]
+    print(f"readout: {label}")
     if res.qc:
-        print(f"Z': {res.qc['z_prime']:.3f} (SSMD {res.qc['ssmd']:.2f}; control P(control) "
-              f"{res.qc['mean_control']:.3f}, disease {res.qc['mean_disease']:.3f})")
+        print(f"Z': {res.qc['z_prime']:.3f} (SSMD {res.qc['ssmd']:.2f}; control {res.qc['mean_control']:.3f}, "
+              f"disease {res.qc['mean_disease']:.3f} on the {label})")
     else:
         print(f"Z': not computable ({res.problems.get('qc', 'no control/disease wells')})")
     if "treatments" in res.problems:
         print(f"hits: not computable ({res.problems['treatments']})")
     else:
-        print(f"hits: {res.n_hits} of {len(res.treatments)} treatments (compound x dose)")
+        note = f" (provisional: {res.hits_provisional})" if res.hits_provisional else ""
+        print(f"hits: {res.n_hits} of {len(res.treatments)} treatments (compound x dose){note}")
+    return 0
+
+
+def _cmd_calibrate_fit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from neurorg_core.model import load_bundle, update_card
+    from neurorg_core.train import calibrate_fit_reference
+
+    bundle = load_bundle(args.model)
+    with tempfile.TemporaryDirectory(prefix="neurorg-calibrate-") as tmp:
+        ref = calibrate_fit_reference(args.plates, bundle, work_dir=tmp, backend=args.backend)
+    bundle = update_card(bundle, fit_reference=ref)
+    print(json.dumps(ref, indent=2))
+    print(f"fit reference from {len(args.plates)} plate(s) written to {bundle.path}/card.json "
+          f"(bundle id now {bundle.id})")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from neurorg_core.pipeline import load_plate_results
+    from neurorg_core.pipeline import export_table, load_plate_results
     from neurorg_core.store import ResultStore
 
     out = Path(args.out)
     with ResultStore(args.db, read_only=True) as store:
         res = load_plate_results(store, args.plate)
-    wells = res.wells
-    if "rescue" in res.problems:
+    table = export_table(res, args.table)
+    if args.table == "wells" and "rescue" in res.problems:
         print(f"note: no {RESCUE_PCT} column: {res.problems['rescue']}", file=sys.stderr)
+    if args.table != "wells" and args.table in res.problems:
+        print(f"note: {args.table} not computable: {res.problems[args.table]}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.format == "parquet":
-        wells.to_parquet(out, index=False)
+        table.to_parquet(out, index=False)
     else:
-        wells.to_csv(out, index=False)
-    print(f"wrote {len(wells)} wells x {wells.shape[1]} columns of plate {args.plate} to {out}")
+        table.to_csv(out, index=False)
+    print(f"wrote {len(table)} rows x {table.shape[1]} columns ({args.table}) of plate {args.plate} to {out}")
     return 0
 
 
@@ -216,17 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID")
     s.set_defaults(func=_cmd_inspect)
 
+    from neurorg_core.train import DemoRecipe, TrainSettings  # no TensorFlow: Keras only when training
+
     s = sub.add_parser("train", help="train a leave-plate-out ensemble (or single-channel model)")
     s.add_argument("--plates", nargs="+", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--arch", choices=("efficientnet_tiny", *(f"efficientnet_b{i}" for i in range(6))),
                    default="efficientnet_tiny")
-    s.add_argument("--input-size", type=int, default=64, help="crop edge, pixels")
-    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--input-size", type=int, default=TrainSettings.input_size, help="model input edge, pixels")
+    s.add_argument("--crop-edge", type=int, default=TrainSettings.crop_edge_px,
+                   help="tile edge in the training plates' pixels (resized to --input-size); recorded on "
+                        "the card, so every plate is scored at this physical crop size")
+    s.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     s.add_argument("--channels", choices=("all", *CHANNELS), default="all")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay)")
+    s.add_argument("--seed", type=int, default=TrainSettings.seed)
+    s.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
+    s.add_argument("--lr", type=float, default=TrainSettings.learning_rate,
+                   help="peak AdamW learning rate (cosine decay)")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="crop/well accuracy, confusion, kappa, McNemar")
@@ -235,8 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("litert", "keras"), default="litert")
     s.add_argument("--json", help="also write the full report (confusion matrices) here")
     s.set_defaults(func=_cmd_evaluate)
-
-    from neurorg_core.train import DemoRecipe  # no TensorFlow: train imports Keras only when training
 
     demo = DemoRecipe()
     s = sub.add_parser("build-demo", help="render synthetic plates, train and evaluate the demo bundles")
@@ -262,12 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--crops-per-well", type=int, default=15)
     s.add_argument("--backend", choices=("litert", "keras"), default="litert",
                    help="inference backend: LiteRT fast path, or plain Keras (no conversion)")
+    s.add_argument("--pixel-size", type=float, help="the plate's pixel size, um (wins over the files' "
+                   "metadata); crops are cut at the model's physical crop size")
+    s.add_argument("--bit-depth", type=int, choices=(8, 12, 14, 16),
+                   help="the images' significant bits (e.g. 12 for a 12-bit camera); default detected")
+    s.add_argument("--readout", choices=READOUTS, default=DEFAULT_READOUT,
+                   help="well score for rescue %%, hits, QC and EC50: " +
+                        "; ".join(f"{k} = {v}" for k, v in READOUT_LABELS.items()))
     s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("calibrate-fit", help="record what a model sees on held-out plates, for the "
+                       "model-fit check of every later run")
+    s.add_argument("--model", required=True)
+    s.add_argument("--plates", nargs="+", required=True,
+                   help="plate folders the model did not train on, with plate maps")
+    s.add_argument("--backend", choices=("litert", "keras"), default="litert")
+    s.set_defaults(func=_cmd_calibrate_fit)
 
     s = sub.add_parser("export", help="write a scored plate's well table")
     s.add_argument("--db", required=True)
     s.add_argument("--plate", required=True)
     s.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    s.add_argument("--table", choices=EXPORT_TABLES, default="wells",
+                   help="wells (one row per well), treatments (compound x dose: rescue %%, p, q, Hit) "
+                        "or fits (4PL EC50 per compound); each row carries the readout and model fit")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_export)
     return p

@@ -39,6 +39,7 @@ import pandas as pd
 from neurorg_core.config import REPO_ROOT
 from neurorg_core import scoring, stats
 from neurorg_core.errors import NeuroRGError, PlateMapError
+from neurorg_core.fitcheck import FitStats, ModelFit, check_model_fit, fit_stats
 from neurorg_core.schema import (
     CHANNEL_P_CONTROL,
     CHANNELS,
@@ -47,7 +48,7 @@ from neurorg_core.schema import (
     COMPOUND,
     CROP,
     DOSE,
-    EXPECTED_CLASS,
+    DEFAULT_READOUT,
     FIELD,
     FIELD_HASH,
     HIT,
@@ -55,13 +56,27 @@ from neurorg_core.schema import (
     P_CONTROL,
     PLATE,
     PROB_COLUMNS,
+    EXPORT_TABLES,
+    MODEL_FIT,
+    READOUT,
+    READOUT_COLUMNS,
+    READOUTS,
+    ExportTable,
     ROLE,
     ROW,
     WELL,
+    Readout,
 )
 from neurorg_core.inference import Backend, predict_stream, shared_predictor
 from neurorg_core.platemap import check_plate_map
-from neurorg_core.preprocess import crops_from_field, plan_crops
+from neurorg_core.preprocess import (
+    CropGeometry,
+    CropPlan,
+    Intensity,
+    crops_from_field,
+    field_channel_stats,
+    plate_cropping,
+)
 from neurorg_core.scoring import score_channels, score_plate
 from neurorg_core.store import (
     PLATE_MAP_COLUMNS,
@@ -75,8 +90,9 @@ from neurorg_core.wells import format_well, parse_well
 
 log = logging.getLogger(__name__)
 
-CROP_KEY_VERSION = "v1"
-"""Part of every prediction's cache key: bump when cropping or scaling changes what a crop holds."""
+CROP_KEY_VERSION = "v2"
+"""Part of every prediction's cache key: bump when cropping or scaling changes what a crop holds.
+(v2: crops of the model's crop edge, any field size; the intensity's significant bits in the key.)"""
 
 CACHE_FLUSH_FIELDS = 64
 """Default ``flush_every``: new predictions are committed to the cache once at least this many
@@ -107,6 +123,14 @@ class RunResult:
         Fields that went through inference for at least one member.
     inferred_crops
         Crop x member predictions computed by inference in this run (0 when fully cached).
+    model_fit
+        The model-fit verdict (``fitcheck``): does the plate look like the model's reference plates?
+    fit_stats
+        The statistics behind it (``calibrate-fit`` pools them over reference plates).
+    crop_edge_px
+        Crop edge in the plate's pixels (the model's edge at the plate's pixel size).
+    intensity
+        The plate's intensity scaling (significant bits).
     """
 
     run_id: str
@@ -117,6 +141,10 @@ class RunResult:
     cache_hits: int
     cache_misses: int
     inferred_crops: int
+    model_fit: ModelFit
+    fit_stats: FitStats
+    crop_edge_px: int
+    intensity: Intensity
 
 
 @dataclass
@@ -130,6 +158,7 @@ class _FieldJob:
     field_hash: str
     missing: dict[str, tuple[Any, ...]]  # bundle role -> members with no cached prediction
     todo: set[str] = dataclasses.field(default_factory=set)  # roles whose inference is pending
+    channel_stats: np.ndarray | None = None  # (2, 3) per-channel mean and SD (model-fit check)
 
 
 @dataclass
@@ -204,9 +233,9 @@ def code_version() -> str:
         return "neurorg-screen (not installed, no git)"
 
 
-def _crop_key(plan: Any, field_index: int) -> str:
-    tiles = plan.tiles_of(field_index)
-    return f"{CROP_KEY_VERSION}/g{plan.grid}:{','.join(map(str, tiles))}"
+def _crop_key(plan: CropPlan, field_index: int, intensity: Intensity) -> str:
+    """What a field's crops hold: the crop plan's edge, grid and tiles, and the intensity scaling."""
+    return f"{CROP_KEY_VERSION}/b{intensity.bits}/{plan.key(field_index)}"
 
 
 def _plate_map_for(plate_map: pd.DataFrame, wells: Sequence[str], name: str) -> pd.DataFrame:
@@ -238,12 +267,19 @@ def _plate_map_for(plate_map: pd.DataFrame, wells: Sequence[str], name: str) -> 
 
 def _check_bundles(bundle: Any, single_channel_bundle: Any | None) -> dict[str, Any]:
     bundles = {"ensemble": bundle}
+    geometry = CropGeometry.from_card(bundle.card)
     if single_channel_bundle is not None:
         chans = [m.channels for m in single_channel_bundle.members]
         if any(len(c) != 1 or c[0] not in CHANNELS for c in chans):
             raise NeuroRGError(
                 f"single-channel bundle {single_channel_bundle.path} has members with channels {chans}; "
                 f"expected one of {', '.join(CHANNELS)} per member"
+            )
+        if CropGeometry.from_card(single_channel_bundle.card) != geometry:
+            raise NeuroRGError(
+                f"single-channel bundle {single_channel_bundle.path} crops "
+                f"{CropGeometry.from_card(single_channel_bundle.card)}, the ensemble {geometry}; the channel "
+                "comparison needs both to see the same crops"
             )
         bundles["single_channel"] = single_channel_bundle
     ids = [m.id for b in bundles.values() for m in b.members]
@@ -269,6 +305,9 @@ def run_plate(
     single_channel_bundle: Any | None = None,
     backend: Backend = "litert",
     flush_every: int = CACHE_FLUSH_FIELDS,
+    pixel_size_um: float | None = None,
+    bits: int | None = None,
+    readout: Readout = DEFAULT_READOUT,
 ) -> RunResult:
     """Score every imaged well of a plate and store the run.
 
@@ -299,6 +338,15 @@ def run_plate(
     flush_every
         Fields per commit of new predictions to the cache while inference runs: an interrupted
         run keeps what was committed.
+    pixel_size_um
+        The plate's pixel size (µm) when the user knows it; wins over the files' metadata
+        (``Plate.pixel_size_um``). With the model's pixel size on its card, crops are cut at the
+        model's physical scale.
+    bits
+        The images' significant bit depth (8, 12, 14, 16) when the user knows it; default
+        detected from the plate (``preprocess.detect_intensity``).
+    readout
+        The well score rescue %, hits, QC and EC50 use (``schema.READOUTS``), recorded with the run.
 
     Returns
     -------
@@ -311,6 +359,8 @@ def run_plate(
     """
 
     name = name or plate.name
+    if readout not in READOUTS:
+        raise NeuroRGError(f"readout {readout!r} is not one of {', '.join(READOUTS)}")
     bundles = _check_bundles(bundle, single_channel_bundle)
     wells = plate.wells()
     if not wells:
@@ -326,7 +376,11 @@ def run_plate(
     if which is not None:
         plate_map = plate_map[plate_map[PLATE].astype(str) == which]
     pm = _plate_map_for(plate_map, wells, name)
-    plans = {w: plan_crops(len(plate.fields_of(w)), crops_per_well) for w in wells}
+    cropping = plate_cropping(plate, CropGeometry.from_card(bundle.card), pixel_size_um=pixel_size_um, bits=bits)
+    intensity = cropping.intensity
+    plans = {w: cropping.plan(len(plate.fields_of(w)), plate.field_shape, crops_per_well) for w in wells}
+    log.info("crops of %d px on %s fields (%s), %s", cropping.edge, "x".join(map(str, plate.field_shape)),
+             cropping, intensity)
     members_all = [m for b in bundles.values() for m in b.members]
     cached = store.cached_keys([m.id for m in members_all])
 
@@ -338,7 +392,7 @@ def run_plate(
         """Hash a field and note which members lack a cached prediction for it."""
         idx = position[ref]
         plan = plans[ref.well]
-        key = _crop_key(plan, idx)
+        key = _crop_key(plan, idx, intensity)
         h = hash_field(pixels)
         tiles = plan.tiles_of(idx)
         missing: dict[str, tuple[Any, ...]] = {}
@@ -346,7 +400,8 @@ def run_plate(
             lacking = tuple(m for m in b.members if (h, m.id, key) not in cached)
             if tiles and lacking:
                 missing[role] = lacking
-        state.jobs.append(_FieldJob(ref, idx, tiles, key, h, missing, todo=set(missing)))
+        state.jobs.append(_FieldJob(ref, idx, tiles, key, h, missing, todo=set(missing),
+                                    channel_stats=field_channel_stats(pixels, intensity)))
         return len(state.jobs) - 1
 
     # --- one streaming pass: read + hash each field once; fields cached for every member are
@@ -369,12 +424,12 @@ def run_plate(
 
         def stream_items() -> Iterator[tuple[int, np.ndarray]]:
             job0 = state.jobs[j0]
-            yield j0, crops_from_field(pixels0, plans[job0.ref.well], job0.index, input_size)
+            yield j0, crops_from_field(pixels0, plans[job0.ref.well], job0.index, input_size, intensity)
             for ref, pixels in fields_iter:
                 j = make_job(ref, pixels)
                 job = state.jobs[j]
                 if tuple(m.id for m in job.missing.get(role, ())) == ids:
-                    yield j, crops_from_field(pixels, plans[ref.well], job.index, input_size)
+                    yield j, crops_from_field(pixels, plans[ref.well], job.index, input_size, intensity)
                 else:  # a cache hit, or lacking other members: nothing to infer in this stream
                     yield j, np.empty((0, input_size, input_size, 3), np.float32)
 
@@ -387,7 +442,7 @@ def run_plate(
             groups.setdefault((role, tuple(m.id for m in job.missing[role])), []).append(j)
     for (role, ids), job_ids in groups.items():
         subset = tuple(m for m in bundles[role].members if m.id in ids)
-        items = _reread_items(plate, plans, state.jobs, job_ids, subset[0].input_size)
+        items = _reread_items(plate, plans, state.jobs, job_ids, subset[0].input_size, intensity)
         _infer(state, bundles[role], subset, role, items, backend)
     state.flush()
     jobs = state.jobs
@@ -412,6 +467,10 @@ def run_plate(
             if col not in channel_scores.columns:
                 channel_scores[col] = np.nan
 
+    stats_now = fit_stats(scoring.with_inflammation_score(well_scores), crop_tables["ensemble"],
+                          np.stack([j.channel_stats for j in jobs]))
+    fit = _check_fit(bundle, stats_now)
+
     hits = sum(1 for j in jobs if not j.missing)
     run_id = f"{utc_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     params: dict[str, Any] = {
@@ -420,6 +479,11 @@ def run_plate(
         "channel_map": dict(plate.channel_map),
         "members": [m.id for m in bundle.members],
         "crop_key_version": CROP_KEY_VERSION,
+        "readout": readout,
+        "crop_geometry": {**cropping.as_params(),
+                          "overlapping_tiles": any(p.overlapping for p in plans.values())},
+        "intensity": intensity.as_params(),
+        "model_fit": fit.as_params(),
     }
     if single_channel_bundle is not None:
         params["single_channel_bundle"] = {"id": single_channel_bundle.id,
@@ -443,14 +507,25 @@ def run_plate(
     result = RunResult(
         run_id=run_id, plate=name, n_wells=len(well_scores), n_fields=len(jobs), n_crops=total,
         cache_hits=hits, cache_misses=len(jobs) - hits, inferred_crops=state.inferred_crops,
+        model_fit=fit, fit_stats=stats_now, crop_edge_px=cropping.edge, intensity=intensity,
     )
     log.info("run %s: %d wells, %d fields (%d cached, %d inferred), %d crop predictions computed",
              run_id, result.n_wells, result.n_fields, hits, result.cache_misses, state.inferred_crops)
     return result
 
 
+def _check_fit(bundle: Any, stats_now: FitStats) -> ModelFit:
+    """The model-fit verdict of a plate's statistics against the bundle's card."""
+    ref = bundle.card.get("fit_reference")
+    reference = FitStats.from_dict(ref, where=f"{bundle.path}/card.json fit_reference") if ref else None
+    norms = [m.mean for m in bundle.members], [m.std for m in bundle.members]
+    return check_model_fit(stats_now, reference, train_mean=np.mean(norms[0], axis=0),
+                           train_sd=np.mean(norms[1], axis=0))
+
+
 def _reread_items(
     plate: Any, plans: dict[str, Any], jobs: Sequence[_FieldJob], job_ids: Sequence[int], input_size: int,
+    intensity: Intensity,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Read the given fields again, check they did not change, and crop them."""
     for j in job_ids:
@@ -461,7 +536,7 @@ def _reread_items(
                 f"field {job.ref.field} changed on disk while the plate was being scored; score it again",
                 path=plate.source, well=job.ref.well,
             )
-        yield j, crops_from_field(pixels, plans[job.ref.well], job.index, input_size)
+        yield j, crops_from_field(pixels, plans[job.ref.well], job.index, input_size, intensity)
 
 
 def _batched(
@@ -586,8 +661,13 @@ class PlateResults:
         ``ResultStore.load_plate``: source folder, layout, format, field shape, dtype, channel map.
     run
         ``ResultStore.load_run``: provenance (model id, bundle card, parameters, code version).
+    readout
+        The run's readout (``schema.READOUTS``): the well score behind rescue %, hits, QC and fits.
+    model_fit
+        The run's model-fit verdict (``fitcheck.ModelFit``).
     wells
-        Per-well scores with ``Expected_class``, plus ``Rescue_pct`` when the plate has control and disease wells.
+        Per-well scores with ``Inflammation_score``, plus ``Rescue_pct`` (on the readout) when the
+        plate has control and disease wells.
     channels
         ``wells`` joined with the single-channel ``P_control_<channel>`` columns; empty when the
         run had no single-channel models.
@@ -596,8 +676,7 @@ class PlateResults:
     treatments
         ``stats.compare_treatments`` (per compound and dose, with hit calls).
     fits
-        ``stats.fit_compounds`` on ``Expected_class`` (4PL, EC50 with 95 % CI, per compound; see
-        ``scoring.expected_class`` for why not P(control)).
+        ``stats.fit_compounds`` on the readout (4PL, EC50 with 95 % CI, per compound).
     channel_fits
         Channel role -> ``stats.channel_correlation`` against the 3-channel P(control).
     problems
@@ -608,6 +687,8 @@ class PlateResults:
     run_id: str
     plate_record: dict[str, Any]
     run: dict[str, Any]
+    readout: Readout
+    model_fit: ModelFit
     wells: pd.DataFrame
     channels: pd.DataFrame
     qc: dict[str, Any]
@@ -621,8 +702,31 @@ class PlateResults:
         """Treatments (compound, dose) called hits."""
         return int(self.treatments[HIT].sum()) if HIT in self.treatments.columns else 0
 
+    @property
+    def readout_column(self) -> str:
+        """The well-table column of the readout (``Inflammation_score`` or ``P_control``)."""
+        return READOUT_COLUMNS[self.readout]
 
-def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None) -> PlateResults:
+    @property
+    def synthetic_model(self) -> bool:
+        """The run's model was trained on the synthetic assay (its card says so)."""
+        return bool(self.run.get("bundle_card", {}).get("synthetic", False))
+
+    @property
+    def hits_provisional(self) -> str:
+        """Why the hit calls are provisional ("" when they are not): plate QC failed (Z' < 0) or
+        the model-fit check says POOR."""
+        why = []
+        z = self.qc.get("z_prime")
+        if z is not None and not (z >= 0):
+            why.append(f"plate QC failed (Z' {z:.2f} < 0)")
+        if self.model_fit.verdict == "POOR":
+            why.append("the model-fit check says POOR: " + "; ".join(self.model_fit.reasons))
+        return "; ".join(why)
+
+
+def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None,
+                       readout: Readout | None = None) -> PlateResults:
     """Read a scored plate from the store and compute its statistics, in one call.
 
     Parameters
@@ -633,6 +737,9 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
         Plate name.
     run_id
         A run of that plate; default its latest.
+    readout
+        The well score for rescue %, hits, QC and fits; default the one the run recorded
+        (``inflammation_score`` for runs stored before readouts were recorded).
 
     Returns
     -------
@@ -646,25 +753,31 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
         If the plate has no stored run or ``run_id`` is not one of its runs.
     """
     run = run_id if run_id is not None else store.latest_run_id(plate)
-    wells = scoring.with_expected_class(store.load_well_scores(plate, run))
+    run_info = store.load_run(run)
+    params = run_info.get("params") or {}
+    chosen: Readout = readout if readout is not None else params.get("readout", DEFAULT_READOUT)
+    if chosen not in READOUTS:
+        raise NeuroRGError(f"readout {chosen!r} is not one of {', '.join(READOUTS)}")
+    metric = READOUT_COLUMNS[chosen]
+    wells = scoring.with_inflammation_score(store.load_well_scores(plate, run))
     problems: dict[str, str] = {}
     qc: dict[str, Any] = {}
     treatments = pd.DataFrame({c: pd.Series(dtype=float) for c in stats.TREATMENT_COLUMNS})
     fits = pd.DataFrame({c: pd.Series(dtype=float) for c in stats.FIT_COLUMNS})
     try:
-        wells = stats.add_rescue(wells)
+        wells = stats.add_rescue(wells, metric=metric)
     except NeuroRGError as exc:
         problems["rescue"] = str(exc)
     try:
-        qc = dict(stats.plate_qc(wells))
+        qc = dict(stats.plate_qc(wells, metric=metric))
     except NeuroRGError as exc:
         problems["qc"] = str(exc)
     try:
-        treatments = stats.compare_treatments(wells)
+        treatments = stats.compare_treatments(wells, metric=metric)
     except NeuroRGError as exc:
         problems["treatments"] = str(exc)
     try:
-        fits = stats.fit_compounds(wells, metric=EXPECTED_CLASS)
+        fits = stats.fit_compounds(wells, metric=metric)
     except NeuroRGError as exc:
         problems["fits"] = str(exc)
     channel_scores = store.load_channel_scores(run)
@@ -678,7 +791,34 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
             except NeuroRGError as exc:
                 problems[f"channel {channel}"] = str(exc)
     return PlateResults(
-        plate=plate, run_id=run, plate_record=store.load_plate(plate), run=store.load_run(run),
-        wells=wells, channels=channels, qc=qc, treatments=treatments, fits=fits,
+        plate=plate, run_id=run, plate_record=store.load_plate(plate), run=run_info,
+        readout=chosen, model_fit=ModelFit.from_params(params.get("model_fit")), wells=wells, channels=channels, qc=qc, treatments=treatments, fits=fits,
         channel_fits=channel_fits, problems=problems,
     )
+
+
+def export_table(results: PlateResults | Any, table: ExportTable = "wells") -> pd.DataFrame:
+    """One of a plate's tables as exported (CLI ``export --table``, the app's downloads).
+
+    ``wells``: one row per well (pycytominer ``Metadata_*`` columns, scores, ``Rescue_pct``);
+    ``treatments``: per compound and dose, with ``Hit`` first after the compound and dose; ``fits``:
+    the 4PL per compound. Every row also carries ``Metadata_Plate``, the run's ``Readout`` and
+    ``Model_fit`` verdict, so a table read on its own says how its numbers were made.
+    ``results`` is a ``PlateResults`` or anything with its ``plate``, ``readout``, ``model_fit``,
+    ``wells``, ``treatments`` and ``fits`` (the dashboard's cached copy).
+    """
+    if table not in EXPORT_TABLES:
+        raise NeuroRGError(f"table {table!r} is not one of {', '.join(EXPORT_TABLES)}")
+    if table == "wells":
+        out = results.wells.copy()
+    elif table == "treatments":
+        t = results.treatments
+        first = [c for c in (COMPOUND, DOSE, HIT) if c in t.columns]
+        out = t[first + [c for c in t.columns if c not in first]].copy()
+    else:
+        out = results.fits.copy()
+    out[PLATE] = results.plate
+    out[READOUT] = results.readout
+    out[MODEL_FIT] = results.model_fit.verdict
+    lead = [PLATE] + [c for c in out.columns if c not in (PLATE, READOUT, MODEL_FIT)]
+    return out[lead + [READOUT, MODEL_FIT]]

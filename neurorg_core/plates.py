@@ -409,6 +409,8 @@ class Plate:
         )
         self.labels = dict(labels)
         self.max_pixels = max_pixels
+        self.pixel_size_um: float | None = None       # µm per pixel, where the files say
+        self.pixel_size_source: str | None = None
         self.plate_format: int = plate_format_for([(f.row, f.col) for f in self.fields])
         self._sources = sources
         self._by_well: dict[str, list[FieldRef]] = {}

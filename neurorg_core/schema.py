@@ -70,13 +70,33 @@ RESCUE_PCT: Final = "Rescue_pct"
 CHANNEL_P_CONTROL: Final = tuple(f"{P_CONTROL}_{c}" for c in CHANNELS)
 """Per-well P(control) of each single-channel model, in CHANNELS order (``P_control_nucleus``, ...)."""
 
-EXPECTED_CLASS: Final = "Expected_class"
-"""sum_k k * P_class_k (0 = control .. 5 = 20 uM): moves with the phenotype over the whole range,
-so dose-response fits use it (P(control) saturates; see ``scoring.expected_class``)."""
+INFLAMMATION_SCORE: Final = "Inflammation_score"
+"""The expected class, sum_k k * P_class_k: 0 = looks like control .. 5 = looks like 20 uM stimulus.
+It moves with the phenotype over the whole range, where P(control) saturates near 0 past mild
+stimulation; see ``scoring.inflammation_score``."""
 
-WellMetric = Literal["P_control", "Called_class", "Expected_class", "Rescue_pct", "P_control_member_sd",
+WellMetric = Literal["P_control", "Called_class", "Inflammation_score", "Rescue_pct", "P_control_member_sd",
                      "N_crops"]
-WELL_METRICS: Final = (P_CONTROL, CALLED_CLASS, EXPECTED_CLASS, RESCUE_PCT, P_CONTROL_SD, N_CROPS)
+WELL_METRICS: Final = (P_CONTROL, CALLED_CLASS, INFLAMMATION_SCORE, RESCUE_PCT, P_CONTROL_SD, N_CROPS)
+
+# --- the screening readout: the one well score that rescue %, hits, QC and EC50 use --------------
+Readout = Literal["inflammation_score", "p_control"]
+READOUTS: Final = ("inflammation_score", "p_control")
+DEFAULT_READOUT: Final = "inflammation_score"
+READOUT_COLUMNS: Final = {"inflammation_score": INFLAMMATION_SCORE, "p_control": P_CONTROL}
+"""Readout -> the well-table column it reads."""
+READOUT_LABELS: Final = {
+    "inflammation_score": "inflammation score (0 = control ... 5 = 20 uM)",
+    "p_control": "P(control)",
+}
+METRIC_CONTROL_SIDE: Final = {P_CONTROL: 1, RESCUE_PCT: 1, INFLAMMATION_SCORE: -1, CALLED_CLASS: -1}
+"""+1 when control wells score higher than disease wells on a well score, -1 when lower: SSMD is
+signed with it, so a plate whose controls sit on the control side is positive."""
+MODEL_FIT: Final = "Metadata_Model_fit"  # ok | POOR | unchecked: the run's model-fit verdict (exports)
+READOUT: Final = "Metadata_Readout"     # the run's readout, one of READOUTS (exports)
+# (Metadata_-prefixed: pycytominer reads every other column of an export as a numeric feature)
+ExportTable = Literal["wells", "treatments", "fits"]
+EXPORT_TABLES: Final = ("wells", "treatments", "fits")
 
 # --- statistics tables (stats.py) ----------------------------------------------------------
 MEAN: Final = "Mean"                    # mean of the metric over the group's wells

@@ -29,7 +29,7 @@ from neurorg_core.schema import (
     CHANNELS,
     COL,
     CROP,
-    EXPECTED_CLASS,
+    INFLAMMATION_SCORE,
     FIELD,
     MEMBER,
     N_CLASSES,
@@ -169,7 +169,7 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
     DataFrame
         One row per scored well, sorted by row then column: ``Metadata_Well``, ``Metadata_Row``,
         ``Metadata_Col``, the plate-map columns, ``P_control``, ``P_control_member_sd``,
-        ``Called_class``, ``Expected_class``, ``N_crops``, ``P_class0..5``, ``Vote_class0..5``.
+        ``Called_class``, ``Inflammation_score``, ``N_crops``, ``P_class0..5``, ``Vote_class0..5``.
         ``P_control_member_sd`` is the sample SD (ddof 1) over members of each member's mean
         class-0 probability; 0 for a single member.
 
@@ -209,7 +209,7 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
     out[P_CONTROL] = well_probs[PROB_COLUMNS[0]]
     out[P_CONTROL_SD] = member_sd.reindex(out.index).astype(float)
     out[CALLED_CLASS] = np.argmax(well_probs.to_numpy(), axis=1).astype(int)
-    out[EXPECTED_CLASS] = expected_class(well_probs)
+    out[INFLAMMATION_SCORE] = inflammation_score(well_probs)
     out[N_CROPS] = n_crops.astype(int)
     out = pd.concat([out, well_probs, votes], axis=1)
     out = out.rename_axis(WELL).reset_index()
@@ -232,26 +232,27 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
     return out
 
 
-def expected_class(probs: pd.DataFrame) -> pd.Series:
-    """Probability-weighted class index, ``sum_k k * P_class_k`` (0 = control .. 5 = 20 uM).
+def inflammation_score(probs: pd.DataFrame) -> pd.Series:
+    """The expected class, ``sum_k k * P_class_k``: 0 = looks like control .. 5 = looks like 20 uM.
 
-    P(control) answers "does this well look like control?" and saturates: a well halfway back
-    from disease still has P(control) near 0, so a 4PL fitted to P(control) puts the EC50 at
-    the dose where wells are almost fully rescued (2.5-4.5x too high on the synthetic screen).
-    The expected class moves with the phenotype all the way from disease to control, so the
-    dose-response fits (``stats.fit_compounds``) use it.
+    This is the screen's default readout (rescue %, hits, Z'/SSMD and EC50; ``schema.READOUTS``).
+    P(control) answers "does this well look like control?" and saturates: a sharp 6-class model
+    puts it near 0 for any well past mild stimulation, so a well halfway back from disease still
+    has P(control) near 0. Rescue % on P(control) then reads far below the truth and misses hits,
+    and a 4PL on it puts the EC50 where wells are almost fully rescued (2.5-4.5x too high on the
+    synthetic screen). The expected class moves with the phenotype over its whole range.
     """
     missing = [c for c in PROB_COLUMNS if c not in probs.columns]
     if missing:
         raise NeuroRGError(f"well table lacks column(s) {', '.join(missing)}; expected the mean class "
                            "probabilities of score_plate")
     values = probs[list(PROB_COLUMNS)].to_numpy(np.float64) @ np.arange(N_CLASSES, dtype=np.float64)
-    return pd.Series(values, index=probs.index, name=EXPECTED_CLASS)
+    return pd.Series(values, index=probs.index, name=INFLAMMATION_SCORE)
 
 
-def with_expected_class(wells: pd.DataFrame) -> pd.DataFrame:
-    """``wells`` with the ``Expected_class`` column (derived: the store keeps the probabilities)."""
-    return wells.assign(**{EXPECTED_CLASS: expected_class(wells)})
+def with_inflammation_score(wells: pd.DataFrame) -> pd.DataFrame:
+    """``wells`` with the ``Inflammation_score`` column (derived: the store keeps the probabilities)."""
+    return wells.assign(**{INFLAMMATION_SCORE: inflammation_score(wells)})
 
 
 def score_channels(crop_probs_by_channel: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

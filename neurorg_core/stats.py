@@ -41,8 +41,10 @@ from neurorg_core.schema import (
     FIT_MESSAGE,
     HILL,
     HIT,
+    INFLAMMATION_SCORE,
     INTERCEPT,
     MEAN,
+    METRIC_CONTROL_SIDE,
     N_DOSES,
     N_WELLS,
     P_CONTROL,
@@ -202,7 +204,7 @@ def rescue_percent(x: float | np.ndarray, mean_control: float, mean_disease: flo
     return float(out) if out.ndim == 0 else out
 
 
-def add_rescue(wells: pd.DataFrame, metric: str = P_CONTROL) -> pd.DataFrame:
+def add_rescue(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> pd.DataFrame:
     """Copy of ``wells`` with ``Rescue_pct`` for every well, from the plate's control and disease means.
 
     Raises
@@ -232,12 +234,14 @@ def _edge_mask(wells: pd.DataFrame) -> np.ndarray:
     return (rows == rows.min()) | (rows == rows.max()) | (cols == cols.min()) | (cols == cols.max())
 
 
-def plate_qc(wells: pd.DataFrame, metric: str = P_CONTROL) -> dict:
+def plate_qc(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> dict:
     """Plate quality between control and disease wells.
 
     Z' = 1 - 3 (sd_c + sd_d) / |mean_c - mean_d| (Zhang 1999; > 0.5 excellent, 0..0.5 marginal,
-    < 0 the two populations overlap); SSMD = (mean_c - mean_d) / sqrt(sd_c^2 + sd_d^2); CV % =
-    100 sd / |mean|. SDs are sample SDs (ddof 1).
+    < 0 the two populations overlap); SSMD = s (mean_c - mean_d) / sqrt(sd_c^2 + sd_d^2), signed by
+    the side controls should sit on (s = +1 for P(control), -1 for the inflammation score;
+    ``schema.METRIC_CONTROL_SIDE``), so a plate whose controls look like controls is positive on any
+    readout; CV % = 100 sd / |mean|. SDs are sample SDs (ddof 1).
 
     Edge effects: wells on the outer ring of the imaged area (the plate edge when the whole plate
     is imaged, the ring nearest the edge on a partial plate) are compared with interior wells of
@@ -252,7 +256,7 @@ def plate_qc(wells: pd.DataFrame, metric: str = P_CONTROL) -> dict:
         Per-well table with ``Metadata_Role``, the metric, and ``Metadata_Row``/``Metadata_Col``
         (or ``Metadata_Well``).
     metric : str
-        Numeric column to judge the plate by; P(control) by default.
+        Numeric column to judge the plate by; the inflammation score (the default readout) by default.
 
     Returns
     -------
@@ -277,7 +281,8 @@ def plate_qc(wells: pd.DataFrame, metric: str = P_CONTROL) -> dict:
     window = abs(mc - md)
     with np.errstate(divide="ignore", invalid="ignore"):
         z_prime = float(1.0 - 3.0 * (sc + sd) / window) if window > 0 else -np.inf
-        ssmd = float(np.float64(mc - md) / np.sqrt(sc**2 + sd**2))
+        side = METRIC_CONTROL_SIDE.get(metric, 1)
+        ssmd = float(side * np.float64(mc - md) / np.sqrt(sc**2 + sd**2))
         cv_c = float(100.0 * sc / abs(mc)) if mc != 0 else np.nan
         cv_d = float(100.0 * sd / abs(md)) if md != 0 else np.nan
 
@@ -369,7 +374,7 @@ TREATMENT_COLUMNS = (COMPOUND, DOSE, N_WELLS, MEAN, SD, RESCUE_PCT, T_WELCH, P_W
 
 def compare_treatments(
     wells: pd.DataFrame,
-    metric: str = P_CONTROL,
+    metric: str = INFLAMMATION_SCORE,
     rescue_threshold_pct: float = 50.0,
     fdr: float = 0.05,
 ) -> pd.DataFrame:
@@ -381,7 +386,7 @@ def compare_treatments(
         Per-well table with ``Metadata_Role``, ``Metadata_Compound``, ``Metadata_Dose_uM`` (uM)
         and the metric.
     metric : str
-        Numeric column compared; P(control) by default.
+        Numeric column compared; the inflammation score (the default readout) by default.
     rescue_threshold_pct : float
         Smallest rescue of the treatment mean (percent) that counts as a hit.
     fdr : float
@@ -647,7 +652,7 @@ FIT_COLUMNS = (COMPOUND, N_WELLS, N_DOSES, EC50, EC50_CI_LOW, EC50_CI_HIGH, HILL
 """Columns of ``fit_compounds``."""
 
 
-def fit_compounds(wells: pd.DataFrame, metric: str = P_CONTROL) -> pd.DataFrame:
+def fit_compounds(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> pd.DataFrame:
     """Fit a 4PL to each compound's treatment wells (one observation per well).
 
     Only treatment wells are fitted: the disease wells (dose 0) have no place on the log-dose
@@ -659,7 +664,7 @@ def fit_compounds(wells: pd.DataFrame, metric: str = P_CONTROL) -> pd.DataFrame:
         Per-well table with ``Metadata_Role``, ``Metadata_Compound``, ``Metadata_Dose_uM`` (uM)
         and the metric.
     metric : str
-        Numeric column fitted; P(control) by default (``Rescue_pct`` after ``add_rescue``).
+        Numeric column fitted; the inflammation score (the default readout) by default.
 
     Returns
     -------

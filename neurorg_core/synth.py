@@ -638,6 +638,17 @@ def build_plate_table(seed: int, plate_number: int, n_wells: int = 96, kind: Pla
     return df.drop(columns=["row", "col"])
 
 
+GROUND_TRUTH_FILE = "ground_truth.csv"
+"""Written beside every synthetic plate's images (and by nothing else)."""
+
+
+def is_synthetic_plate(folder: str | Path) -> bool:
+    """A plate folder is synthetic when the generator's ``ground_truth.csv`` lies in it or in a
+    folder inside it."""
+    src = Path(folder)
+    return src.is_dir() and next(src.rglob(GROUND_TRUTH_FILE), None) is not None
+
+
 def plate_name(plate_number: int) -> str:
     """1 -> 'plate_01'."""
     return f"plate_{plate_number:02d}"
@@ -866,7 +877,7 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
                                      SYNTH_PIXEL_SIZE_UM / magnification)
             map_cols = [PLATE, WELL, COMPOUND, DOSE, ROLE] + ([CLASS] if kind == "training" else [])
             table[map_cols].to_csv(folder / "platemap.csv", index=False)
-            table.to_csv(folder / "ground_truth.csv", index=False)
+            table.to_csv(folder / GROUND_TRUTH_FILE, index=False)
             folders.append(folder)
     finally:
         if executor is not None:

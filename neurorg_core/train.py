@@ -27,6 +27,7 @@ from scipy import ndimage
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import (Bundle, build_model, check_architecture, load_bundle,
                                 round_weights_to_float16, save_bundle, set_model_weights)
+from neurorg_core.preprocess import INTENSITY_METHOD, CropGeometry, crops_from_field, plate_cropping
 from neurorg_core.schema import CHANNELS, CLASS, CROPS_PER_WELL, N_CLASSES, WELL
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def plate_labels(plate: Any, folder: str | Path) -> dict[str, int]:
     return {str(w): int(k) for w, k in zip(known[WELL], known[CLASS])}
 
 
-def load_crop_set(path: str | Path, input_size: int, *, crops_per_well: int = CROPS_PER_WELL) -> CropSet:
+def load_crop_set(path: str | Path, input_size: int, *, geometry: CropGeometry,
+                  crops_per_well: int = CROPS_PER_WELL) -> CropSet:
     """Read every labelled well of a plate into memory as uint8 crops at ``input_size`` px.
 
     Parameters
@@ -118,38 +120,46 @@ def load_crop_set(path: str | Path, input_size: int, *, crops_per_well: int = CR
         Plate folder (any layout ``plates.load_plate`` reads) with a class-labelled plate map,
         or the study's npy release.
     input_size
-        Crop edge, pixels.
+        Model input edge, pixels.
+    geometry
+        What one crop holds (the model's crop edge and pixel size); the plate is cut exactly as
+        scoring cuts it (``preprocess.plate_cropping``), intensity scaling included.
     crops_per_well
         Crops taken per well (spread over its fields, see ``preprocess.plan_crops``).
     """
     from neurorg_core.plates import load_plate
-    from neurorg_core.preprocess import crops_from_field, plan_crops
 
     plate = load_plate(path)
+    cropping = plate_cropping(plate, geometry)
     labels = plate_labels(plate, path)
     imaged = set(plate.wells())
     wells = [w for w in plate.wells() if w in labels]
     if not wells:
         raise NeuroRGError(f"none of the {len(imaged)} imaged wells has a class label", path=path)
     crops, ys, ws = [], [], []
-    digest = hashlib.sha256()
     for well in wells:
         refs = plate.fields_of(well)
-        plan = plan_crops(len(refs), crops_per_well)
+        plan = cropping.plan(len(refs), plate.field_shape, crops_per_well)
         for i, ref in enumerate(refs):
             field_img = plate.read_field(ref)
-            if not crops and not ys:
-                digest.update(np.ascontiguousarray(field_img).tobytes())
-            c = crops_from_field(field_img, plan, i, input_size)
+            c = crops_from_field(field_img, plan, i, input_size, cropping.intensity)
             if len(c):
                 crops.append(np.rint(np.clip(c, 0.0, 1.0) * 255.0).astype(np.uint8))
                 ys += [labels[well]] * len(c)
                 ws += [well] * len(c)
-    digest.update(repr(sorted(labels.items())).encode())
-    out = CropSet(plate.name, digest.hexdigest()[:16], Path(path), np.concatenate(crops),
+    out = CropSet(plate.name, plate_fingerprint(plate, labels), Path(path), np.concatenate(crops),
                   np.asarray(ys, np.int64), np.asarray(ws))
     log.info("%s: %d crops from %d labelled wells", plate.name, len(out.labels), len(wells))
     return out
+
+
+def plate_fingerprint(plate: Any, labels: dict[str, int]) -> str:
+    """A labelled plate's identity whatever its name or folder: SHA-256 of the first labelled
+    well's first field's pixels and of the class labels (first 16 hex digits)."""
+    first = next(w for w in plate.wells() if w in labels)
+    digest = hashlib.sha256(np.ascontiguousarray(plate.read_field(plate.fields_of(first)[0])).tobytes())
+    digest.update(repr(sorted(labels.items())).encode())
+    return digest.hexdigest()[:16]
 
 
 def split_wells(cs: CropSet, every: int = 4) -> tuple[CropSet, CropSet]:
@@ -201,6 +211,7 @@ class TrainSettings:
 
     arch: str = "efficientnet_tiny"
     input_size: int = 64               # pixels
+    crop_edge_px: int = 128            # tile edge in the training plates' pixels (resized to input_size)
     epochs: int = 10
     batch_size: int = 32
     optimizer: str = "AdamW"
@@ -352,10 +363,20 @@ def _plate_entries(sets: Sequence[CropSet]) -> list[dict]:
              "n_wells": int(len(np.unique(c.wells)))} for c in sets]
 
 
-def load_training_sets(plates: Sequence[str | Path], input_size: int,
+def training_geometry(plates: Sequence[str | Path], crop_edge_px: int) -> CropGeometry:
+    """The crop geometry a bundle trained on ``plates`` records: tiles of ``crop_edge_px`` pixels of
+    the first plate, at its pixel size where the files give it (the other plates are cut at the
+    same physical size)."""
+    from neurorg_core.plates import load_plate
+
+    px = load_plate(plates[0]).pixel_size_um if plates else None
+    return CropGeometry("tiles", int(crop_edge_px), px)
+
+
+def load_training_sets(plates: Sequence[str | Path], input_size: int, geometry: CropGeometry,
                        crops_per_well: int = CROPS_PER_WELL) -> list[CropSet]:
     """Load each plate folder's labelled crops; plate names must be distinct."""
-    sets = [load_crop_set(p, input_size, crops_per_well=crops_per_well) for p in plates]
+    sets = [load_crop_set(p, input_size, geometry=geometry, crops_per_well=crops_per_well) for p in plates]
     fold_split([c.plate for c in sets])  # validates names
     return sets
 
@@ -369,7 +390,7 @@ def _fold_data(sets: Sequence[CropSet], val_names: Sequence[str]) -> tuple[list[
 
 def train_bundle(plates: Sequence[str | Path], out: str | Path, settings: TrainSettings = TrainSettings(),
                  *, channels: ChannelChoice = "all", sets: Sequence[CropSet] | None = None,
-                 extra: dict | None = None) -> Bundle:
+                 geometry: CropGeometry | None = None, extra: dict | None = None) -> Bundle:
     """Train a leave-plate-out bundle and save it.
 
     Parameters
@@ -384,14 +405,19 @@ def train_bundle(plates: Sequence[str | Path], out: str | Path, settings: TrainS
         ``"all"``: a 3-channel ensemble, one member per fold (``fold_split``). A channel name:
         a single-channel bundle with one member, trained on the first fold's training plates.
     sets
-        Already-loaded crops (to share them between several bundles).
+        Already-loaded crops (to share them between several bundles; give their ``geometry`` too).
+    geometry
+        The crop geometry ``sets`` were cut with; default ``training_geometry(plates, ...)``.
     extra
         More card fields (provenance).
     """
     check_architecture(settings.arch)
     if channels not in ("all", *CHANNELS):
         raise NeuroRGError(f"channels {channels!r} is not one of all, {', '.join(CHANNELS)}")
-    data = list(sets) if sets is not None else load_training_sets(plates, settings.input_size,
+    if sets is not None and geometry is None:
+        raise NeuroRGError("crops given without their crop geometry; expected geometry= with sets=")
+    geometry = geometry or training_geometry(plates, settings.crop_edge_px)
+    data = list(sets) if sets is not None else load_training_sets(plates, settings.input_size, geometry,
                                                                    settings.crops_per_well)
     if data and data[0].crops.shape[1] != settings.input_size:
         raise NeuroRGError(f"crops are {data[0].crops.shape[1]} px; settings ask {settings.input_size} px")
@@ -413,14 +439,26 @@ def train_bundle(plates: Sequence[str | Path], out: str | Path, settings: TrainS
         "training": settings.as_dict(),
         "training_plates": _plate_entries(data),
         "folds": [{"fold": i + 1, "val_plates": f} for i, f in enumerate(folds)],
+        **geometry_card(geometry, data),
         **(extra or {}),
     }
     return save_bundle(out, models, infos, kind="single_channel" if single else "ensemble",
                        arch=settings.arch, input_size=settings.input_size, extra=card_extra)
 
 
+def geometry_card(geometry: CropGeometry, sets: Sequence[CropSet]) -> dict[str, Any]:
+    """The card fields that say how crops were made: crop geometry, intensity method, and whether
+    every training plate was rendered by the synthetic assay."""
+    from neurorg_core.synth import is_synthetic_plate
+
+    return {"crop_geometry": geometry.as_card(), "intensity": {"method": INTENSITY_METHOD},
+            "synthetic": bool(sets) and all(is_synthetic_plate(c.source) for c in sets),
+            "well_call": "mean_probability"}
+
+
 def train_single_channel_bundle(out: str | Path, settings: TrainSettings, sets: Sequence[CropSet],
-                                channels: Sequence[str] = CHANNELS, *, extra: dict | None = None) -> Bundle:
+                                channels: Sequence[str] = CHANNELS, *, geometry: CropGeometry,
+                                extra: dict | None = None) -> Bundle:
     """One single-channel member per channel, each trained on fold 1's training plates."""
     folds = fold_split([c.plate for c in sets])
     tr, va = _fold_data(sets, folds[0])
@@ -432,7 +470,8 @@ def train_single_channel_bundle(out: str | Path, settings: TrainSettings, sets: 
         models.append(res.model)
         infos.append(res.info)
     card_extra = {"training": settings.as_dict(), "training_plates": _plate_entries(sets),
-                  "folds": [{"fold": 1, "val_plates": folds[0]}], **(extra or {})}
+                  "folds": [{"fold": 1, "val_plates": folds[0]}], **geometry_card(geometry, sets),
+                  **(extra or {})}
     return save_bundle(out, models, infos, kind="single_channel", arch=settings.arch,
                        input_size=settings.input_size, extra=card_extra)
 
@@ -499,7 +538,9 @@ def evaluate_bundle(plates: Sequence[str | Path], bundle: Bundle, *, predictor: 
     from neurorg_core.stats import mcnemar
 
     pred = predictor if predictor is not None else Predictor(bundle)
-    data = list(sets) if sets is not None else [load_crop_set(p, bundle.input_size) for p in plates]
+    geometry = CropGeometry.from_card(bundle.card)
+    data = list(sets) if sets is not None else [load_crop_set(p, bundle.input_size, geometry=geometry)
+                                                for p in plates]
     entries = bundle.card["members"]
     trained_on = {fp for e in entries for fp in _train_fingerprints(bundle, e)}
     report: dict[str, Any] = {"model_id": bundle.id, "plates": []}
@@ -549,6 +590,52 @@ def evaluate_bundle(plates: Sequence[str | Path], bundle: Bundle, *, predictor: 
                                                           **mcnemar(b, c)}
         report["unseen"] = section
     return report
+
+
+def calibrate_fit_reference(plates: Sequence[str | Path], bundle: Bundle, *, work_dir: str | Path,
+                            backend: str = "litert") -> dict[str, Any]:
+    """Score reference plates with ``bundle`` and pool what it saw into its ``fit_reference``.
+
+    The plates should be ones no member trained on (held-out plates of the same assay, imaged as
+    the model's crop geometry expects), with plate maps naming control and disease wells. Each is
+    scored by ``pipeline.run_plate`` into a temporary store under ``work_dir``, so the reference is
+    computed exactly as every later run's check is.
+
+    Returns
+    -------
+    dict
+        The card's ``fit_reference``: ``fitcheck.FitStats`` as a dict, plus the plates used.
+    """
+    from neurorg_core.fitcheck import pool_stats
+    from neurorg_core.pipeline import run_plate
+    from neurorg_core.plates import load_plate
+    from neurorg_core.platemap import load_plate_map
+    from neurorg_core.store import ResultStore
+
+    if not plates:
+        raise NeuroRGError("no reference plates given; expected plates the model did not train on")
+    trained_on = {fp for e in bundle.card.get("members", []) for fp in _train_fingerprints(bundle, e)}
+    parts = []
+    with ResultStore(Path(work_dir) / "calibrate.duckdb") as store:
+        for path in plates:
+            plate = load_plate(path)
+            if trained_on and _is_training_plate(plate, path, trained_on):
+                raise NeuroRGError("a member of the model trained on this plate; the fit reference needs "
+                                   "plates it has not seen", path=path)
+            res = run_plate(plate, load_plate_map(find_plate_map(path)), bundle, store, backend=backend)  # type: ignore[arg-type]
+            parts.append(res.fit_stats)
+            log.info("fit reference: %s scored (%d wells)", path, res.n_wells)
+    return {**pool_stats(parts).as_dict(), "plates": [str(p) for p in plates]}
+
+
+def _is_training_plate(plate: Any, path: str | Path, trained_on: set[str]) -> bool:
+    """Whether a plate's fingerprint is one the bundle trained on (plates without class labels
+    cannot have been training plates)."""
+    try:
+        labels = plate_labels(plate, path)
+    except NeuroRGError:
+        return False
+    return plate_fingerprint(plate, labels) in trained_on
 
 
 def _val_fingerprints(bundle: Bundle, entry: dict) -> list[str]:
@@ -621,18 +708,18 @@ class DemoRecipe:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def load_screen_crops(path: str | Path, input_size: int) -> CropSet:
+def load_screen_crops(path: str | Path, input_size: int, geometry: CropGeometry) -> CropSet:
     """Crops of every imaged well of a plate (labels -1: a screening plate has none)."""
     from neurorg_core.plates import load_plate
-    from neurorg_core.preprocess import crops_from_field, plan_crops
 
     plate = load_plate(path)
+    cropping = plate_cropping(plate, geometry)
     crops, ws = [], []
     for well in plate.wells():
         refs = plate.fields_of(well)
-        plan = plan_crops(len(refs))
+        plan = cropping.plan(len(refs), plate.field_shape)
         for i, ref in enumerate(refs):
-            c = crops_from_field(plate.read_field(ref), plan, i, input_size)
+            c = crops_from_field(plate.read_field(ref), plan, i, input_size, cropping.intensity)
             crops.append(np.rint(np.clip(c, 0.0, 1.0) * 255.0).astype(np.uint8))
             ws += [well] * len(c)
     x = np.concatenate(crops)
@@ -681,7 +768,8 @@ def build_demo(out: str | Path, work_dir: str | Path, *, settings: TrainSettings
                                         kind="screen", params=params)[0]
     log.info("rendered %d training, %d test and 1 screening plate in %.0f s", len(train_dirs),
              len(test_dirs), time.perf_counter() - t0)
-    sets = load_training_sets(train_dirs, st.input_size, st.crops_per_well)
+    geometry = training_geometry(train_dirs, st.crop_edge_px)
+    sets = load_training_sets(train_dirs, st.input_size, geometry, st.crops_per_well)
     provenance = {
         "demo_recipe": recipe.as_dict(),
         "synth_params": (f"neurorg_core.synth.DEFAULT_PARAMS except cell_severity_sd "
@@ -698,24 +786,25 @@ def build_demo(out: str | Path, work_dir: str | Path, *, settings: TrainSettings
         ens = load_bundle(out / "ensemble")
         log.info("reusing the trained ensemble %s", ens.id)
     else:
-        ens = train_bundle([], out / "ensemble", st, sets=sets, extra=provenance)
+        ens = train_bundle([], out / "ensemble", st, sets=sets, geometry=geometry, extra=provenance)
     if reuse and (out / "single_channel" / "card.json").is_file():
         sc = load_bundle(out / "single_channel")
         log.info("reusing the trained single-channel bundle %s", sc.id)
     else:
         single_st = TrainSettings(**{**st.as_dict(), "epochs": recipe.single_channel_epochs})
-        sc = train_single_channel_bundle(out / "single_channel", single_st, sets, extra=provenance)
+        sc = train_single_channel_bundle(out / "single_channel", single_st, sets, geometry=geometry,
+                                         extra=provenance)
     log.info("trained both bundles after %.0f s", time.perf_counter() - t0)
 
     ens_pred = Predictor(ens)
-    test_sets = [load_crop_set(d, st.input_size) for d in test_dirs]
+    test_sets = [load_crop_set(d, st.input_size, geometry=geometry) for d in test_dirs]
     ens_report = evaluate_bundle([], ens, predictor=ens_pred, sets=[*sets, *test_sets])
     log.info("ensemble:\n%s", format_report(ens_report))
     sc_pred = Predictor(sc)
     sc_report = evaluate_bundle([], sc, predictor=sc_pred, sets=[*sets, *test_sets])
     log.info("single-channel:\n%s", format_report(sc_report))
 
-    screen = load_screen_crops(screen_dir, st.input_size)
+    screen = load_screen_crops(screen_dir, st.input_size, geometry)
     x = _as_float(screen.crops)
     names, p_ens = per_well_p_control(ens_pred.predict(x).mean(0), screen.wells)
     sc_probs = sc_pred.predict(x)

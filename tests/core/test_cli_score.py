@@ -30,7 +30,7 @@ def setup(tmp_path_factory) -> dict:
     head.set_weights([kernel * 100, bias])
     bundle = save_bundle(root / "bundle", [model],
                          [{"name": "fold1", "fold": 1}], kind="ensemble", arch="efficientnet_tiny",
-                         input_size=32)
+                         input_size=32, extra={"crop_geometry": {"mode": "tiles", "crop_edge_px": 32}})
     full = write_synthetic_plates(root / "synth", seed=1, n_wells=96, n_fields=1, size=64,
                                   layout="tiff", kind="screen")[0]
     pm = load_plate_map(full / "platemap.csv")
@@ -52,7 +52,9 @@ def score_args(s: dict) -> list[str]:
 def test_score_prints_summary_and_rerun_hits_the_cache(setup, capsys) -> None:
     assert main(score_args(setup)) == 0
     out = capsys.readouterr()
-    assert f"wells scored: {N_WELLS} ({N_WELLS} fields, {N_WELLS * 4} crops)" in out.out
+    assert f"wells scored: {N_WELLS} ({N_WELLS} fields, {N_WELLS * 4} crops of 32 px" in out.out
+    assert "model fit: not checked (the model card has no fit_reference" in out.out
+    assert "readout: inflammation score (0 = control ... 5 = 20 uM)" in out.out
     assert f"cache hits: 0 fields, misses: {N_WELLS} ({N_WELLS * 4} crop x member" in out.out
     assert "Z': " in out.out and "hits: " in out.out
     assert f"{N_WELLS * 4}/{N_WELLS * 4} crops (100 %)" in out.err
@@ -71,7 +73,7 @@ def test_export_writes_one_row_per_well_with_metadata(setup, tmp_path, capsys, f
     out = tmp_path / f"wells.{fmt}"
     assert main(["export", "--db", str(setup["db"]), "--plate", "cli-plate", "--format", fmt,
                  "--out", str(out)]) == 0
-    assert f"wrote {N_WELLS} wells" in capsys.readouterr().out
+    assert f"wrote {N_WELLS} rows" in capsys.readouterr().out
     table = pd.read_parquet(out) if fmt == "parquet" else pd.read_csv(out)
     assert len(table) == N_WELLS and table[WELL].is_unique
     meta = [c for c in table.columns if c.startswith("Metadata_")]
@@ -82,6 +84,8 @@ def test_export_writes_one_row_per_well_with_metadata(setup, tmp_path, capsys, f
     assert P_CONTROL in features.columns and RESCUE_PCT in features.columns
     assert all(pd.api.types.is_numeric_dtype(features[c]) for c in features.columns)
     assert (table[PLATE] == "cli-plate").all()
+    assert (table["Metadata_Readout"] == "inflammation_score").all()
+    assert (table["Metadata_Model_fit"] == "unchecked").all()
     with ResultStore(setup["db"], read_only=True) as store:
         stored = store.load_well_scores("cli-plate")
     pd.testing.assert_series_equal(table[P_CONTROL], stored[P_CONTROL], check_exact=False, rtol=1e-12)

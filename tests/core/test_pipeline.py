@@ -28,7 +28,7 @@ from neurorg_core.schema import (
     COMPOUND,
     CONVERGED,
     EC50,
-    EXPECTED_CLASS,
+    INFLAMMATION_SCORE,
     FIELD_HASH,
     HIT,
     N_CROPS,
@@ -46,6 +46,7 @@ from neurorg_core.store import ResultStore
 from neurorg_core.synth import write_synthetic_plates
 
 CROPS = 4  # per well: a 2 x 2 grid of 32 px tiles from each 64 px field
+GEOMETRY = {"crop_geometry": {"mode": "tiles", "crop_edge_px": 32, "pixel_size_um": None}}
 
 
 def _model(seed: int, channels=CHANNELS):
@@ -65,7 +66,7 @@ def bundles(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bundles")
     m1, m2, m2b = _model(1), _model(2), _model(3)
     folds = [{"name": "fold1", "fold": 1}, {"name": "fold2", "fold": 2}]
-    kw = {"kind": "ensemble", "arch": "efficientnet_tiny", "input_size": 32}
+    kw = {"kind": "ensemble", "arch": "efficientnet_tiny", "input_size": 32, "extra": GEOMETRY}
     a = save_bundle(root / "a", [m1, m2], folds, **kw)
     b = save_bundle(root / "b", [m1, m2b], folds, **kw)  # fold 2 retrained, fold 1 unchanged
     one = save_bundle(root / "one", [m1], folds[:1], **kw)  # one LiteRT conversion for the fast path
@@ -288,7 +289,7 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
 def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path) -> None:
     models = [_model(10 + i, (c,)) for i, c in enumerate(CHANNELS)]
     sc = save_bundle(tmp_path / "sc", models, [{"name": c} for c in CHANNELS], kind="single_channel",
-                     arch="efficientnet_tiny", input_size=32)
+                     arch="efficientnet_tiny", input_size=32, extra=GEOMETRY)
     r = score(plate_dir, bundles["a"], store, single_channel_bundle=sc)
     assert r.inferred_crops == r.n_crops * 3  # the ensemble comes from the cache
     assert (r.cache_hits, r.cache_misses) == (0, r.n_fields)
@@ -335,7 +336,7 @@ def test_demo_ensemble_recovers_ec50s_and_spares_the_inactive_compound(tmp_path)
                   name="ec50", crops_per_well=15)
         res = load_plate_results(store, "ec50")
     expected = res.wells[list(PROB_COLUMNS)].to_numpy() @ np.arange(len(PROB_COLUMNS))
-    np.testing.assert_allclose(res.wells[EXPECTED_CLASS], expected)
+    np.testing.assert_allclose(res.wells[INFLAMMATION_SCORE], expected)
     fits = res.fits.set_index(COMPOUND)
     truth = pd.read_csv(folder / "ground_truth.csv")
     compounds = truth[truth[ROLE] == "treatment"].groupby(COMPOUND)[[TRUE_EC50, TRUE_MAX_RESCUE]].first()

@@ -1,11 +1,23 @@
+"""From fields to crops: intensity scaling, the crop plan at the model's crop edge, resizing."""
+
 import numpy as np
 import pytest
 
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.preprocess import (
-    crops_from_field, plan_crops, resize_square, scale_intensity, tile_boxes,
+    CropGeometry,
+    Intensity,
+    crops_from_field,
+    detect_intensity,
+    field_channel_stats,
+    plan_crops,
+    resize_square,
+    sample_field_indices,
+    scale_intensity,
 )
 
+
+# --- intensity ---------------------------------------------------------------------------------
 
 def test_scale_16_bit_equals_8_bit_times_257_exactly():
     img8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
@@ -21,47 +33,146 @@ def test_scale_refuses_other_dtypes_naming_them():
         scale_intensity(np.zeros((2, 2)))
 
 
-@pytest.mark.parametrize(
-    "n_fields,grid,per_field",
-    [(4, 2, None), (1, 4, [15]), (15, 1, [1] * 15), (2, 3, None), (20, 1, None)],
-)
-def test_plan_counts_and_grid(n_fields, grid, per_field):
-    plan = plan_crops(n_fields)
-    assert plan.grid == grid
-    expected_total = min(15, n_fields * grid * grid)
-    assert len(plan.tiles) == expected_total == plan.crops_per_well
-    assert len(set(plan.tiles)) == len(plan.tiles)          # no tile used twice
+@pytest.mark.parametrize("peak,bits", [(200, 8), (255, 8), (256, 12), (4095, 12), (4096, 14),
+                                       (16383, 14), (16384, 16), (65535, 16)])
+def test_significant_bits_from_the_sample_maximum(peak, bits):
+    fields = [np.zeros((4, 4, 3), np.uint16), np.full((4, 4, 3), peak, np.uint16)]
+    got = detect_intensity(np.uint16, fields)
+    assert got.bits == bits and got.full_scale == 2**bits - 1
+    assert f"max {peak} over 2 field(s)" in got.source
+
+
+def test_eight_bit_images_and_user_bits_need_no_sample():
+    def never():
+        raise AssertionError("fields read")
+        yield
+    assert detect_intensity(np.uint8, never()).bits == 8
+    assert detect_intensity(np.uint16, never(), bits=12).source == "given by the user"
+    with pytest.raises(NeuroRGError, match="bit depth 10 .* 8, 12, 14, 16"):
+        detect_intensity(np.uint16, never(), bits=10)
+    with pytest.raises(NeuroRGError, match="8-bit images"):
+        detect_intensity(np.uint8, never(), bits=12)
+
+
+def test_sample_spreads_over_the_plate():
+    assert sample_field_indices(5) == [0, 1, 2, 3, 4]
+    idx = sample_field_indices(400, 16)
+    assert len(idx) == 16 and idx[0] == 0 and idx[-1] == 399
+    assert max(np.diff(idx)) - min(np.diff(idx)) <= 1
+
+
+def test_twelve_bit_data_crops_like_the_same_data_scaled_to_sixteen_bits():
+    """A 12-bit camera's values, and the same values scaled to the full 16-bit range (x 16 or x
+    65535/4095, as acquisition software does), give the same crops within 1e-3."""
+    rng = np.random.default_rng(3)
+    v12 = rng.integers(0, 4096, (128, 128, 3), dtype=np.uint16)
+    plan = plan_crops(1, (128, 128), 64, crops_per_well=4)
+    a = crops_from_field(v12, plan, 0, 32, detect_intensity(np.uint16, [v12]))
+    for scaled in (v12 * np.uint16(16), np.rint(v12 * (65535 / 4095)).astype(np.uint16)):
+        b = crops_from_field(scaled, plan, 0, 32, detect_intensity(np.uint16, [scaled]))
+        assert np.abs(a - b).max() < 1e-3
+    # read as plain 16-bit (the old behaviour) the 12-bit plate is 16 x too dark
+    c = crops_from_field(v12, plan, 0, 32)
+    assert abs(a.mean() / c.mean() - 65535 / 4095) < 0.01
+
+
+def test_values_above_the_significant_bits_are_clipped():
+    field = np.full((8, 8, 3), 5000, np.uint16)
+    crops = crops_from_field(field, plan_crops(1, (8, 8), 8, 1), 0, 4, Intensity(12))
+    np.testing.assert_array_equal(crops, 1.0)
+    np.testing.assert_array_equal(scale_intensity(field, Intensity(12)), 1.0)
+
+
+# --- the crop plan ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size,n_fields,grid,per_field_max", [
+    (256, 4, (2, 2), 4),      # the demo: 15 of 16 whole tiles
+    (512, 1, (4, 4), 15),
+    (512, 4, (4, 4), 4),
+    (256, 16, (2, 2), 1),     # 64 tiles: one crop from 15 of the 16 fields
+    (1024, 1, (8, 8), 15),
+])
+def test_tiles_keep_the_model_edge_whatever_the_field_size(size, n_fields, grid, per_field_max):
+    plan = plan_crops(n_fields, (size, size), 128)
+    assert plan.edge == 128 and plan.grid == grid and not plan.overlapping
+    assert len(plan.tiles) == plan.crops_per_well == 15
+    assert len(set(plan.tiles)) == 15
     counts = [len(plan.tiles_of(i)) for i in range(n_fields)]
-    assert sum(counts) == expected_total
-    if per_field is not None:
-        assert counts == per_field
-    # evenly spread: no field gives more than one crop more than any other
-    assert max(counts) - min(counts) <= 1
+    assert sum(counts) == 15 and max(counts) <= per_field_max
+    assert max(counts) - min(counts) <= 1        # evenly over the well's fields
+    # tiles are centred in the field and do not overlap
+    tops = sorted({t for t, _ in plan.boxes})
+    assert tops[0] == (size - grid[0] * 128) // 2 and all(b - a == 128 for a, b in zip(tops, tops[1:]))
 
 
-def test_plan_four_fields_takes_15_of_16_tiles():
-    plan = plan_crops(4)
-    assert plan.grid == 2
-    assert sorted(len(plan.tiles_of(i)) for i in range(4)) == [3, 4, 4, 4]
-    assert all(0 <= t < 4 for _, t in plan.tiles)
+def test_picks_spread_evenly_over_all_tiles():
+    plan = plan_crops(1, (1024, 1024), 128)          # 64 tiles, 15 crops
+    idx = [t for _, t in plan.tiles]
+    gaps = np.diff(idx)
+    assert gaps.min() >= 4 and gaps.max() <= 5
 
 
-def test_plan_twenty_fields_uses_15_of_them():
-    plan = plan_crops(20, crops_per_well=15)
-    assert sum(1 for i in range(20) if plan.tiles_of(i)) == 15
+def test_too_few_whole_tiles_overlap_so_the_well_gets_its_crops():
+    plan = plan_crops(1, (256, 256), 128)            # 4 whole tiles, 15 asked
+    assert plan.grid == (4, 4) and plan.overlapping and plan.crops_per_well == 15
+    assert sorted({t for t, _ in plan.boxes}) == [0, 43, 85, 128]    # stride ~43 px, edge-to-edge
+    plan2 = plan_crops(2, (256, 256), 128)           # 8 whole tiles
+    assert plan2.grid in ((3, 3), (2, 4), (4, 2)) and plan2.crops_per_well == 15
 
 
-def test_plan_rejects_no_fields():
+def test_non_square_fields_and_margins():
+    plan = plan_crops(1, (300, 520), 100, crops_per_well=12)
+    assert plan.grid == (3, 5)
+    assert {t for t, _ in plan.boxes} == {0, 100, 200}
+    assert {x for _, x in plan.boxes} == {10, 110, 210, 310, 410}
+
+
+def test_plan_refuses_fields_smaller_than_the_crop_and_bad_counts():
+    with pytest.raises(NeuroRGError, match=r"fields are 100 x 100 px, smaller than the 128 px crop"):
+        plan_crops(4, (100, 100), 128)
     with pytest.raises(NeuroRGError, match="at least one field"):
-        plan_crops(0)
+        plan_crops(0, (256, 256), 128)
     with pytest.raises(NeuroRGError, match="field index 4"):
-        plan_crops(4).tiles_of(4)
+        plan_crops(4, (256, 256), 128).tiles_of(4)
 
 
-def test_tile_boxes_are_centred_squares():
-    boxes = tile_boxes((40, 60), 2)
-    assert boxes == [(0, 5, 20), (0, 35, 20), (20, 5, 20), (20, 35, 20)]
+def test_a_tiny_field_gives_fewer_crops_rather_than_repeats():
+    plan = plan_crops(1, (10, 10), 8)                 # 3 x 3 distinct positions at most
+    assert plan.crops_per_well == 9 and len(set(plan.tiles)) == 9
 
+
+def test_plan_keys_differ_by_edge_and_grid():
+    a, b = plan_crops(4, (256, 256), 128), plan_crops(4, (256, 256), 64)
+    assert a.key(0) != b.key(0) and a.key(0).startswith("e128g2x2:")
+
+
+# --- geometry from the model card -----------------------------------------------------------------
+
+def test_crop_edge_follows_the_pixel_size_ratio():
+    g = CropGeometry("tiles", 128, 0.65)
+    assert g.edge_on((512, 512), 0.65) == 128
+    assert g.edge_on((512, 512), 0.325) == 256       # a 2x magnified plate: same cells, twice the pixels
+    assert g.edge_on((512, 512), 1.3) == 64
+    assert g.edge_on((512, 512), None) == 128         # unknown: assumed the model's scale
+    assert CropGeometry("tiles", 128, None).edge_on((512, 512), 0.325) == 128
+    assert CropGeometry("whole_field").edge_on((1200, 1100)) == 1100
+
+
+def test_geometry_from_card_with_clear_errors():
+    card = {"crop_geometry": {"mode": "tiles", "crop_edge_px": 128, "pixel_size_um": 0.65}}
+    g = CropGeometry.from_card(card)
+    assert g == CropGeometry("tiles", 128, 0.65) and CropGeometry.from_card({"crop_geometry": g.as_card()}) == g
+    with pytest.raises(NeuroRGError, match="no crop_geometry"):
+        CropGeometry.from_card({})
+    with pytest.raises(NeuroRGError, match="crop edge '128' px"):
+        CropGeometry.from_card({"crop_geometry": {"mode": "tiles", "crop_edge_px": "128"}})
+    with pytest.raises(NeuroRGError, match="mode 'grid'"):
+        CropGeometry.from_card({"crop_geometry": {"mode": "grid", "crop_edge_px": 128}})
+    with pytest.raises(NeuroRGError, match="pixel size -1"):
+        CropGeometry.from_card({"crop_geometry": {"mode": "tiles", "crop_edge_px": 128, "pixel_size_um": -1}})
+
+
+# --- crops --------------------------------------------------------------------------------------
 
 def test_crops_pick_the_planned_tiles_at_the_right_place():
     # field whose value encodes the tile: tile (r, c) of a 4x4 grid of 8 px tiles = 4*r + c
@@ -70,7 +181,8 @@ def test_crops_pick_the_planned_tiles_at_the_right_place():
         for c in range(4):
             field[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = 10 * (4 * r + c)
     field[..., 1] = 255
-    plan = plan_crops(1)
+    plan = plan_crops(1, (32, 32), 8)
+    assert plan.grid == (4, 4)
     crops = crops_from_field(field, plan, 0, 8)
     assert crops.shape == (15, 8, 8, 3) and crops.dtype == np.float32
     for crop, tile in zip(crops, plan.tiles_of(0)):
@@ -81,7 +193,7 @@ def test_crops_pick_the_planned_tiles_at_the_right_place():
 def test_crops_resize_by_area_average_for_integer_factor():
     field = np.zeros((8, 8, 3), dtype=np.uint16)
     field[::2, ::2] = 65535            # one bright pixel in every 2x2 block
-    crops = crops_from_field(field, plan_crops(15), 0, 4)
+    crops = crops_from_field(field, plan_crops(1, (8, 8), 8, 1), 0, 4)
     assert crops.shape == (1, 4, 4, 3)
     np.testing.assert_allclose(crops, 0.25, atol=1e-6)
 
@@ -92,7 +204,7 @@ def test_integer_shrink_matches_the_pillow_box_filter(dtype, side, size):
     path, ``resize_square``) gives, on random 8- and 16-bit tiles."""
     full = np.iinfo(dtype).max
     field = np.random.default_rng(2).integers(0, full, (side, side, 3), dtype=dtype, endpoint=True)
-    crops = crops_from_field(field, plan_crops(15), 0, size)
+    crops = crops_from_field(field, plan_crops(1, (side, side), side, 1), 0, size)
     expected = resize_square(scale_intensity(field), size)
     np.testing.assert_allclose(crops[0], expected, rtol=0, atol=1e-6)
 
@@ -100,7 +212,7 @@ def test_integer_shrink_matches_the_pillow_box_filter(dtype, side, size):
 def test_crops_non_integer_resize_keeps_range_and_mean():
     rng = np.random.default_rng(0)
     field = rng.integers(0, 256, (90, 90, 3), dtype=np.uint8)
-    crops = crops_from_field(field, plan_crops(15), 0, 32)
+    crops = crops_from_field(field, plan_crops(1, (90, 90), 90, 1), 0, 32)
     assert crops.shape == (1, 32, 32, 3)
     assert 0.0 <= crops.min() and crops.max() <= 1.0
     assert abs(crops.mean() - field.mean() / 255) < 0.01
@@ -116,4 +228,13 @@ def test_resize_up_and_identity():
 
 def test_crops_reject_wrong_channel_count():
     with pytest.raises(NeuroRGError, match=r"expected \(H, W, 3\)"):
-        crops_from_field(np.zeros((8, 8), np.uint8), plan_crops(1), 0, 4)
+        crops_from_field(np.zeros((8, 8), np.uint8), plan_crops(1, (8, 8), 4), 0, 4)
+
+
+def test_field_channel_stats_by_hand():
+    field = np.zeros((8, 8, 3), np.uint8)
+    field[..., 1] = 255
+    field[::8, ::8, 2] = 255          # the strided sample (every 4th pixel) holds 1 of 4 at 255
+    st = field_channel_stats(field)
+    np.testing.assert_allclose(st[0], [0.0, 1.0, 0.25])
+    np.testing.assert_allclose(st[1], [0.0, 0.0, np.sqrt(0.25 * 0.75)])

@@ -10,7 +10,7 @@ from neurorg_core.schema import (
     COMPOUND,
     CROP,
     DOSE,
-    EXPECTED_CLASS,
+    INFLAMMATION_SCORE,
     FIELD,
     MEMBER,
     N_CLASSES,
@@ -24,7 +24,7 @@ from neurorg_core.schema import (
     VOTE_COLUMNS,
     WELL,
 )
-from neurorg_core.scoring import expected_class, score_channels, score_plate, with_expected_class
+from neurorg_core.scoring import inflammation_score, score_channels, score_plate, with_inflammation_score
 
 
 def _rows(well, member, crops, field=1):
@@ -61,16 +61,16 @@ def test_hand_worked_well():
     assert r[CALLED_CLASS] == 0 and r[N_CROPS] == 2
     assert (r[ROW], r[COL]) == (1, 1)
     # expected class = 0 x 0.525 + 1 x 0.475
-    assert r[EXPECTED_CLASS] == pytest.approx(0.475)
+    assert r[INFLAMMATION_SCORE] == pytest.approx(0.475)
 
 
-def test_expected_class_by_hand_and_derived_for_stored_tables():
+def test_inflammation_score_by_hand_and_derived_for_stored_tables():
     probs = pd.DataFrame([[0.5, 0, 0, 0, 0, 0.5], [0, 0, 0.25, 0.75, 0, 0], [1, 0, 0, 0, 0, 0]],
                          columns=list(PROB_COLUMNS))
-    assert expected_class(probs).tolist() == pytest.approx([2.5, 2.75, 0.0])
-    assert with_expected_class(probs.assign(x=1))[EXPECTED_CLASS].tolist() == pytest.approx([2.5, 2.75, 0.0])
+    assert inflammation_score(probs).tolist() == pytest.approx([2.5, 2.75, 0.0])
+    assert with_inflammation_score(probs.assign(x=1))[INFLAMMATION_SCORE].tolist() == pytest.approx([2.5, 2.75, 0.0])
     with pytest.raises(NeuroRGError, match="P_class3"):
-        expected_class(probs.drop(columns=["P_class3"]))
+        inflammation_score(probs.drop(columns=["P_class3"]))
 
 
 def test_votes_and_mean_call_can_disagree_and_single_member_sd_is_zero():

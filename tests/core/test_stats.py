@@ -113,8 +113,8 @@ def test_float_noise_gives_no_rescue_tests_or_trends():
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # scipy's "catastrophic cancellation" would fail here
         with pytest.raises(NeuroRGError, match="assay window is empty"):
-            compare_treatments(wells)
-        qc = plate_qc(wells)
+            compare_treatments(wells, metric=P_CONTROL)
+        qc = plate_qc(wells, metric=P_CONTROL)
     assert qc["z_prime"] < 0             # the window is noise: Z' says the plate failed
     assert np.isnan([qc["edge_p_control"], qc["edge_p_disease"], qc["trend_p_row"], qc["trend_p_col"]]).all()
     assert not qc["edge_flag"]
@@ -123,7 +123,7 @@ def test_float_noise_gives_no_rescue_tests_or_trends():
 def test_add_rescue_puts_controls_at_100_and_disease_at_0():
     wells = pd.DataFrame({ROLE: ["control", "control", "disease", "disease", "treatment", "empty"],
                           P_CONTROL: [0.8, 1.0, 0.1, 0.3, 0.55, 0.0]})
-    out = add_rescue(wells)
+    out = add_rescue(wells, metric=P_CONTROL)
     assert RESCUE_PCT not in wells.columns  # input untouched
     np.testing.assert_allclose(out[RESCUE_PCT], [85.714286, 114.285714, -14.285714, 14.285714, 50.0, -28.571429])
     assert out.loc[out[ROLE] == "control", RESCUE_PCT].mean() == pytest.approx(100.0)
@@ -144,7 +144,7 @@ def test_plate_qc_by_hand():
     wells = pd.DataFrame({ROLE: ["control"] * 3 + ["disease"] * 3 + ["treatment"],
                           WELL: ["A01", "B01", "C01", "A12", "B12", "C12", "B06"],
                           P_CONTROL: [0.9, 1.0, 0.95, 0.1, 0.0, 0.05, 0.5]})
-    qc = plate_qc(wells)
+    qc = plate_qc(wells, metric=P_CONTROL)
     assert (qc["n_control"], qc["n_disease"]) == (3, 3)
     assert qc["mean_control"] == pytest.approx(0.95) and qc["sd_control"] == pytest.approx(0.05)
     assert qc["z_prime"] == pytest.approx(2 / 3)                      # 1 - 3 * 0.1 / 0.9
@@ -159,12 +159,12 @@ def test_plate_qc_finds_an_edge_effect_and_matches_welch():
     edge = (wells[ROW].isin([1, 6]) | wells[COL].isin([1, 8])).to_numpy()
     base = np.where(wells[ROLE] == "control", 0.9, np.where(wells[ROLE] == "disease", 0.1, 0.5))
     clean = wells.assign(**{P_CONTROL: base + rng.normal(0, 0.02, len(wells))})
-    qc = plate_qc(clean)
+    qc = plate_qc(clean, metric=P_CONTROL)
     assert qc["edge_flag"] is False
     assert "control: 8 edge vs 4 interior wells" in qc["edge_note"]
 
     dimmed = clean.assign(**{P_CONTROL: clean[P_CONTROL] - 0.15 * edge})
-    qc = plate_qc(dimmed)
+    qc = plate_qc(dimmed, metric=P_CONTROL)
     assert qc["edge_flag"] is True
     is_c = (dimmed[ROLE] == "control").to_numpy()
     ref = sps.ttest_ind(dimmed.loc[is_c & edge, P_CONTROL], dimmed.loc[is_c & ~edge, P_CONTROL], equal_var=False)
@@ -176,7 +176,7 @@ def test_plate_qc_row_trend_is_flagged():
     wells = _grid()
     base = np.where(wells[ROLE] == "control", 0.9, np.where(wells[ROLE] == "disease", 0.1, 0.5))
     wells[P_CONTROL] = base + 0.02 * wells[ROW] + np.random.default_rng(1).normal(0, 0.005, len(wells))
-    qc = plate_qc(wells)
+    qc = plate_qc(wells, metric=P_CONTROL)
     assert qc["trend_p_row"] < 1e-4 and qc["edge_flag"] is True
     assert qc["trend_p_col"] > 0.01
 
@@ -185,7 +185,7 @@ def test_plate_qc_names_the_missing_role():
     wells = pd.DataFrame({ROLE: ["disease"] * 5 + ["treatment"] * 2, WELL: [f"A{i:02d}" for i in range(1, 8)],
                           P_CONTROL: np.linspace(0, 1, 7)})
     with pytest.raises(NeuroRGError, match=r"control \(needs 2, has 0\).*disease 5, treatment 2"):
-        plate_qc(wells)
+        plate_qc(wells, metric=P_CONTROL)
     with pytest.raises(NeuroRGError, match="'Rescue_pct' is not a numeric column"):
         plate_qc(wells, metric=RESCUE_PCT)
 
@@ -219,7 +219,7 @@ def _screen():
 
 def test_compare_treatments_against_scipy():
     wells = _screen()
-    out = compare_treatments(wells, rescue_threshold_pct=50.0, fdr=0.05)
+    out = compare_treatments(wells, metric=P_CONTROL, rescue_threshold_pct=50.0, fdr=0.05)
     assert list(out.columns) == list(TREATMENT_COLUMNS)
     assert list(zip(out[COMPOUND], out[DOSE])) == [("CPD-A", 0.1), ("CPD-A", 1.0), ("CPD-B", 1.0), ("CPD-C", 5.0)]
     dis = wells.loc[wells[ROLE] == "disease", P_CONTROL].to_numpy()
@@ -242,23 +242,23 @@ def test_compare_treatments_against_scipy():
     np.testing.assert_allclose(out[Q_WELCH].iloc[:3], sps.false_discovery_control(p_welch))
     np.testing.assert_allclose(out[Q_MWU], sps.false_discovery_control(p_mwu))
     assert out[HIT].tolist() == [False, True, False, False]   # 0.1 uM: ~25 % rescue; CPD-C untestable
-    lenient = compare_treatments(wells, rescue_threshold_pct=20.0)
+    lenient = compare_treatments(wells, metric=P_CONTROL, rescue_threshold_pct=20.0)
     assert lenient[HIT].tolist() == [True, True, False, False]
 
 
 def test_compare_treatments_edge_cases():
     wells = _screen()
     only_refs = wells[wells[ROLE] != "treatment"]
-    empty = compare_treatments(only_refs)
+    empty = compare_treatments(only_refs, metric=P_CONTROL)
     assert empty.empty and list(empty.columns) == list(TREATMENT_COLUMNS)
     with pytest.raises(NeuroRGError, match=r"disease \(needs 2, has 0\).*control 4, disease 0, treatment 10"):
-        compare_treatments(wells[wells[ROLE] != "disease"])
+        compare_treatments(wells[wells[ROLE] != "disease"], metric=P_CONTROL)
     with pytest.raises(NeuroRGError, match="fdr"):
-        compare_treatments(wells, fdr=0.0)
+        compare_treatments(wells, metric=P_CONTROL, fdr=0.0)
     nameless = wells.copy()
     nameless.loc[nameless[COMPOUND] == "CPD-B", COMPOUND] = ""
     with pytest.raises(NeuroRGError, match="3 treatment well\\(s\\) have no compound"):
-        compare_treatments(nameless)
+        compare_treatments(nameless, metric=P_CONTROL)
 
 
 # --- dose-response --------------------------------------------------------------------------
@@ -325,14 +325,14 @@ def test_fit_compounds_over_a_well_table():
     inact = pd.DataFrame({COMPOUND: "CPD-OFF", DOSE: DOSES, P_CONTROL: 0.1 + rng.normal(0, 0.02, DOSES.size)})
     refs = pd.DataFrame({ROLE: ["control", "disease"], COMPOUND: "", DOSE: np.nan, P_CONTROL: [0.9, 0.1]})
     wells = pd.concat([act.assign(**{ROLE: "treatment"}), inact.assign(**{ROLE: "treatment"}), refs])
-    out = fit_compounds(wells)
+    out = fit_compounds(wells, metric=P_CONTROL)
     assert list(out.columns) == list(FIT_COLUMNS)
     assert out[COMPOUND].tolist() == ["CPD-ACT", "CPD-OFF"]
     a, o = out.iloc[0], out.iloc[1]
     assert a[CONVERGED] and a[EC50_CI_LOW] <= 0.5 <= a[EC50_CI_HIGH] and a[N_WELLS] == 30
     assert a[HILL] == pytest.approx(-1.5, rel=0.25)
     assert not o[CONVERGED] and np.isnan(o[EC50]) and np.isnan(o[HILL])
-    assert fit_compounds(refs).empty
+    assert fit_compounds(refs, metric=P_CONTROL).empty
     curve = DoseResponseFit.from_row(out.iloc[0].to_dict())
     np.testing.assert_allclose(curve.predict([a[EC50]]), [(a[TOP] + a[BOTTOM]) / 2])  # midpoint at EC50
     assert np.isnan(DoseResponseFit.from_row(out.iloc[1].to_dict()).predict(0.5))
@@ -371,3 +371,28 @@ def test_channel_comparison_one_row_per_channel():
     assert out[PEARSON_R].iloc[1] > 0.9 and out[N_WELLS].tolist() == [30, 30]
     with pytest.raises(NeuroRGError, match="no single-channel columns"):
         channel_comparison(wells[[P_CONTROL]])
+
+
+def test_default_readout_is_the_inflammation_score_and_ssmd_is_signed_by_the_control_side():
+    """Rescue %, QC and hits read the inflammation score unless told otherwise; SSMD is positive
+    on a good plate whichever readout (controls score low on one, high on the other)."""
+    from neurorg_core.schema import INFLAMMATION_SCORE
+
+    wells = pd.DataFrame({
+        WELL: ["A01", "A02", "A03", "B01", "B02", "B03", "C01", "C02", "C03"],
+        ROLE: ["control"] * 3 + ["disease"] * 3 + ["treatment"] * 3,
+        COMPOUND: [""] * 6 + ["X"] * 3, DOSE: [np.nan] * 6 + [1.0] * 3,
+        INFLAMMATION_SCORE: [0.2, 0.3, 0.25, 4.7, 4.8, 4.75, 2.5, 2.6, 2.4],
+        P_CONTROL: [0.8, 0.9, 0.85, 0.01, 0.02, 0.015, 0.02, 0.03, 0.01],
+    })
+    qc_inf, qc_p = plate_qc(wells), plate_qc(wells, metric=P_CONTROL)
+    assert qc_inf["metric"] == INFLAMMATION_SCORE and qc_inf["ssmd"] > 0 and qc_p["ssmd"] > 0
+    sd = np.sqrt(wells[INFLAMMATION_SCORE][:3].var() + wells[INFLAMMATION_SCORE][3:6].var())
+    assert qc_inf["ssmd"] == pytest.approx((4.75 - 0.25) / sd)
+    # halfway back in phenotype: ~50 % on the inflammation score, ~1 % on the saturated P(control)
+    r_inf = add_rescue(wells)[RESCUE_PCT].iloc[6:].mean()
+    r_p = add_rescue(wells, metric=P_CONTROL)[RESCUE_PCT].iloc[6:].mean()
+    assert r_inf == pytest.approx(100 * (4.75 - 2.5) / (4.75 - 0.25))
+    assert r_p < 2
+    t = compare_treatments(wells)
+    assert t[RESCUE_PCT].iloc[0] == pytest.approx(r_inf)

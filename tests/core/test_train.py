@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from neurorg_core.errors import NeuroRGError  # noqa: E402
+from neurorg_core.preprocess import CropGeometry  # noqa: E402
 from neurorg_core.train import (augment, fold_split, load_crop_set, score_crops, split_wells,  # noqa: E402
                                 well_calls)
 
@@ -75,6 +76,9 @@ def test_well_calls_mean_probability_and_plurality_vote():
     assert np.sum(m["well_confusion"]) == 2 and m["well_confusion"][0][1] == 1
 
 
+EDGE32 = CropGeometry("tiles", 32)
+
+
 @pytest.fixture(scope="module")
 def tiny_plates(tmp_path_factory):
     from neurorg_core.synth import write_synthetic_plates
@@ -86,14 +90,14 @@ def tiny_plates(tmp_path_factory):
 
 
 def test_load_crop_set_reads_labelled_wells(tiny_plates):
-    cs = load_crop_set(tiny_plates[0], 32, crops_per_well=4)
+    cs = load_crop_set(tiny_plates[0], 32, geometry=EDGE32, crops_per_well=4)
     assert cs.crops.dtype == np.uint8 and cs.crops.shape[1:] == (32, 32, 3)
     assert len(np.unique(cs.wells)) == 60 and len(cs.labels) == 240
     assert sorted(np.bincount(cs.labels).tolist()) == [40] * 6
     tr, va = split_wells(cs)
     assert set(tr.wells).isdisjoint(va.wells)
     assert np.bincount(va.labels).tolist() == [8] * 6   # every 4th of 10 wells per class, x 4 crops
-    other = load_crop_set(tiny_plates[1], 32, crops_per_well=4)
+    other = load_crop_set(tiny_plates[1], 32, geometry=EDGE32, crops_per_well=4)
     assert other.fingerprint != cs.fingerprint
 
 
@@ -103,7 +107,7 @@ def test_load_crop_set_without_labels_names_the_folder(tmp_path):
     folder = write_synthetic_plates(tmp_path, seed=3, n_plates=1, n_fields=1, size=64, kind="screen")[0]
     (folder / "platemap.csv").unlink()
     with pytest.raises(NeuroRGError, match="no plate map") as info:
-        load_crop_set(folder, 32)
+        load_crop_set(folder, 32, geometry=EDGE32)
     assert folder.name in str(info.value)
 
 
@@ -115,7 +119,7 @@ def test_train_and_evaluate_end_to_end_through_the_cli(tiny_plates, tmp_path, ca
     train_dir, test_dir = tiny_plates
     out = tmp_path / "bundle"
     rc = main(["train", "--plates", str(train_dir), "--out", str(out), "--arch", "efficientnet_tiny",
-               "--input-size", "32", "--epochs", "2", "--seed", "3"])
+               "--input-size", "32", "--crop-edge", "32", "--epochs", "2", "--seed", "3"])
     assert rc == 0
     bundle = load_bundle(out)
     card = bundle.card
@@ -127,6 +131,9 @@ def test_train_and_evaluate_end_to_end_through_the_cli(tiny_plates, tmp_path, ca
     assert entry["metrics"]["validation"]["crop_acc"] == pytest.approx(best["crop_acc"], abs=0.02)
     assert card["training"]["epochs"] == 2 and card["training"]["seed"] == 3
     assert card["training_plates"][0]["name"] == train_dir.name
+    assert card["crop_geometry"] == {"mode": "tiles", "crop_edge_px": 32, "pixel_size_um": None} or \
+        card["crop_geometry"]["crop_edge_px"] == 32       # pixel size: from the files where read
+    assert card["synthetic"] is True and card["intensity"]["method"] == "significant_bits"
     assert "model " + bundle.id in capsys.readouterr().out
 
     report_path = tmp_path / "report.json"
@@ -165,7 +172,8 @@ def test_evaluate_recognises_validation_training_and_unseen_plates_by_content(tm
              {"name": "fold2", "fold": 2, "train_plates": ["plate_01"], "val_plates": ["plate_02"]}]
     training = [{"name": "plate_01", "fingerprint": "fp1"}, {"name": "plate_02", "fingerprint": "fp2"}]
     bundle = save_bundle(tmp_path / "b", models, infos, kind="ensemble", arch="efficientnet_tiny",
-                         input_size=32, extra={"training_plates": training})
+                         input_size=32, extra={"training_plates": training,
+                                               "crop_geometry": {"mode": "tiles", "crop_edge_px": 32}})
     report = evaluate_bundle([], bundle, predictor=Predictor(bundle, backend="keras"), sets=[p1, p2, new])
     assert [p["status"] for p in report["plates"]] == ["validation of fold1", "validation of fold2", "unseen"]
     cv = report["cross_validation"]
