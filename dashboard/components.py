@@ -17,6 +17,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from neurorg_core.errors import NeuroRGError
+from neurorg_core.fitcheck import ModelFit
 from neurorg_core.schema import (
     CALLED_CLASS,
     CHANNEL_P_CONTROL,
@@ -29,14 +30,17 @@ from neurorg_core.schema import (
     EC50,
     EC50_CI_HIGH,
     EC50_CI_LOW,
-    EXPECTED_CLASS,
     FIT_MESSAGE,
     HILL,
+    HIT,
+    INFLAMMATION_SCORE,
     N_DOSES,
     N_WELLS,
     N_CROPS,
     P_CONTROL,
     P_CONTROL_SD,
+    Q_WELCH,
+    READOUT_LABELS,
     RESCUE_PCT,
     ROLE,
     ROW,
@@ -48,7 +52,7 @@ from neurorg_core.wells import format_well, plate_shape, row_letters
 METRIC_LABELS = {
     P_CONTROL: "P(control)",
     CALLED_CLASS: "Called class",
-    EXPECTED_CLASS: "Expected class (0 control .. 5 disease)",
+    INFLAMMATION_SCORE: "Inflammation score (0 = control .. 5 = 20 uM)",
     RESCUE_PCT: "Rescue %",
     P_CONTROL_SD: "Ensemble disagreement (SD of P(control))",
     N_CROPS: "Crops scored",
@@ -92,7 +96,8 @@ def plate_page_results(page: str):
 
 
 def plate_results_or_stop(plate: str):
-    """A stored plate's results with its SYNTHETIC banner; ``st.error`` and stop if unreadable."""
+    """A stored plate's results with its banners (synthetic data or model, the model-fit verdict,
+    the readout); ``st.error`` and stop if unreadable."""
     from dashboard import resources
 
     try:
@@ -100,7 +105,10 @@ def plate_results_or_stop(plate: str):
     except NeuroRGError as exc:
         st.error(str(exc))
         st.stop()
-    synthetic_banner(res.synthetic)
+    synthetic_banner(res.synthetic, res.synthetic_model)
+    model_fit_banner(res.model_fit)
+    st.caption(f"Readout for rescue %, hits, QC and EC50: **{READOUT_LABELS[res.readout]}** "
+               "(chosen when the plate was scored)")
     return res
 
 
@@ -155,14 +163,33 @@ def set_link(page: str, plate: str | None) -> None:
         st.query_params["plate"] = plate
 
 
-def synthetic_banner(is_synthetic: bool) -> None:
-    """Label a page that shows synthetic data, on every page that shows it."""
+def synthetic_banner(is_synthetic: bool, synthetic_model: bool = False) -> None:
+    """Label a page that shows synthetic data or a synthetic model's scores, on every such page."""
     if is_synthetic:
         st.warning(
             "**SYNTHETIC** plate: rendered by `neurorg_core.synth` with known ground truth, "
             "not real cells. Numbers describe the synthetic assay.",
             icon=":material/science:",
         )
+    elif synthetic_model:
+        st.warning(
+            "Scored with the **SYNTHETIC demo model**: it was trained on the synthetic assay, not on "
+            "real cells, so its calls on real images are a demonstration, not a result. Train your own "
+            "ensemble on your plates (`python -m neurorg_core train`).",
+            icon=":material/science:",
+        )
+
+
+def model_fit_banner(fit: ModelFit) -> None:
+    """The run's model-fit verdict: does the plate look like the model's reference plates?"""
+    if fit.verdict == "POOR":
+        st.error("**Model fit: POOR.** The model sees this plate unlike the plates it was validated on, "
+                 "so its calls and every number below may be wrong:\n"
+                 + "\n".join(f"- {r}" for r in fit.reasons), icon=":material/warning:")
+    elif fit.verdict == "unchecked":
+        st.info(f"Model fit not checked: {fit.note}")
+    else:
+        st.caption(f"Model fit: **ok** ({sum(c.passed is True for c in fit.checks)} checks passed)")
 
 
 # --- progress -----------------------------------------------------------------------------
@@ -225,9 +252,9 @@ def plate_heatmap(wells: pd.DataFrame, plate_format: int, metric: str) -> go.Fig
             colorbar=dict(title="Called class", tickvals=list(range(len(CLASS_NAMES))),
                           ticktext=list(CLASS_NAMES)),
         )
-    elif metric == EXPECTED_CLASS:
+    elif metric == INFLAMMATION_SCORE:
         heat = dict(colorscale="RdYlGn_r", zmin=0.0, zmax=len(CLASS_NAMES) - 1.0,
-                    colorbar=dict(title="Expected class"))
+                    colorbar=dict(title="Inflammation score"))
     elif metric == RESCUE_PCT:
         heat = dict(colorscale="RdBu", zmid=50.0, colorbar=dict(title="Rescue %"))
     elif metric in (P_CONTROL_SD, N_CROPS):
@@ -329,6 +356,23 @@ def table_with_download(df: pd.DataFrame, *, file_name: str, key: str) -> None:
     )
 
 
+def hits_table(treatments: pd.DataFrame) -> pd.DataFrame:
+    """The treatment table with the hit call first, then compound, dose and rescue %."""
+    first = [c for c in (HIT, COMPOUND, DOSE, RESCUE_PCT, Q_WELCH) if c in treatments.columns]
+    return treatments[first + [c for c in treatments.columns if c not in first]]
+
+
+def hits_table_with_download(treatments: pd.DataFrame, *, file_name: str, key: str) -> None:
+    """The treatment table, hit rows highlighted, plus a CSV download of the same table."""
+    table = hits_table(treatments)
+    styled = table.style.apply(
+        lambda row: ["background-color: #fde68a; font-weight: 600" if row.get(HIT) else ""] * len(row),
+        axis=1)
+    st.dataframe(styled, hide_index=True, width="stretch", key=f"{key}_table")
+    st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name=file_name,
+                       mime="text/csv", key=f"{key}_csv")
+
+
 def parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
@@ -339,15 +383,16 @@ def parquet_bytes(df: pd.DataFrame) -> bytes:
 
 QC_ITEMS = (
     ("z_prime", "Z'", "{:.2f}", "1 - 3(sd_c + sd_d)/|mean_c - mean_d|; > 0.5 excellent"),
-    ("ssmd", "SSMD", "{:.1f}", "(mean_c - mean_d)/sqrt(sd_c^2 + sd_d^2)"),
+    ("ssmd", "SSMD", "{:.1f}", "(mean_c - mean_d)/sqrt(sd_c^2 + sd_d^2), signed so that controls on "
+                               "the control side are positive"),
     ("cv_control_pct", "CV control", "{:.1f} %", "100 sd/mean of the control wells"),
     ("cv_disease_pct", "CV disease", "{:.1f} %", "100 sd/mean of the disease wells"),
 )
 
 
-def qc_metrics(qc: dict, problem: str | None) -> None:
-    """Plate QC (Z', SSMD, CV) as metrics, or why it could not be computed."""
-    st.markdown("**Plate QC** (control vs disease wells)")
+def qc_metrics(qc: dict, problem: str | None, readout: str) -> None:
+    """Plate QC (Z', SSMD, CV) on the run's readout as metrics, or why it could not be computed."""
+    st.markdown(f"**Plate QC** (control vs disease wells, on the {READOUT_LABELS[readout]})")
     if problem:
         st.info(f"Plate QC not available: {problem}")
         return
@@ -363,7 +408,8 @@ def qc_metrics(qc: dict, problem: str | None) -> None:
 
 def well_summary(wells: pd.DataFrame, well: str) -> pd.DataFrame:
     """The chosen well's row with its metadata and scores, for display."""
-    cols = [c for c in (WELL, COMPOUND, DOSE, ROLE, P_CONTROL, CALLED_CLASS, RESCUE_PCT, P_CONTROL_SD,
+    cols = [c for c in (WELL, COMPOUND, DOSE, ROLE, P_CONTROL, INFLAMMATION_SCORE, CALLED_CLASS, RESCUE_PCT,
+                        P_CONTROL_SD,
                         N_CROPS, *VOTE_COLUMNS) if c in wells.columns]
     return wells.loc[wells[WELL] == well, cols]
 
@@ -440,9 +486,11 @@ def _panels(titles: list[str], x_axis: dict, y_axis: dict, gap: float = 0.04) ->
     return layout
 
 
-def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame) -> go.Figure:
-    """Expected class of each treatment well against dose (log axis), the fitted 4PL per compound
-    and its EC50, over the control/disease bands of the same readout."""
+def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.DataFrame,
+                         column: str) -> go.Figure:
+    """The readout ``column`` of each treatment well against dose (log axis), the fitted 4PL per
+    compound and its EC50, over the control/disease bands of the same readout."""
+    label = METRIC_LABELS.get(column, column)
     treat = wells[wells[ROLE] == "treatment"]
     compounds = sorted(treat[COMPOUND].unique())
     data = []
@@ -450,19 +498,19 @@ def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.Dat
         axes = dict(xaxis=f"x{'' if k == 1 else k}", yaxis=f"y{'' if k == 1 else k}")
         pts = treat[treat[COMPOUND] == cpd]
         data.append(dict(
-            type="scatter", x=pts[DOSE].tolist(), y=pts[EXPECTED_CLASS].tolist(), mode="markers", name=cpd,
+            type="scatter", x=pts[DOSE].tolist(), y=pts[column].tolist(), mode="markers", name=cpd,
             showlegend=False, text=pts[WELL].tolist(), marker=dict(color=ROLE_COLOURS["treatment"]),
-            hovertemplate="%{text}: %{x:g} uM, expected class %{y:.2f}<extra></extra>", **axes,
+            hovertemplate="%{text}: %{x:g} uM, " + label + " %{y:.2f}<extra></extra>", **axes,
         ))
         line = curves[curves[COMPOUND] == cpd]
         if not line.empty:
-            data.append(dict(type="scatter", x=line[DOSE].tolist(), y=line[EXPECTED_CLASS].tolist(),
+            data.append(dict(type="scatter", x=line[DOSE].tolist(), y=line[column].tolist(),
                              mode="lines", showlegend=False, name=f"{cpd} 4PL",
                              line=dict(color="black"), **axes))
     layout = _panels([_fit_title(fits, c) for c in compounds],
                      dict(type="log", title=dict(text="dose (uM)")),
-                     dict(title=dict(text="expected class (0 control .. 5 disease)")))
-    shapes, notes = _band_shapes(role_bands(wells, EXPECTED_CLASS), max(1, len(compounds)))
+                     dict(title=dict(text=label)))
+    shapes, notes = _band_shapes(role_bands(wells, column), max(1, len(compounds)))
     layout["annotations"] += notes
     layout.update(shapes=shapes, height=380, margin=dict(l=10, r=10, t=60, b=10))
     return go.Figure(data=data, layout=layout)
@@ -484,21 +532,22 @@ def fit_table(fits: pd.DataFrame) -> pd.DataFrame:
     return fits[first + [c for c in fits.columns if c not in first]]
 
 
-def dose_strip(wells: pd.DataFrame) -> go.Figure:
-    """Box + points of P(control) per dose for each compound, beside the control and disease wells."""
+def dose_strip(wells: pd.DataFrame, column: str = P_CONTROL) -> go.Figure:
+    """Box + points of a well score per dose for each compound, beside the control and disease wells."""
     fig = go.Figure()
     for role in ("control", "disease"):
         grp = wells[wells[ROLE] == role]
-        fig.add_trace(go.Box(x=[role] * len(grp), y=grp[P_CONTROL], name=role, boxpoints="all",
+        fig.add_trace(go.Box(x=[role] * len(grp), y=grp[column], name=role, boxpoints="all",
                              marker_color=ROLE_COLOURS[role], text=grp[WELL]))
     treat = wells[wells[ROLE] == "treatment"].sort_values([COMPOUND, DOSE])
     for k, cpd in enumerate(sorted(treat[COMPOUND].unique())):
         grp = treat[treat[COMPOUND] == cpd]
         labels = [f"{cpd} {d:.3g}" for d in grp[DOSE]]
-        fig.add_trace(go.Box(x=labels, y=grp[P_CONTROL], name=cpd, boxpoints="all", text=grp[WELL],
+        fig.add_trace(go.Box(x=labels, y=grp[column], name=cpd, boxpoints="all", text=grp[WELL],
                              marker_color=COMPOUND_COLOURS[k % len(COMPOUND_COLOURS)]))
-    shapes, notes = _band_shapes(role_bands(wells, P_CONTROL))
-    fig.update_layout(height=420, yaxis_title="P(control)", xaxis_title="compound and dose (uM)",
+    shapes, notes = _band_shapes(role_bands(wells, column))
+    fig.update_layout(height=420, yaxis_title=METRIC_LABELS.get(column, column),
+                      xaxis_title="compound and dose (uM)",
                       margin=dict(l=10, r=10, t=30, b=10), shapes=shapes, annotations=notes)
     return fig
 

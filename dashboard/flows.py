@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from neurorg_core.model import Bundle
 from neurorg_core.pipeline import RunResult, run_plate
 from neurorg_core.plates import Plate, extract_zip
 from neurorg_core.platemap import load_plate_map
-from neurorg_core.schema import PLATE, SOURCE
+from neurorg_core.schema import DEFAULT_READOUT, PLATE, SOURCE
 from neurorg_core.store import PLATE_MAP_COLUMNS
 from neurorg_core.synth import DEFAULT_PARAMS, write_synthetic_plates
 
@@ -223,28 +223,50 @@ def map_for_plate(plate_map: pd.DataFrame, plate: str) -> pd.DataFrame:
 
 # --- scoring ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ScoreOptions:
+    """The user's scoring choices (Upload & score), recorded with the run."""
+
+    pixel_size_um: float | None = None   # None: from the files' metadata
+    bits: int | None = None              # None: detected
+    readout: str = DEFAULT_READOUT
+
+    @classmethod
+    def of_run(cls, params: dict) -> ScoreOptions:
+        """The choices a stored run was made with (to re-score it alike)."""
+        geo = params.get("crop_geometry", {})
+        intensity = params.get("intensity", {})
+        return cls(pixel_size_um=geo.get("plate_pixel_size_um") if geo.get("pixel_size_source") == "user"
+                   else None,
+                   bits=intensity.get("bits") if intensity.get("source") == "given by the user" else None,
+                   readout=params.get("readout", DEFAULT_READOUT))
+
+
 def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress | None = None,
-          *, with_channels: bool = False) -> RunResult:
+          *, with_channels: bool = False, options: ScoreOptions = ScoreOptions()) -> RunResult:
     """Score a plate into the result store with the shipped ensemble (cached fields are free).
 
     Returns
     -------
     pipeline.RunResult
-        Run id, wells scored, cache hits and misses.
+        Run id, wells scored, cache hits and misses, the model-fit verdict.
     """
     if not name.strip():
         raise NeuroRGError("give the plate a name")
     ensemble = resources.bundle(resources.ENSEMBLE_DIR)
     single = resources.bundle(resources.SINGLE_CHANNEL_DIR) if with_channels else None
     with _scoring_lock():
-        return _run(plate, plate_map, ensemble, name.strip(), progress, single)
+        return _run(plate, plate_map, ensemble, name.strip(), progress, single, options)
 
 
 def score_channels(plate_name: str, progress: Progress | None = None) -> RunResult:
-    """Re-score a stored plate with the single-channel models too (the ensemble comes from cache)."""
+    """Re-score a stored plate with the single-channel models too (the ensemble comes from cache),
+    with the choices of its latest run."""
     record = resources.store().load_plate(plate_name)
     plate = resources.plate(record[SOURCE], record["channel_map"])
-    return score(plate, stored_plate_map(plate_name), plate_name, progress, with_channels=True)
+    run = resources.store().load_run(resources.store().latest_run_id(plate_name))
+    return score(plate, stored_plate_map(plate_name), plate_name, progress, with_channels=True,
+                 options=ScoreOptions.of_run(run.get("params") or {}))
 
 
 def stored_plate_map(plate_name: str) -> pd.DataFrame:
@@ -254,10 +276,11 @@ def stored_plate_map(plate_name: str) -> pd.DataFrame:
 
 
 def _run(plate: Plate, plate_map: pd.DataFrame, ensemble: Bundle, name: str,
-         progress: Progress | None, single: Bundle | None) -> RunResult:
+         progress: Progress | None, single: Bundle | None, options: ScoreOptions = ScoreOptions()) -> RunResult:
     result = run_plate(
         plate, plate_map, ensemble, resources.store(), name=name, progress=progress,
-        single_channel_bundle=single,
+        single_channel_bundle=single, pixel_size_um=options.pixel_size_um, bits=options.bits,
+        readout=options.readout,  # type: ignore[arg-type]
     )
     log.info("scored plate %s: %s", name, result)
     return result

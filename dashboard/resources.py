@@ -22,13 +22,13 @@ import streamlit as st
 
 from neurorg_core.config import Config, load_config
 from neurorg_core.errors import NeuroRGError
+from neurorg_core.fitcheck import ModelFit
 from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
 from neurorg_core.schema import (
     COMPOUND,
     CONVERGED,
     DOSE,
-    EXPECTED_CLASS,
     N_RUNS,
     PLATE,
     PLATE_FORMAT,
@@ -118,13 +118,13 @@ def plate_names() -> list[str]:
 
 
 def is_synthetic(source: str | Path) -> bool:
-    """A plate is synthetic when its image folder holds the generator's ``ground_truth.csv``
-    (anywhere inside it) or lies in the demo folder."""
+    """A plate is synthetic when it lies in the demo folder or its image folder holds the
+    generator's ``ground_truth.csv`` (``synth.is_synthetic_plate``)."""
+    from neurorg_core.synth import is_synthetic_plate
+
     src = Path(source).resolve()
     demo = config().demo_dir.resolve()
-    if src == demo or demo in src.parents:
-        return True
-    return src.is_dir() and next(src.rglob("ground_truth.csv"), None) is not None
+    return src == demo or demo in src.parents or is_synthetic_plate(src)
 
 
 @dataclass(frozen=True)
@@ -136,16 +136,22 @@ class PlateResults:
     plate_format: int
     source: str
     channel_map: dict[str, str]
-    synthetic: bool
+    synthetic: bool                   # the plate's images are synthetic
+    readout: str                      # the run's readout (schema.READOUTS)
+    readout_column: str               # its well-table column
+    model_fit: ModelFit               # the run's model-fit verdict
+    synthetic_model: bool             # scored with a model trained on the synthetic assay
+    hits_provisional: str             # why hit calls are provisional ("" when they are not)
     wells: pd.DataFrame               # per-well scores (+ Rescue_pct when computable)
     channels: pd.DataFrame            # wells + P_control_<channel> columns (empty if not scored)
     run: dict                         # provenance
     qc: dict = field(default_factory=dict)
     treatments: pd.DataFrame = field(default_factory=pd.DataFrame)
     fits: pd.DataFrame = field(default_factory=pd.DataFrame)
-    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # compound, dose, fitted Expected_class
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # compound, dose, fitted readout
     channel_fits: dict = field(default_factory=dict)  # channel -> Pearson r, p, n, slope, intercept
     problems: dict = field(default_factory=dict)   # statistic -> why it could not be computed
+    n_hits: int = 0
 
 
 def plate_results(plate_name: str) -> PlateResults:
@@ -169,15 +175,17 @@ def _plate_results(db_path: str, plate_name: str, run_id: str) -> PlateResults:
     return PlateResults(
         plate=plate_name, run_id=run_id, plate_format=int(record[PLATE_FORMAT]),
         source=str(record[SOURCE]), channel_map=dict(record["channel_map"]),
-        synthetic=is_synthetic(record[SOURCE]), wells=core.wells, channels=core.channels,
-        run=core.run, qc=core.qc, treatments=core.treatments, fits=core.fits,
-        curves=_fit_curves(core.wells, core.fits), channel_fits=core.channel_fits,
-        problems=core.problems,
+        synthetic=is_synthetic(record[SOURCE]), readout=core.readout, readout_column=core.readout_column,
+        model_fit=core.model_fit, synthetic_model=core.synthetic_model, hits_provisional=core.hits_provisional,
+        wells=core.wells, channels=core.channels, run=core.run, qc=core.qc, treatments=core.treatments,
+        fits=core.fits, curves=_fit_curves(core.wells, core.fits, core.readout_column),
+        channel_fits=core.channel_fits, problems=core.problems, n_hits=core.n_hits,
     )
 
 
-def _fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, n_points: int = 60) -> pd.DataFrame:
-    """Each converged 4PL evaluated over its compound's dose range (log-spaced), for plotting."""
+def _fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, column: str, n_points: int = 60) -> pd.DataFrame:
+    """Each converged 4PL evaluated over its compound's dose range (log-spaced), for plotting; the
+    fitted values go in ``column`` (the readout the fits were made on)."""
     from neurorg_core.stats import DoseResponseFit
 
     parts = []
@@ -187,10 +195,10 @@ def _fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, n_points: int = 60) -> 
         doses = wells.loc[(wells[ROLE] == "treatment") & (wells[COMPOUND] == row[COMPOUND]), DOSE]
         grid = np.logspace(np.log10(doses.min()), np.log10(doses.max()), n_points)
         fit = DoseResponseFit.from_row(row)
-        parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, EXPECTED_CLASS: fit.predict(grid)}))
+        parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, column: fit.predict(grid)}))
     if not parts:
         return pd.DataFrame({COMPOUND: pd.Series(dtype=str), DOSE: pd.Series(dtype=float),
-                             EXPECTED_CLASS: pd.Series(dtype=float)})
+                             column: pd.Series(dtype=float)})
     return pd.concat(parts, ignore_index=True)
 
 

@@ -6,6 +6,8 @@ import streamlit as st
 
 from dashboard import components, flows, resources
 from neurorg_core.errors import NeuroRGError
+from neurorg_core.pipeline import export_table
+from neurorg_core.schema import EXPORT_TABLES
 
 st.title("Library")
 components.set_link("library", None)
@@ -27,16 +29,18 @@ if not names:
 st.subheader("Open, export or delete a plate")
 chosen = st.selectbox("Plate", names, key="library_plate")
 res = components.plate_results_or_stop(chosen)
-open_col, csv_col, parquet_col = st.columns(3)
+open_col, table_col, csv_col, parquet_col = st.columns(4)
 if open_col.button("Open", key="library_open", type="primary"):
     st.session_state[components.PLATE_KEY] = chosen
     st.switch_page("views/plate.py", query_params={"page": "plate", "plate": chosen})
+which = table_col.selectbox("Table", EXPORT_TABLES, key="export_table")
+table = export_table(res, which)
 csv_col.download_button(
-    "Export CSV", res.wells.to_csv(index=False).encode(), file_name=f"{chosen}.csv",
+    "Export CSV", table.to_csv(index=False).encode(), file_name=f"{chosen}_{which}.csv",
     mime="text/csv", key="export_csv",
 )
 parquet_col.download_button(
-    "Export Parquet", components.parquet_bytes(res.wells), file_name=f"{chosen}.parquet",
+    "Export Parquet", components.parquet_bytes(table), file_name=f"{chosen}_{which}.parquet",
     mime="application/octet-stream", key="export_parquet",
 )
 

@@ -12,8 +12,10 @@ st.title("NeuroRG Screen")
 st.markdown(
     "Neuron + microglia co-cultures imaged in three channels (nucleus, neuron, microglia). "
     "An EfficientNet ensemble classifies 15 crops per well into six inflammatory-stimulus classes "
-    "(0, 0.005, 0.05, 0.5, 5, 20 uM); each well is scored by **P(control)**, the probability that "
-    "its cells look unstimulated. A compound that rescues inflamed cells moves its wells toward control."
+    "(0, 0.005, 0.05, 0.5, 5, 20 uM); each well's headline is **P(control)**, the probability that "
+    "its cells look unstimulated. Rescue %, hits, plate QC and EC50 use the **inflammation score** "
+    "(the expected class, 0 = control ... 5 = 20 uM), which follows the phenotype over its whole range "
+    "where P(control) saturates. A compound that rescues inflamed cells moves its wells toward control."
 )
 components.set_link("overview", None)
 
@@ -44,7 +46,7 @@ with left:
                     key="overview_heatmap")
 with right:
     st.markdown(f"**{res.plate}**: {len(res.wells)} wells, model `{res.run[MODEL_ID][:12]}`")
-    components.qc_metrics(res.qc, res.problems.get("qc"))
+    components.qc_metrics(res.qc, res.problems.get("qc"), res.readout)
     if st.button("Open this plate", key="overview_open"):
         st.switch_page("views/plate.py", query_params={"page": "plate", "plate": res.plate})
     st.caption(f"{len(names)} plate(s) stored. Upload your own under **Upload & score**; "

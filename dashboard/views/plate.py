@@ -26,7 +26,7 @@ with left:
     )
 with right:
     st.markdown(f"**{res.plate_format}-well plate**, {len(res.wells)} wells scored")
-    components.qc_metrics(res.qc, res.problems.get("qc"))
+    components.qc_metrics(res.qc, res.problems.get("qc"), res.readout)
 
 wells = res.wells[WELL].tolist()
 clicked = components.well_from_selection(event)

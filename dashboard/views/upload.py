@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import components, flows, resources
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.platemap import check_plate_map, load_plate_map
-from neurorg_core.schema import CHANNELS
+from neurorg_core.schema import CHANNELS, READOUT_LABELS, READOUTS
 
 st.title("Upload & score")
 components.set_link("upload", None)
@@ -135,10 +135,24 @@ with_channels = st.checkbox(
     "Also score the single-channel models (for the Channels page)", key="with_channels",
     value=False, disabled=not resources.has_bundle(resources.SINGLE_CHANNEL_DIR),
 )
+found_px = (f"{plate.pixel_size_um:g} um from the files ({plate.pixel_size_source})"
+            if plate.pixel_size_um else "not in the files")
+px_col, bits_col, readout_col = st.columns(3)
+pixel_size = px_col.number_input(
+    "Pixel size (um), if the files do not say", min_value=0.0, value=0.0, step=0.05, format="%.4f",
+    key="pixel_size", help=f"Pixel size: {found_px}. Crops are cut at the model's physical crop size, so "
+    "a plate imaged at another magnification is resampled to the model's scale. 0 = use the files' value.")
+bits = bits_col.selectbox("Significant bits", ["detect", 8, 12, 14, 16], key="bit_depth",
+                          help="12 for a 12-bit camera, etc. 'detect' reads it from the plate's maximum.")
+readout = readout_col.selectbox("Readout", READOUTS, format_func=READOUT_LABELS.get, key="readout",
+                                help="The well score rescue %, hits, Z'/SSMD and EC50 use. The inflammation "
+                                "score follows the phenotype; P(control) saturates past mild stimulation.")
+options = flows.ScoreOptions(pixel_size_um=pixel_size or None, bits=None if bits == "detect" else int(bits),
+                             readout=readout)
 if st.button("Score again" if stored else "Score plate", key="score", type="primary"):
     try:
-        flows.score(plate, plate_map, name,
-                             components.progress_callback("Scoring"), with_channels=with_channels)
+        flows.score(plate, plate_map, name, components.progress_callback("Scoring"),
+                    with_channels=with_channels, options=options)
     except NeuroRGError as exc:
         st.error(f"Scoring stopped: {exc}")
         st.stop()

@@ -33,11 +33,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder like ``data/models/demo``: ``ensemble/`` (one untrained efficientnet_tiny
     member, 32 px) and ``single_channel/`` (nucleus, neuron, microglia)."""
     out = tmp_path_factory.mktemp("models")
+    geometry = {"crop_geometry": {"mode": "tiles", "crop_edge_px": 32, "pixel_size_um": None}}
     save_bundle(out / "ensemble", [build_model("efficientnet_tiny", 32)], [{"name": "fold1", "fold": 1}],
-                kind="ensemble", arch="efficientnet_tiny", input_size=32)
+                kind="ensemble", arch="efficientnet_tiny", input_size=32, extra=geometry)
     singles = [build_model("efficientnet_tiny", 32, channels=(c,)) for c in CHANNELS]
     save_bundle(out / "single_channel", singles, [{"name": c} for c in CHANNELS],
-                kind="single_channel", arch="efficientnet_tiny", input_size=32)
+                kind="single_channel", arch="efficientnet_tiny", input_size=32, extra=geometry)
     return out
 
 

@@ -35,9 +35,10 @@ def _truth_probs(wells: list[str], severity: dict[str, float], noise: float, see
     return pd.DataFrame(rows)
 
 
-def store_truth_run(db_path: Path, plate_dir: Path, name: str = TRUTH_PLATE) -> str:
+def store_truth_run(db_path: Path, plate_dir: Path, name: str = TRUTH_PLATE, params: dict | None = None) -> str:
     """Store a run of ``plate_dir`` whose scores follow its ground truth, with single-channel
-    scores (microglia close to truth, neuron noisier, nucleus noise only). Returns the run id."""
+    scores (microglia close to truth, neuron noisier, nucleus noise only). ``params`` are added to
+    the run's parameters (e.g. a readout or a model-fit verdict). Returns the run id."""
     plate = load_plate(plate_dir)
     plate_map = load_plate_map(plate_dir / "platemap.csv")
     truth = pd.read_csv(plate_dir / "ground_truth.csv")
@@ -63,7 +64,7 @@ def store_truth_run(db_path: Path, plate_dir: Path, name: str = TRUTH_PLATE) -> 
                               dtype=str(plate.dtype), channel_map=plate.channel_map),
             wells=imaged[list(PLATE_MAP_COLUMNS)], fields=fields, well_scores=scores,
             run=RunRecord(run_id=f"truth-{name}", plate=name, model_id="ground-truth",
-                          bundle_card={"kind": "ground truth"}, params={"crops_per_well": 3},
+                          bundle_card={"kind": "ground truth"}, params={"crops_per_well": 3, **(params or {})},
                           code_version="test"),
             channel_scores=score_channels(by_channel),
         )

@@ -117,7 +117,7 @@ def test_treatments_page_fits_bands_and_table(truth_store: Path) -> None:
     for active in ("CPD-001", "CPD-002", "CPD-003"):
         assert active in titles
     assert "EC50" in titles and "no EC50" in titles  # the inactive compound is not given an EC50
-    assert dose["layout"]["yaxis"]["title"]["text"].startswith("expected class")  # the fitted readout
+    assert dose["layout"]["yaxis"]["title"]["text"].startswith("Inflammation score")  # the fitted readout
     assert any("control mean" in t for t in _titles(strip))
     compound_boxes = [t for t in strip["data"] if t["name"].startswith("CPD-")]
     role_colours = {t["marker"]["color"] for t in strip["data"] if t["name"] in ("control", "disease")}
@@ -125,7 +125,11 @@ def test_treatments_page_fits_bands_and_table(truth_store: Path) -> None:
     table = _frame_with(at, "Q_welch")
     for col in ("Rescue_pct", "P_welch", "Q_welch", "Hit"):
         assert col in table.columns
+    assert list(table.columns[:3]) == ["Hit", "Metadata_Compound", "Metadata_Dose_uM"]  # hits first
     assert table["Hit"].any() and not table.loc[table["Metadata_Compound"] == "CPD-004", "Hit"].any()
+    hits = next(m for m in at.metric if m.label.startswith("Hits"))
+    assert hits.value == f"{int(table['Hit'].sum())} of {len(table)}"
+    assert not any("provisional" in w.value for w in at.warning)
     assert at.download_button(key="treatments_csv") is not None
     fits = _frame_with(at, "EC50_uM")
     assert fits["Converged"].sum() == 3
@@ -230,3 +234,20 @@ def test_a_store_held_by_another_process_is_reported_in_plain_words(app_env: Pat
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def test_hits_are_provisional_when_the_model_fit_is_poor(app_env: Path, tiny_plate: Path) -> None:
+    """A run whose model-fit check said POOR shows the verdict with its reasons on every plate page,
+    and the Treatments page calls its hits provisional."""
+    fit = {"verdict": "POOR", "note": "", "checks": [
+        {"name": "window", "value": 0.1, "expected": ">= 60%", "passed": False,
+         "reason": "disease and control wells are 0.40 apart in inflammation score"}]}
+    store_truth_run(app_env / "store.duckdb", tiny_plate, params={"model_fit": fit, "readout": "p_control"})
+    at = _open("treatments")
+    assert any("Model fit: POOR" in e.value and "0.40 apart" in e.value for e in at.error)
+    assert any("Hits are provisional" in w.value and "model-fit check says POOR" in w.value for w in at.warning)
+    assert any("Readout for rescue %, hits, QC and EC50: **P(control)**" in c.value for c in at.caption)
+    dose = _charts(at)[0]
+    assert dose["layout"]["yaxis"]["title"]["text"] == "P(control)"
+    at.switch_page("views/plate.py").run()
+    assert any("Model fit: POOR" in e.value for e in at.error)
