@@ -310,13 +310,13 @@ def _positions(length: int, edge: int, n: int) -> list[int]:
     return [int(round(i * (length - edge) / (n - 1))) for i in range(n)]
 
 
-def _grid(field_shape: tuple[int, int], edge: int, n_fields: int, crops: int) -> tuple[int, int]:
-    """Tile positions per field (rows, cols): whole tiles, then more (overlapping) until the
-    well's fields hold ``crops`` of them or no distinct position is left."""
+def _grid(field_shape: tuple[int, int], edge: int, n_fields: int, crops: int, overlap: bool) -> tuple[int, int]:
+    """Tile positions per field (rows, cols): whole tiles, then (with ``overlap``) more, overlapping,
+    until the well's fields hold ``crops`` of them or no distinct position is left."""
     h, w = field_shape
     ny, nx = h // edge, w // edge
     max_y, max_x = h - edge + 1, w - edge + 1
-    while n_fields * ny * nx < crops and (ny < max_y or nx < max_x):
+    while overlap and n_fields * ny * nx < crops and (ny < max_y or nx < max_x):
         # grow the axis whose tiles are furthest apart (keeps the stride even in both)
         if nx >= max_x or (ny < max_y and (h - edge) / ny >= (w - edge) / nx):
             ny += 1
@@ -326,7 +326,7 @@ def _grid(field_shape: tuple[int, int], edge: int, n_fields: int, crops: int) ->
 
 
 def plan_crops(n_fields: int, field_shape: tuple[int, int], edge: int,
-               crops_per_well: int = CROPS_PER_WELL) -> CropPlan:
+               crops_per_well: int = CROPS_PER_WELL, *, overlap: bool = True) -> CropPlan:
     """Plan ``crops_per_well`` crops of ``edge`` px spread evenly over a well's ``n_fields`` fields.
 
     Parameters
@@ -339,6 +339,9 @@ def plan_crops(n_fields: int, field_shape: tuple[int, int], edge: int,
         Tile edge in the plate's pixels (``CropGeometry.edge_on``).
     crops_per_well
         Crops wanted.
+    overlap
+        Whether tiles may overlap when the well has fewer whole tiles than crops wanted (not for
+        whole-field models: one crop per field, as many crops as fields).
 
     Examples: 256 px fields, 128 px edge, 4 fields -> 2 x 2 tiles per field, 15 of 16; 512 px,
     1 field -> 4 x 4, 15 of 16; 256 px, 1 field -> 4 x 4 overlapping tiles (stride 43 px).
@@ -357,12 +360,12 @@ def plan_crops(n_fields: int, field_shape: tuple[int, int], edge: int,
         raise NeuroRGError(
             f"fields are {h} x {w} px, smaller than the {edge} px crop the model needs at this plate's "
             "scale; expected fields at least one crop wide (check the plate's pixel size)")
-    ny, nx = _grid((h, w), edge, n_fields, crops_per_well)
+    ny, nx = _grid((h, w), edge, n_fields, crops_per_well, overlap)
     boxes = tuple((t, l) for t in _positions(h, edge, ny) for l in _positions(w, edge, nx))
     per_field = len(boxes)
     total = n_fields * per_field
     k = min(crops_per_well, total)
-    if k < crops_per_well:
+    if k < crops_per_well and overlap:
         log.warning("a well of %d field(s) of %d x %d px holds only %d distinct %d px crops; %d asked",
                     n_fields, h, w, total, edge, crops_per_well)
     # centred even spacing over all the well's tiles: consecutive picks are >= 1 apart
@@ -406,7 +409,10 @@ class PlateCropping:
     pixel_size_source: str | None
 
     def plan(self, n_fields: int, field_shape: tuple[int, int], crops_per_well: int = CROPS_PER_WELL) -> CropPlan:
-        return plan_crops(n_fields, field_shape, self.edge, crops_per_well)
+        """The crop plan of a well of ``n_fields`` fields (whole-field models: one crop per field,
+        the field's largest centred square)."""
+        return plan_crops(n_fields, field_shape, self.edge, crops_per_well,
+                          overlap=self.geometry.mode == "tiles")
 
     def as_params(self) -> dict[str, Any]:
         """JSON-able, for a run's parameters."""

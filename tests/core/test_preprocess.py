@@ -136,6 +136,17 @@ def test_plan_refuses_fields_smaller_than_the_crop_and_bad_counts():
         plan_crops(4, (256, 256), 128).tiles_of(4)
 
 
+def test_whole_field_models_take_one_crop_per_field():
+    g = CropGeometry("whole_field")
+    edge = g.edge_on((1200, 1200))
+    plan = plan_crops(15, (1200, 1200), edge, 15, overlap=False)
+    assert plan.grid == (1, 1) and plan.tiles == tuple((f, 0) for f in range(15))
+    few = plan_crops(4, (1200, 1200), edge, 15, overlap=False)
+    assert few.crops_per_well == 4 and few.grid == (1, 1)          # never the same field twice
+    wide = plan_crops(1, (100, 140), g.edge_on((100, 140)), 15, overlap=False)
+    assert wide.boxes == ((0, 20),)                                 # the largest centred square
+
+
 def test_a_tiny_field_gives_fewer_crops_rather_than_repeats():
     plan = plan_crops(1, (10, 10), 8)                 # 3 x 3 distinct positions at most
     assert plan.crops_per_well == 9 and len(set(plan.tiles)) == 9
