@@ -25,6 +25,7 @@ import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -786,7 +787,8 @@ def _run_job(job: _WellJob) -> np.ndarray | None:
 def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_wells: int = 96,
                            n_fields: int = 4, size: int = 512, layout: str = "imagexpress",
                            kind: str = "training", params: SynthParams | None = None,
-                           bit_depth: int = 8, n_workers: int = 1, magnification: float = 1.0) -> list[Path]:
+                           bit_depth: int = 8, n_workers: int = 1, magnification: float = 1.0,
+                           wells: Sequence[str] | None = None) -> list[Path]:
     """Render synthetic plates with their plate maps and ground truth.
 
     Parameters
@@ -819,6 +821,9 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         Objective magnification relative to the native scale (see ``render_field``). The pixel
         size, ``SYNTH_PIXEL_SIZE_UM / magnification`` µm, is written into the files' metadata
         (MetaMorph description, Harmony ``Images/Index.idx.xml``, TIFF resolution; npy has none).
+    wells : sequence of str, optional
+        Render only these wells of the layout (e.g. a few per class for a quick test); the plate
+        map and ground truth then list only them. Default: every well the layout images.
 
     Returns
     -------
@@ -856,6 +861,8 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
             if layout == "operetta":
                 (folder / "Images").mkdir(exist_ok=True)
             table = build_plate_table(seed, k, n_wells, kind, p)  # type: ignore[arg-type]
+            if wells is not None:
+                table = _only_wells(table, wells)
             effects = plate_effects_for(seed, k, p)
             imaged = table[table[ROLE] != "empty"]
             if layout == "npy":   # class by class, so the npy files list wells in plate order
@@ -883,6 +890,16 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         if executor is not None:
             executor.shutdown()
     return folders
+
+
+def _only_wells(table: pd.DataFrame, wells: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``wells`` (any spelling), in plate order; unknown wells are an error."""
+    wanted = {format_well(*parse_well(w)) for w in wells}
+    unknown = sorted(wanted - set(table[WELL]))
+    if unknown or not wanted:
+        raise NeuroRGError(f"wells {', '.join(unknown[:5]) or '(none)'} are not on this plate layout; "
+                           f"expected some of {', '.join(table[WELL].iloc[:3])} ...")
+    return table[table[WELL].isin(wanted)].reset_index(drop=True)
 
 
 def _write_npy(folder: Path, plate_number: int, imaged: pd.DataFrame, fields_iter, n_fields: int,
