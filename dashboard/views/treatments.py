@@ -11,7 +11,7 @@ st.title("Treatments")
 res = components.plate_page_results("treatments")
 if res.treatments.empty:
     st.info("No treatment statistics for this plate: "
-            + res.problems.get("treatments", "it has no treatment wells (role 'treatment')."))
+            + components.plain(res.problems.get("treatments", "it has no treatment wells (role 'treatment').")))
     st.stop()
 
 st.subheader("Dose-response (4-parameter logistic)")
@@ -19,7 +19,7 @@ st.caption("Fitted on each well's expected class (sum of class x probability: 0 
            "disease), which moves with the phenotype over the whole range. P(control) only rises once "
            "wells are almost fully rescued, so an EC50 fitted to it would sit at too high a dose.")
 if "fits" in res.problems:
-    st.warning(f"Dose-response fits could not be made: {res.problems['fits']}")
+    st.warning(f"Dose-response fits could not be made: {components.plain(res.problems['fits'])}")
 else:
     st.plotly_chart(components.dose_response_figure(res.wells, res.curves, res.fits),
                     key="dose_response")
