@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import string
 import time
 from collections.abc import Callable
@@ -73,14 +74,22 @@ PLATE_KEY = "plate"
 # --- names users supply, shown as plain text -------------------------------------------------
 
 _MARKDOWN_ESCAPES = str.maketrans({c: "\\" + c for c in string.punctuation})
+WORD_JOINER = "\u2060"
+"""Invisible, zero-width, no line break: put where a bare web address or e-mail would begin."""
+_AUTOLINK_STARTS = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
 
 
 def plain(text: object) -> str:
     """``text`` for Streamlit's Markdown (``st.markdown``, ``st.error``, widget labels, ...) shown
-    literally: every ASCII punctuation character is backslash-escaped (CommonMark allows that for
-    all of them), so a plate, compound or file name such as ``[x](http://evil)``, ``<img ...>``,
-    ``**bold**`` or ``:red[x]`` is neither a link, HTML nor formatting."""
-    return str(text).translate(_MARKDOWN_ESCAPES)
+    literally, so a plate, compound or file name such as ``[x](http://evil)``, ``<img ...>``,
+    ``**bold**`` or ``:red[x]`` is neither a link, HTML nor formatting.
+
+    Every ASCII punctuation character is backslash-escaped (CommonMark allows that for all of
+    them). Streamlit also turns bare ``http://...``, ``www....`` and e-mail addresses into links
+    after escapes are read, so an invisible word joiner (U+2060) goes after ``:`` in ``://``,
+    after ``www`` before ``.`` and after ``@``: the name looks the same but is no link (copied
+    from the page, it carries that invisible character)."""
+    return _AUTOLINK_STARTS.sub(WORD_JOINER, str(text)).translate(_MARKDOWN_ESCAPES)
 
 
 def plot_text(text: object) -> str:
