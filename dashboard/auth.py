@@ -139,17 +139,23 @@ def load_secret(path: Path) -> bytes:
     NeuroRGError
         If the file cannot be made or read, or is not one this module wrote.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise NeuroRGError(f"cannot make the login secret file: {exc.strerror}; set NEURORG_DATA_DIR "
-                           "to a writable folder", path=path) from exc
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+    if not path.exists():
+        # Written whole under a private name, then linked into place: a second process starting
+        # at the same moment reads either nothing yet or the finished file, never half of it.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # the other process won; use its secret
+        except OSError as exc:
+            raise NeuroRGError(f"cannot make the login secret file: {exc.strerror}; set "
+                               "NEURORG_DATA_DIR to a writable folder", path=path) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
     try:
         text = path.read_text().strip()
     except OSError as exc:

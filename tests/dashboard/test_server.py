@@ -205,3 +205,14 @@ def test_five_wrong_passwords_lock_that_computer_out(tmp_path: Path) -> None:
         other = log_in(base, source="127.0.0.2")
         assert other.status == 303
         assert f"Max-Age={2 * 3600}" in other.headers["set-cookie"]
+
+
+def test_a_password_in_secrets_toml_shares_the_app_too(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('password = "from secrets"\n')
+    env = server_env(tmp_path, STREAMLIT_SECRETS_FILES=str(secrets))
+    with running_server(env, tmp_path / "server.log", address="0.0.0.0") as base:
+        assert request(base, "/", accept="text/html").status == 303
+        assert log_in(base, PASSWORD).status == 401
+        cookie = session_cookie(log_in(base, "from secrets"))
+        assert request(base, "/_stcore/host-config", cookie=cookie).status == 200
