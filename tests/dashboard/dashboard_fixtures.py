@@ -159,7 +159,7 @@ def websocket_status(base: str, cookie: str | None = None) -> int:
     """The HTTP status of a websocket handshake on the app's stream (101 = opened)."""
     url = urlsplit(base)
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET /_stcore/stream HTTP/1.1", f"Host: {url.netloc}", "Upgrade: websocket",
+    lines = ["GET /_stcore/stream HTTP/1.1", f"Host: {url.netloc}", "Upgrade: websocket",
              "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
              "Sec-WebSocket-Protocol: streamlit"]
     if cookie:

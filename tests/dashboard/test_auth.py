@@ -174,3 +174,21 @@ def test_plain_text_renders_literally_in_commonmark() -> None:
 def test_plot_text_escapes_plotly_html() -> None:
     assert components.plot_text('<a href="http://evil">x</a> & <b>') == \
         '&lt;a href="http://evil"&gt;x&lt;/a&gt; &amp; &lt;b&gt;'
+
+
+def test_the_pages_own_check_ends_an_expired_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``dashboard/main.py`` runs on every rerun: a session whose page stayed open past the
+    cookie's expiry is stopped (the websocket's cookie is the one it was opened with)."""
+    monkeypatch.setenv("NEURORG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("NEURORG_PASSWORD", "pw")
+    cfg = load_config()
+    key = auth.session_key(auth.load_secret(cfg.session_secret_path), "pw")
+    token = auth.make_session(key, HOUR, NOW)
+    cookies = {auth.SESSION_COOKIE: token}
+    assert auth.script_session_state(cfg, cookies, NOW + 10) == "valid"
+    assert auth.script_session_state(cfg, cookies, NOW + HOUR + 1) == "expired"
+    assert auth.script_session_state(cfg, {}, NOW) == "missing"
+    monkeypatch.setenv("NEURORG_PASSWORD", "changed")
+    assert auth.script_session_state(load_config(), cookies, NOW + 10) == "bad signature"
+    monkeypatch.delenv("NEURORG_PASSWORD")
+    assert auth.script_session_state(load_config(), {}, NOW) == "valid"  # no password: no login
