@@ -127,7 +127,7 @@ def _server_side(env: dict, rounds: int) -> None:
     from streamlit.testing.v1 import AppTest
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("NEURORG_")})
-    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(REPO / "dashboard" / "main.py"), default_timeout=120)
     at.query_params.update({"page": "plate", "plate": PLATE})
     at.run()
     files = {"Plate heatmap": "plate", "Treatments": "treatments", "Channels": "channels",

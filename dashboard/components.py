@@ -6,7 +6,10 @@ statistic (that is the core's job, reached through ``dashboard.resources``).
 
 from __future__ import annotations
 
+import html
 import io
+import re
+import string
 import time
 from collections.abc import Callable
 
@@ -72,6 +75,33 @@ PLATE_KEY = "plate"
 """Session-state key of the user's selected plate (a choice, so it lives in session_state)."""
 
 
+# --- names users supply, shown as plain text -------------------------------------------------
+
+_MARKDOWN_ESCAPES = str.maketrans({c: "\\" + c for c in string.punctuation})
+WORD_JOINER = "\u2060"
+"""Invisible, zero-width, no line break: put where a bare web address or e-mail would begin."""
+_AUTOLINK_STARTS = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
+
+
+def plain(text: object) -> str:
+    """``text`` for Streamlit's Markdown (``st.markdown``, ``st.error``, widget labels, ...) shown
+    literally, so a plate, compound or file name such as ``[x](http://evil)``, ``<img ...>``,
+    ``**bold**`` or ``:red[x]`` is neither a link, HTML nor formatting.
+
+    Every ASCII punctuation character is backslash-escaped (CommonMark allows that for all of
+    them). Streamlit also turns bare ``http://...``, ``www....`` and e-mail addresses into links
+    after escapes are read, so an invisible word joiner (U+2060) goes after ``:`` in ``://``,
+    after ``www`` before ``.`` and after ``@``: the name looks the same but is no link (copied
+    from the page, it carries that invisible character)."""
+    return _AUTOLINK_STARTS.sub(WORD_JOINER, str(text)).translate(_MARKDOWN_ESCAPES)
+
+
+def plot_text(text: object) -> str:
+    """``text`` for Plotly's titles, hover labels, legends and ticks shown literally (Plotly reads
+    a few HTML tags there, links included; entities are shown as the character)."""
+    return html.escape(str(text), quote=False)
+
+
 # --- navigation state: the selected plate, mirrored in the URL -----------------------------
 
 def stored_plates() -> list[str]:
@@ -82,7 +112,7 @@ def stored_plates() -> list[str]:
     try:
         return resources.plate_names()
     except NeuroRGError as exc:
-        st.error(f"The result store cannot be opened: {exc}")
+        st.error(f"The result store cannot be opened: {plain(exc)}")
         st.stop()
 
 
@@ -103,7 +133,7 @@ def plate_results_or_stop(plate: str):
     try:
         res = resources.plate_results(plate)
     except NeuroRGError as exc:
-        st.error(str(exc))
+        st.error(plain(exc))
         st.stop()
     synthetic_banner(res.synthetic, res.synthetic_model)
     model_fit_banner(res.model_fit)
@@ -132,7 +162,7 @@ def pick_plate(names: list[str], *, page: str, default: str | None = None) -> st
         st.stop()
     wanted = st.query_params.get("plate")
     if wanted is not None and wanted not in names:
-        st.warning(f"The link names plate {wanted!r}, which is not in the result store.")
+        st.warning(f"The link names plate “{plain(wanted)}”, which is not in the result store.")
         wanted = None
     chosen = wanted or st.session_state.get(PLATE_KEY)
     if chosen not in names:
@@ -238,7 +268,7 @@ def plate_heatmap(wells: pd.DataFrame, plate_format: int, metric: str) -> go.Fig
         dose = rec.get(DOSE)
         dose_txt = "" if dose is None or pd.isna(dose) else f"{dose:g} uM"
         hover[r, c] = (
-            f"<b>{rec[WELL]}</b><br>compound: {rec.get(COMPOUND) or '-'}<br>dose: {dose_txt or '-'}"
+            f"<b>{rec[WELL]}</b><br>compound: {plot_text(rec.get(COMPOUND) or '-')}<br>dose: {dose_txt or '-'}"
             f"<br>role: {rec.get(ROLE) or '-'}<br>{METRIC_LABELS[metric]}: {_fmt(metric, value)}"
         )
     for r in range(n_rows):
@@ -394,7 +424,7 @@ def qc_metrics(qc: dict, problem: str | None, readout: str) -> None:
     """Plate QC (Z', SSMD, CV) on the run's readout as metrics, or why it could not be computed."""
     st.markdown(f"**Plate QC** (control vs disease wells, on the {READOUT_LABELS[readout]})")
     if problem:
-        st.info(f"Plate QC not available: {problem}")
+        st.info(f"Plate QC not available: {plain(problem)}")
         return
     cols = st.columns(2)
     for k, (key, label, fmt, help_text) in enumerate(QC_ITEMS):
@@ -403,7 +433,7 @@ def qc_metrics(qc: dict, problem: str | None, readout: str) -> None:
         cols[k % 2].metric(label, text, help=help_text)
     st.caption(f"n = {qc.get('n_control')} control, {qc.get('n_disease')} disease wells")
     if qc.get("edge_flag"):
-        st.warning(f"Possible edge effect: {qc.get('edge_note', '')}")
+        st.warning(f"Possible edge effect: {plain(qc.get('edge_note', ''))}")
 
 
 def well_summary(wells: pd.DataFrame, well: str) -> pd.DataFrame:
@@ -498,14 +528,15 @@ def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.Dat
         axes = dict(xaxis=f"x{'' if k == 1 else k}", yaxis=f"y{'' if k == 1 else k}")
         pts = treat[treat[COMPOUND] == cpd]
         data.append(dict(
-            type="scatter", x=pts[DOSE].tolist(), y=pts[column].tolist(), mode="markers", name=cpd,
+            type="scatter", x=pts[DOSE].tolist(), y=pts[column].tolist(), mode="markers",
+            name=plot_text(cpd),
             showlegend=False, text=pts[WELL].tolist(), marker=dict(color=ROLE_COLOURS["treatment"]),
             hovertemplate="%{text}: %{x:g} uM, " + label + " %{y:.2f}<extra></extra>", **axes,
         ))
         line = curves[curves[COMPOUND] == cpd]
         if not line.empty:
             data.append(dict(type="scatter", x=line[DOSE].tolist(), y=line[column].tolist(),
-                             mode="lines", showlegend=False, name=f"{cpd} 4PL",
+                             mode="lines", showlegend=False, name=f"{plot_text(cpd)} 4PL",
                              line=dict(color="black"), **axes))
     layout = _panels([_fit_title(fits, c) for c in compounds],
                      dict(type="log", title=dict(text="dose (uM)")),
@@ -520,9 +551,9 @@ def _fit_title(fits: pd.DataFrame, compound: str) -> str:
     row = fits[fits[COMPOUND] == compound]
     if row.empty or not bool(row[CONVERGED].iloc[0]):
         why = "" if row.empty else str(row[FIT_MESSAGE].iloc[0])
-        return f"{compound}<br><sub>no EC50: {why[:40]}</sub>"
+        return f"{plot_text(compound)}<br><sub>no EC50: {plot_text(why[:40])}</sub>"
     r = row.iloc[0]
-    return f"{compound}<br><sub>EC50 {r[EC50]:.3g} uM [{r[EC50_CI_LOW]:.3g}, {r[EC50_CI_HIGH]:.3g}]</sub>"
+    return f"{plot_text(compound)}<br><sub>EC50 {r[EC50]:.3g} uM [{r[EC50_CI_LOW]:.3g}, {r[EC50_CI_HIGH]:.3g}]</sub>"
 
 
 def fit_table(fits: pd.DataFrame) -> pd.DataFrame:
@@ -542,8 +573,9 @@ def dose_strip(wells: pd.DataFrame, column: str = P_CONTROL) -> go.Figure:
     treat = wells[wells[ROLE] == "treatment"].sort_values([COMPOUND, DOSE])
     for k, cpd in enumerate(sorted(treat[COMPOUND].unique())):
         grp = treat[treat[COMPOUND] == cpd]
-        labels = [f"{cpd} {d:.3g}" for d in grp[DOSE]]
-        fig.add_trace(go.Box(x=labels, y=grp[column], name=cpd, boxpoints="all", text=grp[WELL],
+        labels = [f"{plot_text(cpd)} {d:.3g}" for d in grp[DOSE]]
+        fig.add_trace(go.Box(x=labels, y=grp[column], name=plot_text(cpd), boxpoints="all",
+                             text=grp[WELL],
                              marker_color=COMPOUND_COLOURS[k % len(COMPOUND_COLOURS)]))
     shapes, notes = _band_shapes(role_bands(wells, column))
     fig.update_layout(height=420, yaxis_title=METRIC_LABELS.get(column, column),

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from neurorg_core.errors import NeuroRGError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -14,12 +16,32 @@ def _env_path(name: str, default: Path) -> Path:
     return Path(value).expanduser() if value else default
 
 
+def _env_paths(name: str) -> tuple[Path, ...]:
+    """A list of folders in one variable, separated like ``PATH`` (``:`` on Linux)."""
+    return tuple(Path(p).expanduser() for p in os.environ.get(name, "").split(os.pathsep) if p.strip())
+
+
+def _env_hours(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        hours = float(value)
+    except ValueError:
+        hours = float("nan")
+    if not 0 < hours < 24 * 366:  # also refuses nan
+        raise NeuroRGError(f"{name}={value!r} is not a number of hours; expected e.g. 12 (more than 0, "
+                           "under a year)")
+    return hours
+
+
 @dataclass(frozen=True)
 class Config:
     """Where things live and the limits we enforce.
 
     Environment overrides: ``NEURORG_DATA_DIR``, ``NEURORG_MODEL_DIR``, ``NEURORG_DB``,
-    ``NEURORG_MAX_PIXELS``, ``NEURORG_PASSWORD`` (read by the dashboard only).
+    ``NEURORG_MAX_PIXELS``; read by the dashboard only: ``NEURORG_PASSWORD``,
+    ``NEURORG_SERVER_ROOTS``, ``NEURORG_SESSION_HOURS``.
     """
 
     data_dir: Path = field(default_factory=lambda: _env_path("NEURORG_DATA_DIR", REPO_ROOT / "data"))
@@ -33,6 +55,17 @@ class Config:
         default_factory=lambda: int(os.environ.get("NEURORG_MAX_PIXELS", str(16384 * 16384)))
     )
     """Largest image (height x width) we agree to decode: a guard against decompression bombs."""
+    password: str = field(default_factory=lambda: os.environ.get("NEURORG_PASSWORD", ""), repr=False)
+    """The dashboard's password ("" = none: the app then answers on this computer only)."""
+    server_roots: tuple[Path, ...] = field(default_factory=lambda: _env_paths("NEURORG_SERVER_ROOTS"))
+    """Folders the dashboard's "Path on the server" may read (with everything below them);
+    ``NEURORG_SERVER_ROOTS`` lists them separated by ``:``. Default: the data folder."""
+    session_hours: float = field(default_factory=lambda: _env_hours("NEURORG_SESSION_HOURS", 12.0))
+    """How long a dashboard login lasts (hours), across reloads and pasted links."""
+
+    def __post_init__(self) -> None:
+        if not self.server_roots:
+            object.__setattr__(self, "server_roots", (self.data_dir,))
 
     @property
     def upload_dir(self) -> Path:
@@ -41,6 +74,11 @@ class Config:
     @property
     def demo_dir(self) -> Path:
         return self.data_dir / "demo"
+
+    @property
+    def session_secret_path(self) -> Path:
+        """The dashboard's random key for signing login cookies (made on first use, mode 0600)."""
+        return self.data_dir / "session_secret"
 
 
 def load_config() -> Config:

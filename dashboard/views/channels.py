@@ -24,11 +24,11 @@ if res.channels.empty:
         try:
             flows.score_channels(res.plate, components.progress_callback("Single-channel models"))
         except NeuroRGError as exc:
-            st.error(f"Scoring stopped: {exc}")
+            st.error(f"Scoring stopped: {components.plain(exc)}")
             st.stop()
         st.rerun()
     st.stop()
 
 for problem in (v for k, v in res.problems.items() if k.startswith("channel")):
-    st.warning(problem)
+    st.warning(components.plain(problem))
 st.plotly_chart(components.channel_scatter(res.channels, res.channel_fits), key="channel_scatter")

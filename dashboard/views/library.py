@@ -45,14 +45,14 @@ parquet_col.download_button(
 )
 
 with st.expander("Delete this plate"):
-    st.write(f"Deletes **{chosen}**, its runs and its cached predictions from the result store. "
+    st.write(f"Deletes **{components.plain(chosen)}**, its runs and its cached predictions from the result store. "
              "The image files stay where they are.")
-    sure = st.checkbox(f"Yes, delete {chosen}", key="confirm_delete")
+    sure = st.checkbox(f"Yes, delete {components.plain(chosen)}", key="confirm_delete")
     if st.button("Delete", key="delete_plate", disabled=not sure):
         try:
             flows.delete_plate(chosen)
         except NeuroRGError as exc:
-            st.error(str(exc))
+            st.error(components.plain(exc))
             st.stop()
         st.session_state.pop(components.PLATE_KEY, None)
         st.session_state.pop("library_plate", None)

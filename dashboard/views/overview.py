@@ -33,19 +33,19 @@ if not names:
     try:
         flows.ensure_demo(components.progress_callback("Scoring the demo plate"))
     except NeuroRGError as exc:
-        st.error(f"The demo plate could not be made: {exc}")
+        st.error(f"The demo plate could not be made: {components.plain(exc)}")
         st.stop()
     names = components.stored_plates()
 
 default = resources.DEMO_PLATE if resources.DEMO_PLATE in names else names[0]
-st.subheader("The demo plate" if default == resources.DEMO_PLATE else f"Plate {default}")
+st.subheader("The demo plate" if default == resources.DEMO_PLATE else f"Plate {components.plain(default)}")
 res = components.plate_results_or_stop(default)
 left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(components.plate_heatmap(res.wells, res.plate_format, P_CONTROL),
                     key="overview_heatmap")
 with right:
-    st.markdown(f"**{res.plate}**: {len(res.wells)} wells, model `{res.run[MODEL_ID][:12]}`")
+    st.markdown(f"**{components.plain(res.plate)}**: {len(res.wells)} wells, model `{res.run[MODEL_ID][:12]}`")
     components.qc_metrics(res.qc, res.problems.get("qc"), res.readout)
     if st.button("Open this plate", key="overview_open"):
         st.switch_page("views/plate.py", query_params={"page": "plate", "plate": res.plate})

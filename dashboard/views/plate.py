@@ -16,7 +16,7 @@ res = components.plate_page_results("plate")
 metrics = [m for m in components.METRIC_LABELS if m in res.wells.columns]
 metric = st.selectbox("Metric", metrics, format_func=components.METRIC_LABELS.get, key="metric")
 if metric not in res.wells.columns or res.wells[metric].isna().all():
-    st.info(res.problems.get("rescue", "This metric is not available for this plate."))
+    st.info(components.plain(res.problems.get("rescue", "This metric is not available for this plate.")))
 
 left, right = st.columns([3, 1])
 with left:
@@ -42,7 +42,7 @@ try:
     fields = resources.fields_of(res.source, res.channel_map, well)
     images = [resources.field_image(res.source, channel_map_json, well, f) for f in fields]
 except NeuroRGError as exc:
-    st.error(f"The images of well {well} cannot be shown: {exc}")
+    st.error(f"The images of well {well} cannot be shown: {components.plain(exc)}")
     st.stop()
 cols = st.columns(4)
 for k, (f, img) in enumerate(zip(fields, images)):

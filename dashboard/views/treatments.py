@@ -13,7 +13,7 @@ st.title("Treatments")
 res = components.plate_page_results("treatments")
 if res.treatments.empty:
     st.info("No treatment statistics for this plate: "
-            + res.problems.get("treatments", "it has no treatment wells (role 'treatment')."))
+            + components.plain(res.problems.get("treatments", "it has no treatment wells (role 'treatment').")))
     st.stop()
 
 label = READOUT_LABELS[res.readout]
@@ -31,7 +31,7 @@ st.caption(f"Fitted on each well's {label}. The inflammation score (expected cla
            "probability) moves with the phenotype over the whole range; P(control) only rises once wells "
            "are almost fully rescued, so rescue %, hits and EC50 read from it fall short.")
 if "fits" in res.problems:
-    st.warning(f"Dose-response fits could not be made: {res.problems['fits']}")
+    st.warning(f"Dose-response fits could not be made: {components.plain(res.problems['fits'])}")
 else:
     st.plotly_chart(components.dose_response_figure(res.wells, res.curves, res.fits, res.readout_column),
                     key="dose_response")

@@ -7,7 +7,7 @@ import json
 
 import streamlit as st
 
-from dashboard import components, flows, resources
+from dashboard import auth, components, flows, resources
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.platemap import check_plate_map, load_plate_map
 from neurorg_core.schema import CHANNELS, READOUT_LABELS, READOUTS
@@ -42,20 +42,23 @@ with upload_tab:
                 str(flows.plate_map_path(folder)) if map_file is not None else ""
             )
         except NeuroRGError as exc:
-            st.error(str(exc))
+            st.error(components.plain(exc))
 with server_tab:
+    roots = resources.config().server_roots
+    st.caption("Paths under " + ", ".join(f"`{r}`" for r in roots) + " only (`NEURORG_SERVER_ROOTS`); "
+               "a relative path starts at the first.")
     server_images = st.text_input("Plate folder or .zip on the server", key="server_images")
     server_map = st.text_input("Plate map file on the server", key="server_platemap")
     if st.button("Use this path", key="use_server_path"):
         try:
             st.session_state["images_path"] = str(
-                flows.open_images(flows.resolve_server_path(server_images)))
+                flows.open_images(auth.allowed_server_path(server_images, roots)))
             components.forget(*(f"role_{r}" for r in CHANNELS), "map_plate", "plate_name")
             st.session_state["platemap_path"] = (
-                str(flows.resolve_server_path(server_map)) if server_map.strip() else ""
+                str(auth.allowed_server_path(server_map, roots)) if server_map.strip() else ""
             )
         except NeuroRGError as exc:
-            st.error(str(exc))
+            st.error(components.plain(exc))
 
 images_path = st.session_state.get("images_path")
 if not images_path:
@@ -66,7 +69,7 @@ if not images_path:
 try:
     detected = resources.plate(images_path)
 except NeuroRGError as exc:
-    st.error(f"The images cannot be read: {exc}")
+    st.error(f"The images cannot be read: {components.plain(exc)}")
     st.stop()
 st.subheader("Detected plate")
 summary = detected.summary()
@@ -86,13 +89,13 @@ if len(set(channel_map.values())) < len(CHANNELS):
 try:
     plate = resources.plate(detected.source, channel_map)
 except NeuroRGError as exc:
-    st.error(f"That channel mapping cannot be read: {exc}")
+    st.error(f"That channel mapping cannot be read: {components.plain(exc)}")
     st.stop()
 
 file_problems = resources.file_problems(str(plate.source), json.dumps(channel_map, sort_keys=True))
 if file_problems:
     st.error(f"{len(file_problems)} image file problem(s); fix them before scoring:\n"
-             + "\n".join(f"- {p}" for p in file_problems[:50]))
+             + "\n".join(f"- {components.plain(p)}" for p in file_problems[:50]))
     st.stop()
 
 # --- plate map ------------------------------------------------------------------------------
@@ -104,10 +107,10 @@ if not platemap_path:
 try:
     plate_map = load_plate_map(platemap_path)
 except PlateMapError as exc:
-    st.error("The plate map has problems:\n" + "\n".join(f"- {p}" for p in exc.problems))
+    st.error("The plate map has problems:\n" + "\n".join(f"- {components.plain(p)}" for p in exc.problems))
     st.stop()
 except NeuroRGError as exc:
-    st.error(str(exc))
+    st.error(components.plain(exc))
     st.stop()
 map_plates = flows.map_plates(plate_map)
 map_plate = None
@@ -117,7 +120,7 @@ if len(map_plates) > 1:
     plate_map = flows.map_for_plate(plate_map, map_plate)
 problems = check_plate_map(plate_map, plate.wells(), plate=map_plate)
 if problems:
-    st.warning("Plate map vs images:\n" + "\n".join(f"- {p}" for p in problems))
+    st.warning("Plate map vs images:\n" + "\n".join(f"- {components.plain(p)}" for p in problems))
 else:
     st.success(f"Plate map matches the images: {len(plate_map)} wells.")
 st.dataframe(plate_map, hide_index=True, height=200, key="platemap_table")
@@ -127,7 +130,7 @@ st.subheader("Score")
 name = st.text_input("Plate name", value=plate.name, key="plate_name")
 stored = name.strip() in components.stored_plates()
 if stored:
-    st.info(f"Plate **{name}** is already in the result store. Open it as it is, or score again: "
+    st.info(f"Plate **{components.plain(name)}** is already in the result store. Open it as it is, or score again: "
             "fields already scored with this model come from the cache and cost nothing.")
     if st.button("Open stored results", key="open_stored"):
         st.switch_page("views/plate.py", query_params={"page": "plate", "plate": name.strip()})
@@ -154,7 +157,7 @@ if st.button("Score again" if stored else "Score plate", key="score", type="prim
         flows.score(plate, plate_map, name, components.progress_callback("Scoring"),
                     with_channels=with_channels, options=options)
     except NeuroRGError as exc:
-        st.error(f"Scoring stopped: {exc}")
+        st.error(f"Scoring stopped: {components.plain(exc)}")
         st.stop()
     st.session_state[components.PLATE_KEY] = name.strip()
     st.switch_page("views/plate.py", query_params={"page": "plate", "plate": name.strip()})

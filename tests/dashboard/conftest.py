@@ -43,12 +43,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the app at an empty store, data folder and model folder under ``tmp_path``."""
+def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Point the app at an empty store, data folder and model folder under ``tmp_path``, with no
+    password. "Path on the server" may read this test session's temporary folders (where the
+    fixture plates are written)."""
     monkeypatch.setenv("NEURORG_DB", str(tmp_path / "store.duckdb"))
     monkeypatch.setenv("NEURORG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("NEURORG_MODEL_DIR", str(tmp_path / "no_models"))
+    monkeypatch.setenv("NEURORG_SERVER_ROOTS", str(tmp_path_factory.getbasetemp()))
     monkeypatch.delenv("NEURORG_PASSWORD", raising=False)
+    monkeypatch.delenv("NEURORG_SESSION_HOURS", raising=False)
     return tmp_path
 
 

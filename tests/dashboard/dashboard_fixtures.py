@@ -1,11 +1,22 @@
-"""Helpers shared by the dashboard tests: the app's path and a ground-truth run writer."""
+"""Helpers shared by the dashboard tests: the app's paths and a ground-truth run writer."""
 
 from __future__ import annotations
 
+import base64
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from neurorg_core.pipeline import hash_field
 from neurorg_core.plates import load_plate
@@ -15,9 +26,18 @@ from neurorg_core.scoring import score_channels, score_plate
 from neurorg_core.store import PLATE_MAP_COLUMNS, PlateRecord, ResultStore, RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
-APP = REPO / "dashboard" / "app.py"
+APP = REPO / "dashboard" / "main.py"
+"""The pages script (what ``AppTest`` runs)."""
+SERVER = REPO / "dashboard" / "app.py"
+"""What ``streamlit run`` is given: ``st.App`` serving ``APP`` behind the login gate."""
 TRUTH_PLATE = "truth plate"
 """Name of the stored plate whose scores are derived from the ground truth (no model involved)."""
+
+
+def shown(markdown: str) -> str:
+    """The text a reader sees in a Markdown element whose names were escaped with
+    ``components.plain`` (the backslash escapes and invisible word joiners removed)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")
 
 
 def _truth_probs(wells: list[str], severity: dict[str, float], noise: float, seed: int) -> pd.DataFrame:
@@ -70,3 +90,82 @@ def store_truth_run(db_path: Path, plate_dir: Path, name: str = TRUTH_PLATE, par
         )
     finally:
         store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test server: its own store and data folder under ``tmp_path``, no
+    password unless ``NEURORG_PASSWORD`` is given in ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEURORG_")}
+    env.update({"NEURORG_DB": str(tmp_path / "store.duckdb"), "NEURORG_DATA_DIR": str(tmp_path / "data"),
+                "NEURORG_MODEL_DIR": str(tmp_path / "no_models"), "TF_CPP_MIN_LOG_LEVEL": "2",
+                "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+    env.update(extra)
+    return env
+
+
+def server_command(port: int, address: str | None) -> list[str]:
+    """``streamlit run dashboard/app.py`` on ``port`` (``address`` None: the config file's)."""
+    cmd = [sys.executable, "-m", "streamlit", "run", str(SERVER), "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    return cmd + (["--server.address", address] if address is not None else [])
+
+
+@contextmanager
+def running_server(env: dict[str, str], log_path: Path, *, address: str | None = "127.0.0.1",
+                   port: int | None = None) -> Iterator[str]:
+    """Run the real server until the block ends; yields ``http://127.0.0.1:PORT``.
+
+    Streamlit prints its URL once the socket listens; the output is read up to that line (no
+    polling, no sleeps), then drained into ``log_path`` so the server never blocks on its pipe.
+    """
+    port = port or free_port()
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(server_command(port, address), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    drain = threading.Thread(target=_copy_lines, args=(proc.stdout, log), daemon=True)
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            if f":{port}" in line:
+                break
+        else:
+            log.flush()
+            pytest.fail(f"streamlit exited before serving: {log_path.read_text()}")
+        drain.start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if drain.is_alive():
+            drain.join(timeout=5)
+        log.close()
+
+
+def _copy_lines(src, dst) -> None:
+    for line in src:
+        dst.write(line)
+
+
+def websocket_status(base: str, cookie: str | None = None) -> int:
+    """The HTTP status of a websocket handshake on the app's stream (101 = opened)."""
+    url = urlsplit(base)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = ["GET /_stcore/stream HTTP/1.1", f"Host: {url.netloc}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+             "Sec-WebSocket-Protocol: streamlit"]
+    if cookie:
+        lines.append(f"Cookie: {cookie}")
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        status_line = sock.makefile("rb").readline().decode()
+    return int(status_line.split()[1])

@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import flows, resources
-from dashboard_fixtures import APP
+from dashboard_fixtures import APP, shown
 from neurorg_core.errors import NeuroRGError
 
 
@@ -192,5 +192,5 @@ def test_corrupt_image_files_are_listed_before_scoring(model_env: Path, tiny_pla
     at.button(key="use_server_path").click().run()
     assert not at.exception
     text = at.error[0].value
-    assert "1 image file problem(s)" in text and bad.name in text and "D05" in text
+    assert "1 image file problem(s)" in text and bad.name in shown(text) and "D05" in text
     assert "score" not in [b.key for b in at.button]  # scoring is not offered

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard_fixtures import APP, TRUTH_PLATE, store_truth_run
-from dashboard import resources
+from dashboard_fixtures import APP, TRUTH_PLATE, shown, store_truth_run
+from dashboard import auth, resources
 
 PAGES = ("overview", "upload", "plate", "treatments", "channels", "library")
 
@@ -190,8 +192,10 @@ def test_library_open_navigates_to_the_plate(truth_store: Path) -> None:
     assert _query(at, "plate") == TRUTH_PLATE
 
 
-def test_password_gate_blocks_until_the_right_password(truth_store: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_a_password_pages_stop_without_a_login_cookie(truth_store: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pages' own check behind the server's gate: a session whose websocket carried no valid
+    login cookie sees nothing (AppTest sends no cookies; the browser test logs in for real)."""
     monkeypatch.setenv("NEURORG_PASSWORD", "open sesame")
     at = AppTest.from_file(str(APP), default_timeout=60)
     at.query_params.update({"page": "plate", "plate": TRUTH_PLATE})
@@ -199,21 +203,90 @@ def test_password_gate_blocks_until_the_right_password(truth_store: Path,
     assert not at.exception
     assert [t.value for t in at.title] == ["NeuroRG Screen"] and not at.get("plotly_chart")
     assert not at.selectbox  # no plate picker, no page content
-    at.text_input(key="password").set_value("open sesame?")
-    at.button[0].click().run()
-    assert "Wrong password." in [e.value for e in at.error] and not at.get("plotly_chart")
-    at.text_input(key="password").set_value("open sesame")
-    at.button[0].click().run()
-    assert not at.exception
-    # In: the page and plate the link named.
-    assert at.title[0].value == "Plate heatmap" and len(at.get("plotly_chart")) == 1
+    assert [i.value for i in at.info] == [auth.SESSION_MESSAGES["missing"]]
 
 
 def test_password_from_streamlit_secrets(truth_store: Path) -> None:
     at = AppTest.from_file(str(APP), default_timeout=60)
     at.secrets["password"] = "from secrets"
     at.run()
-    assert not at.get("plotly_chart") and at.text_input(key="password") is not None
+    assert not at.get("plotly_chart") and [i.value for i in at.info] == [auth.SESSION_MESSAGES["missing"]]
+
+
+CRAFTED = "[x](http://evil.example) <img src=x onerror=alert(1)> **bold** :red[x]"
+"""A plate or compound name that would be a link, an image, bold and red text if read as Markdown."""
+
+
+def _markdown_texts(at: AppTest) -> list[str]:
+    """The Markdown source of every element that renders Markdown (text and widget labels)."""
+    texts = [e.value for kind in ("title", "subheader", "markdown", "caption", "info", "warning",
+                                  "error", "success") for e in getattr(at, kind)]
+    return texts + [w.label for kind in ("checkbox", "button", "selectbox", "text_input")
+                    for w in getattr(at, kind)]
+
+
+def _assert_literal(texts: list[str]) -> None:
+    assert any(CRAFTED in shown(t) for t in texts), "the crafted name is not shown"
+    for text in texts:
+        unescaped = re.sub(r"\\.", "", text)  # what Markdown would still read as syntax
+        for syntax in ("](", "<img", "**bold", ":red["):
+            assert syntax not in unescaped, text
+
+
+def test_a_crafted_plate_name_is_shown_as_plain_text(truth_store: Path, tiny_plate: Path) -> None:
+    store_truth_run(truth_store / "store.duckdb", tiny_plate, name=CRAFTED)
+    at = _open("overview")  # opens the first plate by name: the crafted one
+    _assert_literal(_markdown_texts(at))
+    assert shown(at.subheader[0].value) == f"Plate {CRAFTED}"
+    at = _open("library")
+    at.selectbox(key="library_plate").set_value(CRAFTED).run()
+    _assert_literal(_markdown_texts(at))
+    assert shown(at.checkbox(key="confirm_delete").label) == f"Yes, delete {CRAFTED}"
+    # A link naming a plate that is not stored (the name comes from whoever wrote the link).
+    at = _open("plate", plate=CRAFTED + " (gone)")
+    assert at.warning and "not in the result store" in at.warning[0].value
+    _assert_literal(_markdown_texts(at))
+
+
+def test_crafted_compound_names_are_plain_text_in_charts(app_env: Path, tiny_plate: Path) -> None:
+    import shutil
+
+    plate = shutil.copytree(tiny_plate, app_env / "plates" / "plate_01")
+    link = '<a href="http://evil.example">CPD-001</a>'
+    plate_map = pd.read_csv(plate / "platemap.csv")
+    plate_map["Metadata_Compound"] = plate_map["Metadata_Compound"].replace("CPD-001", link)
+    plate_map.to_csv(plate / "platemap.csv", index=False)
+    store_truth_run(app_env / "store.duckdb", plate)
+    for page in ("treatments", "plate"):
+        specs = json.dumps([json.loads(el.proto.spec) for el in _open(page).get("plotly_chart")])
+        assert "<a href" not in specs and "&lt;a href=\\\"http://evil.example\\\"&gt;CPD-001&lt;/a&gt;" in specs
+
+
+def test_path_on_the_server_only_under_the_roots(app_env: Path, tiny_plate: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    monkeypatch.delenv("NEURORG_SERVER_ROOTS")  # the default: the data folder only
+    data = app_env / "data"
+    data.mkdir()
+    (data / "link").symlink_to(tiny_plate, target_is_directory=True)
+    at = _open("upload")
+    assert str(data) in at.caption[1].value
+    climb = os.path.relpath(tiny_plate, data)  # ../../plates0/plate_01
+    assert climb.startswith("..")
+    for outside in (str(tiny_plate), str(data / "link"), str(data / climb), climb, "/etc",
+                    "/no/such/folder"):
+        at.text_input(key="server_images").set_value(outside)
+        at.button(key="use_server_path").click().run()
+        assert not at.exception
+        assert "outside the folders this app may read" in at.error[0].value, outside
+        assert not at.subheader  # nothing of the folder was read
+    shutil.copytree(tiny_plate, data / "plates" / "plate_01")
+    at.text_input(key="server_images").set_value("plates/plate_01")
+    at.text_input(key="server_platemap").set_value(str(data / "plates" / "plate_01" / "platemap.csv"))
+    at.button(key="use_server_path").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.subheader[0].value == "Detected plate"
 
 
 def test_a_store_held_by_another_process_is_reported_in_plain_words(app_env: Path) -> None:
