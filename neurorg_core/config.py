@@ -32,7 +32,8 @@ class Config:
     max_pixels: int = field(
         default_factory=lambda: int(os.environ.get("NEURORG_MAX_PIXELS", str(16384 * 16384)))
     )
-    """Largest image (height x width) we agree to decode: a guard against decompression bombs."""
+    """Most pixel values one file may decode to (pages x samples x height x width), checked from
+    the header before decoding: a guard against decompression bombs."""
 
     @property
     def upload_dir(self) -> Path:
