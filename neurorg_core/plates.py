@@ -158,11 +158,6 @@ class _Header:
     kind: tuple[Any, ...]    # what decoding depends on: files of one kind decode alike
     compression: str = ""    # "" when uncompressed
 
-    @property
-    def values(self) -> int:
-        """Pixel values the file decodes to: pages x samples x height x width."""
-        return math.prod(self.shape)
-
 
 def _png_header(path: Path) -> _Header:
     try:
@@ -199,6 +194,7 @@ def _tiff_source(tif: tifffile.TiffFile) -> Any:
 
 
 def _tiff_header(tif: tifffile.TiffFile) -> _Header:
+    """Shape, axes, dtype, compression and kind of the image ``_tiff_source`` would decode."""
     source = _tiff_source(tif)
     shape = tuple(int(d) for d in source.shape)
     axes = str(source.axes)
@@ -570,18 +566,18 @@ class Plate:
     def _current_stamp(self) -> tuple[Any, ...] | None:
         dirs, files = self._listing
         try:
-            if self.source.is_file():   # a zip: its version is its size and mtime
+            if self.source.is_file():   # a zip: its version is its size and mtime, and its extraction
                 st = self.source.stat()
-                return ("zip", int(st.st_size), int(st.st_mtime_ns))
+                return ("zip", int(st.st_size), int(st.st_mtime_ns), self.root.is_dir())
             return _listing_stamp(list(dirs), list(files))
         except OSError:
             return None
 
     def is_current(self) -> bool:
         """Whether the files on disk still match this plate's listing: the zip has its size and
-        modification time, and no file was added, removed or renamed in the plate's folders
-        (their mtimes), and the first field's files are unchanged. A few ``stat`` calls, no
-        listing: cheap enough to check on every use of a cached plate."""
+        modification time (and its extraction is still there), or no file was added, removed or
+        renamed in the plate's folders (their mtimes) and the first field's files are unchanged.
+        A few ``stat`` calls, no listing: cheap enough to check on every use of a cached plate."""
         return self._stamp is not None and self._current_stamp() == self._stamp
 
     @property
@@ -744,26 +740,30 @@ class Plate:
         problems: list[str] = []
         if self.layout == "npy":
             return problems   # headers were checked at load time; rows are plain memory
-        first_of_kind: dict[tuple[Any, ...], FieldRef] = {}
+        kinds_of: dict[FieldRef, set[tuple[Any, ...]]] = {}
+        broken: set[FieldRef] = set()
+        n_files = 0
         for ref in self.fields:
             for path in self.files_of(ref):
+                n_files += 1
                 try:
-                    header = self._check_header_of(path)
+                    kinds_of.setdefault(ref, set()).add(self._check_header_of(path).kind)
                 except NeuroRGError as exc:
                     problems.append(str(_with_well(exc, ref.well)))
-                    continue
-                first_of_kind.setdefault(header.kind, ref)
-        decoded = set()
-        for kind, ref in first_of_kind.items():
-            if ref in decoded:
-                continue
-            decoded.add(ref)
+                    broken.add(ref)
+        first_of_kind: dict[tuple[Any, ...], FieldRef] = {}
+        for ref, kinds in kinds_of.items():   # fields in plate order; broken ones are reported
+            if ref not in broken:
+                for kind in kinds:
+                    first_of_kind.setdefault(kind, ref)
+        to_decode = list(dict.fromkeys(first_of_kind.values()))
+        for ref in to_decode:
             try:
                 self.read_field(ref)
             except NeuroRGError as exc:
                 problems.append(str(exc))
         log.info("%s: checked %d files' headers, decoded %d field(s) for %d kind(s) of file",
-                 self.name, sum(len(self.files_of(r)) for r in self.fields), len(decoded), len(first_of_kind))
+                 self.name, n_files, len(to_decode), len(first_of_kind))
         return problems
 
     def summary(self) -> dict[str, Any]:

@@ -167,6 +167,14 @@ def test_inspect_decodes_one_field_per_kind_and_finds_an_unknown_codec(tmp_path,
     assert json.loads(capsys.readouterr().out)["scoreable"] is True
 
 
+def test_a_field_with_a_bad_header_is_reported_once_and_another_field_is_decoded(tmp_path):
+    write_per_channel(tmp_path / "p", "imagexpress", compression="lzw")
+    (tmp_path / "p" / "exp_B02_s1_w2.tif").write_bytes(b"garbage")   # in the very first field
+    plate = load_plate(tmp_path / "p")
+    problems = plate.check_files()
+    assert len(problems) == 1 and "exp_B02_s1_w2.tif, well B02: not a readable TIFF" in problems[0]
+
+
 # --- axes ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("axes, what", [("ZYX", "z-stack of 5 planes"), ("TYX", "time series of 5 planes")])

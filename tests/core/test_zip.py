@@ -166,8 +166,9 @@ def test_plate_owns_its_temporary_extraction(tmp_path, monkeypatch):
     zpath = zip_folder(write_plate(tmp_path / "src"), tmp_path / "p.zip")
     with load_plate(zpath) as plate:
         assert plate.source == zpath and plate.root.is_relative_to(tmp_path / "tmp")
-        assert plate.read_field(plate.fields[0]).shape == (24, 32, 3)
+        assert plate.read_field(plate.fields[0]).shape == (24, 32, 3) and plate.is_current()
     assert list((tmp_path / "tmp").iterdir()) == []
+    assert not plate.is_current()   # its extraction is gone: a cache must not serve it
     plate = load_plate(zpath)
     root = plate.root
     del plate
