@@ -10,10 +10,11 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +23,7 @@ import streamlit as st
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import Bundle
 from neurorg_core.pipeline import RunResult, run_plate
-from neurorg_core.plates import Plate, extract_zip
+from neurorg_core.plates import Plate
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.schema import DEFAULT_READOUT, PLATE, SOURCE
 from neurorg_core.store import PLATE_MAP_COLUMNS
@@ -108,7 +109,12 @@ def _safe_name(name: str) -> str:
 
 
 def save_uploads(images: Sequence[tuple[str, bytes]], plate_map: tuple[str, bytes] | None) -> Path:
-    """Save uploaded files under ``Config().upload_dir/<stamp>-<hash>/``.
+    """Save uploaded files under ``Config().upload_dir/<content hash>/``.
+
+    The folder is named by a hash of every file's name and bytes (the plate map's too), so the
+    same upload is saved once and reused, and a changed file gives a new folder that is read
+    afresh. Files are written into a hidden temporary folder that is renamed into place when
+    complete: a folder under its final name always holds the whole upload.
 
     Parameters
     ----------
@@ -141,32 +147,41 @@ def save_uploads(images: Sequence[tuple[str, bytes]], plate_map: tuple[str, byte
             f"file(s) {', '.join(bad[:5])} are not accepted; expected .zip, "
             f"{', '.join(IMAGE_SUFFIXES)}"
         )
-    digest = hashlib.blake2b(digest_size=6)
-    for name, data in images:
-        digest.update(name.encode())
+    digest = hashlib.blake2b(digest_size=8)
+    for name, data in [*zip(names, (d for _, d in images)),
+                       *([(f"platemap/{_safe_name(plate_map[0])}", plate_map[1])] if plate_map else [])]:
+        digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    folder = resources.config().upload_dir / f"{stamp}-{digest.hexdigest()}"
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    for name, (_, data) in zip(names, images):
-        (folder / "images" / name).write_bytes(data)
-    if plate_map is not None:
-        (folder / "platemap").mkdir(exist_ok=True)
-        (folder / "platemap" / _safe_name(plate_map[0])).write_bytes(plate_map[1])
+    root = resources.config().upload_dir
+    folder = root / digest.hexdigest()
+    if folder.is_dir():
+        log.info("upload already saved in %s; reusing it", folder)
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=root))
+    try:
+        (partial / "images").mkdir()
+        for name, (_, data) in zip(names, images):
+            (partial / "images" / name).write_bytes(data)
+        if plate_map is not None:
+            (partial / "platemap").mkdir()
+            (partial / "platemap" / _safe_name(plate_map[0])).write_bytes(plate_map[1])
+        os.replace(partial, folder)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if folder.is_dir():   # the same upload, saved at the same moment by another session
+            return folder
+        raise NeuroRGError(f"cannot save the upload in {root} ({exc.strerror})") from exc
     log.info("saved %d uploaded file(s) into %s", len(images), folder)
     return folder
 
 
 def images_path(upload: Path) -> Path:
-    """The folder to read the plate from: a zip is extracted (safely, once) beside it."""
+    """What to read the plate from: the uploaded zip itself (``resources.plate`` extracts it
+    once per zip version, into the app's ``resources.extraction_dir()``), or the images folder."""
     files = sorted((upload / "images").iterdir())
     zips = [p for p in files if p.suffix.lower() == ".zip"]
-    if not zips:
-        return upload / "images"
-    dest = upload / "extracted" / zips[0].stem
-    if not dest.is_dir():
-        extract_zip(zips[0], dest)
-    return dest
+    return zips[0] if zips else upload / "images"
 
 
 def plate_map_path(upload: Path) -> Path:
@@ -199,13 +214,8 @@ def resolve_server_path(text: str) -> Path:
 
 
 def open_images(path: Path) -> Path:
-    """A folder of images for ``path``: zips are extracted once into ``Config().upload_dir``."""
-    if path.is_file() and path.suffix.lower() == ".zip":
-        digest = hashlib.blake2b(str(path.resolve()).encode(), digest_size=6).hexdigest()
-        dest = resources.config().upload_dir / "server" / f"{path.stem}-{digest}"
-        if not dest.is_dir():
-            extract_zip(path, dest)
-        return dest
+    """What to read a plate from for ``path`` on the server: the folder, or the zip itself
+    (``resources.plate`` extracts it once per zip version, and again when the zip is replaced)."""
     return path
 
 

@@ -2,9 +2,12 @@
 
 - ``st.cache_resource``: the result store (one DuckDB connection per database file; every store
   method opens its own cursor, so sessions on other threads share it safely), model bundles and
-  lazily-read plates.
-- ``st.cache_data``: pure reads only, keyed by something immutable (a run id, a field of a plate),
-  so a page re-renders from memory without recomputing. Nothing cached here writes.
+  lazily-read plates (at most 16, each used only while ``Plate.is_current()``: a replaced zip or
+  a changed folder listing is read again).
+- ``st.cache_data``: pure reads only, keyed by something immutable (a run id; a field of one
+  version of a plate, ``Plate.signature``), so a page re-renders from memory without
+  recomputing. Nothing cached here writes (a zip's extraction is the app's own cache of files,
+  kept in ``extraction_dir()``).
 
 Writes (demo generation, scoring, deleting) live in ``dashboard.flows``.
 """
@@ -13,8 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -88,23 +92,38 @@ def has_bundle(kind: str) -> bool:
     return (config().model_dir / kind / "card.json").is_file()
 
 
-@st.cache_resource(show_spinner="Reading the plate layout ...")
+def extraction_dir() -> Path:
+    """Where the app extracts zips (``Config().upload_dir / "extracted"``): owned by the app, one
+    folder per zip version, an earlier version's folder removed when its zip is replaced
+    (``neurorg_core.archive.extract_zip_keyed``)."""
+    return config().upload_dir / "extracted"
+
+
+@st.cache_resource(show_spinner="Reading the plate layout ...", max_entries=16, validate=Plate.is_current)
 def _plate(path: str, channel_map_json: str, max_pixels: int) -> Plate:
     channel_map = json.loads(channel_map_json) or None
-    return load_plate(path, channel_map, max_pixels=max_pixels)
+    return load_plate(path, channel_map, max_pixels=max_pixels, work_dir=extraction_dir())
 
 
 def plate(path: str | Path, channel_map: dict[str, str] | None = None) -> Plate:
     """A lazily-read plate (files listed once; pixels read one field at a time).
 
-    ``path`` is a folder; zips are extracted once by ``flows.open_images``.
+    ``path`` is a folder or a zip (extracted once per zip version into ``extraction_dir()``). The
+    cached plate (at most 16) is used only while ``Plate.is_current()``: a replaced zip, or a file
+    added, removed or renamed in the folder, makes the next call list the plate again.
     """
     return _plate(str(path), json.dumps(channel_map or {}, sort_keys=True), config().max_pixels)
 
 
-@st.cache_data(show_spinner="Checking every image file ...", max_entries=8)
 def file_problems(path: str, channel_map_json: str) -> list[str]:
-    """Every unreadable or mismatched image file of a plate (headers only; a pure read)."""
+    """Every unreadable or mismatched image file of a plate, with one field of each kind of file
+    decoded (``Plate.check_files``); remembered per plate version."""
+    current = _plate(path, channel_map_json, config().max_pixels)
+    return _file_problems(path, channel_map_json, current.signature)
+
+
+@st.cache_data(show_spinner="Checking every image file ...", max_entries=8)
+def _file_problems(path: str, channel_map_json: str, signature: str) -> list[str]:
     return _plate(path, channel_map_json, config().max_pixels).check_files()
 
 
@@ -202,14 +221,26 @@ def _fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, column: str, n_points: 
     return pd.concat(parts, ignore_index=True)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
 def field_image(source: str, channel_map_json: str, well: str, field_index: int) -> np.ndarray:
-    """One field's pixels, (H, W, 3) native dtype in CHANNELS order (a pure read of the images)."""
+    """One field's pixels, (H, W, 3) native dtype in CHANNELS order (a pure read of the images),
+    remembered per plate version and the field's files' size and mtime."""
     p = _plate(source, channel_map_json, config().max_pixels)
     refs = [ref for ref in p.fields_of(well) if ref.field == field_index]
     if not refs:
         raise NeuroRGError(f"field {field_index} is not imaged", path=source, well=well)
-    return p.read_field(refs[0])
+    try:
+        stamp = tuple((st.st_size, st.st_mtime_ns) for st in (f.stat() for f in p.files_of(refs[0])))
+    except OSError:
+        stamp = ()
+    return _field_image(source, channel_map_json, well, field_index, p.signature, stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _field_image(source: str, channel_map_json: str, well: str, field_index: int, signature: str,
+                 files_stamp: tuple[tuple[int, int], ...]) -> np.ndarray:
+    p = _plate(source, channel_map_json, config().max_pixels)
+    ref = next(ref for ref in p.fields_of(well) if ref.field == field_index)
+    return p.read_field(ref)
 
 
 def fields_of(source: str, channel_map: dict[str, str], well: str) -> list[int]:

@@ -12,10 +12,17 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import (CHANNELS, DEFAULT_READOUT, EXPORT_TABLES, LAYOUTS, READOUT_LABELS, READOUTS,
                                  RESCUE_PCT)
+
+if TYPE_CHECKING:   # annotations only: the CLI imports heavy modules inside each handler
+    import pandas as pd
+
+    from neurorg_core.config import Config
+    from neurorg_core.plates import Plate
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +59,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    import tempfile
-
     from neurorg_core.errors import PlateMapError
     from neurorg_core.plates import load_plate
     from neurorg_core.platemap import check_plate_map, load_plate_map
 
-    with tempfile.TemporaryDirectory(prefix="neurorg_inspect_") as work_dir:
-        plate = load_plate(args.path, _parse_channel_map(args.channels), work_dir=work_dir)
-        report = {**plate.summary(), "source": str(args.path)}   # a zip's extraction is temporary
+    # a zip is extracted into a temporary folder that the plate owns and removes on leaving `with`
+    with load_plate(args.path, _parse_channel_map(args.channels)) as plate:
+        report = {**plate.summary(), "source": str(args.path)}
         report["file_problems"] = plate.check_files()
     report["plate_map_problems"] = []
     if args.plate_map:
@@ -124,19 +129,39 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_CROPS_PER_WELL = 1000
+"""Most crops a well may ask for. Crops tile each field, so past a few hundred per well they are
+smaller than a cell or re-sample the same pixels, and a well's mean is already far steadier than
+the spread between wells; the cost keeps growing (a 384-well plate x 1000 crops x 5 members is
+about 1.9 M predictions, some 13 min at the measured 2,400 crop x member/s)."""
+
+
+def _check_crops_per_well(n: int) -> None:
+    if not 1 <= n <= MAX_CROPS_PER_WELL:
+        raise NeuroRGError(
+            f"--crops-per-well {n} is outside 1..{MAX_CROPS_PER_WELL}; the study uses 15, and more "
+            f"than {MAX_CROPS_PER_WELL} adds time but no information (crops tile the fields)"
+        )
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from neurorg_core.config import load_config
-    from neurorg_core.model import load_bundle
-    from neurorg_core.pipeline import load_plate_results, run_plate
     from neurorg_core.platemap import load_plate_map
     from neurorg_core.plates import load_plate
-    from neurorg_core.store import ResultStore
 
     cfg = load_config()
-    source = Path(args.path)
-    work_dir = cfg.upload_dir if source.suffix.lower() == ".zip" else None
-    plate = load_plate(source, _parse_channel_map(args.channels), work_dir=work_dir)
-    plate_map = load_plate_map(args.plate_map)
+    _check_crops_per_well(args.crops_per_well)
+    # a zip is extracted into a temporary folder owned by the plate, removed when scoring ends
+    # (the store records the zip as the plate's source)
+    with load_plate(Path(args.path), _parse_channel_map(args.channels)) as plate:
+        return _score_loaded(args, cfg, plate, load_plate_map(args.plate_map))
+
+
+def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map: pd.DataFrame) -> int:
+    from neurorg_core.model import load_bundle
+    from neurorg_core.pipeline import load_plate_results, run_plate
+    from neurorg_core.store import ResultStore
+
     bundle = load_bundle(Path(args.model) if args.model else cfg.model_dir / "ensemble")
     db = Path(args.db) if args.db else cfg.db_path
     shown = [-1]
@@ -294,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db")
     s.add_argument("--name")
     s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID")
-    s.add_argument("--crops-per-well", type=int, default=15)
+    s.add_argument("--crops-per-well", type=int, default=15,
+                   help=f"crops scored per well, 1..{MAX_CROPS_PER_WELL} (default 15, as the study)")
     s.add_argument("--backend", choices=("litert", "keras"), default="litert",
                    help="inference backend: LiteRT fast path, or plain Keras (no conversion)")
     s.add_argument("--pixel-size", type=float, help="the plate's pixel size, um (wins over the files' "

@@ -54,7 +54,8 @@ class Config:
     max_pixels: int = field(
         default_factory=lambda: int(os.environ.get("NEURORG_MAX_PIXELS", str(16384 * 16384)))
     )
-    """Largest image (height x width) we agree to decode: a guard against decompression bombs."""
+    """Most pixel values one file may decode to (pages x samples x height x width), checked from
+    the header before decoding: a guard against decompression bombs."""
     password: str = field(default_factory=lambda: os.environ.get("NEURORG_PASSWORD", ""), repr=False)
     """The dashboard's password ("" = none: the app then answers on this computer only)."""
     server_roots: tuple[Path, ...] = field(default_factory=lambda: _env_paths("NEURORG_SERVER_ROOTS"))

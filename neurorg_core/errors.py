@@ -10,6 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name shown as ``\\xff`` escapes.
+
+    Python reads a non-UTF-8 file name (a byte 0xff, say) into a ``str`` holding a lone surrogate,
+    which cannot be printed to a UTF-8 console, sent to a browser or stored in DuckDB. Messages
+    naming such a file use this form instead.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class NeuroRGError(ValueError):
     """Bad input or a failed precondition, with a message a person can act on."""
 
@@ -18,11 +31,11 @@ class NeuroRGError(ValueError):
         self.well = well
         where = []
         if path is not None:
-            where.append(f"{Path(path).name}")
+            where.append(Path(path).name)
         if well is not None:
             where.append(f"well {well}")
         prefix = f"{', '.join(where)}: " if where else ""
-        super().__init__(prefix + message)
+        super().__init__(printable(prefix + message))
 
 
 class PlateMapError(NeuroRGError):

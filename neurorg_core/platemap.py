@@ -1,14 +1,34 @@
 """Plate maps: which compound, dose and role each well has (pycytominer ``Metadata_*`` columns).
 
-``load_plate_map(path)`` reads a CSV or TSV (delimiter sniffed), maps common column spellings to
-the schema names and validates the content; every problem in the file is reported at once in a
-``PlateMapError``. ``check_plate_map(df, imaged_wells)`` lists the problems of a table (raw or
-loaded) against the wells that were imaged.
+``load_plate_map(path)`` reads a CSV or TSV (delimiter sniffed) or an Excel ``.xlsx`` workbook, maps
+common column spellings to the schema names and validates the content; every problem in the file is
+reported at once in a ``PlateMapError``. ``check_plate_map(df, imaged_wells)`` lists the problems of
+a table (raw or loaded) against the wells that were imaged.
 
 Output columns: ``Metadata_Plate`` (str, "" when the file has none), ``Metadata_Well`` ("A01"),
 ``Metadata_Row`` / ``Metadata_Col`` (1-based), ``Metadata_Compound`` (str, "" for none),
-``Metadata_Dose_uM`` (float, uM, NaN for none), ``Metadata_Role`` (control / disease / treatment /
+``Metadata_Dose_uM`` (float, µM, NaN for none), ``Metadata_Role`` (control / disease / treatment /
 empty), ``Metadata_Class`` (Int64 0..5, <NA> when absent).
+
+Doses. A column is a dose column when its name says dose or concentration (``dose``, ``conc``,
+``concentration``, with ``Metadata_`` / ``final`` / ``compound`` allowed around them) and it may name
+its unit: in brackets (``Dose (µM)``, ``Concentration [nM]``) or as the last word (``dose_uM``,
+``conc_mM``, ``Metadata_Dose_uM``). Units: pM, nM, µM / uM, mM, M and their ``mol/L`` and word forms
+(``DOSE_UNITS_UM``); values are converted to µM. A dose column without a unit (``Dose``,
+``Concentration``) is taken as µM, and a warning says so. A cell may carry its own unit
+(``500 nM``), and a separate unit column (``Dose unit``, ``Concentration Units``) may give one per
+row. A column that looks like a dose but cannot be understood (an unknown unit such as ``mg/mL``,
+extra words such as ``Dose group``, text values) is a problem naming the column and the value: a
+dose column is never silently dropped.
+
+Rows. Rows whose every cell is blank (Excel's trailing rows, spacer rows) are skipped wherever they
+are; a row with a well and nothing else is kept (and then needs a role). Problems name the line
+(CSV) or the sheet row (Excel) as a spreadsheet shows it.
+
+Excel. The sheet read is the first one named like a plate map (``Plate map``, ``platemap``,
+``Plate layout``, ``Layout``, ``Map``; case, spaces, ``_`` and ``-`` ignored), else the workbook's
+first sheet; its first non-blank row is the header. Cells are read as values (a formula's last
+computed value, as Excel saved it). Old binary ``.xls`` files are refused: save as ``.xlsx`` or CSV.
 
 A blank or absent role is derived from the class label when there is one: class 0 -> control,
 class 5 -> disease, other classes -> treatment (training plates carry class labels only).
@@ -18,10 +38,17 @@ Otherwise a blank role is ``treatment`` when the well has a compound and a probl
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import logging
+import math
+import re
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from io import StringIO
-from collections.abc import Iterable
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,16 +66,32 @@ COLUMN_ALIASES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (WELL, ("metadata_well", "well", "wells", "well_name", "wellname", "well_id", "metadata_wellname")),
     (PLATE, ("metadata_plate", "plate", "plate_id", "plate_name", "barcode", "metadata_barcode")),
     (COMPOUND, ("metadata_compound", "compound", "compound_name", "metadata_compound_name", "drug")),
-    (DOSE, ("metadata_dose_um", "dose_um", "dose", "dose (um)", "concentration_um", "conc_um",
-            "metadata_dose", "metadata_concentration_um")),
     (ROLE, ("metadata_role", "role", "well_role", "metadata_control_type", "control_type")),
-    (CLASS, ("metadata_class", "class", "label", "class_label", "metadata_label")),
+    (CLASS, ("metadata_class", "class", "class_label", "label", "metadata_label")),
 )
-"""Schema column -> accepted input spellings (compared after strip + lower-case). A dose without
-a unit is taken to be in uM."""
+"""Schema column -> accepted input spellings (compared after strip + lower-case). Dose columns are
+recognised by name and unit instead (see the module docstring and ``DOSE_UNITS_UM``)."""
+
+DOSE_UNITS_UM: Mapping[str, float] = MappingProxyType({
+    "pm": 1e-6, "nm": 1e-3, "um": 1.0, "mm": 1e3, "m": 1e6,
+    "pmol/l": 1e-6, "nmol/l": 1e-3, "umol/l": 1.0, "mmol/l": 1e3, "mol/l": 1e6,
+    "picomolar": 1e-6, "nanomolar": 1e-3, "micromolar": 1.0, "millimolar": 1e3, "molar": 1e6,
+})
+"""Concentration unit (lower case, µ/μ written u, no spaces) -> µM per unit."""
 
 OUTPUT_COLUMNS = (PLATE, WELL, ROW, COL, COMPOUND, DOSE, ROLE, CLASS)
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")
+PLATE_MAP_SHEET_NAMES = ("platemap", "platelayout", "layout", "map")
+"""Sheet names (lower case, without spaces, ``_`` and ``-``) preferred over the first sheet."""
+
 _MAX_LISTED = 10
+_DOSE_WORDS = frozenset({"dose", "doses", "conc", "concentration", "concentrations"})
+_DOSE_QUALIFIERS = frozenset({"metadata", "final", "compound", "cpd", "drug", "treatment", "working",
+                              "nominal"})
+_UNIT_WORDS = frozenset({"unit", "units"})
+_UNIT_COLUMN = "__dose_unit"
+_CELL_WITH_UNIT = re.compile(r"^([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*(\D.*)$")
+_UNITS_SHOWN = "pM, nM, µM (uM), mM, M, or their mol/L forms"
 
 
 def _listed(items: list[str]) -> str:
@@ -56,11 +99,172 @@ def _listed(items: list[str]) -> str:
     return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
-def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Map input spellings to schema names; problems for missing well / ambiguous columns."""
-    lookup = {alias: target for target, aliases in COLUMN_ALIASES for alias in aliases}
-    mapping: dict[str, str] = {}
+def _unit_key(text: str) -> str:
+    return re.sub(r"\s+", "", str(text).replace("µ", "u").replace("μ", "u").lower())
+
+
+def unit_to_um(unit: str) -> float | None:
+    """µM per ``unit`` ("nM" -> 0.001, "µM" -> 1, "mmol/L" -> 1000), or None when unknown."""
+    return DOSE_UNITS_UM.get(_unit_key(unit))
+
+
+# --- dose columns ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _DoseHeader:
+    """What a column name says about doses."""
+
+    kind: str                  # "dose" | "unit" (a per-row unit column) | "bad"
+    factor: float | None = None  # µM per unit named in the header; None: no unit named
+    unit: str = ""             # the unit as written in the header
+    problem: str = ""          # for kind "bad": why it cannot be understood
+
+
+def _dose_header(name: object) -> _DoseHeader | None:
+    """Classify a column name: a dose column (with its unit), a unit column, a dose-like column
+    that cannot be understood, or None (not about doses)."""
+    text = str(name).strip()
+    low = text.replace("µ", "u").replace("μ", "u").lower()
+    bracket = re.fullmatch(r"(.*?)[\s_]*[(\[{]\s*(.*?)\s*[)\]}]\s*", low)
+    words, unit = (bracket.group(1), bracket.group(2)) if bracket else (low, "")
+    tokens: list[str] = []
+    for t in re.split(r"[\s_.\-:]+", words):
+        glued = re.fullmatch(r"(dose|conc|concentration)(units?)", t)
+        tokens += [glued.group(1), glued.group(2)] if glued else ([t] if t else [])
+    said = [t for t in tokens if t in _DOSE_WORDS]
+    if not said:
+        return None
+    if any(t in _UNIT_WORDS for t in tokens):
+        return _DoseHeader("unit")
+    if not unit and len(tokens) > 1 and tokens[-1] in DOSE_UNITS_UM:
+        unit = tokens.pop()
+    rest = [t for t in tokens if t not in _DOSE_WORDS | _DOSE_QUALIFIERS]
+    if rest:
+        return _DoseHeader("bad", problem=(
+            f"column {text!r} looks like a dose (it says {said[0]!r}) but {' '.join(rest)!r} is not a "
+            f"concentration unit; name the unit as in 'Dose (uM)', 'dose_nM' or 'Concentration [mM]' "
+            f"({_UNITS_SHOWN}), or rename the column if it is not a dose"))
+    if not unit:
+        return _DoseHeader("dose")
+    factor = unit_to_um(unit)
+    if factor is None:
+        return _DoseHeader("bad", unit=unit, problem=(
+            f"column {text!r}: unit {unit!r} is not a molar concentration; expected {_UNITS_SHOWN} "
+            "(a mass concentration such as mg/mL needs the molar mass: convert it to µM first)"))
+    return _DoseHeader("dose", factor=factor, unit=unit)
+
+
+@dataclass(frozen=True)
+class _DoseSpec:
+    """The plate map's dose column, the unit its header names, and an optional unit column."""
+
+    column: str
+    factor: float | None
+    unit_column: str | None
+
+
+def _dose_columns(columns: Iterable[object]) -> tuple[_DoseSpec | None, list[str]]:
+    """Find the dose column (and unit column) among ``columns``; problems for the rest."""
     problems: list[str] = []
+    doses: list[tuple[str, _DoseHeader]] = []
+    units: list[str] = []
+    for col in columns:
+        header = _dose_header(col)
+        if header is None:
+            continue
+        if header.kind == "bad":
+            problems.append(header.problem)
+        elif header.kind == "unit":
+            units.append(str(col))
+        else:
+            doses.append((str(col), header))
+    if len(doses) > 1:
+        problems.append(f"columns {doses[0][0]!r} and {doses[1][0]!r} both mean {DOSE}; keep one")
+    if len(units) > 1:
+        problems.append(f"columns {units[0]!r} and {units[1]!r} both give the dose unit; keep one")
+    if not doses:
+        if units:
+            problems.append(f"column {units[0]!r} gives dose units but there is no dose column "
+                            "(e.g. 'Dose' or 'Concentration')")
+        return None, problems
+    column, header = doses[0]
+    unit_column = units[0] if units else None
+    if unit_column is not None and header.factor is not None:
+        problems.append(f"column {column!r} names its unit ({header.unit}) and column {unit_column!r} "
+                        "gives one per row; keep one")
+    return _DoseSpec(column, header.factor, unit_column), problems
+
+
+def _parse_dose(text: str) -> tuple[float, float | None] | None:
+    """A dose cell -> (number, µM per unit written in the cell or None); None if not a dose."""
+    try:
+        return float(text), None
+    except ValueError:
+        pass
+    m = _CELL_WITH_UNIT.match(text)
+    if m:
+        factor = unit_to_um(m.group(2))
+        if factor is not None:
+            return float(m.group(1)), factor
+    return None
+
+
+def _doses(raw: pd.Series, units: pd.Series | None, spec: _DoseSpec,
+           line: list[int]) -> tuple[np.ndarray, list[str]]:
+    """Dose cells -> µM (NaN for blank) and the problems, naming the column, line and value."""
+    out = np.full(len(raw), np.nan)
+    bad, neg, no_unit, bad_unit, assumed = [], [], [], [], 0
+    for i, (ln, text) in enumerate(zip(line, raw)):
+        if text == "":
+            continue
+        parsed = _parse_dose(text)
+        if parsed is None or not math.isfinite(parsed[0]):
+            bad.append(f"line {ln}: {text!r}")
+            continue
+        value, factor = parsed
+        if factor is None and units is not None:
+            unit = units.iloc[i]
+            factor = unit_to_um(unit) if unit else None
+            if not unit:
+                no_unit.append(f"line {ln}")
+            elif factor is None:
+                bad_unit.append(f"line {ln}: {unit!r}")
+            if factor is None:
+                continue
+        if factor is None and spec.factor is None:
+            assumed += 1
+        value *= factor if factor is not None else (spec.factor if spec.factor is not None else 1.0)
+        if value < 0:
+            neg.append(f"line {ln}: {text}")
+        out[i] = value
+    col = spec.column
+    if assumed:
+        log.warning("plate map: column %r names no unit; its doses are taken as µM (%d value(s); name "
+                    "the unit to be explicit, e.g. 'Dose (nM)')", col, assumed)
+    problems = []
+    if bad:
+        problems.append(f"column {col!r}: non-numeric dose(s) (expected a number, e.g. 0.5, or a "
+                        f"number with its unit, e.g. '500 nM', or blank): {_listed(bad)}")
+    if neg:
+        problems.append(f"column {col!r}: negative dose(s): {_listed(neg)}")
+    if no_unit:
+        problems.append(f"column {col!r}: dose without a unit in column {spec.unit_column!r}: "
+                        f"{_listed(no_unit)}")
+    if bad_unit:
+        problems.append(f"column {spec.unit_column!r}: unknown dose unit(s) (expected {_UNITS_SHOWN}): "
+                        f"{_listed(bad_unit)}")
+    return out, problems
+
+
+# --- columns and rows -----------------------------------------------------------------------
+
+def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]]:
+    """Map input spellings to schema names; the dose column; problems for a missing well column,
+    ambiguous or dose-like columns that cannot be understood."""
+    lookup = {alias: target for target, aliases in COLUMN_ALIASES for alias in aliases}
+    mapping: dict[Any, str] = {}
+    problems: list[str] = []
+    spec, dose_problems = _dose_columns(df.columns)
     for col in df.columns:
         target = lookup.get(str(col).strip().lower())
         if target is None:
@@ -70,12 +274,17 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             problems.append(f"columns {clash[0]!r} and {col!r} both mean {target}; keep one")
             continue
         mapping[col] = target
+    problems += dose_problems
+    if spec is not None:
+        mapping[next(c for c in df.columns if str(c) == spec.column)] = DOSE
+        if spec.unit_column is not None:
+            mapping[next(c for c in df.columns if str(c) == spec.unit_column)] = _UNIT_COLUMN
     if WELL not in mapping.values():
         problems.append(
             f"no well column; expected {WELL} (or well / Well); columns found: "
             f"{', '.join(map(str, df.columns)) or 'none'}"
         )
-    return df.rename(columns=mapping), problems
+    return df.rename(columns=mapping), spec, problems
 
 
 def _text(series: pd.Series) -> pd.Series:
@@ -84,13 +293,28 @@ def _text(series: pd.Series) -> pd.Series:
                       else str(v).strip())
 
 
-def _normalize(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Raw table -> schema table plus every content problem (rows named as in a spreadsheet)."""
-    df, problems = _rename(df)
+def _drop_blank_rows(df: pd.DataFrame, line: list[int]) -> tuple[pd.DataFrame, list[int]]:
+    """Rows with at least one non-blank cell, and their line numbers."""
+    if df.empty or len(df.columns) == 0:
+        return df.reset_index(drop=True), line
+    filled = np.zeros(len(df), bool)
+    for col in range(len(df.columns)):
+        filled |= (_text(df.iloc[:, col]) != "").to_numpy()
+    skipped = len(df) - int(filled.sum())
+    if skipped:
+        log.info("plate map: %d blank row(s) skipped", skipped)
+    return df[filled].reset_index(drop=True), [ln for ln, keep in zip(line, filled) if keep]
+
+
+def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Raw table -> schema table plus every content problem (rows named as in a spreadsheet:
+    ``line`` gives each row's line; default header on line 1, rows from line 2)."""
+    line = list(line) if line is not None else [i + 2 for i in range(len(df))]
+    df, line = _drop_blank_rows(df, line)
+    df, spec, problems = _rename(df)
     if WELL not in df.columns:
         return df, problems
     n = len(df)
-    line = [i + 2 for i in range(n)]   # header is line 1
     out = pd.DataFrame(index=range(n))
     out[PLATE] = _text(df[PLATE]).to_numpy() if PLATE in df.columns else ""
 
@@ -110,16 +334,11 @@ def _normalize(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
     out[COMPOUND] = _text(df[COMPOUND]).to_numpy() if COMPOUND in df.columns else ""
 
-    if DOSE in df.columns:
-        raw = _text(df[DOSE])
-        dose = pd.to_numeric(raw.where(raw != ""), errors="coerce")
-        bad = [f"line {ln}: {v!r}" for ln, v, d in zip(line, raw, dose) if v != "" and pd.isna(d)]
-        if bad:
-            problems.append(f"non-numeric dose(s) (expected a number in uM or blank): {_listed(bad)}")
-        neg = [f"line {ln}: {v}" for ln, v in zip(line, dose) if pd.notna(v) and v < 0]
-        if neg:
-            problems.append(f"negative dose(s): {_listed(neg)}")
-        out[DOSE] = dose.astype(float).to_numpy()
+    if spec is not None and DOSE in df.columns:
+        units = _text(df[_UNIT_COLUMN]) if _UNIT_COLUMN in df.columns else None
+        dose, dose_problems = _doses(_text(df[DOSE]), units, spec, line)
+        problems += dose_problems
+        out[DOSE] = dose
     else:
         out[DOSE] = np.nan
 
@@ -173,7 +392,34 @@ def _normalize(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return out[list(OUTPUT_COLUMNS)], problems
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+# --- reading files --------------------------------------------------------------------------
+
+def _table(rows: list[list[str]], lines: list[int], path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """Header (first non-blank row) + data rows -> a table of text, with each row's line."""
+    start = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), None)
+    if start is None:
+        raise PlateMapError(["the plate map is empty; expected a header line and one row per well"],
+                            path=path)
+    header = [c.strip() for c in rows[start]]
+    while header and header[-1] == "" and all(len(r) < len(header) or not r[len(header) - 1].strip()
+                                              for r in rows[start + 1:]):
+        header.pop()   # trailing columns with neither a name nor a value (Excel, ",,," lines)
+    width = len(header)
+    data, data_lines, long_rows = [], [], []
+    for ln, row in zip(lines[start + 1:], rows[start + 1:]):
+        if len(row) > width and any(c.strip() for c in row[width:]):
+            long_rows.append(f"line {ln} has {len(row)} cells")
+        data.append((row + [""] * width)[:width])
+        data_lines.append(ln)
+    if long_rows:
+        raise PlateMapError([f"malformed plate map: the header has {width} columns but "
+                             f"{_listed(long_rows)}"], path=path)
+    names = [h or f"column {i + 1}" for i, h in enumerate(header)]
+    return pd.DataFrame(data, columns=names, dtype=object), data_lines
+
+
+def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """A CSV / TSV / semicolon-separated plate map as text cells, with each row's line number."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -185,39 +431,108 @@ def _read_table(path: Path) -> pd.DataFrame:
     try:
         delimiter = csv.Sniffer().sniff(sample, delimiters=",\t;").delimiter
     except csv.Error:
-        first = sample.splitlines()[0]
+        first = sample.strip().splitlines()[0]
         delimiter = "\t" if "\t" in first else ";" if ";" in first else ","
+    reader = csv.reader(StringIO(text), delimiter=delimiter, skipinitialspace=True, strict=True)
+    rows, lines = [], []
     try:
-        return pd.read_csv(StringIO(text), sep=delimiter, dtype=str, keep_default_na=False,
-                           skipinitialspace=True)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise PlateMapError([f"malformed plate map ({exc})"], path=path) from exc
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise PlateMapError([f"malformed plate map (line {reader.line_num}: {exc})"], path=path) from exc
+    return _table(rows, lines, path)
+
+
+def _cell_text(value: object) -> str:
+    """An Excel cell's value as the text a CSV export would hold."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).upper()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _pick_sheet(names: list[str]) -> str:
+    def key(name: str) -> str:
+        return re.sub(r"[\s_\-]+", "", name).lower()
+    preferred = [n for n in names if key(n) in PLATE_MAP_SHEET_NAMES]
+    return preferred[0] if preferred else names[0]
+
+
+def _read_excel(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """The plate-map sheet of an .xlsx workbook (see the module docstring) as text cells."""
+    import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:
+        raise PlateMapError([f"cannot read the Excel workbook ({exc}); expected an .xlsx file, or "
+                             "save the plate map as CSV"], path=path) from exc
+    try:
+        names = list(book.sheetnames)
+        if not names:
+            raise PlateMapError(["the workbook has no sheet"], path=path)
+        sheet = _pick_sheet(names)
+        if len(names) > 1:
+            log.info("plate map %s: reading sheet %r (of %s)", path.name, sheet, ", ".join(names))
+        rows, lines = [], []
+        for number, row in enumerate(book[sheet].iter_rows(values_only=True), start=1):
+            rows.append([_cell_text(v) for v in row])
+            lines.append(number)
+    finally:
+        book.close()
+    table, data_lines = _table(rows, lines, path)
+    return table, data_lines
+
+
+def _read_any(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    suffix = path.suffix.lower()
+    if suffix == ".xls":
+        raise PlateMapError(["old binary .xls workbooks are not read; save the plate map as .xlsx "
+                             "or CSV"], path=path)
+    try:
+        with open(path, "rb") as fh:
+            is_zip = fh.read(4) == b"PK\x03\x04"
+    except OSError as exc:
+        raise PlateMapError([f"cannot read the plate map ({exc.strerror})"], path=path) from exc
+    if suffix in EXCEL_SUFFIXES or is_zip:
+        return _read_excel(path)
+    return _read_text_table(path)
 
 
 def load_plate_map(path: str | Path) -> pd.DataFrame:
-    """Read and validate a plate map (CSV or TSV).
+    """Read and validate a plate map (CSV, TSV or Excel .xlsx).
 
     Parameters
     ----------
     path
-        CSV / TSV file with a ``Metadata_Well`` (or ``well``) column and optional plate,
-        compound, dose (uM), role and class columns (see ``COLUMN_ALIASES``).
+        CSV / TSV / .xlsx file with a ``Metadata_Well`` (or ``well``) column and optional plate,
+        compound, dose, role and class columns (see ``COLUMN_ALIASES`` and, for doses and their
+        units, the module docstring). Blank rows are skipped.
 
     Returns
     -------
     pandas.DataFrame
-        One row per well with ``OUTPUT_COLUMNS`` (see the module docstring).
+        One row per well with ``OUTPUT_COLUMNS`` (see the module docstring); doses in µM.
 
     Raises
     ------
     PlateMapError
         Listing every problem in the file: unreadable or malformed, no well column, bad wells,
-        duplicate wells, non-numeric or negative doses, unknown roles, class labels outside 0-5.
+        duplicate wells, a dose column that cannot be understood (unknown unit, extra words,
+        non-numeric or negative values), unknown roles, class labels outside 0-5.
     """
     path = Path(path)
     if not path.is_file():
         raise PlateMapError(["no such plate map file"], path=path)
-    df, problems = _normalize(_read_table(path))
+    table, lines = _read_any(path)
+    df, problems = _normalize(table, lines)
     if problems:
         raise PlateMapError(problems, path=path)
     log.info("plate map %s: %d wells", path.name, len(df))

@@ -27,25 +27,41 @@ Layouts (detected from the file names; folders are searched recursively):
     plate numbers needs ``plate=n``.
 
 TIFF is read with tifffile (not Pillow) because it reads 16-bit, multi-page and channel-first
-images and exposes the shape in the header without decoding pixels. Per-channel files written
-alike (same size, every non-pixel byte identical) have their header parsed once per plate
-(``_TiffReader``): parsing is most of the cost of reading a small TIFF. Every read error raises
-``NeuroRGError`` naming the file (and well).
+images and exposes the shape, axes and compression in the header without decoding pixels.
+Compressed TIFFs (LZW, deflate/zlib, JPEG, zstd, PackBits, ...) are decoded by tifffile through
+``imagecodecs``. A TIFF's axes are honoured: a z-stack (Z) or a time series (T) is refused with a
+message, never taken for channels; channels are C (ImageJ, OME), S (samples, RGB) or an unnamed
+page axis of at most ``MAX_CHANNELS`` pages. Per-channel files written alike (same size, every
+non-pixel byte identical, uncompressed) have their header parsed once per plate (``_TiffReader``):
+parsing is most of the cost of reading a small TIFF. Every read error raises ``NeuroRGError``
+naming the file (and well).
+
+The pixel limit (``Config.max_pixels``) counts every value a file would decode: pages x samples x
+height x width, from the header, before any pixel is decoded. The plate's pixel size (µm per
+pixel) is read from the first field's metadata (``neurorg_core.pixelsize``) unless given.
+
+A ``.zip`` is extracted safely (``neurorg_core.archive``). Without ``work_dir`` the extraction is a
+temporary folder owned by the ``Plate``: ``Plate.close()`` (or leaving ``with plate:``, or the plate
+being garbage-collected, or the process ending) removes it. With ``work_dir`` the extraction is
+kept there, keyed by the zip's path, size and modification time, and belongs to the caller (the
+app). Either way ``Plate.source`` is the zip, and ``Plate.root`` the folder the files are read from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import os
 import re
 import shutil
-import stat
 import struct
 import tempfile
-import zipfile
+import weakref
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -54,12 +70,17 @@ import pandas as pd
 import tifffile
 from PIL import Image
 
+from neurorg_core.archive import MAX_ZIP_BYTES, ZipLimits, extract_zip, extract_zip_keyed
 from neurorg_core.config import load_config
-from neurorg_core.errors import NeuroRGError
+from neurorg_core.errors import NeuroRGError, printable
+from neurorg_core.pixelsize import PixelSize, check_pixel_size, read_pixel_size
 from neurorg_core.schema import CHANNELS, LAYOUTS, Layout
 from neurorg_core.wells import format_well, parse_well, plate_format_for
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_CHANNEL_MAPS", "FieldRef", "MAX_ZIP_BYTES", "Plate", "ZipLimits", "extract_zip",
+           "load_plate", "resolve_channel_map"]
 
 DEFAULT_CHANNEL_MAPS: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "imagexpress": MappingProxyType({"nucleus": "w1", "neuron": "w2", "microglia": "w3"}),
@@ -69,13 +90,19 @@ DEFAULT_CHANNEL_MAPS: Mapping[str, Mapping[str, str]] = MappingProxyType({
 })
 """Role -> channel id used when no ``channel_map`` is given."""
 
-MAX_ZIP_BYTES = 64 * 1024**3
-"""Largest total uncompressed size (bytes) we agree to extract from a zip: 64 GiB."""
-
 MAX_CHANNELS = 8
-"""A multi-channel image axis this short or shorter is a channel axis; longer is a spatial axis."""
+"""An unnamed page axis (tifffile's I / Q) this short or shorter is a channel axis; a longer one is
+a stack, refused. A channel-first / channel-last guess for PNG uses the same bound."""
 
 SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+_CHANNEL_AXES = "CSIQE"
+"""tifffile axis letters that may hold the channels: C channel, S sample (RGB), I / Q an unnamed
+page sequence, E wavelength. Y and X are the image; every other axis (Z depth, T time, ...) is a
+stack that NeuroRG does not reduce for you."""
+_STACK_NAMES = {"Z": "z-stack", "T": "time series", "R": "tile/region series", "A": "angle series",
+                "P": "phase series", "H": "lifetime histogram", "L": "exposure series",
+                "V": "event series", "M": "mosaic"}
 
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 _WELL = r"[A-Za-z]{1,2}\d{1,2}"
@@ -98,7 +125,7 @@ _EXPECTED = (
 )
 # Errors a third-party decoder raises on a truncated or corrupt file (re-raised as NeuroRGError).
 _DECODE_ERRORS = (ValueError, OSError, EOFError, SyntaxError, struct.error, zlib.error, IndexError,
-                  KeyError, MemoryError)
+                  KeyError, MemoryError, RuntimeError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -121,16 +148,18 @@ class _Source:
 
 # --- low-level readers -----------------------------------------------------------------------
 
-def _check_pixels(path: Path, shape: tuple[int, int], max_pixels: int) -> None:
-    h, w = shape
-    if h * w > max_pixels:
-        raise NeuroRGError(
-            f"image is {h} x {w} = {h * w} pixels, more than the limit of {max_pixels} "
-            "(Config.max_pixels / NEURORG_MAX_PIXELS)", path=path,
-        )
+@dataclass(frozen=True)
+class _Header:
+    """What an image file's header says, before any pixel is decoded."""
+
+    shape: tuple[int, ...]   # singleton stack axes dropped, e.g. (H, W), (C, H, W), (H, W, S)
+    dtype: np.dtype
+    axes: str                # one tifffile letter per axis of ``shape`` (Y, X, C, S, Z, T, ...)
+    kind: tuple[Any, ...]    # what decoding depends on: files of one kind decode alike
+    compression: str = ""    # "" when uncompressed
 
 
-def _png_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+def _png_header(path: Path) -> _Header:
     try:
         with Image.open(path) as im:
             mode, (w, h) = im.mode, im.size
@@ -152,7 +181,8 @@ def _png_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             path=path,
         )
     shape, dtype = shapes[mode]
-    return shape, np.dtype(dtype)
+    axes = "YX" if len(shape) == 2 else "YXS"
+    return _Header(shape=shape, dtype=np.dtype(dtype), axes=axes, kind=("png", mode, shape))
 
 
 def _tiff_source(tif: tifffile.TiffFile) -> Any:
@@ -163,50 +193,115 @@ def _tiff_source(tif: tifffile.TiffFile) -> Any:
     return pages.first if len(pages) == 1 else tif.series[0]
 
 
-def _tiff_shape(tif: tifffile.TiffFile) -> tuple[tuple[int, ...], np.dtype]:
-    series = _tiff_source(tif)
-    shape = tuple(int(d) for d in series.shape)
-    while len(shape) > 2 and shape[0] == 1:   # ImageJ hyperstacks carry singleton T/Z axes
-        shape = shape[1:]
-    return shape, np.dtype(series.dtype)
+def _tiff_header(tif: tifffile.TiffFile) -> _Header:
+    """Shape, axes, dtype, compression and kind of the image ``_tiff_source`` would decode."""
+    source = _tiff_source(tif)
+    shape = tuple(int(d) for d in source.shape)
+    axes = str(source.axes)
+    if len(axes) != len(shape):
+        axes = "Q" * (len(shape) - 2) + "YX"
+    keep = [i for i, (a, n) in enumerate(zip(axes, shape)) if n != 1 or a in "YX"]
+    shape, axes = tuple(shape[i] for i in keep), "".join(axes[i] for i in keep)  # ImageJ's T/Z of 1
+    page = tif.pages.first
+    compression = int(getattr(page, "compression", 1))
+    try:
+        name = "" if compression == 1 else tifffile.COMPRESSION(compression).name
+    except ValueError:
+        name = f"compression code {compression}"
+    kind = ("tiff", compression, int(getattr(page, "predictor", 1)), int(getattr(page, "planarconfig", 1)),
+            bool(getattr(page, "is_tiled", False)), int(getattr(page, "photometric", 1)),
+            tif.byteorder, str(source.dtype), shape, axes, len(tif.pages))
+    return _Header(shape=shape, dtype=np.dtype(source.dtype), axes=axes, kind=kind, compression=name)
 
 
-def _image_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of an image file, from its header only (no pixels decoded)."""
+def _image_header(path: Path) -> _Header:
+    """What an image file's header says (no pixels decoded)."""
     if path.suffix.lower() == ".png":
         return _png_header(path)
     try:
         with tifffile.TiffFile(path) as tif:
-            return _tiff_shape(tif)
+            return _tiff_header(tif)
     except _DECODE_ERRORS as exc:
         raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
 
 
-def _check_header(path: Path, shape: tuple[int, ...], dtype: np.dtype, max_pixels: int) -> None:
-    if len(shape) < 2:
-        raise NeuroRGError(f"image has shape {shape}; expected (H, W), (H, W, C) or (C, H, W)", path=path)
-    _check_pixels(path, _spatial(shape, path), max_pixels)
-    if dtype not in SUPPORTED_DTYPES:
-        raise NeuroRGError(f"pixel type {dtype} is not supported; expected 8- or 16-bit", path=path)
+def _check_values(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
+    """Refuse a file that would decode to more than ``max_pixels`` values (every page and sample)."""
+    total = math.prod(shape)
+    if total > max_pixels:
+        dims = " x ".join(map(str, shape))
+        what = "pixels" if len(shape) == 2 else "pixel values (every page and sample counted)"
+        raise NeuroRGError(
+            f"image is {dims} = {total} {what}, more than the limit of {max_pixels} "
+            "(Config.max_pixels / NEURORG_MAX_PIXELS); checked before decoding", path=path,
+        )
 
 
-def _read_image(path: Path, max_pixels: int) -> np.ndarray:
-    """Decode one image file after checking its header (size against ``max_pixels``, dtype)."""
+def _check_axes(path: Path, header: _Header) -> None:
+    """Refuse a stack (Z, T, ...) or an unnamed page axis too long to be channels."""
+    for axis, n in zip(header.axes, header.shape):
+        if axis in "YX":
+            continue
+        if axis not in _CHANNEL_AXES:
+            what = _STACK_NAMES.get(axis, f"stack along axis {axis}")
+            raise NeuroRGError(
+                f"image is a {what} of {n} planes (axes {header.axes}, shape {header.shape}), not "
+                "channels; NeuroRG scores one plane per field: export one plane per field (e.g. "
+                "the in-focus plane or a maximum projection), with the channels as C or as "
+                "separate files", path=path,
+            )
+        if axis in "IQ" and n > MAX_CHANNELS:
+            raise NeuroRGError(
+                f"image is a stack of {n} pages (axes {header.axes}, shape {header.shape}); at most "
+                f"{MAX_CHANNELS} pages are read as channels. Export one plane per field", path=path,
+            )
+
+
+def _check_header(path: Path, header: _Header, max_pixels: int) -> None:
+    if len(header.shape) < 2:
+        raise NeuroRGError(f"image has shape {header.shape}; expected (H, W), (H, W, C) or (C, H, W)",
+                           path=path)
+    _check_axes(path, header)
+    _check_values(path, header.shape, max_pixels)
+    if header.dtype not in SUPPORTED_DTYPES:
+        raise NeuroRGError(f"pixel type {header.dtype} is not supported; expected 8- or 16-bit",
+                           path=path)
+
+
+def _decode_failed(path: Path, header: _Header, exc: Exception) -> NeuroRGError:
+    detail = str(exc) or type(exc).__name__
+    if "imagecodecs" in detail:
+        return NeuroRGError(
+            f"image is {header.compression} compressed and the imagecodecs package that decodes "
+            f"it is missing ({detail}); install dependencies.txt", path=path,
+        )
+    if header.compression:
+        return NeuroRGError(
+            f"image is truncated or corrupt, or its {header.compression} compression cannot be "
+            f"decoded ({detail})", path=path,
+        )
+    return NeuroRGError(f"image is truncated or corrupt ({detail})", path=path)
+
+
+def _read_image(path: Path, max_pixels: int) -> tuple[np.ndarray, _Header]:
+    """Decode one image file after checking its header (size against ``max_pixels``, axes,
+    dtype); returns the pixels (shaped as ``header.shape``) and the header."""
     if path.suffix.lower() == ".png":
-        shape, dtype = _png_header(path)
-        _check_header(path, shape, dtype, max_pixels)
+        header = _png_header(path)
+        _check_header(path, header, max_pixels)
         try:
             with Image.open(path) as im:
-                return np.asarray(im).reshape(shape)
+                return np.asarray(im).reshape(header.shape), header
         except Image.DecompressionBombError as exc:
             raise NeuroRGError(f"image is too large to decode safely ({exc})", path=path) from exc
         except _DECODE_ERRORS as exc:
-            raise NeuroRGError(f"image is truncated or corrupt ({exc})", path=path) from exc
-    return _read_tiff(path, max_pixels)[0]
+            raise _decode_failed(path, header, exc) from exc
+    img, header, _ = _read_tiff(path, max_pixels)
+    return img, header
 
 
 def _read_tiff(path: Path, max_pixels: int, *, want_layout: bool = False,
-               data: bytearray | None = None) -> tuple[np.ndarray, _TiffLayout | None]:
+               data: bytearray | None = None) -> tuple[np.ndarray, _Header, _TiffLayout | None]:
     """Decode a TIFF with tifffile after checking its header; with ``want_layout``, also its
     ``_TiffLayout`` when it has a reusable one (``data``: the file's bytes if already read)."""
     try:
@@ -215,15 +310,15 @@ def _read_tiff(path: Path, max_pixels: int, *, want_layout: bool = False,
         raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
     with tif:
         try:
-            shape, dtype = _tiff_shape(tif)
+            header = _tiff_header(tif)
         except _DECODE_ERRORS as exc:
             raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
-        _check_header(path, shape, dtype, max_pixels)
+        _check_header(path, header, max_pixels)
         try:
-            img = _tiff_source(tif).asarray().reshape(shape)
+            img = _tiff_source(tif).asarray().reshape(header.shape)
         except _DECODE_ERRORS as exc:
-            raise NeuroRGError(f"image is truncated or corrupt ({exc})", path=path) from exc
-        return img, (_tiff_layout(tif, path, img, data) if want_layout else None)
+            raise _decode_failed(path, header, exc) from exc
+        return img, header, (_tiff_layout(tif, path, img, data) if want_layout else None)
 
 
 @dataclass(frozen=True)
@@ -256,14 +351,16 @@ def _tiff_layout(tif: tifffile.TiffFile, path: Path, img: np.ndarray,
                  data: bytearray | None = None) -> _TiffLayout | None:
     """The layout of a one-page, uncompressed, single-sample 2-D TIFF in native byte order, if
     ``tif`` is one (and no tag or IFD byte lies inside its pixel data); else None. ``data`` is
-    the file's bytes when the caller has read them already (else they are read here)."""
+    the file's bytes when the caller has read them already (else they are read here). A
+    compressed file never has one: its bytes on disk are not its pixels."""
     pages = tif.pages
     native = "<" if np.little_endian else ">"
     if len(pages) != 1 or img.ndim != 2 or (img.dtype.itemsize > 1 and tif.byteorder != native):
         return None
     page = pages.first
-    if not (isinstance(page, tifffile.TiffPage) and page.samplesperpixel == 1 and page.is_final
-            and len(page.dataoffsets) > 0 and page.nbytes == img.nbytes):
+    if not (isinstance(page, tifffile.TiffPage) and page.compression == 1 and page.predictor == 1
+            and page.samplesperpixel == 1 and page.is_final and len(page.dataoffsets) > 0
+            and page.nbytes == img.nbytes):
         return None
     offset, nbytes = int(page.dataoffsets[0]), int(page.nbytes)
     entry, count, pointer = (20, 8, 8) if tif.is_bigtiff else (12, 2, 4)
@@ -307,9 +404,9 @@ class _TiffReader:
         self.misses = 0   # files in a row that had a same-size layout but another header
 
     def read(self, path: Path, max_pixels: int) -> np.ndarray:
-        """``_read_image(path, max_pixels)``, through a remembered header when one fits."""
+        """``_read_image(path, max_pixels)``'s pixels, through a remembered header when one fits."""
         if path.suffix.lower() not in (".tif", ".tiff"):
-            return _read_image(path, max_pixels)
+            return _read_image(path, max_pixels)[0]
         try:
             size = path.stat().st_size
         except OSError:
@@ -328,25 +425,33 @@ class _TiffReader:
                     self.misses = 0
                     return pixels
             self.misses += 1
-        img, tif_layout = _read_tiff(path, max_pixels, data=data,
-                                     want_layout=sum(map(len, self.layouts.values())) < self.MAX_LAYOUTS)
+        img, _, tif_layout = _read_tiff(path, max_pixels, data=data,
+                                        want_layout=sum(map(len, self.layouts.values())) < self.MAX_LAYOUTS)
         if tif_layout is not None:
             self.layouts.setdefault(tif_layout.size, []).append(tif_layout)
         return img
 
 
-def _spatial(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
+def _spatial(header: _Header, path: Path) -> tuple[int, int]:
     """(H, W) of a 2-D image or of a multi-channel (H, W, C) / (C, H, W) image."""
+    shape = header.shape
     if len(shape) == 2:
         return shape[0], shape[1]
     if len(shape) == 3:
-        axis = _channel_axis(shape, path)
+        axis = _channel_axis(header, path)
         return (shape[0], shape[1]) if axis == -1 else (shape[1], shape[2])
-    raise NeuroRGError(f"image has shape {shape}; expected (H, W), (H, W, C) or (C, H, W)", path=path)
+    raise NeuroRGError(f"image has shape {shape} (axes {header.axes}); expected (H, W), (H, W, C) or "
+                       "(C, H, W)", path=path)
 
 
-def _channel_axis(shape: tuple[int, ...], path: Path) -> int:
-    """-1 for channel-last (H, W, C), 0 for channel-first (C, H, W)."""
+def _channel_axis(header: _Header, path: Path) -> int:
+    """-1 for channel-last (H, W, C), 0 for channel-first (C, H, W): from the axes when the
+    header names Y and X (TIFF), else guessed from the sizes (C <= ``MAX_CHANNELS``)."""
+    shape, axes = header.shape, header.axes
+    if len(axes) == 3 and axes[1:] == "YX" and axes[0] in _CHANNEL_AXES:
+        return 0
+    if len(axes) == 3 and axes[:2] == "YX" and axes[2] in _CHANNEL_AXES:
+        return -1
     first, last = shape[0], shape[-1]
     if last <= MAX_CHANNELS < first:
         return -1
@@ -363,12 +468,14 @@ def _with_well(exc: NeuroRGError, well: str) -> NeuroRGError:
     if exc.well is not None:
         return exc
     message = str(exc)
-    if exc.path is not None and message.startswith(f"{Path(exc.path).name}: "):
-        message = message[len(Path(exc.path).name) + 2:]
+    if exc.path is not None:
+        shown = printable(Path(exc.path).name) + ": "
+        if message.startswith(shown):
+            message = message[len(shown):]
     return NeuroRGError(message, path=exc.path, well=well)
 
 
-def _header_of(path: Path, well: str) -> tuple[tuple[int, ...], np.dtype]:
+def _header_of(path: Path, well: str) -> _Header:
     try:
         return _image_header(path)
     except NeuroRGError as exc:
@@ -384,21 +491,36 @@ def _open_npy(path: Path) -> np.ndarray:
 
 # --- the plate -------------------------------------------------------------------------------
 
+def _listing_stamp(dirs: list[Path], files: list[Path]) -> tuple[Any, ...]:
+    """The mtime of every listed folder (adding, removing or renaming a file changes its folder's
+    mtime) and the size and mtime of a few files (the first field's, whose header a Plate keeps)."""
+    stats = [(f, f.stat()) for f in files]
+    return (tuple((str(d), d.stat().st_mtime_ns) for d in dirs),
+            tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats))
+
+
 class Plate:
     """A plate of imaged fields, read lazily one field at a time.
 
     Build it with ``load_plate``; the attributes are described in docs/ARCHITECTURE.md.
     ``read_field`` returns (H, W, 3) in the native dtype with the last axis in
     ``schema.CHANNELS`` order (nucleus, neuron, microglia).
+
+    A plate read from a zip without a ``work_dir`` owns its temporary extraction: ``close()``
+    removes it (so does leaving ``with load_plate(zip) as plate:``, garbage collection and the
+    end of the process).
     """
 
     def __init__(
         self, *, name: str, source: Path, layout: Layout, channel_ids: tuple[str, ...],
         channel_map: dict[str, str], dtype: np.dtype, field_shape: tuple[int, int],
         sources: dict[FieldRef, _Source], labels: dict[str, int], max_pixels: int,
+        root: Path | None = None, pixel_size: PixelSize | None = None,
+        listing: tuple[tuple[Path, ...], tuple[Path, ...]] = ((), ()), owned_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.source = source
+        self.root = root if root is not None else source
         self.layout: Layout = layout
         self.channel_ids = channel_ids
         self.channel_map = dict(channel_map)
@@ -409,8 +531,8 @@ class Plate:
         )
         self.labels = dict(labels)
         self.max_pixels = max_pixels
-        self.pixel_size_um: float | None = None       # µm per pixel, where the files say
-        self.pixel_size_source: str | None = None
+        self.pixel_size_um: float | None = pixel_size.um if pixel_size else None
+        self.pixel_size_source: str | None = pixel_size.source if pixel_size else None
         self.plate_format: int = plate_format_for([(f.row, f.col) for f in self.fields])
         self._sources = sources
         self._by_well: dict[str, list[FieldRef]] = {}
@@ -418,10 +540,53 @@ class Plate:
             self._by_well.setdefault(ref.well, []).append(ref)
         self._arrays: dict[Path, np.ndarray] = {}   # open npy memory maps
         self._tiffs = _TiffReader()                 # per-channel 2-D TIFFs
+        self._listing = listing
+        self._stamp = self._current_stamp()
+        self._cleanup = (weakref.finalize(self, shutil.rmtree, str(owned_dir), True)
+                         if owned_dir is not None else None)
 
     def __repr__(self) -> str:
         return (f"Plate({self.name!r}, layout={self.layout}, wells={len(self._by_well)}, "
                 f"fields={len(self.fields)}, shape={self.field_shape}, dtype={self.dtype})")
+
+    # --- ownership and freshness ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Remove the temporary zip extraction this plate owns (nothing otherwise). The plate
+        cannot read fields afterwards."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> Plate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _current_stamp(self) -> tuple[Any, ...] | None:
+        dirs, files = self._listing
+        try:
+            if self.source.is_file():   # a zip: its version is its size and mtime, and its extraction
+                st = self.source.stat()
+                return ("zip", int(st.st_size), int(st.st_mtime_ns), self.root.is_dir())
+            return _listing_stamp(list(dirs), list(files))
+        except OSError:
+            return None
+
+    def is_current(self) -> bool:
+        """Whether the files on disk still match this plate's listing: the zip has its size and
+        modification time (and its extraction is still there), or no file was added, removed or
+        renamed in the plate's folders (their mtimes) and the first field's files are unchanged.
+        A few ``stat`` calls, no listing: cheap enough to check on every use of a cached plate."""
+        return self._stamp is not None and self._current_stamp() == self._stamp
+
+    @property
+    def signature(self) -> str:
+        """A short key of the listing this plate was built from (changes when ``is_current``
+        turns False): for caches of things read from the plate."""
+        return hashlib.blake2b(repr((str(self.source), self._stamp)).encode(), digest_size=8).hexdigest()
+
+    # --- wells, fields, files --------------------------------------------------------------------
 
     @property
     def reused_headers(self) -> int:
@@ -462,8 +627,8 @@ class Plate:
         Raises
         ------
         NeuroRGError
-            Naming the file and well when a file is unreadable, truncated, too large, or its
-            shape / dtype differs from the plate's ``field_shape`` / ``dtype``.
+            Naming the file and well when a file is unreadable, truncated, too large, a stack, or
+            its shape / dtype differs from the plate's ``field_shape`` / ``dtype``.
         """
         src = self._source(ref)
         try:
@@ -508,13 +673,13 @@ class Plate:
         return np.stack(planes, axis=-1)
 
     def _read_multi(self, path: Path) -> np.ndarray:
-        img = _read_image(path, self.max_pixels)
+        img, header = _read_image(path, self.max_pixels)
         if img.ndim != 3:
             raise NeuroRGError(
-                f"image has shape {img.shape}; expected {len(self.channel_ids)} channels as "
-                "(H, W, C) or (C, H, W)", path=path,
+                f"image has shape {img.shape} (axes {header.axes}); expected "
+                f"{len(self.channel_ids)} channels as (H, W, C) or (C, H, W)", path=path,
             )
-        if _channel_axis(img.shape, path) == 0:
+        if _channel_axis(header, path) == 0:
             img = np.moveaxis(img, 0, -1)
         if img.shape[-1] != len(self.channel_ids):
             raise NeuroRGError(
@@ -536,42 +701,74 @@ class Plate:
         self._check(path, field.shape[:2], field.dtype)
         return np.ascontiguousarray(field[..., [int(self.channel_map[r]) for r in CHANNELS]])
 
+    # --- checks ----------------------------------------------------------------------------------
+
+    def _check_header_of(self, path: Path) -> _Header:
+        """A file's header, checked against the plate (raises NeuroRGError naming the file)."""
+        header = _image_header(path)
+        _check_header(path, header, self.max_pixels)
+        shape = header.shape
+        if self.layout == "tiff":
+            if len(shape) != 3:
+                raise NeuroRGError(f"image has shape {shape} (axes {header.axes}); expected (H, W, C) "
+                                   "or (C, H, W)", path=path)
+            n_ch = shape[_channel_axis(header, path)]
+            if n_ch != len(self.channel_ids):
+                raise NeuroRGError(f"image has {n_ch} channels; the plate's first field has "
+                                   f"{len(self.channel_ids)}", path=path)
+        elif len(shape) != 2:
+            raise NeuroRGError(f"image has shape {shape} (axes {header.axes}); expected a "
+                               "single-channel 2-D image", path=path)
+        self._check(path, _spatial(header, path), header.dtype)
+        return header
+
     def check_files(self) -> list[str]:
-        """Read every file's header (no pixels) and list every problem found.
+        """Check every file's header, and decode one field of each kind of file.
+
+        A *kind* is what decoding depends on: format, compression, predictor, tiling, byte order,
+        dtype, shape and axes. Headers alone cannot tell whether a file can be decoded (an LZW
+        file needs the codec; a JPEG file may be corrupt), so one field holding the first file of
+        each kind is read in full: "no problems" means the plate can really be read.
 
         Returns
         -------
         list of str
-            One line per problem (unreadable file, wrong size, wrong bit depth, wrong channel
-            count), each naming the file and well; empty when all fields look readable.
+            One line per problem (unreadable file, a stack, too many pixels, wrong size, wrong
+            bit depth, wrong channel count, undecodable pixels), each naming the file and well;
+            empty when the plate can be read.
         """
         problems: list[str] = []
         if self.layout == "npy":
-            return problems   # headers were checked at load time
+            return problems   # headers were checked at load time; rows are plain memory
+        kinds_of: dict[FieldRef, set[tuple[Any, ...]]] = {}
+        broken: set[FieldRef] = set()
+        n_files = 0
         for ref in self.fields:
             for path in self.files_of(ref):
+                n_files += 1
                 try:
-                    shape, dtype = _image_header(path)
-                    if self.layout == "tiff":
-                        if len(shape) != 3:
-                            raise NeuroRGError(f"image has shape {shape}; expected (H, W, C) or (C, H, W)",
-                                               path=path)
-                        n_ch = shape[_channel_axis(shape, path)]
-                        if n_ch != len(self.channel_ids):
-                            raise NeuroRGError(f"image has {n_ch} channels; the plate's first field "
-                                               f"has {len(self.channel_ids)}", path=path)
-                    elif len(shape) != 2:
-                        raise NeuroRGError(f"image has shape {shape}; expected a single-channel 2-D "
-                                           "image", path=path)
-                    spatial = _spatial(shape, path)
-                    _check_pixels(path, spatial, self.max_pixels)
-                    self._check(path, spatial, dtype)
+                    kinds_of.setdefault(ref, set()).add(self._check_header_of(path).kind)
                 except NeuroRGError as exc:
                     problems.append(str(_with_well(exc, ref.well)))
+                    broken.add(ref)
+        first_of_kind: dict[tuple[Any, ...], FieldRef] = {}
+        for ref, kinds in kinds_of.items():   # fields in plate order; broken ones are reported
+            if ref not in broken:
+                for kind in kinds:
+                    first_of_kind.setdefault(kind, ref)
+        to_decode = list(dict.fromkeys(first_of_kind.values()))
+        for ref in to_decode:
+            try:
+                self.read_field(ref)
+            except NeuroRGError as exc:
+                problems.append(str(exc))
+        log.info("%s: checked %d files' headers, decoded %d field(s) for %d kind(s) of file",
+                 self.name, n_files, len(to_decode), len(first_of_kind))
         return problems
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able description: layout, format, wells, fields per well, channels, dtype, shape."""
+        """JSON-able description: layout, format, wells, fields per well, channels, dtype, shape,
+        pixel size (µm per pixel, None when unknown) and where it was read."""
         per_well = {w: len(refs) for w, refs in self._by_well.items()}
         return {
             "name": self.name,
@@ -586,91 +783,35 @@ class Plate:
             "channel_map": dict(self.channel_map),
             "dtype": str(self.dtype),
             "field_shape": list(self.field_shape),
+            "pixel_size_um": self.pixel_size_um,
+            "pixel_size_source": self.pixel_size_source,
             "labels": dict(self.labels),
         }
 
 
-# --- zip -------------------------------------------------------------------------------------
-
-def _unsafe_member(info: zipfile.ZipInfo) -> str | None:
-    name = info.filename.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return "absolute path"
-    if ".." in PurePosixPath(name).parts:
-        return "'..' leaves the extraction folder"
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return "symbolic link"
-    return None
-
-
-def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int = MAX_ZIP_BYTES) -> Path:
-    """Extract a zip safely into ``dest`` (created; must be empty if it exists).
-
-    Every member is checked before anything is written: an absolute path, a ``..`` component
-    or a symbolic link refuses the whole zip, and so does a total uncompressed size above
-    ``max_bytes``. A failure part-way removes what was extracted.
-
-    Returns
-    -------
-    pathlib.Path
-        ``dest``.
-    """
-    zip_path, dest = Path(zip_path), Path(dest)
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise NeuroRGError(f"not a readable zip file ({exc})", path=zip_path) from exc
-    with zf:
-        infos = zf.infolist()
-        bad = [f"{i.filename!r} ({why})" for i in infos if (why := _unsafe_member(i))]
-        if bad:
-            raise NeuroRGError(
-                f"refusing the whole zip, nothing extracted: unsafe member(s) {', '.join(bad[:5])}"
-                + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""), path=zip_path,
-            )
-        files = [i for i in infos if not i.is_dir()]
-        if not files:
-            raise NeuroRGError("the zip is empty; expected the plate's image files", path=zip_path)
-        total = sum(i.file_size for i in files)
-        if total > max_bytes:
-            raise NeuroRGError(
-                f"the zip expands to {total} bytes, more than the limit of {max_bytes} bytes",
-                path=zip_path,
-            )
-        if dest.exists() and any(dest.iterdir()):
-            raise NeuroRGError(f"extraction folder {dest} is not empty", path=zip_path)
-        dest.mkdir(parents=True, exist_ok=True)
-        root = dest.resolve()
-        try:
-            for info in files:
-                target = (root / info.filename.replace("\\", "/")).resolve()
-                if not target.is_relative_to(root):
-                    raise NeuroRGError(f"member {info.filename!r} leaves the extraction folder",
-                                       path=zip_path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise NeuroRGError(f"zip member is corrupt ({exc})", path=zip_path) from exc
-        except NeuroRGError:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-    log.info("extracted %d files (%d bytes) from %s into %s", len(files), total, zip_path.name, dest)
-    return dest
-
-
 # --- layout detection and listing -------------------------------------------------------------
 
-def _list_files(root: Path) -> list[Path]:
-    out = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).parts
-        if any(part.startswith(".") or part == "__MACOSX" for part in rel):
-            continue
-        if p.is_file():
-            out.append(p)
-    return sorted(out)
+def _list_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """Every file under ``root`` (sorted) and every folder searched, skipping hidden entries and
+    ``__MACOSX``; symbolic links to folders are not followed."""
+    files: list[Path] = []
+    dirs: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        dirs.append(folder)
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or entry.name == "__MACOSX":
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file():
+                        files.append(Path(entry.path))
+        except OSError as exc:
+            raise NeuroRGError(f"cannot list the folder ({exc.strerror})", path=folder) from exc
+    return sorted(files), dirs
 
 
 def _natural(ident: str) -> tuple[str, int]:
@@ -810,7 +951,7 @@ def _check_complete(sources: dict[FieldRef, dict[str, Path]], channel_map: dict[
 
 def _load_npy_plate(
     root: Path, hits: list[tuple[Path, re.Match[str]]], plate: int | None,
-    channel_map: Mapping[str, str] | None, max_pixels: int,
+    channel_map: Mapping[str, str] | None, max_pixels: int, **plate_kwargs: Any,
 ) -> Plate:
     numbers = sorted({int(m.group("n")) for _, m in hits})
     if plate is None:
@@ -837,7 +978,7 @@ def _load_npy_plate(
         if arr.dtype not in SUPPORTED_DTYPES:
             raise NeuroRGError(f"array dtype {arr.dtype} is not supported; expected uint8 or uint16",
                                path=path)
-        _check_pixels(path, (arr.shape[1], arr.shape[2]), max_pixels)
+        _check_values(path, tuple(arr.shape[1:]), max_pixels)
         if shape_ref is None:
             shape_ref = (path, arr.shape[1:], arr.dtype)
         elif (arr.shape[1:], arr.dtype) != shape_ref[1:]:
@@ -883,10 +1024,91 @@ def _load_npy_plate(
     ids = tuple(str(i) for i in range(shape[2]))
     cmap = resolve_channel_map("npy", ids, channel_map, root)
     return Plate(
-        name=f"Plate_{plate}", source=root, layout="npy", channel_ids=ids, channel_map=cmap,
+        name=f"Plate_{plate}", layout="npy", channel_ids=ids, channel_map=cmap,
         dtype=dtype, field_shape=(shape[0], shape[1]), sources=sources, labels=labels,
-        max_pixels=max_pixels,
+        max_pixels=max_pixels, root=root, **plate_kwargs,
     )
+
+
+def _check_text_path(path: Path) -> None:
+    """Refuse a plate path that is not valid UTF-8: its name and source are stored as text."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise NeuroRGError(
+            f"the path {printable(str(path))!r} is not valid UTF-8 text (bytes shown as \\x.. "
+            "escapes); the plate's name and source are stored as text, so rename the folder or "
+            "zip (e.g. convmv -f latin1 -t utf8) and try again. File names inside a plate may be "
+            "anything", path=path,
+        ) from exc
+
+
+def _open_root(path: Path, work_dir: str | Path | None, limits: ZipLimits) -> tuple[Path, Path | None]:
+    """The folder to list for ``path`` and the temporary extraction the Plate will own (if any)."""
+    if not path.exists():
+        raise NeuroRGError("no such file or folder", path=path)
+    if not path.is_file():
+        return path, None
+    if path.suffix.lower() != ".zip":
+        raise NeuroRGError("expected a folder of images or a .zip", path=path)
+    if work_dir is not None:
+        return extract_zip_keyed(path, work_dir, limits=limits), None
+    dest = Path(tempfile.mkdtemp(prefix="neurorg_zip_"))
+    try:
+        extract_zip(path, dest, limits=limits)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return dest, dest
+
+
+def _multi_channel_sources(hits: list[tuple[Path, re.Match[str]]]) -> dict[FieldRef, _Source]:
+    sources: dict[FieldRef, _Source] = {}
+    for p, m in hits:
+        row, col = parse_well(m.group("well"))
+        ref = FieldRef(format_well(row, col), row, col, int(m.group("site")))
+        if ref in sources:
+            raise NeuroRGError(
+                f"two files for field {ref.field}: {sources[ref].files[''].name} and {p.name}",
+                path=p, well=ref.well,
+            )
+        sources[ref] = _Source(files=MappingProxyType({"": p}))
+    return sources
+
+
+def _first_field(sources: dict[FieldRef, _Source]) -> tuple[FieldRef, Path]:
+    ref = min(sources, key=lambda f: (f.row, f.col, f.field))
+    return ref, sorted(sources[ref].files.values())[0]
+
+
+def _first_header(layout: Layout, first: Path, well: str, max_pixels: int) -> _Header:
+    """The first field's header, checked: the plate's dtype, field shape and channels come from it."""
+    header = _header_of(first, well)
+    try:
+        _check_header(first, header, max_pixels)
+        if layout == "tiff" and len(header.shape) != 3:
+            raise NeuroRGError(
+                f"image has shape {header.shape} (axes {header.axes}); expected several channels "
+                "as (H, W, C) or (C, H, W)", path=first,
+            )
+        if layout != "tiff" and len(header.shape) != 2:
+            raise NeuroRGError(f"image has shape {header.shape} (axes {header.axes}); expected a "
+                               "single-channel 2-D image", path=first)
+    except NeuroRGError as exc:
+        raise _with_well(exc, well) from exc
+    return header
+
+
+def _plate_pixel_size(user: float | None, first: Path, layout: Layout, root: Path) -> PixelSize | None:
+    if user is not None:
+        return PixelSize(user, "user")
+    found = read_pixel_size(first, layout=layout, root=root)
+    if found is None:
+        log.info("%s: pixel size unknown (no OME-XML, ImageJ, MetaMorph, Harmony index or TIFF "
+                 "resolution found)", printable(first.name))
+    else:
+        log.info("pixel size %.4g µm (%s)", found.um, found.source)
+    return found
 
 
 def load_plate(
@@ -897,6 +1119,8 @@ def load_plate(
     work_dir: str | Path | None = None,
     plate: int | None = None,
     max_zip_bytes: int = MAX_ZIP_BYTES,
+    pixel_size_um: float | None = None,
+    zip_limits: ZipLimits | None = None,
 ) -> Plate:
     """List a plate's files (folder, searched recursively, or .zip) and detect its layout.
 
@@ -906,95 +1130,86 @@ def load_plate(
     Parameters
     ----------
     path
-        A folder or a ``.zip`` file.
+        A folder or a ``.zip`` file. The path must be valid UTF-8 (it is stored as the plate's
+        source); the names of the files inside may be anything.
     channel_map
         Role -> channel id overrides, e.g. ``{"nucleus": "w2"}`` (ids as in the file names:
         ``w1``, ``ch5``, or a sample index ``0``); defaults per layout in ``DEFAULT_CHANNEL_MAPS``.
     max_pixels
-        Largest field (H x W pixels) to accept; default ``Config().max_pixels``.
+        Most pixel values one file may decode to (pages x samples x height x width); default
+        ``Config().max_pixels``.
     work_dir
-        Where a zip is extracted (a fresh sub-folder is made); default a fresh temp folder.
+        Where a zip is extracted, keyed by the zip's path, size and mtime and reused while the
+        zip is unchanged (``archive.extract_zip_keyed``); the caller owns it. Default: a
+        temporary folder owned by the returned Plate (``Plate.close()`` removes it).
     plate
         Plate number ``n`` to read when an npy folder holds several ``*_Plate_{n}.npy`` plates.
     max_zip_bytes
         Largest total uncompressed size of a zip, bytes.
+    pixel_size_um
+        The pixel size in µm per pixel, given by the user: it wins over the files' metadata
+        (``Plate.pixel_size_source`` "user"). Default: read from the metadata, None when unknown.
+    zip_limits
+        Compression-ratio and free-space limits of a zip (``archive.ZipLimits``).
 
     Raises
     ------
     NeuroRGError
-        Naming the file (and well): empty folder or zip, unsafe zip, unknown layout, a channel
-        missing for a field, wrong channel count, unreadable first field, too many pixels, ...
+        Naming the file (and well): empty folder or zip, unsafe zip or zip bomb, unknown layout,
+        a channel missing for a field, wrong channel count, a z-stack or time series, unreadable
+        first field, too many pixels, a non-UTF-8 plate path, a bad pixel size, ...
     """
     path = Path(path)
+    _check_text_path(path)
     max_pixels = load_config().max_pixels if max_pixels is None else int(max_pixels)
-    name = path.stem if path.suffix.lower() == ".zip" else path.name
-    if not path.exists():
-        raise NeuroRGError("no such file or folder", path=path)
-    if path.is_file():
-        if path.suffix.lower() != ".zip":
-            raise NeuroRGError("expected a folder of images or a .zip", path=path)
-        if work_dir is not None:
-            Path(work_dir).mkdir(parents=True, exist_ok=True)
-        dest = Path(tempfile.mkdtemp(prefix=f"neurorg_{name}_", dir=work_dir))
-        try:
-            root = extract_zip(path, dest, max_bytes=max_zip_bytes)
-        except NeuroRGError:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-    else:
-        root = path
-    files = _list_files(root)
+    user_pixel = check_pixel_size(pixel_size_um) if pixel_size_um is not None else None
+    base = zip_limits or ZipLimits()
+    limits = ZipLimits(max_bytes=max_zip_bytes, max_member_ratio=base.max_member_ratio,
+                       max_total_ratio=base.max_total_ratio, ratio_floor=base.ratio_floor,
+                       reserve_bytes=base.reserve_bytes)
+    root, owned = _open_root(path, work_dir, limits)
+    try:
+        result = _load_listed(path, root, owned, channel_map, max_pixels, plate, user_pixel)
+    except BaseException:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    log.info("loaded %r", result)
+    return result
+
+
+def _load_listed(path: Path, root: Path, owned: Path | None, channel_map: Mapping[str, str] | None,
+                 max_pixels: int, plate: int | None, user_pixel: float | None) -> Plate:
+    """``load_plate`` once the plate's folder is known: list, detect, read the first header."""
+    name = path.stem if path.is_file() else path.name
+    files, dirs = _list_files(root)
     layout, hits = _detect_layout(path, files)
     if layout == "npy":
-        result = _load_npy_plate(root, hits, plate, channel_map, max_pixels)
-        log.info("loaded %r", result)
-        return result
+        return _load_npy_plate(root, hits, plate, channel_map, max_pixels, source=path,
+                               owned_dir=owned, listing=(tuple(dirs), ()),
+                               pixel_size=PixelSize(user_pixel, "user") if user_pixel else None)
     if plate is not None:
         raise NeuroRGError(f"plate={plate} applies to npy folders only; this is {layout}", path=path)
 
     if layout == "tiff":
-        sources: dict[FieldRef, _Source] = {}
-        for p, m in hits:
-            row, col = parse_well(m.group("well"))
-            ref = FieldRef(format_well(row, col), row, col, int(m.group("site")))
-            if ref in sources:
-                raise NeuroRGError(
-                    f"two files for field {ref.field}: {sources[ref].files[''].name} and {p.name}",
-                    path=p, well=ref.well,
-                )
-            sources[ref] = _Source(files=MappingProxyType({"": p}))
-        first_ref = min(sources, key=lambda f: (f.row, f.col, f.field))
-        first = sources[first_ref].files[""]
-        shape, dtype = _header_of(first, first_ref.well)
-        if len(shape) != 3:
-            raise NeuroRGError(
-                f"image has shape {shape}; expected several channels as (H, W, C) or (C, H, W)",
-                path=first, well=first_ref.well,
-            )
-        axis = _channel_axis(shape, first)
-        ids = tuple(str(i) for i in range(shape[axis]))
-        field_shape = _spatial(shape, first)
+        sources = _multi_channel_sources(hits)
+        first_ref, first = _first_field(sources)
+        header = _first_header(layout, first, first_ref.well, max_pixels)
+        ids = tuple(str(i) for i in range(header.shape[_channel_axis(header, first)]))
     else:
         per_channel = _per_channel_sources(root, layout, hits)
         ids = tuple(sorted({c for files_ in per_channel.values() for c in files_}, key=_natural))
         sources = {ref: _Source(files=MappingProxyType(f)) for ref, f in per_channel.items()}
-        first_ref = min(sources, key=lambda f: (f.row, f.col, f.field))
-        first = next(iter(sorted(sources[first_ref].files.values())))
-        shape, dtype = _header_of(first, first_ref.well)
-        if len(shape) != 2:
-            raise NeuroRGError(f"image has shape {shape}; expected a single-channel 2-D image",
-                               path=first, well=first_ref.well)
-        field_shape = (shape[0], shape[1])
+        first_ref, first = _first_field(sources)
+        header = _first_header(layout, first, first_ref.well, max_pixels)
+    field_shape = _spatial(header, first)
 
     cmap = resolve_channel_map(layout, ids, channel_map, path)
     if layout != "tiff":
         _check_complete({r: dict(s.files) for r, s in sources.items()}, cmap, path)
-    _check_pixels(first, field_shape, max_pixels)
-    if dtype not in SUPPORTED_DTYPES:
-        raise NeuroRGError(f"pixel type {dtype} is not supported; expected 8- or 16-bit", path=first)
-    result = Plate(
-        name=name, source=root, layout=layout, channel_ids=ids, channel_map=cmap, dtype=dtype,
-        field_shape=field_shape, sources=sources, labels={}, max_pixels=max_pixels,
+    return Plate(
+        name=name, source=path, root=root, layout=layout, channel_ids=ids, channel_map=cmap,
+        dtype=header.dtype, field_shape=field_shape, sources=sources, labels={},
+        max_pixels=max_pixels, pixel_size=_plate_pixel_size(user_pixel, first, layout, root),
+        listing=(tuple(dirs), tuple(sources[first_ref].files.values())), owned_dir=owned,
     )
-    log.info("loaded %r", result)
-    return result

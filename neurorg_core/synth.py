@@ -23,10 +23,11 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
@@ -643,10 +644,16 @@ GROUND_TRUTH_FILE = "ground_truth.csv"
 """Written beside every synthetic plate's images (and by nothing else)."""
 
 
-def is_synthetic_plate(folder: str | Path) -> bool:
-    """A plate folder is synthetic when the generator's ``ground_truth.csv`` lies in it or in a
-    folder inside it."""
-    src = Path(folder)
+def is_synthetic_plate(source: str | Path) -> bool:
+    """A plate is synthetic when the generator's ``ground_truth.csv`` lies in its folder (or a
+    folder inside it) or in its zip."""
+    src = Path(source)
+    if src.is_file() and src.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(src) as zf:
+                return any(PurePosixPath(n).name == GROUND_TRUTH_FILE for n in zf.namelist())
+        except (zipfile.BadZipFile, OSError, UnicodeDecodeError):
+            return False
     return src.is_dir() and next(src.rglob(GROUND_TRUTH_FILE), None) is not None
 
 

@@ -28,7 +28,7 @@ with upload_tab:
         "Plate images: one .zip, or the image files (.tif, .tiff, .png)", accept_multiple_files=True,
         type=["zip", "tif", "tiff", "png", "npy", "csv"], key="upload_images",
     )
-    map_file = st.file_uploader("Plate map (CSV or TSV)", type=["csv", "tsv", "txt"],
+    map_file = st.file_uploader("Plate map (CSV, TSV or Excel .xlsx)", type=["csv", "tsv", "txt", "xlsx"],
                                 key="upload_platemap")
     if st.button("Use these files", key="use_uploads", disabled=not image_files):
         try:

@@ -12,7 +12,7 @@ import pytest
 from neurorg_core.cli import main
 from neurorg_core.model import build_model, save_bundle
 from neurorg_core.platemap import load_plate_map
-from neurorg_core.schema import P_CONTROL, PLATE, RESCUE_PCT, ROLE, WELL
+from neurorg_core.schema import P_CONTROL, PLATE, RESCUE_PCT, ROLE, SOURCE, WELL
 from neurorg_core.store import ResultStore
 from neurorg_core.synth import write_synthetic_plates
 
@@ -111,3 +111,66 @@ def test_score_with_a_bad_plate_map_fails_cleanly(setup, tmp_path, capsys) -> No
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and pm[WELL].iloc[0] in last and "Traceback" not in err
+
+
+def test_score_of_a_zip_leaves_no_extracted_copy_and_records_the_zip(setup, tmp_path, monkeypatch, capsys) -> None:
+    import os
+    import tempfile
+    import zipfile
+
+    tmp, data = tmp_path / "tmp", tmp_path / "data"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))        # where a temporary extraction would go
+    monkeypatch.setenv("NEURORG_DATA_DIR", str(data))         # where the old code left its copy
+    zpath = tmp_path / "zipped plate.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(setup["plate"].iterdir()):
+            zf.write(p, f"plate/{p.name}")
+    args = score_args(setup)
+    args[1] = str(zpath)
+    args[args.index("--db") + 1] = str(tmp_path / "z.duckdb")
+    args[args.index("--name") + 1] = "zipped"
+    assert main(args) == 0
+    assert f"wells scored: {N_WELLS}" in capsys.readouterr().out
+    assert os.listdir(tmp) == [] and not data.exists()
+    with ResultStore(tmp_path / "z.duckdb", read_only=True) as store:
+        assert store.load_plate("zipped")[SOURCE] == str(zpath)
+    assert main(["inspect", str(zpath)]) == 0
+    assert os.listdir(tmp) == []
+
+
+def test_crops_per_well_has_an_upper_bound(setup, tmp_path, capsys) -> None:
+    args = score_args(setup)
+    args[args.index("--db") + 1] = str(tmp_path / "never.duckdb")
+    for bad in ("5000", "0"):
+        args[args.index("--crops-per-well") + 1] = bad
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"error: --crops-per-well {bad} is outside 1..1000" in err and "Traceback" not in err
+    assert not (tmp_path / "never.duckdb").exists()
+
+
+def test_non_utf8_names_are_scored_or_refused_before_any_work(setup, tmp_path, capsys) -> None:
+    import os
+
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    for p in sorted(setup["plate"].iterdir()):   # every file name now holds a byte 0xff
+        shutil.copy(p, os.fsdecode(os.fsencode(inner) + b"/x\xff_" + p.name.encode()))
+    args = score_args(setup)
+    args[1] = str(inner)
+    args[args.index("--db") + 1] = str(tmp_path / "u.duckdb")
+    assert main(args) == 0
+    capsys.readouterr()
+    with ResultStore(tmp_path / "u.duckdb", read_only=True) as store:
+        assert len(store.load_well_scores("cli-plate")) == N_WELLS
+
+    folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/pl\xffte"))
+    shutil.copytree(setup["plate"], folder)
+    args = score_args(setup)
+    args[1] = str(folder)
+    args[args.index("--db") + 1] = str(tmp_path / "never.duckdb")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "pl\\xffte" in err and "is not valid UTF-8 text" in err and "Traceback" not in err
+    assert not (tmp_path / "never.duckdb").exists()

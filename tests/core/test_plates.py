@@ -250,7 +250,7 @@ def test_zip_round_trip(tmp_path):
         zf.writestr("__MACOSX/._junk.tif", b"resource fork")
     plate = load_plate(zpath, work_dir=tmp_path / "work")
     assert plate.name == "myplate" and plate.layout == "imagexpress"
-    assert plate.source.parent == tmp_path / "work"
+    assert plate.source == zpath and plate.root.parent == tmp_path / "work"   # the store records the zip
     folder = load_plate(root)
     for ref in folder.fields:
         np.testing.assert_array_equal(plate.read_field(ref), folder.read_field(ref))
@@ -362,7 +362,7 @@ def test_pixel_limit_checked_from_the_header(tmp_path):
     png = tmp_path / "png"
     png.mkdir()
     Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(png / "A01_s1.png")
-    with pytest.raises(NeuroRGError, match="A01_s1.png: image is 40 x 50"):
+    with pytest.raises(NeuroRGError, match="A01_s1.png, well A01: image is 40 x 50 x 3 = 6000 pixel values"):
         load_plate(png, max_pixels=100)
 
 
