@@ -67,6 +67,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     with load_plate(args.path, _parse_channel_map(args.channels)) as plate:
         report = {**plate.summary(), "source": str(args.path)}
         report["file_problems"] = plate.check_files()
+        if not report["file_problems"]:
+            report["crops"] = _crop_report(args, plate, report["file_problems"])
     report["plate_map_problems"] = []
     if args.plate_map:
         try:
@@ -81,6 +83,33 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"error: not scoreable, {n} problem(s); first: {first}", file=sys.stderr)
         return 2
     return 0
+
+
+def _crop_report(args: argparse.Namespace, plate: Plate, problems: list[str]) -> dict:
+    """How ``score`` would cut this plate for the model: crop edge, scale, intensity; problems
+    (fields smaller than a crop) go into ``problems``."""
+    from neurorg_core.config import load_config
+    from neurorg_core.model import load_bundle
+    from neurorg_core.preprocess import CropGeometry, plate_cropping
+
+    path = Path(args.model) if args.model else load_config().model_dir / "ensemble"
+    if args.model is None and not (path / "card.json").is_file():
+        note = f"no model at {path} to check the crop scale against; give --model"
+        print(f"note: {note}", file=sys.stderr)
+        return {"model": None, "notes": [note]}
+    bundle = load_bundle(path)
+    cropping = plate_cropping(plate, CropGeometry.from_card(bundle.card), pixel_size_um=args.pixel_size,
+                              bits=args.bit_depth)
+    report = {"model": str(path), **cropping.as_params(), "intensity_bits": cropping.intensity.bits,
+              "intensity_source": cropping.intensity.source, "notes": cropping.notes()}
+    try:
+        plans = {len(plate.fields_of(w)) for w in plate.wells()}
+        report["overlapping_tiles"] = any(cropping.plan(n, plate.field_shape).overlapping for n in plans)
+    except NeuroRGError as exc:
+        problems.append(str(exc))
+    for note in report["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    return report
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -270,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path")
     s.add_argument("--plate-map")
     s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID")
+    s.add_argument("--model", help="model bundle whose crop geometry to check against "
+                   "(default: the shipped ensemble)")
+    s.add_argument("--pixel-size", type=float, help="the plate's pixel size, um (wins over the files)")
+    s.add_argument("--bit-depth", type=int, choices=(8, 12, 14, 16), help="the images' significant bits")
     s.set_defaults(func=_cmd_inspect)
 
     from neurorg_core.train import DemoRecipe, TrainSettings  # no TensorFlow: Keras only when training

@@ -419,6 +419,23 @@ class PlateCropping:
         return {"model": self.geometry.as_card(), "crop_edge_px": self.edge,
                 "plate_pixel_size_um": self.pixel_size_um, "pixel_size_source": self.pixel_size_source}
 
+    def notes(self) -> list[str]:
+        """What a person should know before scoring: scales assumed rather than known."""
+        out = []
+        g = self.geometry
+        if g.mode == "tiles" and g.pixel_size_um is not None and self.pixel_size_um is None:
+            out.append(f"the plate's pixel size is unknown, so crops of {self.edge} px assume the model's "
+                       f"{g.pixel_size_um:g} um per pixel; if the plate was imaged at another magnification, "
+                       "give its pixel size (--pixel-size, or the app's field), or the model sees cells at "
+                       "the wrong size")
+        if g.mode == "tiles" and g.pixel_size_um is None:
+            out.append(f"the model card has no pixel size, so crops of {self.edge} px assume the plate shares "
+                       "the training plates' scale")
+        if "detected" in self.intensity.source and self.intensity.bits != 16:
+            out.append(f"16-bit images holding {self.intensity.bits}-bit data ({self.intensity.source}); "
+                       "scaled to that range (give --bit-depth if this is wrong)")
+        return out
+
 
 def plate_cropping(plate: PlateLike, geometry: CropGeometry, *, pixel_size_um: float | None = None,
                    bits: int | None = None) -> PlateCropping:

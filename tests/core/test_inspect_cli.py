@@ -17,7 +17,7 @@ def make_plate(folder: Path, wells=("B02", "B03"), dtype=np.uint16) -> Path:
     for well in wells:
         for site in (1, 2):
             for ch in (1, 2, 3):
-                tifffile.imwrite(folder / f"exp_{well}_s{site}_w{ch}.tif", np.full((20, 24), ch, dtype))
+                tifffile.imwrite(folder / f"exp_{well}_s{site}_w{ch}.tif", np.full((130, 140), ch, dtype))
     return folder
 
 
@@ -31,9 +31,31 @@ def test_inspect_scoreable_plate(tmp_path, capsys):
     assert report["wells"] == ["B02", "B03"] and report["fields_per_well"] == {"B02": 2, "B03": 2}
     assert report["channel_ids"] == ["w1", "w2", "w3"]
     assert report["channel_map"] == {"nucleus": "w1", "neuron": "w2", "microglia": "w3"}
-    assert report["dtype"] == "uint16" and report["field_shape"] == [20, 24]
+    assert report["dtype"] == "uint16" and report["field_shape"] == [130, 140]
     assert report["file_problems"] == [] and report["plate_map_problems"] == []
     assert report["scoreable"] is True
+    # how the shipped model would cut it: its 128 px crops, the scale assumed (no pixel size in
+    # these files), the 16-bit data's 8 significant bits detected (every value is 1..3)
+    crops = report["crops"]
+    assert crops["crop_edge_px"] == 128 and crops["plate_pixel_size_um"] is None
+    assert crops["intensity_bits"] == 8 and crops["overlapping_tiles"] is True
+    assert any("pixel size is unknown" in n for n in crops["notes"])
+
+
+def test_inspect_tells_the_crop_scale_from_the_files_and_refuses_fields_smaller_than_a_crop(tmp_path, capsys):
+    from neurorg_core.synth import write_synthetic_plates
+
+    folder = write_synthetic_plates(tmp_path / "mag", seed=1, n_fields=1, size=256, magnification=2.0,
+                                    wells=["B02", "B03"])[0]
+    assert cli.main(["inspect", str(folder)]) == 0
+    crops = json.loads(capsys.readouterr().out)["crops"]
+    assert crops["plate_pixel_size_um"] == 0.325 and crops["pixel_size_source"] == "MetaMorph"
+    assert crops["crop_edge_px"] == 256 and crops["notes"] == []
+    small = write_synthetic_plates(tmp_path / "small", seed=1, n_fields=1, size=100, wells=["B02"])[0]
+    assert cli.main(["inspect", str(small)]) == 2
+    out = capsys.readouterr()
+    assert json.loads(out.out)["scoreable"] is False
+    assert "smaller than the 128 px crop the model needs" in out.err
 
 
 def test_inspect_channel_override(tmp_path, capsys):
