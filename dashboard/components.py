@@ -459,6 +459,8 @@ def plate_summary_table(summary: dict) -> pd.DataFrame:
         ("Channel roles", ", ".join(f"{k}={v}" for k, v in summary["channel_map"].items())),
         ("Bit depth", summary["dtype"]),
         ("Field size (px)", " x ".join(str(v) for v in summary["field_shape"])),
+        ("Pixel size", f"{summary['pixel_size_um']:g} um ({summary['pixel_size_source']})"
+         if summary.get("pixel_size_um") else "not in the files"),
     ]
     return pd.DataFrame(rows, columns=["Item", "Value"])
 

@@ -261,3 +261,17 @@ def runs_table(plate_name: str | None = None) -> pd.DataFrame:
 def plates_table() -> pd.DataFrame:
     """Every stored plate (source, layout, format, field shape, dtype, channels, runs)."""
     return store().list_plates()
+
+
+def crop_preview(plate: Plate, pixel_size_um: float | None, bits: int | None) -> tuple[str, list[str]]:
+    """How the installed ensemble would cut ``plate``: a one-line summary and the notes a person
+    should read first (a scale assumed, bits detected). Reads a sample of fields; not cached."""
+    from neurorg_core.preprocess import CropGeometry, plate_cropping
+
+    ensemble = bundle(ENSEMBLE_DIR)
+    geometry = CropGeometry.from_card(ensemble.card)
+    cropping = plate_cropping(plate, geometry, pixel_size_um=pixel_size_um, bits=bits)
+    model_px = f" at {geometry.pixel_size_um:g} um per pixel" if geometry.pixel_size_um else ""
+    line = (f"Crops of {cropping.edge} px from each field (the model was trained on {geometry.crop_edge_px} px"
+            f"{model_px}), {cropping.intensity.bits}-bit intensity ({cropping.intensity.source}).")
+    return line, cropping.notes()

@@ -152,6 +152,15 @@ readout = readout_col.selectbox("Readout", READOUTS, format_func=READOUT_LABELS.
                                 "score follows the phenotype; P(control) saturates past mild stimulation.")
 options = flows.ScoreOptions(pixel_size_um=pixel_size or None, bits=None if bits == "detect" else int(bits),
                              readout=readout)
+if resources.has_bundle(resources.ENSEMBLE_DIR):
+    try:
+        line, notes = resources.crop_preview(plate, options.pixel_size_um, options.bits)
+    except NeuroRGError as exc:
+        st.error(f"This plate cannot be cut for the model: {components.plain(exc)}")
+        st.stop()
+    st.caption(line)
+    for note in notes:
+        st.warning(note[0].upper() + note[1:] + ".")
 if st.button("Score again" if stored else "Score plate", key="score", type="primary"):
     try:
         flows.score(plate, plate_map, name, components.progress_callback("Scoring"),

@@ -154,7 +154,8 @@ def test_user_value_wins_and_is_checked(tmp_path):
             load_plate(root, pixel_size_um=bad)
 
 
-def test_summary_and_inspect_show_the_pixel_size(tmp_path, capsys):
+def test_summary_and_inspect_show_the_pixel_size(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NEURORG_MODEL_DIR", str(tmp_path / "no_models"))  # small fields: no model's crop check
     root = imagexpress(tmp_path / "ix", description=metamorph(0.65, 0.65))
     summary = json.loads(json.dumps(load_plate(root).summary()))
     assert summary["pixel_size_um"] == pytest.approx(0.65) and summary["pixel_size_source"] == "MetaMorph"

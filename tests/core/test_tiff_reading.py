@@ -153,7 +153,8 @@ def test_inspect_catches_a_plate_that_cannot_be_decoded(tmp_path, capsys):
     assert "not scoreable" in captured.err and "Traceback" not in captured.err
 
 
-def test_inspect_decodes_one_field_per_kind_and_finds_an_unknown_codec(tmp_path, capsys):
+def test_inspect_decodes_one_field_per_kind_and_finds_an_unknown_codec(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NEURORG_MODEL_DIR", str(tmp_path / "no_models"))  # small fields: no model's crop check
     truth = write_per_channel(tmp_path / "p", "imagexpress", compression="lzw")
     # B03 site 2 channel 3 was written with a compression no decoder knows: a second kind
     _set_compression(tmp_path / "p" / "exp_B03_s2_w3.tif", 60000)
