@@ -1,8 +1,9 @@
 """Everything the pages read, behind Streamlit's caches.
 
-- ``st.cache_resource``: the result store (one DuckDB connection per database file; every store
-  method opens its own cursor, so sessions on other threads share it safely), model bundles and
-  lazily-read plates.
+- ``st.cache_resource``: the result store (one ``ResultStore`` per database file; each of its
+  methods attaches the file only for that operation and uses its own cursor, so sessions on other
+  threads share it safely and a CLI ``score`` or ``export`` can use the same file while the app
+  runs), model bundles and lazily-read plates.
 - ``st.cache_data``: pure reads only, keyed by something immutable (a run id, a field of a plate),
   so a page re-renders from memory without recomputing. Nothing cached here writes.
 
@@ -60,7 +61,8 @@ def _store(db_path: str) -> ResultStore:
 
 
 def store() -> ResultStore:
-    """The result store of ``Config().db_path`` (one per file and process)."""
+    """The result store of ``Config().db_path`` (one per file and process; it holds the file only
+    while one of its methods runs, so other processes can score into it meanwhile)."""
     return _store(str(config().db_path))
 
 
@@ -212,10 +214,11 @@ def fields_of(source: str, channel_map: dict[str, str], well: str) -> list[int]:
 
 def runs_table(plate_name: str | None = None) -> pd.DataFrame:
     """Runs with their provenance (model id, date, parameters), newest first."""
-    runs = store().list_runs(plate_name)
-    if runs.empty:
-        return runs
-    params = [json.dumps(store().load_run(r)["params"], sort_keys=True) for r in runs[RUN_ID]]
+    with store().session() as db:   # one open for the list and every run's provenance
+        runs = db.list_runs(plate_name)
+        if runs.empty:
+            return runs
+        params = [json.dumps(db.load_run(r)["params"], sort_keys=True) for r in runs[RUN_ID]]
     return runs.assign(Parameters=params)
 
 

@@ -149,7 +149,7 @@ def test_failed_save_rolls_back_everything(store: ResultStore) -> None:
     before = snapshot(store)
     bad = scores(0.2)
     bad = pd.concat([bad, bad.iloc[[0]]], ignore_index=True)  # a duplicated well violates the key
-    with pytest.raises(duckdb.ConstraintException):
+    with pytest.raises(NeuroRGError, match=r"results.duckdb: .*duplicate key"):
         store.save_run(
             plate=PlateRecord("P1", "/elsewhere", "npy", 384, (8, 8), "uint16", {}),
             wells=plate_map(compound="changed"), fields=fields("-new"), well_scores=bad,
@@ -251,10 +251,12 @@ def test_threads_read_while_one_writes(store: ResultStore) -> None:
     assert store.load_well_scores("P1")[P_CONTROL].iloc[0] == pytest.approx(0.6)
 
 
-def test_second_process_gets_in_use_error(tmp_path: Path) -> None:
+def test_second_process_waits_for_a_held_session_then_gets_in_use_error(tmp_path: Path) -> None:
+    """A session holds the file; another process waits its bounded time, then says so."""
     path = tmp_path / "busy.duckdb"
-    with ResultStore(path) as held:
-        save(held, "run-a", 0.9)
+    held = ResultStore(path)
+    save(held, "run-a", 0.9)
+    with held.session():
         code = (
             "import sys\n"
             "from neurorg_core.store import ResultStore\n"
