@@ -67,8 +67,8 @@ def store() -> ResultStore:
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
-def _bundle(path: str, card_mtime: float) -> Bundle:
-    return load_bundle(path)
+def _bundle(path: str, card_mtime: float, kind: str) -> Bundle:
+    return load_bundle(path, kind=kind)   # type: ignore[arg-type]  (ENSEMBLE_DIR / SINGLE_CHANNEL_DIR)
 
 
 def bundle(kind: str = ENSEMBLE_DIR) -> Bundle:
@@ -77,12 +77,13 @@ def bundle(kind: str = ENSEMBLE_DIR) -> Bundle:
     Raises
     ------
     NeuroRGError
-        If the bundle is missing or invalid (the message names the folder).
+        If the bundle is missing or invalid, or is of the other kind (a single-channel bundle in
+        the ensemble folder, or the reverse); the message names the folder.
     """
     path = config().model_dir / kind
     card = path / "card.json"
     stamp = card.stat().st_mtime if card.is_file() else 0.0
-    return _bundle(str(path), stamp)
+    return _bundle(str(path), stamp, kind)
 
 
 def has_bundle(kind: str) -> bool:

@@ -19,7 +19,7 @@ class Config:
     """Where things live and the limits we enforce.
 
     Environment overrides: ``NEURORG_DATA_DIR``, ``NEURORG_MODEL_DIR``, ``NEURORG_DB``,
-    ``NEURORG_MAX_PIXELS``, ``NEURORG_PASSWORD`` (read by the dashboard only).
+    ``NEURORG_LITERT_CACHE``, ``NEURORG_MAX_PIXELS``, ``NEURORG_PASSWORD`` (read by the dashboard only).
     """
 
     data_dir: Path = field(default_factory=lambda: _env_path("NEURORG_DATA_DIR", REPO_ROOT / "data"))
@@ -29,6 +29,11 @@ class Config:
     db_path: Path = field(
         default_factory=lambda: _env_path("NEURORG_DB", REPO_ROOT / "data" / "neurorg.duckdb")
     )
+    litert_cache: Path | None = field(
+        default_factory=lambda: (Path(os.environ["NEURORG_LITERT_CACHE"]).expanduser()
+                                 if os.environ.get("NEURORG_LITERT_CACHE") else None)
+    )
+    """Where members converted to LiteRT at scoring time are cached; None: ``litert_cache_dir``."""
     max_pixels: int = field(
         default_factory=lambda: int(os.environ.get("NEURORG_MAX_PIXELS", str(16384 * 16384)))
     )
@@ -41,6 +46,12 @@ class Config:
     @property
     def demo_dir(self) -> Path:
         return self.data_dir / "demo"
+
+    @property
+    def litert_cache_dir(self) -> Path:
+        """``NEURORG_LITERT_CACHE``, else ``<data dir>/cache/litert`` (``inference`` falls back to
+        the user's cache folder when this one cannot be written)."""
+        return self.litert_cache if self.litert_cache is not None else self.data_dir / "cache" / "litert"
 
 
 def load_config() -> Config:
