@@ -277,7 +277,7 @@ class ResultStore:
         self.read_only = read_only
         self.lock_timeout_s = max(0.0, float(lock_timeout_s))
         self._lock = threading.Lock()   # guards _engine, _attached and _users
-        self._engine = duckdb.connect(":memory:")   # one per store; files are attached to it
+        self._engine: duckdb.DuckDBPyConnection | None = None   # in-memory; the file is attached to it
         self._attached = False
         self._users = 0
         if read_only and not self.path.is_file():
@@ -309,6 +309,8 @@ class ResultStore:
     def _attach(self) -> None:
         """Attach the file, waiting while another process (or another store of this process)
         holds it. Called with ``_lock`` held."""
+        if self._engine is None:
+            self._engine = duckdb.connect(":memory:")   # once per store (~30 ms), and after close()
         quoted = str(self.path).replace("'", "''")
         sql = f"ATTACH '{quoted}' AS {self._ALIAS}" + (" (READ_ONLY)" if self.read_only else "")
         deadline = time.monotonic() + self.lock_timeout_s
@@ -360,18 +362,21 @@ class ResultStore:
 
     def _detach(self) -> None:
         """Release the file (DuckDB checkpoints its write-ahead log first). Called with ``_lock``
-        held. A connection broken by a failure (a full disk can invalidate it) is replaced."""
+        held. A connection broken by a failure (a full disk can invalidate it) is dropped, and the
+        next operation makes a new one."""
         self._attached = False
+        engine = self._engine
+        assert engine is not None
         try:
-            self._engine.execute(f"DETACH {self._ALIAS}")
-            self._engine.execute("SELECT 1").fetchone()
+            engine.execute(f"DETACH {self._ALIAS}")
+            engine.execute("SELECT 1").fetchone()
         except duckdb.Error as exc:
             log.warning("%s: releasing the file: %s", self.path, _describe(exc))
+            self._engine = None
             try:
-                self._engine.close()   # closes whatever is still attached
+                engine.close()   # closes whatever is still attached
             except duckdb.Error:
                 pass
-            self._engine = duckdb.connect(":memory:")
 
     @contextmanager
     def session(self) -> Iterator[ResultStore]:
@@ -424,12 +429,15 @@ class ResultStore:
             cur.execute("COMMIT")   # a failed commit (full disk) is rolled back by DuckDB itself
 
     def close(self) -> None:
-        """Close the in-memory connection. The file itself is never held between operations."""
+        """Close the in-memory connection (a later operation opens a new one). The file itself is
+        never held between operations."""
         with self._lock:
-            if self._attached and self._users == 0:
+            if self._users or self._engine is None:
+                return
+            if self._attached:
                 self._detach()
-            if self._users == 0:
-                self._engine.close()
+            self._engine.close()
+            self._engine = None
 
     def __enter__(self) -> ResultStore:
         return self
