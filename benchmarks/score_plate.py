@@ -90,7 +90,7 @@ def main() -> int:
             bundle = load_bundle(Path(args.model) if args.model else load_config().model_dir / "ensemble")
         print(f"bundle {bundle.id}: {bundle.card['architecture']}, {len(bundle.members)} members, "
               f"input {bundle.input_size} px")
-        Predictor(bundle)  # converts the members once (cached beside the bundle); not timed
+        Predictor(bundle)  # converts members the bundle does not ship (conversion cache); not timed
 
         rate = raw_rate(bundle, args.raw_crops)
         print(f"(a) raw inference: {rate:.1f} crops/s through {len(bundle.members)} members "

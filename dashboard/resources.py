@@ -1,9 +1,10 @@
 """Everything the pages read, behind Streamlit's caches.
 
-- ``st.cache_resource``: the result store (one DuckDB connection per database file; every store
-  method opens its own cursor, so sessions on other threads share it safely), model bundles and
-  lazily-read plates (at most 16, each used only while ``Plate.is_current()``: a replaced zip or
-  a changed folder listing is read again).
+- ``st.cache_resource``: the result store (one ``ResultStore`` per database file; each of its
+  methods attaches the file only for that operation and uses its own cursor, so sessions on other
+  threads share it safely and a CLI ``score`` or ``export`` can use the same file while the app
+  runs), model bundles and lazily-read plates (at most 16, each used only while
+  ``Plate.is_current()``: a replaced zip or a changed folder listing is read again).
 - ``st.cache_data``: pure reads only, keyed by something immutable (a run id; a field of one
   version of a plate, ``Plate.signature``), so a page re-renders from memory without
   recomputing. Nothing cached here writes (a zip's extraction is the app's own cache of files,
@@ -64,13 +65,14 @@ def _store(db_path: str) -> ResultStore:
 
 
 def store() -> ResultStore:
-    """The result store of ``Config().db_path`` (one per file and process)."""
+    """The result store of ``Config().db_path`` (one per file and process; it holds the file only
+    while one of its methods runs, so other processes can score into it meanwhile)."""
     return _store(str(config().db_path))
 
 
 @st.cache_resource(show_spinner="Loading the model ...")
-def _bundle(path: str, card_mtime: float) -> Bundle:
-    return load_bundle(path)
+def _bundle(path: str, card_mtime: float, kind: str) -> Bundle:
+    return load_bundle(path, kind=kind)   # type: ignore[arg-type]  (ENSEMBLE_DIR / SINGLE_CHANNEL_DIR)
 
 
 def bundle(kind: str = ENSEMBLE_DIR) -> Bundle:
@@ -79,12 +81,13 @@ def bundle(kind: str = ENSEMBLE_DIR) -> Bundle:
     Raises
     ------
     NeuroRGError
-        If the bundle is missing or invalid (the message names the folder).
+        If the bundle is missing or invalid, or is of the other kind (a single-channel bundle in
+        the ensemble folder, or the reverse); the message names the folder.
     """
     path = config().model_dir / kind
     card = path / "card.json"
     stamp = card.stat().st_mtime if card.is_file() else 0.0
-    return _bundle(str(path), stamp)
+    return _bundle(str(path), stamp, kind)
 
 
 def has_bundle(kind: str) -> bool:
@@ -251,10 +254,11 @@ def fields_of(source: str, channel_map: dict[str, str], well: str) -> list[int]:
 
 def runs_table(plate_name: str | None = None) -> pd.DataFrame:
     """Runs with their provenance (model id, date, parameters), newest first."""
-    runs = store().list_runs(plate_name)
-    if runs.empty:
-        return runs
-    params = [json.dumps(store().load_run(r)["params"], sort_keys=True) for r in runs[RUN_ID]]
+    with store().session() as db:   # one open for the list and every run's provenance
+        runs = db.list_runs(plate_name)
+        if runs.empty:
+            return runs
+        params = [json.dumps(db.load_run(r)["params"], sort_keys=True) for r in runs[RUN_ID]]
     return runs.assign(Parameters=params)
 
 

@@ -141,6 +141,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_bundle(args: argparse.Namespace) -> int:
+    from neurorg_core.inference import convert_bundle
+    from neurorg_core.model import load_bundle
+
+    before = load_bundle(args.model)
+    after = convert_bundle(before)
+    print(f"model {after.path}: LiteRT files of {len(after.members)} members checked and recorded; "
+          f"bundle id {before.id} -> {after.id} (member ids unchanged)")
+    return 0
+
+
 def _cmd_build_demo(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -191,7 +202,7 @@ def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map
     from neurorg_core.pipeline import load_plate_results, run_plate
     from neurorg_core.store import ResultStore
 
-    bundle = load_bundle(Path(args.model) if args.model else cfg.model_dir / "ensemble")
+    bundle = load_bundle(Path(args.model) if args.model else cfg.model_dir / "ensemble", kind="ensemble")
     db = Path(args.db) if args.db else cfg.db_path
     shown = [-1]
 
@@ -330,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("litert", "keras"), default="litert")
     s.add_argument("--json", help="also write the full report (confusion matrices) here")
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("convert-bundle", help="put each member's LiteRT file in the bundle and record "
+                       "every file's SHA-256 on its card (once, after training)")
+    s.add_argument("model", help="the bundle folder")
+    s.set_defaults(func=_cmd_convert_bundle)
 
     demo = DemoRecipe()
     s = sub.add_parser("build-demo", help="render synthetic plates, train and evaluate the demo bundles")

@@ -40,7 +40,7 @@ class Config:
     """Where things live and the limits we enforce.
 
     Environment overrides: ``NEURORG_DATA_DIR``, ``NEURORG_MODEL_DIR``, ``NEURORG_DB``,
-    ``NEURORG_MAX_PIXELS``; read by the dashboard only: ``NEURORG_PASSWORD``,
+    ``NEURORG_LITERT_CACHE``, ``NEURORG_MAX_PIXELS``; read by the dashboard only: ``NEURORG_PASSWORD``,
     ``NEURORG_SERVER_ROOTS``, ``NEURORG_SESSION_HOURS``.
     """
 
@@ -51,6 +51,11 @@ class Config:
     db_path: Path = field(
         default_factory=lambda: _env_path("NEURORG_DB", REPO_ROOT / "data" / "neurorg.duckdb")
     )
+    litert_cache: Path | None = field(
+        default_factory=lambda: (Path(os.environ["NEURORG_LITERT_CACHE"]).expanduser()
+                                 if os.environ.get("NEURORG_LITERT_CACHE") else None)
+    )
+    """Where members converted to LiteRT at scoring time are cached; None: ``litert_cache_dir``."""
     max_pixels: int = field(
         default_factory=lambda: int(os.environ.get("NEURORG_MAX_PIXELS", str(16384 * 16384)))
     )
@@ -80,6 +85,12 @@ class Config:
     def session_secret_path(self) -> Path:
         """The dashboard's random key for signing login cookies (made on first use, mode 0600)."""
         return self.data_dir / "session_secret"
+
+    @property
+    def litert_cache_dir(self) -> Path:
+        """``NEURORG_LITERT_CACHE``, else ``<data dir>/cache/litert`` (``inference`` falls back to
+        the user's cache folder when this one cannot be written)."""
+        return self.litert_cache if self.litert_cache is not None else self.data_dir / "cache" / "litert"
 
 
 def load_config() -> Config:

@@ -1,9 +1,18 @@
 """Batched prediction for a model bundle: the LiteRT fast path and the streaming helper.
 
 ``Predictor`` runs every member of a bundle on a batch of crops and returns class probabilities
-shaped (n_members, n_crops, 6). Its default backend converts each member once to a float32
-LiteRT flatbuffer (cached as ``<cache_dir>/<member id>.tflite``) and runs it with the XNNPACK
-CPU delegate. On a 2-core machine the fastest arrangement measured was *one thread per
+shaped (n_members, n_crops, 6). Its default backend runs each member as a float32 LiteRT
+flatbuffer with the XNNPACK CPU delegate.
+
+Which LiteRT file runs (``member_litert``): the bundle's own ``litert/<member id>.tflite`` when
+its SHA-256 is the one recorded in ``card.json`` (``convert_bundle`` puts them there); otherwise
+the member is converted from its verified weights, once, into the conversion cache
+(``conversion_cache_dir()``: ``NEURORG_LITERT_CACHE``, ``<data dir>/cache/litert``, or the
+user's cache folder), keyed by member id + weights hash, with the hash of the converted bytes
+recorded beside it. A ``.tflite`` is never trusted by its name, and the bundle folder is never
+written while scoring, so a bundle may sit in a read-only folder.
+
+On a 2-core machine the fastest arrangement measured was *one thread per
 interpreter and one interpreter per core*: (member, chunk) work items go into one queue that
 ``threads`` long-lived worker threads take from, each owning its own interpreter per member
 (``invoke`` releases the GIL). Probabilities match ``keras.Model.predict`` within 1e-6 (float32
@@ -18,9 +27,11 @@ iterable) with inference, and keeps the next batch queued while the caller handl
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import queue
+import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
@@ -29,38 +40,205 @@ from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 
+from neurorg_core.config import Config, load_config
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.model import Bundle, Member, load_member_model
+from neurorg_core.model import FILES, LITERT_PREFIX, Bundle, Member, load_member_model, record_files
 from neurorg_core.schema import N_CLASSES
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["litert", "keras"]
 BACKENDS = ("litert", "keras")
-LITERT_DIR = "litert"
+LITERT_DIR = LITERT_PREFIX.rstrip("/")
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "neurorg" / "litert"
+
+
+def _why_unwritable(folder: Path) -> str | None:
+    """None when a file can be created in ``folder`` (made if needed), else the reason.
+
+    It really creates (and removes) a file: permission bits do not stop root, a read-only
+    filesystem does, and ``os.access`` would not tell them apart."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def conversion_cache_dir(config: Config | None = None) -> Path:
+    """The folder where members converted at scoring time are cached.
+
+    ``config.litert_cache_dir`` (``NEURORG_LITERT_CACHE``, default ``<data dir>/cache/litert``)
+    if it can be written, else the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``,
+    then ``neurorg/litert``). Never the bundle folder: a bundle may be read-only, and a file
+    there is only trusted when its hash is on the card.
+
+    Raises
+    ------
+    NeuroRGError
+        If neither folder can be written (the message lists both and why).
+    """
+    cfg = config if config is not None else load_config()
+    tried = []
+    for folder in (cfg.litert_cache_dir, _user_cache_dir()):
+        reason = _why_unwritable(folder)
+        if reason is None:
+            return folder
+        tried.append(f"{folder} ({reason})")
+        log.info("cannot cache LiteRT conversions in %s (%s)", folder, reason)
+    raise NeuroRGError("no writable folder for converted LiteRT models; tried " + "; ".join(tried)
+                       + ". Set NEURORG_LITERT_CACHE to a writable folder")
+
+
+def _convert(member: Member) -> bytes:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    model = load_member_model(member)   # the weights were verified against the card on load
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _cached_conversion(member: Member, cache_dir: Path) -> tuple[Path, bytes]:
+    """A member's conversion in the cache: ``<member id>-<weights hash>.tflite`` beside a
+    ``.sha256`` record of its bytes, written when it was converted. A file whose bytes do not
+    match its record (replaced, swapped, half-written) is converted again."""
+    stem = f"{member.id}-{member.weights_sha256[:16]}" if member.weights_sha256 else member.id
+    path = cache_dir / f"{stem}.tflite"
+    record = cache_dir / f"{stem}.sha256"
+    if path.is_file() and record.is_file():
+        blob = path.read_bytes()
+        if hashlib.sha256(blob).hexdigest() == record.read_text().strip():
+            return path, blob
+        log.warning("%s does not match its recorded hash; converting member %s again", path, member.name)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log.info("converting member %s (%s) to LiteRT (once; cached in %s)", member.name, member.id, cache_dir)
+    blob = _convert(member)
+    _write_atomically(path, blob)
+    _write_atomically(record, (hashlib.sha256(blob).hexdigest() + "\n").encode())
+    return path, blob
 
 
 def convert_member(member: Member, cache_dir: str | Path) -> Path:
     """Convert one member to a float32 LiteRT flatbuffer, once; return the cached file.
 
-    The file is named by the member's content id, so a changed model never reuses a stale
-    conversion. Conversion takes ~10-30 s per member on 2 cores.
+    The file is keyed by the member's content id and weights hash, and its bytes are checked
+    against the hash recorded when it was written. Conversion takes ~10-30 s per member on 2 cores.
     """
-    folder = Path(cache_dir)
-    path = folder / f"{member.id}.tflite"
-    if path.is_file():
-        return path
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    return _cached_conversion(member, Path(cache_dir))[0]
 
-    folder.mkdir(parents=True, exist_ok=True)
-    log.info("converting member %s (%s) to LiteRT (once; cached in %s)", member.name, member.id, folder)
-    model = load_member_model(member)
-    blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
-    return path
+
+def member_litert(member: Member, bundle: Bundle, cache_dir: str | Path | None = None) -> tuple[Path, bytes]:
+    """The verified LiteRT model of one member: (file, bytes).
+
+    The bundle's own ``litert/<member id>.tflite`` is used only when its SHA-256 matches the one
+    recorded in ``card.json``. A file that does not match (e.g. swapped with another member's),
+    or whose hash the card does not record, is never trusted by its name: the member is converted
+    from its verified weights into the conversion cache (``cache_dir``, default
+    ``conversion_cache_dir()``) instead. The bytes returned are the bytes that were checked.
+    """
+    rel = f"{LITERT_PREFIX}{member.id}.tflite"
+    shipped = bundle.path / rel
+    recorded = (bundle.card.get(FILES) or {}).get(rel)
+    if shipped.is_file():
+        blob = shipped.read_bytes()
+        if recorded is not None and hashlib.sha256(blob).hexdigest() == recorded:
+            return shipped, blob
+        if recorded is not None:
+            log.warning("%s does not match the SHA-256 recorded in card.json; member %s is converted "
+                        "again from its verified weights", shipped, member.name)
+        else:
+            log.info("%s has no SHA-256 in card.json, so it is not used; member %s is converted from "
+                     "its verified weights (once, cached)", shipped, member.name)
+    elif recorded is not None:
+        log.warning("%s is recorded in card.json but missing; member %s is converted again",
+                    shipped, member.name)
+    folder = Path(cache_dir) if cache_dir is not None else conversion_cache_dir()
+    return _cached_conversion(member, folder)
+
+
+_PROBE_CROPS = 24
+LITERT_TOLERANCE = 1e-4
+"""Largest |LiteRT - Keras| probability accepted when checking a conversion (measured: ~5e-6)."""
+
+
+def _probe(input_size: int) -> np.ndarray:
+    """Fixed crops (noise at several brightness levels) on which every conversion is checked."""
+    scale = np.linspace(0.05, 1.0, _PROBE_CROPS, dtype=np.float32)[:, None, None, None]
+    return np.random.default_rng(12345).random((_PROBE_CROPS, input_size, input_size, 3),
+                                               dtype=np.float32) * scale
+
+
+def _run_litert(blob: bytes, crops: np.ndarray) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=blob, num_threads=1)
+    detail = it.get_input_details()[0]
+    it.resize_tensor_input(detail["index"], list(crops.shape))
+    it.allocate_tensors()
+    it.set_tensor(detail["index"], crops)
+    it.invoke()
+    return np.asarray(it.get_tensor(it.get_output_details()[0]["index"]))
+
+
+def convert_bundle(bundle: Bundle, *, tolerance: float = LITERT_TOLERANCE) -> Bundle:
+    """Put each member's LiteRT file inside the bundle and record its SHA-256 on the card.
+
+    For each member, ``litert/<member id>.tflite`` is kept if it already agrees with the member's
+    Keras model (built from the verified weights) within ``tolerance`` on fixed probe crops;
+    otherwise the member's conversion (from the conversion cache, converted there first if
+    needed) is checked the same way and copied in. Then the card's
+    ``files`` section records every file's hash (``model.record_files``): member ids stay, the
+    bundle id changes. Run it once after training (``python -m neurorg_core convert-bundle``),
+    so that scoring never converts and the bundle can live in a read-only folder.
+
+    Returns
+    -------
+    Bundle
+        The bundle reloaded with its new card.
+
+    Raises
+    ------
+    NeuroRGError
+        If the bundle folder cannot be written, or a fresh conversion disagrees with Keras.
+    """
+    reason = _why_unwritable(bundle.path / LITERT_PREFIX.rstrip("/"))
+    if reason is not None:
+        raise NeuroRGError(f"cannot write the bundle's {LITERT_PREFIX} folder ({reason})", path=bundle.path)
+    rels = []
+    for member in bundle.members:
+        rel = f"{LITERT_PREFIX}{member.id}.tflite"
+        path = bundle.path / rel
+        x = _probe(member.input_size)
+        expected = np.asarray(load_member_model(member).predict(x, batch_size=8, verbose=0))
+        if path.is_file():
+            diff = float(np.abs(_run_litert(path.read_bytes(), x) - expected).max())
+            if diff <= tolerance:
+                log.info("%s agrees with member %s's weights (max |diff| %.1e); kept", rel, member.name, diff)
+                rels.append(rel)
+                continue
+            log.warning("%s disagrees with member %s's weights (max |diff| %.3g); converting again",
+                        rel, member.name, diff)
+        _, blob = _cached_conversion(member, conversion_cache_dir())   # converts once, if not cached
+        diff = float(np.abs(_run_litert(blob, x) - expected).max())
+        if diff > tolerance:
+            raise NeuroRGError(f"the LiteRT conversion of member {member.name} differs from Keras by "
+                               f"{diff:.3g} (> {tolerance:g})", path=path)
+        _write_atomically(path, blob)
+        log.info("converted member %s into %s (max |diff| vs Keras %.1e)", member.name, rel, diff)
+        rels.append(rel)
+    return record_files(bundle, rels)
 
 
 @dataclass
@@ -158,7 +336,8 @@ class Predictor:
         Crops per interpreter call (LiteRT) or per ``predict`` batch (Keras); a short last batch
         is zero-padded for LiteRT, whose input shape stays fixed.
     cache_dir
-        Where converted members are cached; default ``<bundle>/litert``.
+        Where members are converted and cached when the bundle does not ship a LiteRT file whose
+        hash its card records; default ``conversion_cache_dir()`` (see ``member_litert``).
 
     Several threads may call ``submit`` / ``predict`` at once: their items share the workers,
     and each worker owns its own interpreters.
@@ -181,20 +360,21 @@ class Predictor:
         if backend == "keras":
             self._models = [load_member_model(m) for m in bundle.members]
             self._workers: list[_Worker] = []
+            self.litert_files: list[Path] = []
         else:
-            cache = Path(cache_dir) if cache_dir is not None else bundle.path / LITERT_DIR
-            paths = [convert_member(m, cache) for m in bundle.members]
-            self._workers = [self._make_worker(paths) for _ in range(self.threads)]
+            models = [member_litert(m, bundle, cache_dir) for m in bundle.members]
+            self.litert_files = [path for path, _ in models]
+            self._workers = [self._make_worker(models) for _ in range(self.threads)]
         # stops the workers when the predictor goes away (the finalizer holds no reference to it)
         self._finalizer = weakref.finalize(self, _stop, self._jobs, self._threads)
 
-    def _make_worker(self, paths: list[Path]) -> _Worker:
+    def _make_worker(self, models: list[tuple[Path, bytes]]) -> _Worker:
         from ai_edge_litert.interpreter import Interpreter
 
         interpreters = []
-        for path in paths:
-            try:
-                it = Interpreter(model_path=str(path), num_threads=1)
+        for path, blob in models:
+            try:   # from the bytes that were checked, not the file (which could change meanwhile)
+                it = Interpreter(model_content=blob, num_threads=1)
                 detail = it.get_input_details()[0]
                 it.resize_tensor_input(detail["index"], [self.batch_size, self.input_size,
                                                          self.input_size, 3])

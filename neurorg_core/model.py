@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "neurorg-bundle/1"
 CARD_NAME = "card.json"
+LITERT_PREFIX = "litert/"
+"""Bundle-relative folder of the converted LiteRT files (``litert/<member id>.tflite``)."""
+FILES = "files"
+"""Card section: bundle-relative file path -> SHA-256 (hex) of every file of the bundle."""
 
 Architecture = Literal[
     "efficientnet_tiny", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
@@ -246,6 +250,7 @@ class Member:
     mean: tuple[float, ...]      # normalisation, [0, 1] units
     std: tuple[float, ...]
     val_plates: tuple[str, ...]  # plates this member never trained on (its validation plates)
+    weights_sha256: str = ""     # SHA-256 of the weights file, verified when the bundle was loaded
 
 
 @dataclass(frozen=True)
@@ -366,6 +371,7 @@ def save_bundle(
         "weights_dtype": "float16 kernels, float32 vectors",
         **(extra or {}),
         "members": entries,
+        FILES: {e["weights"]: e["weights_sha256"] for e in entries},
     }
     card["id"] = _bundle_id(card)
     tmp = out / (CARD_NAME + ".tmp")
@@ -378,10 +384,15 @@ def save_bundle(
 def update_card(bundle: Bundle, **fields: Any) -> Bundle:
     """Add or replace top-level card fields (e.g. ``metrics``), re-hash, rewrite, reload."""
     card = dict(bundle.card)
-    for key in ("id", "members", "format", "architecture", "input_size", "class_names"):
+    for key in ("id", "members", "format", "architecture", "input_size", "class_names", FILES):
         if key in fields:
-            raise NeuroRGError(f"card field {key!r} cannot be updated; rebuild the bundle instead")
+            raise NeuroRGError(f"card field {key!r} cannot be updated; rebuild the bundle instead"
+                               + (" (files are recorded by record_files)" if key == FILES else ""))
     card.update(fields)
+    return _rewrite_card(bundle, card)
+
+
+def _rewrite_card(bundle: Bundle, card: dict) -> Bundle:
     card["id"] = _bundle_id(card)
     path = bundle.path / CARD_NAME
     tmp = path.with_suffix(".json.tmp")
@@ -390,15 +401,225 @@ def update_card(bundle: Bundle, **fields: Any) -> Bundle:
     return load_bundle(bundle.path)
 
 
-def load_bundle(path: str | Path) -> Bundle:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_files(bundle: Bundle, relative_paths: Sequence[str]) -> Bundle:
+    """Record the SHA-256 of more files of the bundle (e.g. ``litert/<member id>.tflite``) in the
+    card's ``files`` section, re-hash the bundle id, rewrite the card and reload it.
+
+    Member ids do not change (they hash the weights, not the card); the bundle id does. Only
+    call this for files you have verified (``inference.convert_bundle`` checks each LiteRT file
+    against its member's Keras model before recording it).
+    """
+    card = json.loads(json.dumps(bundle.card))
+    files = dict(card.get(FILES) or {m.weights_path.name: m.weights_sha256 for m in bundle.members})
+    for rel in relative_paths:
+        rel = Path(rel).as_posix()
+        path = bundle.path / rel
+        if not _is_inside(rel) or not path.is_file():
+            raise NeuroRGError(f"cannot record {rel}: not a file inside the bundle folder {bundle.path}",
+                               path=path)
+        files[rel] = file_sha256(path)
+    card[FILES] = dict(sorted(files.items()))
+    return _rewrite_card(bundle, card)
+
+
+def _is_inside(rel: str) -> bool:
+    """A bundle-relative path that stays inside the bundle folder."""
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts and "\\" not in rel
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _type_name(value: Any) -> str:
+    return {str: "a string", bool: "true/false", int: "an integer", float: "a number", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+class _CardChecker:
+    """Type checks of ``card.json`` fields: each failure names card.json, the field, what it
+    holds and what was expected."""
+
+    def __init__(self, card_path: Path):
+        self.card_path = card_path
+
+    def fail(self, field: str, value: Any, expected: str) -> NeuroRGError:
+        shown = json.dumps(value)[:80] if _json_able(value) else repr(value)[:80]
+        return NeuroRGError(f"field {field} is {shown} ({_type_name(value)}); expected {expected}",
+                            path=self.card_path)
+
+    def string(self, value: Any, field: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(field, value, "a non-empty string")
+        return value
+
+    def integer(self, value: Any, field: str, minimum: int, unit: str = "") -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(field, value, f"an integer >= {minimum}{unit}")
+        return value
+
+    def numbers(self, value: Any, field: str, n: int, positive: bool = False) -> list[float]:
+        ok = (isinstance(value, list) and len(value) == n
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                      and (v > 0 or not positive) for v in value))
+        if not ok:
+            raise self.fail(field, value, f"a list of {n} finite{' positive' if positive else ''} numbers")
+        return [float(v) for v in value]
+
+    def strings(self, value: Any, field: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(field, value, "a list of strings")
+        return list(value)
+
+
+def _json_able(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_files_section(card: dict, check: _CardChecker) -> dict[str, str]:
+    """The card's ``files`` section (path -> SHA-256), type-checked; ``{}`` when absent."""
+    if FILES not in card:
+        return {}
+    files = card[FILES]
+    if not isinstance(files, dict):
+        raise check.fail(FILES, files, "an object mapping file paths to SHA-256 hashes")
+    for rel, digest in files.items():
+        if not _is_inside(rel):
+            raise check.fail(f"{FILES}[{rel!r}]", rel, "a path inside the bundle folder")
+        if not _is_sha256(digest):
+            raise check.fail(f"{FILES}[{rel!r}]", digest, "a SHA-256 hash (64 lower-case hex digits)")
+    return dict(files)
+
+
+def _check_member_entry(entry: Any, i: int, card: dict, check: _CardChecker) -> dict:
+    """Type-check one member entry of the card; returns it."""
+    where = f"members[{i}]"
+    if not isinstance(entry, dict):
+        raise check.fail(where, entry, "an object describing one member")
+    missing = [k for k in ("name", "channels", "normalization", "weights", "weights_sha256", "id")
+               if k not in entry]
+    if missing:
+        raise NeuroRGError(f"{where} lacks {', '.join(missing)}", path=check.card_path)
+    name = check.string(entry["name"], f"{where}.name")
+    where = f"members[{i}] ({name})"
+    chans = check.strings(entry["channels"], f"{where}.channels")
+    try:
+        check_channels(chans)
+    except NeuroRGError as exc:
+        raise NeuroRGError(f"{where}.channels: {exc}", path=check.card_path) from exc
+    if card["kind"] == "ensemble" and len(chans) != 3:
+        raise NeuroRGError(f"ensemble member {name} uses channels {list(chans)}; expected all 3",
+                           path=check.card_path)
+    if card["kind"] == "single_channel" and len(chans) != 1:
+        raise NeuroRGError(f"single-channel member {name} uses channels {list(chans)}; expected exactly "
+                           f"one of {', '.join(CHANNELS)}", path=check.card_path)
+    norm = entry["normalization"]
+    if not isinstance(norm, dict) or "mean" not in norm or "std" not in norm:
+        raise check.fail(f"{where}.normalization", norm, "an object with mean and std")
+    check.numbers(norm["mean"], f"{where}.normalization.mean", len(chans))
+    check.numbers(norm["std"], f"{where}.normalization.std", len(chans), positive=True)
+    fname = check.string(entry["weights"], f"{where}.weights")
+    if Path(fname).name != fname:
+        raise check.fail(f"{where}.weights", fname, "a plain file name in the bundle folder")
+    if not _is_sha256(entry["weights_sha256"]):
+        raise check.fail(f"{where}.weights_sha256", entry["weights_sha256"],
+                         "a SHA-256 hash (64 lower-case hex digits)")
+    check.string(entry["id"], f"{where}.id")
+    fold = entry.get("fold")
+    if fold is not None:
+        check.integer(fold, f"{where}.fold", 1)
+    if "val_plates" in entry:
+        check.strings(entry["val_plates"], f"{where}.val_plates")
+    return entry
+
+
+def _check_card(card: Any, card_path: Path) -> _CardChecker:
+    """Type-check the card's top-level fields (members are checked one by one afterwards)."""
+    if not isinstance(card, dict):
+        raise NeuroRGError(f"model card is {_type_name(card)}; expected a JSON object", path=card_path)
+    check = _CardChecker(card_path)
+    missing = [k for k in ("format", "kind", "id", "architecture", "input_size", "class_names",
+                           "members") if k not in card]
+    if missing:
+        raise NeuroRGError(f"model card lacks {', '.join(missing)}", path=card_path)
+    if card["format"] != BUNDLE_FORMAT:
+        raise NeuroRGError(f"model card format {card['format']!r}; expected {BUNDLE_FORMAT!r}", path=card_path)
+    if card["kind"] not in ("ensemble", "single_channel"):
+        raise NeuroRGError(f"bundle kind {card['kind']!r}; expected ensemble or single_channel", path=card_path)
+    check.string(card["id"], "id")
+    check.string(card["architecture"], "architecture")
+    check.integer(card["input_size"], "input_size", 32, " (pixels)")
+    names = check.strings(card["class_names"], "class_names")
+    if names != list(CLASS_NAMES):
+        raise NeuroRGError(
+            f"model has {len(names)} classes {names}; expected {N_CLASSES} classes {list(CLASS_NAMES)}",
+            path=card_path)
+    if "concentrations_um" in card:
+        conc = check.numbers(card["concentrations_um"], "concentrations_um", N_CLASSES)
+        if conc != list(CONCENTRATIONS_UM):
+            raise NeuroRGError(f"model concentrations {conc} uM; expected {list(CONCENTRATIONS_UM)}",
+                               path=card_path)
+    if not isinstance(card["members"], list):
+        raise check.fail("members", card["members"], "a list of member objects")
+    if not card["members"]:
+        raise NeuroRGError("model card lists no members; expected at least one", path=card_path)
+    return check
+
+
+def check_bundle_kind(bundle: Bundle, expected: BundleKind, *, role: str = "") -> Bundle:
+    """Return ``bundle`` if it is of the ``expected`` kind, else raise naming its folder.
+
+    An ensemble (3-channel members, one per fold) scores plates; a single-channel bundle (one
+    member per channel) only feeds the channel comparison. Giving one where the other is
+    expected is refused instead of silently scoring with the wrong model.
+    """
+    if expected not in ("ensemble", "single_channel"):
+        raise NeuroRGError(f"bundle kind {expected!r}; expected ensemble or single_channel")
+    if bundle.kind == expected:
+        return bundle
+    members = ", ".join(m.name for m in bundle.members)
+    what = {"ensemble": "an ensemble bundle (3-channel members, one per fold)",
+            "single_channel": "a single-channel bundle (one member per channel)"}
+    raise NeuroRGError(
+        f"{bundle.path} is {what[bundle.kind]} with members {members}; {role or 'this step'} needs "
+        f"{what[expected]}. Give the {'ensemble' if expected == 'ensemble' else 'single_channel'} "
+        "folder of a model (e.g. data/models/demo/"
+        f"{'ensemble' if expected == 'ensemble' else 'single_channel'})",
+        path=bundle.path / CARD_NAME)
+
+
+def load_bundle(path: str | Path, *, kind: BundleKind | None = None) -> Bundle:
     """Read and validate a bundle folder.
+
+    Parameters
+    ----------
+    path
+        The bundle folder (``card.json`` + weights files).
+    kind
+        ``"ensemble"`` or ``"single_channel"`` to refuse the other kind (see ``check_bundle_kind``).
 
     Raises
     ------
     NeuroRGError
-        If the folder or ``card.json`` is missing, the card is not valid JSON or lacks fields, the
-        classes differ from ``schema.CLASS_NAMES``, a weights file is missing, or a hash does not
-        match (an edited or corrupt file). The message names the file.
+        If the folder or ``card.json`` is missing, the card is not valid JSON, lacks fields or
+        has a field of the wrong type (the message names card.json and the field), the classes
+        differ from ``schema.CLASS_NAMES``, a weights file (or any other file whose hash the card
+        records, except LiteRT conversions, which are converted again instead) is missing or
+        does not match its recorded SHA-256, or the bundle is not of ``kind``.
     """
     folder = Path(path)
     card_path = folder / CARD_NAME
@@ -412,68 +633,62 @@ def load_bundle(path: str | Path) -> Bundle:
         card = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise NeuroRGError(f"model card is not valid JSON ({exc})", path=card_path) from exc
-    if not isinstance(card, dict):
-        raise NeuroRGError(f"model card is a {type(card).__name__}; expected a JSON object", path=card_path)
-    missing = [k for k in ("format", "kind", "id", "architecture", "input_size", "class_names",
-                           "members") if k not in card]
-    if missing:
-        raise NeuroRGError(f"model card lacks {', '.join(missing)}", path=card_path)
-    if card["format"] != BUNDLE_FORMAT:
-        raise NeuroRGError(f"model card format {card['format']!r}; expected {BUNDLE_FORMAT!r}", path=card_path)
-    if card["kind"] not in ("ensemble", "single_channel"):
-        raise NeuroRGError(f"bundle kind {card['kind']!r}; expected ensemble or single_channel", path=card_path)
-    if list(card["class_names"]) != list(CLASS_NAMES):
-        raise NeuroRGError(
-            f"model has {len(card['class_names'])} classes {card['class_names']}; expected "
-            f"{N_CLASSES} classes {list(CLASS_NAMES)}", path=card_path)
-    if "concentrations_um" in card and [float(c) for c in card["concentrations_um"]] != list(CONCENTRATIONS_UM):
-        raise NeuroRGError(f"model concentrations {card['concentrations_um']} uM; expected "
-                           f"{list(CONCENTRATIONS_UM)}", path=card_path)
+    check = _check_card(card, card_path)
     try:
-        arch = check_architecture(str(card["architecture"]))
+        arch = check_architecture(card["architecture"])
     except NeuroRGError as exc:
         raise NeuroRGError(str(exc), path=card_path) from exc
     input_size = card["input_size"]
-    if not isinstance(input_size, int) or input_size < 32:
-        raise NeuroRGError(f"input size {input_size!r}; expected an integer >= 32 px", path=card_path)
-    if not isinstance(card["members"], list) or not card["members"]:
-        raise NeuroRGError("model card lists no members; expected at least one", path=card_path)
+    files = _check_files_section(card, check)
     members = []
-    for i, entry in enumerate(card["members"]):
-        try:
-            fname = entry["weights"]
-            chans = check_channels(entry["channels"])
-            mean, std = entry["normalization"]["mean"], entry["normalization"]["std"]
-            name, recorded_sha, recorded_id = entry["name"], entry["weights_sha256"], entry["id"]
-        except (KeyError, TypeError) as exc:
-            raise NeuroRGError(f"member {i} entry lacks {exc}", path=card_path) from exc
-        except NeuroRGError as exc:
-            raise NeuroRGError(f"member {i}: {exc}", path=card_path) from exc
-        if card["kind"] == "ensemble" and len(chans) != 3:
-            raise NeuroRGError(f"ensemble member {name} uses channels {list(chans)}; expected all 3",
-                               path=card_path)
+    for i, raw in enumerate(card["members"]):
+        entry = _check_member_entry(raw, i, card, check)
+        name, fname, recorded_sha = entry["name"], entry["weights"], entry["weights_sha256"]
         wpath = folder / fname
-        if not wpath.is_file() or Path(fname).name != fname:
+        if not wpath.is_file():
             raise NeuroRGError(f"weights file of member {name} is missing from {folder}", path=wpath)
-        actual = _sha256(wpath.read_bytes())
+        if fname in files and files[fname] != recorded_sha:
+            raise NeuroRGError(f"the card's files section and member {name} record different hashes "
+                               f"for {fname}; the card was edited", path=card_path)
+        actual = file_sha256(wpath)
         if actual != recorded_sha:
             raise NeuroRGError(
-                f"weights hash {actual[:16]} does not match the card's {str(recorded_sha)[:16]} for "
+                f"weights hash {actual[:16]} does not match the card's {recorded_sha[:16]} for "
                 f"member {name}; the file is corrupt or was replaced", path=wpath)
-        if _member_id(entry, arch, input_size) != recorded_id:
-            raise NeuroRGError(f"member {name} id {recorded_id} does not match its content; "
+        if _member_id(entry, arch, input_size) != entry["id"]:
+            raise NeuroRGError(f"member {name} id {entry['id']} does not match its content; "
                                "the card was edited", path=card_path)
         fold = entry.get("fold")
+        norm = entry["normalization"]
         members.append(Member(
-            id=recorded_id, name=str(name), fold=None if fold is None else int(fold), channels=chans,
-            input_size=input_size, arch=arch, weights_path=wpath,
-            mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-            val_plates=tuple(entry.get("val_plates", ())),
+            id=entry["id"], name=name, fold=None if fold is None else int(fold),
+            channels=tuple(entry["channels"]), input_size=input_size, arch=arch, weights_path=wpath,
+            mean=tuple(float(v) for v in norm["mean"]), std=tuple(float(v) for v in norm["std"]),
+            val_plates=tuple(entry.get("val_plates", ())), weights_sha256=recorded_sha,
         ))
+    ids = [m.id for m in members]
+    if len(set(ids)) != len(ids):
+        raise NeuroRGError(f"members share an id ({ids}); expected one id per member", path=card_path)
+    _check_other_files(files, folder, {m.weights_path.name for m in members})
     if _bundle_id(card) != card["id"]:
         raise NeuroRGError(f"bundle id {card['id']} does not match the card's content hash "
                            f"{_bundle_id(card)}; the card was edited", path=card_path)
-    return Bundle(path=folder, id=str(card["id"]), card=card, members=tuple(members))
+    bundle = Bundle(path=folder, id=str(card["id"]), card=card, members=tuple(members))
+    return bundle if kind is None else check_bundle_kind(bundle, kind)
+
+
+def _check_other_files(files: dict[str, str], folder: Path, weights: set[str]) -> None:
+    """Every recorded file other than the weights (checked above) and the LiteRT conversions
+    (checked, and converted again if they differ, by ``inference``) must exist and match."""
+    for rel, digest in files.items():
+        if rel in weights or rel.startswith(LITERT_PREFIX):
+            continue
+        path = folder / rel
+        if not path.is_file():
+            raise NeuroRGError(f"file {rel} recorded in card.json is missing from {folder}", path=path)
+        if file_sha256(path) != digest:
+            raise NeuroRGError(f"file {rel} does not match the SHA-256 recorded in card.json; it is "
+                               "corrupt or was replaced", path=path)
 
 
 def load_member_model(member: Member):

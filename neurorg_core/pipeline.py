@@ -68,6 +68,7 @@ from neurorg_core.schema import (
     Readout,
 )
 from neurorg_core.inference import Backend, predict_stream, shared_predictor
+from neurorg_core.model import check_bundle_kind
 from neurorg_core.platemap import check_plate_map
 from neurorg_core.preprocess import (
     CropGeometry,
@@ -266,9 +267,10 @@ def _plate_map_for(plate_map: pd.DataFrame, wells: Sequence[str], name: str) -> 
 
 
 def _check_bundles(bundle: Any, single_channel_bundle: Any | None) -> dict[str, Any]:
-    bundles = {"ensemble": bundle}
+    bundles = {"ensemble": check_bundle_kind(bundle, "ensemble", role="scoring a plate")}
     geometry = CropGeometry.from_card(bundle.card)
     if single_channel_bundle is not None:
+        check_bundle_kind(single_channel_bundle, "single_channel", role="the channel comparison")
         chans = [m.channels for m in single_channel_bundle.members]
         if any(len(c) != 1 or c[0] not in CHANNELS for c in chans):
             raise NeuroRGError(

@@ -1,9 +1,22 @@
 """The result store: a DuckDB file holding plates, cached crop predictions and scored runs.
 
-This is the only module that speaks SQL. One ``ResultStore`` holds one DuckDB connection; every
-method opens its own ``cursor()`` on it, so one store can be shared by many threads (Streamlit
-sessions). A second *process* that wants the file waits up to ``lock_timeout_s`` for DuckDB's file
-lock and then gets a ``NeuroRGError`` saying the file is in use.
+This is the only module that speaks SQL.
+
+**Who may use the file, and when.** DuckDB lets one process at a time open a file for writing
+(or several for reading only). So that the CLI and the app can use one store at once, a
+``ResultStore`` keeps the file open only while one of its methods runs: the method opens it
+(waiting up to ``lock_timeout_s`` while another process finishes its own operation), does its
+reads or its single transaction, and closes it. Every operation is short (the longest is one
+run's ``save_run``), so a waiting process waits milliseconds, and a long scoring run never holds
+the file between its commits. Within a process, overlapping operations share one connection and
+each takes its own ``cursor()`` (safe across threads, e.g. Streamlit sessions); ``session()``
+keeps the file open across a group of quick reads to pay for one open instead of several.
+
+**Bad files.** A file that is not DuckDB, is truncated (shorter than its own header says), is
+another program's DuckDB database, cannot be created or written, or sits on a full disk gives
+one ``NeuroRGError`` naming the file. The store never deletes, rewrites or "repairs" such a file,
+and a write that fails (a full disk at commit) is rolled back whole, so what was stored before
+is intact.
 
 Tables (schema version ``SCHEMA_VERSION``)::
 
@@ -32,6 +45,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -196,74 +210,206 @@ class PredictionRow:
     probs: np.ndarray             # float32 (n_crops, 6)
 
 
-def _is_lock_error(exc: duckdb.Error) -> bool:
+DEFAULT_LOCK_TIMEOUT_S = 10.0
+"""Seconds an operation waits for another process to finish its own operation on the file."""
+
+
+def _is_busy_error(exc: duckdb.Error) -> bool:
+    """Another process holds the file's lock, or this process has it open in the other mode."""
     text = str(exc).lower()
-    return "lock" in text and ("conflicting" in text or "could not set" in text)
+    return ("lock" in text and ("conflicting" in text or "could not set" in text)) or (
+        "different configuration" in text)
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong with the file, in words a person can act on."""
+    text = str(exc)
+    low = text.lower()
+    if "no space left" in low or "file too large" in low or "disk quota" in low:
+        return ("the disk is full (" + text.split(":")[-1].strip() + "); nothing of this operation "
+                "was stored and what was stored before is intact. Free some space, or choose "
+                "another file with --db / NEURORG_DB")
+    if "permission denied" in low or "read-only file system" in low:
+        return ("the file or its folder cannot be written (" + text.split(":")[-1].strip() + "); "
+                "choose a writable file with --db / NEURORG_DB")
+    if "not a valid duckdb database" in low:
+        return ("is not a DuckDB result store (another kind of file?); it was not changed. "
+                "Choose another file with --db / NEURORG_DB")
+    if "could not read enough bytes" in low or "corrupt" in low or "checksum" in low:
+        return ("is damaged (truncated or corrupt: " + text.strip() + "); it was not changed. Restore "
+                "it from a backup, or score into another file with --db / NEURORG_DB")
+    return f"the result store failed: {text.strip()}"
 
 
 class ResultStore:
-    """A DuckDB result store, safe to share between threads.
+    """A DuckDB result store that several threads and several processes can share.
+
+    The file is attached only while an operation runs: each method attaches it to this store's
+    in-memory DuckDB connection (waiting up to ``lock_timeout_s`` while another process is in
+    the middle of its own operation), does its reads or its one transaction on a cursor of its
+    own, and detaches it, which releases the file. So the CLI and the app take turns on one
+    file, each for milliseconds at a time. Operations that overlap in one process share the
+    attachment; ``session()`` keeps the file attached across a group of quick reads.
 
     Parameters
     ----------
     path
         The DuckDB file (created with its parent folder unless ``read_only``).
     read_only
-        Open without writing; the file must exist. Several read-only processes may share a file.
+        Never write; the file must exist. Several read-only processes may read at once.
     lock_timeout_s
-        Seconds to keep retrying while another process holds the file's lock.
+        Seconds an operation keeps retrying while another process holds the file.
 
     Raises
     ------
     NeuroRGError
-        If the file is in use by another process after ``lock_timeout_s``, does not exist (read
-        only), cannot be opened as DuckDB, or was written with another schema version.
+        If the file is in use by another process for longer than ``lock_timeout_s``, does not
+        exist (read only), cannot be created or written, is not a DuckDB file, is damaged
+        (truncated), is another program's DuckDB file, or was written with another schema
+        version. The message names the file; the file itself is never changed or removed.
     """
 
-    def __init__(self, path: str | Path, *, read_only: bool = False, lock_timeout_s: float = 5.0):
+    _ALIAS = "nrg"   # the attached file's catalog name inside the in-memory connection
+
+    def __init__(self, path: str | Path, *, read_only: bool = False,
+                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
         self.path = Path(path).expanduser()
         self.read_only = read_only
+        self.lock_timeout_s = max(0.0, float(lock_timeout_s))
+        self._lock = threading.Lock()   # guards _engine, _attached and _users
+        self._engine: duckdb.DuckDBPyConnection | None = None   # in-memory; the file is attached to it
+        self._attached = False
+        self._users = 0
         if read_only and not self.path.is_file():
             raise NeuroRGError("no result store here; score a plate first", path=self.path)
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._cursor_lock = threading.Lock()
-        self._conn = self._connect(lock_timeout_s)
         if read_only:
             self._check_version()
         else:
+            self._prepare_folder()
             self._create_tables()
 
-    # --- connection ---------------------------------------------------------------------------
+    # --- opening and closing the file ---------------------------------------------------------
 
-    def _connect(self, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
-        deadline = time.monotonic() + max(0.0, lock_timeout_s)
+    def _prepare_folder(self) -> None:
+        folder = self.path.parent
+        if self.path.is_dir():
+            raise NeuroRGError("is a folder; expected a result store file (.duckdb)", path=self.path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NeuroRGError(f"cannot create the folder {folder} for the result store "
+                               f"({exc.strerror or exc}); choose another file with --db / NEURORG_DB",
+                               path=self.path) from exc
+        target = self.path if self.path.exists() else folder
+        if not os.access(target, os.W_OK):   # also false on a read-only filesystem, even for root
+            where = "the file" if target == self.path else f"the folder {folder}"
+            raise NeuroRGError(f"cannot write {where}; choose a writable file with --db / NEURORG_DB",
+                               path=self.path)
+
+    def _attach(self) -> None:
+        """Attach the file, waiting while another process (or another store of this process)
+        holds it. Called with ``_lock`` held."""
+        if self._engine is None:
+            self._engine = duckdb.connect(":memory:")   # once per store (~30 ms), and after close()
+        quoted = str(self.path).replace("'", "''")
+        sql = f"ATTACH '{quoted}' AS {self._ALIAS}" + (" (READ_ONLY)" if self.read_only else "")
+        deadline = time.monotonic() + self.lock_timeout_s
+        pause = 0.01
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=self.read_only)
-            except duckdb.IOException as exc:
-                if not _is_lock_error(exc):
-                    raise NeuroRGError(f"cannot open the result store: {exc}", path=self.path) from exc
+                self._engine.execute(sql)
+                break
+            except UnicodeEncodeError as exc:
+                raise NeuroRGError("the path is not valid UTF-8; choose another file with --db / "
+                                   "NEURORG_DB", path=self.path) from exc
+            except duckdb.Error as exc:
+                if not _is_busy_error(exc):
+                    raise NeuroRGError(_describe(exc), path=self.path) from exc
                 if time.monotonic() >= deadline:
                     raise NeuroRGError(
                         f"the database file {self.path} is in use by another process (waited "
-                        f"{lock_timeout_s:g} s for its lock); close the other NeuroRG app or CLI "
-                        "using it, or choose another file with --db / NEURORG_DB",
+                        f"{self.lock_timeout_s:g} s for it); NeuroRG processes hold it only for one "
+                        "operation at a time, so another program (or an older NeuroRG) keeps it open. "
+                        "Close it, or choose another file with --db / NEURORG_DB",
                         path=self.path,
                     ) from exc
-                time.sleep(0.1)
-            except duckdb.Error as exc:
-                raise NeuroRGError(f"cannot open the result store: {exc}", path=self.path) from exc
+                time.sleep(pause)
+                pause = min(2 * pause, 0.1)
+        self._attached = True
+        try:
+            self._check_intact()
+        except BaseException:
+            self._detach()
+            raise
+
+    def _check_intact(self) -> None:
+        """Refuse a truncated file before anything reads or writes it: the file must be long
+        enough to hold the blocks DuckDB's own header says are in use."""
+        try:
+            block_size, used_blocks = self._engine.execute(
+                "SELECT block_size, used_blocks FROM pragma_database_size() WHERE database_name = ?",
+                [self._ALIAS]).fetchone()
+        except duckdb.Error as exc:
+            raise NeuroRGError(_describe(exc), path=self.path) from exc
+        need = int(block_size) * int(used_blocks)
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        if size < need:
+            raise NeuroRGError(
+                f"is damaged: it is {size:,} bytes but its header counts {used_blocks} blocks of "
+                f"{block_size:,} bytes in use ({need:,} bytes), so it was truncated; it was not "
+                "changed. Restore it from a backup, or score into another file with --db / NEURORG_DB",
+                path=self.path)
+
+    def _detach(self) -> None:
+        """Release the file (DuckDB checkpoints its write-ahead log first). Called with ``_lock``
+        held. A connection broken by a failure (a full disk can invalidate it) is dropped, and the
+        next operation makes a new one."""
+        self._attached = False
+        engine = self._engine
+        assert engine is not None
+        try:
+            engine.execute(f"DETACH {self._ALIAS}")
+            engine.execute("SELECT 1").fetchone()
+        except duckdb.Error as exc:
+            log.warning("%s: releasing the file: %s", self.path, _describe(exc))
+            self._engine = None
+            try:
+                engine.close()   # closes whatever is still attached
+            except duckdb.Error:
+                pass
+
+    @contextmanager
+    def session(self) -> Iterator[ResultStore]:
+        """Keep the file attached for the operations inside the ``with`` block (one open, one wait).
+
+        Other processes wait while it is held, so hold it for a group of quick reads, never for
+        a long computation. Nested and concurrent sessions of one store share the attachment.
+        """
+        with self._lock:
+            if not self._attached:
+                self._attach()
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._attached:
+                    self._detach()
 
     @contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A fresh cursor for the calling thread, closed afterwards."""
-        with self._cursor_lock:
-            cur = self._conn.cursor()
-        try:
-            yield cur
-        finally:
-            cur.close()
+        """A fresh cursor for the calling thread; DuckDB errors become one clear NeuroRGError."""
+        with self.session():
+            with self._lock:
+                cur = self._engine.cursor()
+            try:
+                cur.execute(f"USE {self._ALIAS}")
+                yield cur
+            except duckdb.Error as exc:
+                raise NeuroRGError(_describe(exc), path=self.path) from exc
+            finally:
+                cur.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -275,14 +421,23 @@ class ResultStore:
             try:
                 yield cur
             except BaseException:
-                cur.execute("ROLLBACK")
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error as exc:   # e.g. the failure already ended the transaction
+                    log.debug("rollback on %s: %s", self.path, exc)
                 raise
-            else:
-                cur.execute("COMMIT")
+            cur.execute("COMMIT")   # a failed commit (full disk) is rolled back by DuckDB itself
 
     def close(self) -> None:
-        """Close the connection (the file lock is released)."""
-        self._conn.close()
+        """Close the in-memory connection (a later operation opens a new one). The file itself is
+        never held between operations."""
+        with self._lock:
+            if self._users or self._engine is None:
+                return
+            if self._attached:
+                self._detach()
+            self._engine.close()
+            self._engine = None
 
     def __enter__(self) -> ResultStore:
         return self
@@ -292,19 +447,29 @@ class ResultStore:
 
     def _create_tables(self) -> None:
         with self._transaction() as cur:
+            tables = {r[0] for r in cur.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [self._ALIAS]).fetchall()}
+            if tables and "meta" not in tables:
+                raise NeuroRGError(
+                    f"is a DuckDB file but not a NeuroRG result store (it holds tables "
+                    f"{', '.join(sorted(tables)[:5])}); it was not changed. Choose another file with "
+                    "--db / NEURORG_DB", path=self.path)
+            if tables:   # an existing store: its version decides before anything is added to it
+                self._check_version(cur)
             for ddl in _DDL:
                 cur.execute(ddl)
-            row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
+            if not tables:
                 cur.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        self._check_version()
 
-    def _check_version(self) -> None:
-        with self._cursor() as cur:
-            try:
-                row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            except duckdb.CatalogException as exc:
-                raise NeuroRGError("is not a NeuroRG result store (no meta table)", path=self.path) from exc
+    def _check_version(self, cur: duckdb.DuckDBPyConnection | None = None) -> None:
+        if cur is None:
+            with self._cursor() as own:
+                return self._check_version(own)
+        try:
+            row = cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except duckdb.CatalogException as exc:
+            raise NeuroRGError("is not a NeuroRG result store (no meta table); it was not changed",
+                               path=self.path) from exc
         if row is None or row[0] != str(SCHEMA_VERSION):
             found = row[0] if row else "none"
             raise NeuroRGError(

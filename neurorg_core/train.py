@@ -747,7 +747,7 @@ def build_demo(out: str | Path, work_dir: str | Path, *, settings: TrainSettings
     dict
         ``ensemble`` and ``single_channel`` metrics, as written on the cards.
     """
-    from neurorg_core.inference import Predictor
+    from neurorg_core.inference import Predictor, convert_bundle
     from neurorg_core.model import update_card
     from neurorg_core.stats import channel_correlation
     from neurorg_core.synth import DEFAULT_PARAMS, write_synthetic_plates
@@ -795,6 +795,7 @@ def build_demo(out: str | Path, work_dir: str | Path, *, settings: TrainSettings
         sc = train_single_channel_bundle(out / "single_channel", single_st, sets, geometry=geometry,
                                          extra=provenance)
     log.info("trained both bundles after %.0f s", time.perf_counter() - t0)
+    ens, sc = convert_bundle(ens), convert_bundle(sc)   # ship the LiteRT files, hashes on the cards
 
     ens_pred = Predictor(ens)
     test_sets = [load_crop_set(d, st.input_size, geometry=geometry) for d in test_dirs]

@@ -11,8 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from neurorg_core.errors import NeuroRGError  # noqa: E402
 from neurorg_core.inference import Predictor, predict_stream  # noqa: E402
-from neurorg_core.model import build_model, round_weights_to_float16, save_bundle  # noqa: E402
-from neurorg_core.schema import CHANNELS  # noqa: E402
+from neurorg_core.model import build_model, file_sha256, round_weights_to_float16, save_bundle  # noqa: E402
 
 S = 32
 
@@ -24,11 +23,14 @@ def _crops(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    """Two members: a 3-channel one and a microglia-only one, with heads that spread outputs."""
+    """Two single-channel members (microglia, neuron), with heads that spread outputs.
+
+    (3-channel members go through the same fast path in ``test_bundle_files`` and the pipeline
+    tests.)"""
     import keras
 
     models = []
-    for i, chans in enumerate([CHANNELS, ("microglia",)]):
+    for i, chans in enumerate([("microglia",), ("neuron",)]):
         keras.utils.set_random_seed(10 + i)
         m = build_model("efficientnet_tiny", S, chans, [0.3] * len(chans), [0.2] * len(chans))
         head = m.get_layer("predictions")
@@ -37,7 +39,7 @@ def bundle(tmp_path_factory):
         round_weights_to_float16(m)
         models.append(m)
     folder = tmp_path_factory.mktemp("bundle") / "b"
-    return save_bundle(folder, models, [{"name": "fold1", "fold": 1}, {"name": "fold2", "fold": 2}],
+    return save_bundle(folder, models, [{"name": "microglia"}, {"name": "neuron"}],
                        kind="single_channel", arch="efficientnet_tiny", input_size=S)
 
 
@@ -71,12 +73,40 @@ def test_fast_path_gives_the_same_answer_for_any_batching(fast, bundle):
     assert fast.predict(x[:0]).shape == (2, 0, 6)
 
 
-def test_conversion_is_cached_per_member_id(fast, bundle):
-    files = sorted(p.name for p in (bundle.path / "litert").iterdir())
-    assert files == sorted(f"{m.id}.tflite" for m in bundle.members)
-    stamps = {p: p.stat().st_mtime_ns for p in (bundle.path / "litert").iterdir()}
-    Predictor(bundle)                              # a second predictor reuses the files
+def test_conversion_is_cached_by_member_id_and_weights_hash_outside_the_bundle(fast, bundle,
+                                                                              litert_conversion_cache):
+    """The bundle ships no LiteRT files, so each member is converted once into the conversion
+    cache (never into the bundle folder), with the hash of its bytes recorded beside it."""
+    assert sorted(p.name for p in fast.litert_files) == sorted(
+        f"{m.id}-{m.weights_sha256[:16]}.tflite" for m in bundle.members)
+    assert {p.parent for p in fast.litert_files} == {litert_conversion_cache}
+    for path in fast.litert_files:
+        assert path.with_suffix(".sha256").read_text().strip() == file_sha256(path)
+    assert sorted(p.name for p in bundle.path.iterdir()) == sorted(
+        ["card.json", *(m.weights_path.name for m in bundle.members)])   # nothing written there
+    stamps = {p: p.stat().st_mtime_ns for p in fast.litert_files}
+    again = Predictor(bundle)                      # a second predictor reuses the files
+    assert again.litert_files == fast.litert_files
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_damaged_cached_conversion_is_converted_again(fast, bundle, tmp_path):
+    import shutil
+
+    for path in fast.litert_files:                 # start from the session's conversions
+        shutil.copy(path, tmp_path)
+        shutil.copy(path.with_suffix(".sha256"), tmp_path)
+    first = Predictor(bundle, cache_dir=tmp_path, threads=1)
+    assert [p.parent for p in first.litert_files] == [tmp_path, tmp_path]
+    x = _crops(5)
+    want = first.predict(x)
+    a, b = first.litert_files
+    a_bytes = a.read_bytes()
+    a.write_bytes(b.read_bytes())                  # the other member's conversion under a's name
+    again = Predictor(bundle, cache_dir=tmp_path, threads=1)
+    np.testing.assert_allclose(again.predict(x), want, atol=1e-6)
+    assert file_sha256(a) == a.with_suffix(".sha256").read_text().strip()   # re-converted, re-recorded
+    assert len(a.read_bytes()) == pytest.approx(len(a_bytes), rel=0.01)
 
 
 def test_predict_rejects_wrong_crop_shapes(fast):

@@ -175,3 +175,75 @@ def test_load_bundle_on_a_missing_folder(tmp_path):
     with pytest.raises(NeuroRGError, match="does not exist") as info:
         load_bundle(tmp_path / "nowhere")
     assert "nowhere" in str(info.value)
+
+
+def _set_member(field, value):
+    return lambda c: c["members"][0].__setitem__(field, value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(input_size="64"),
+     r'field input_size is "64" \(a string\); expected an integer >= 32 \(pixels\)'),
+    (lambda c: c.update(input_size=True), r"field input_size is true \(true/false\); expected an integer"),
+    (lambda c: c.update(members={"fold1": {}}),
+     r'field members is \{"fold1": \{\}\} \(an object\); expected a list of member objects'),
+    (lambda c: c.update(members=["fold1"]),
+     r'field members\[0\] is "fold1" \(a string\); expected an object describing one member'),
+    (lambda c: c["members"][0]["normalization"].update(mean=[0.1, 0.2]),
+     r"field members\[0\] \(fold1\)\.normalization\.mean is \[0\.1, 0\.2\] \(a list\); expected a list of "
+     r"3 finite numbers"),
+    (lambda c: c["members"][0]["normalization"].update(std=[0.1, 0.0, 0.2]),
+     r"normalization\.std is \[0\.1, 0\.0, 0\.2\] \(a list\); expected a list of 3 finite positive numbers"),
+    (lambda c: c["members"][0]["normalization"].update(mean="0.1,0.2,0.3"),
+     r"normalization\.mean is .* \(a string\); expected a list of 3"),
+    (_set_member("channels", "nucleus"),
+     r'members\[0\] \(fold1\)\.channels is "nucleus" \(a string\); expected a list of strings'),
+    (_set_member("fold", "1"), r'members\[0\] \(fold1\)\.fold is "1" \(a string\); expected an integer >= 1'),
+    (_set_member("weights_sha256", 12), r"weights_sha256 is 12 \(an integer\); expected a SHA-256 hash"),
+    (_set_member("weights", "../fold1.weights.npz"), r"weights is .* expected a plain file name"),
+    (_set_member("val_plates", "p1"), r'val_plates is "p1" \(a string\); expected a list of strings'),
+    (lambda c: c.update(concentrations_um=["0", "0.005", "0.05", "0.5", "5", "20"]),
+     r"field concentrations_um is .* \(a list\); expected a list of 6 finite numbers"),
+    (lambda c: c.update(class_names="0 uM"), r'field class_names is "0 uM" \(a string\); expected a list'),
+    (lambda c: c.update(architecture=["efficientnet_tiny"]), r"field architecture is .* expected a non-empty"),
+    (lambda c: c.update(files=["fold1.weights.npz"]), r"field files is .* \(a list\); expected an object"),
+    (lambda c: c["files"].update({"../outside.bin": "0" * 64}), r"expected a path inside the bundle folder"),
+    (lambda c: c["files"].update({"fold1.weights.npz": "abc"}), r'field files\["fold1\.weights\.npz"\]|'
+                                                                r"files\['fold1\.weights\.npz'\] is \"abc\""),
+])
+def test_wrong_typed_card_fields_name_card_json_and_the_field(saved, edit, message):
+    _edit_card(saved, edit)
+    with pytest.raises(NeuroRGError, match=message) as info:
+        load_bundle(saved)
+    assert str(info.value).startswith("card.json: ")
+
+
+def test_the_card_records_the_hash_of_every_file_it_ships(saved):
+    from neurorg_core.model import file_sha256, record_files
+
+    bundle = load_bundle(saved)
+    assert bundle.card["files"] == {"fold1.weights.npz": file_sha256(saved / "fold1.weights.npz")}
+    (saved / "NOTES.txt").write_text("trained on plates 1-5\n")
+    recorded = record_files(bundle, ["NOTES.txt"])
+    assert recorded.card["files"]["NOTES.txt"] == file_sha256(saved / "NOTES.txt")
+    assert recorded.members[0].id == bundle.members[0].id and recorded.id != bundle.id
+    (saved / "NOTES.txt").write_text("edited\n")
+    with pytest.raises(NeuroRGError, match=r"^NOTES\.txt: file NOTES\.txt does not match the SHA-256 "
+                                           r"recorded in card\.json"):
+        load_bundle(saved)
+    with pytest.raises(NeuroRGError, match="cannot be updated"):
+        update_card(recorded, files={})
+
+
+def test_a_files_entry_that_disagrees_with_the_member_entry_is_an_edited_card(saved):
+    _edit_card(saved, lambda c: c["files"].update({"fold1.weights.npz": "0" * 64}))
+    with pytest.raises(NeuroRGError, match=r"^card\.json: the card's files section and member fold1 record "
+                                           r"different hashes for fold1\.weights\.npz"):
+        load_bundle(saved)
+
+
+def test_a_single_channel_card_with_a_three_channel_member_is_refused(saved):
+    _edit_card(saved, lambda c: c.update(kind="single_channel"))
+    with pytest.raises(NeuroRGError, match=r"^card\.json: single-channel member fold1 uses channels "
+                                           r"\['nucleus', 'neuron', 'microglia'\]; expected exactly one"):
+        load_bundle(saved)

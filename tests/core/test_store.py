@@ -149,7 +149,7 @@ def test_failed_save_rolls_back_everything(store: ResultStore) -> None:
     before = snapshot(store)
     bad = scores(0.2)
     bad = pd.concat([bad, bad.iloc[[0]]], ignore_index=True)  # a duplicated well violates the key
-    with pytest.raises(duckdb.ConstraintException):
+    with pytest.raises(NeuroRGError, match=r"results.duckdb: .*duplicate key"):
         store.save_run(
             plate=PlateRecord("P1", "/elsewhere", "npy", 384, (8, 8), "uint16", {}),
             wells=plate_map(compound="changed"), fields=fields("-new"), well_scores=bad,
@@ -251,10 +251,12 @@ def test_threads_read_while_one_writes(store: ResultStore) -> None:
     assert store.load_well_scores("P1")[P_CONTROL].iloc[0] == pytest.approx(0.6)
 
 
-def test_second_process_gets_in_use_error(tmp_path: Path) -> None:
+def test_second_process_waits_for_a_held_session_then_gets_in_use_error(tmp_path: Path) -> None:
+    """A session holds the file; another process waits its bounded time, then says so."""
     path = tmp_path / "busy.duckdb"
-    with ResultStore(path) as held:
-        save(held, "run-a", 0.9)
+    held = ResultStore(path)
+    save(held, "run-a", 0.9)
+    with held.session():
         code = (
             "import sys\n"
             "from neurorg_core.store import ResultStore\n"
@@ -303,3 +305,38 @@ def test_list_plates_columns_are_the_schemas(tmp_path):
 
     with ResultStore(tmp_path / "s.duckdb") as store:
         assert tuple(store.list_plates().columns) == PLATE_LIST_COLUMNS   # empty store too
+
+
+def test_a_closed_store_opens_again_on_its_next_operation(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path / "r.duckdb")
+    save(store, "run-a", 0.9)
+    store.close()
+    store.close()                                    # closing twice is harmless
+    assert store.list_runs()[RUN_ID].tolist() == ["run-a"]
+    save(store, "run-b", 0.8)
+    assert sorted(ResultStore(tmp_path / "r.duckdb", read_only=True).list_runs()[RUN_ID]) == ["run-a", "run-b"]
+
+
+def test_the_file_is_free_between_operations_and_held_in_a_session(tmp_path: Path) -> None:
+    """Another process can open the file for writing right after any operation of this store,
+    and cannot while a session holds it (this process's own store keeps working either way)."""
+    path = tmp_path / "r.duckdb"
+    store = ResultStore(path)
+    save(store, "run-a", 0.9)
+    code = ("import duckdb, sys\n"
+            "try:\n"
+            "    duckdb.connect(sys.argv[1]).close()\n"
+            "except duckdb.IOException as exc:\n"
+            "    print('locked' if 'lock' in str(exc).lower() else exc); sys.exit(3)\n")
+
+    def other_process_opens() -> int:
+        return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                              timeout=120).returncode
+
+    assert other_process_opens() == 0
+    with store.session():
+        assert store.list_runs()[RUN_ID].tolist() == ["run-a"]
+        assert other_process_opens() == 3
+        save(store, "run-b", 0.8)                    # nested operations share the attachment
+    assert other_process_opens() == 0
+    assert sorted(store.list_runs()[RUN_ID]) == ["run-a", "run-b"]

@@ -1,0 +1,22 @@
+"""Settings for the whole test suite."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def litert_conversion_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Members converted to LiteRT while testing are cached under pytest's tmp folder (shared by
+    the whole session, so each test model is converted once), never in the repository's data/.
+    Subprocesses (the CLI, ``streamlit run``) inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("litert_cache")
+    before = os.environ.get("NEURORG_LITERT_CACHE")
+    os.environ["NEURORG_LITERT_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("NEURORG_LITERT_CACHE", None)
+    else:
+        os.environ["NEURORG_LITERT_CACHE"] = before
