@@ -55,6 +55,10 @@ def _model(seed: int, channels=CHANNELS):
     return model
 
 
+GEOMETRY = {"crop_geometry": {"mode": "tiles", "crop_edge_px": S, "pixel_size_um": None}}
+"""Crops of S px: the 64 px test fields give 2 x 2 tiles."""
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bundle_files")
@@ -64,7 +68,8 @@ def root(tmp_path_factory) -> Path:
 def plain(root) -> Path:
     """A 2-member ensemble as training writes it: weights and card, no LiteRT files."""
     save_bundle(root / "plain", [_model(21), _model(22)], [{"name": "fold1", "fold": 1},
-                {"name": "fold2", "fold": 2}], kind="ensemble", arch="efficientnet_tiny", input_size=S)
+                {"name": "fold2", "fold": 2}], kind="ensemble", arch="efficientnet_tiny", input_size=S,
+                extra=GEOMETRY)
     return root / "plain"
 
 
@@ -270,7 +275,7 @@ def single(root):
     """A single-channel bundle (one untrained member per channel; never run here)."""
     return save_bundle(root / "single", [build_model("efficientnet_tiny", S, (c,)) for c in CHANNELS],
                        [{"name": c} for c in CHANNELS], kind="single_channel", arch="efficientnet_tiny",
-                       input_size=S)
+                       input_size=S, extra=GEOMETRY)
 
 
 def test_load_bundle_refuses_the_other_kind_when_one_is_asked_for(single, sealed) -> None:

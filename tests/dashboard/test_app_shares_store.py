@@ -11,12 +11,16 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from dashboard_fixtures import APP, REPO, TRUTH_PLATE
+from neurorg_core.synth import write_synthetic_plates
 
 CLI_PLATE = "from the CLI"
 
 
 def test_a_plate_scored_by_the_cli_while_the_app_runs_appears_in_the_app(
-        truth_store: Path, tiny_plate: Path) -> None:
+        truth_store: Path, tmp_path: Path) -> None:
+    # 8 wells of 256 px fields: the demo model's 128 px crops fit (the session's 64 px plate is too small)
+    plate = write_synthetic_plates(tmp_path / "cli", seed=11, n_fields=1, size=256, kind="screen",
+                                   wells=["A02", "B02", "A11", "B11", "A01", "B01", "A03", "B03"])[0]
     at = AppTest.from_file(str(APP), default_timeout=60)
     at.query_params.update({"page": "library"})
     at.run()
@@ -28,8 +32,8 @@ def test_a_plate_scored_by_the_cli_while_the_app_runs_appears_in_the_app(
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("NEURORG_MODEL_DIR", None)                  # app_env points the app at no model
     proc = subprocess.run(
-        [sys.executable, "-m", "neurorg_core", "score", str(tiny_plate), "--plate-map",
-         str(tiny_plate / "platemap.csv"), "--db", os.environ["NEURORG_DB"], "--name", CLI_PLATE],
+        [sys.executable, "-m", "neurorg_core", "score", str(plate), "--plate-map",
+         str(plate / "platemap.csv"), "--db", os.environ["NEURORG_DB"], "--name", CLI_PLATE],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard_fixtures import APP
+from dashboard_fixtures import APP, shown
 from neurorg_core.store import ResultStore
 
 
@@ -21,7 +21,7 @@ def test_a_single_channel_bundle_in_the_ensemble_folder_is_refused(
     at.query_params.update({"page": "overview"})
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]
     assert len(errors) == 1, errors
     assert "The demo plate could not be made" in errors[0]
     assert f"{models / 'ensemble'} is a single-channel bundle" in errors[0]
