@@ -53,8 +53,10 @@ def main() -> int:
     p.add_argument("--model", help="bundle folder (default: the demo ensemble)")
     p.add_argument("--runs", type=int, default=2)
     args = p.parse_args()
-    for name in ("check_plate_map", "_plate_map_for", "hash_field", "crops_from_field", "_crop_table",
-                 "score_plate", "code_version"):
+    # the run's named steps, and the per-field work inside them (on the reader thread while inference runs)
+    for name in ("_plan", "_crop_tables", "_save", "plate_map_for", "plate_cropping", "hash_field",
+                 "field_channel_stats", "crops_from_field", "score_plate", "fit_stats", "_check_fit",
+                 "code_version"):
         timed(pipeline, name, f"pipeline.{name}")
     timed(inference.Pending, "result", "inference: waiting for results")
     for name in ("cached_keys", "put_predictions", "save_run"):

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from neurorg_core.config import load_config  # noqa: E402
 from neurorg_core.inference import Predictor  # noqa: E402
 from neurorg_core.model import Bundle, build_model, load_bundle, save_bundle  # noqa: E402
-from neurorg_core.pipeline import hash_field, load_plate_results, run_plate  # noqa: E402
+from neurorg_core.pipeline import hash_field, run_plate  # noqa: E402
+from neurorg_core.results import load_plate_results  # noqa: E402
 from neurorg_core.platemap import load_plate_map  # noqa: E402
 from neurorg_core.plates import load_plate  # noqa: E402
 from neurorg_core.store import ResultStore  # noqa: E402
@@ -111,7 +112,7 @@ def main() -> int:
         n_files = sum(len(plate.files_of(ref)) for ref in plate.fields)
         with ResultStore(db) as store:
             t0 = time.perf_counter()
-            result = run_plate(plate, plate_map, bundle, store, name="bench", crops_per_well=15)
+            result = run_plate(plate, plate_map, bundle, store, name="bench")
             elapsed = time.perf_counter() - t0
         e2e = result.n_crops / elapsed
         print(f"(b) end to end: {result.n_wells} wells, {result.n_crops} crops in {elapsed:.2f} s = "
@@ -129,7 +130,7 @@ def main() -> int:
               f"treatment tests, {len(res.fits)} 4PL fits) {t2 - t1:.3f} s (goal < 1 s)")
         with ResultStore(db) as store:
             t0 = time.perf_counter()
-            again = run_plate(load_plate(folder), plate_map, bundle, store, name="bench", crops_per_well=15)
+            again = run_plate(load_plate(folder), plate_map, bundle, store, name="bench")
             cached = time.perf_counter() - t0
         print(f"    cached re-score: {cached:.2f} s, {again.cache_hits} fields from the cache, "
               f"{again.inferred_crops} crops inferred")

@@ -2,7 +2,7 @@
 
 Renders fresh synthetic plates (seeds never used to build or calibrate the demo model) in several
 field geometries, scores each through the product path (``pipeline.run_plate`` into a real DuckDB
-store, then ``pipeline.load_plate_results``) with the shipped demo ensemble, and compares with the
+store, then ``results.load_plate_results``) with the shipped demo ensemble, and compares with the
 truth the generator wrote beside the images:
 
 * training plates (60 wells, 10 per class): well accuracy of the called class, and the model-fit
@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 from neurorg_core.config import REPO_ROOT  # noqa: E402
 from neurorg_core.model import load_bundle  # noqa: E402
-from neurorg_core.pipeline import load_plate_results, run_plate  # noqa: E402
+from neurorg_core.pipeline import ScoreOptions, run_plate  # noqa: E402
+from neurorg_core.results import load_plate_results  # noqa: E402
 from neurorg_core.platemap import load_plate_map  # noqa: E402
 from neurorg_core.plates import load_plate  # noqa: E402
 from neurorg_core.schema import (  # noqa: E402
@@ -103,7 +104,7 @@ def score(store: ResultStore, bundle, folder: Path, name: str, *, pixel_size=Non
           readout="inflammation_score"):
     plate = load_plate(folder, channels)
     result = run_plate(plate, load_plate_map(folder / "platemap.csv"), bundle, store, name=name,
-                       pixel_size_um=pixel_size, readout=readout)
+                       options=ScoreOptions(pixel_size_um=pixel_size, readout=readout))
     return result, load_plate_results(store, name)
 
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from neurorg_core.config import load_config
 from neurorg_core.model import load_bundle
-from neurorg_core.pipeline import load_plate_results, run_plate
+from neurorg_core.pipeline import run_plate
+from neurorg_core.results import load_plate_results
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.plates import load_plate
 from neurorg_core.store import PredictionRow, ResultStore

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,11 +22,10 @@ import streamlit as st
 
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import Bundle
-from neurorg_core.pipeline import RunResult, run_plate
+from neurorg_core.pipeline import RunResult, ScoreOptions, run_plate
 from neurorg_core.plates import Plate
 from neurorg_core.platemap import load_plate_map
-from neurorg_core.schema import DEFAULT_READOUT, PLATE, SOURCE
-from neurorg_core.store import PLATE_MAP_COLUMNS
+from neurorg_core.schema import PLATE, PLATE_MAP_COLUMNS, SOURCE
 from neurorg_core.synth import DEFAULT_PARAMS, write_synthetic_plates
 
 from dashboard import resources
@@ -233,25 +232,6 @@ def map_for_plate(plate_map: pd.DataFrame, plate: str) -> pd.DataFrame:
 
 # --- scoring ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ScoreOptions:
-    """The user's scoring choices (Upload & score), recorded with the run."""
-
-    pixel_size_um: float | None = None   # None: from the files' metadata
-    bits: int | None = None              # None: detected
-    readout: str = DEFAULT_READOUT
-
-    @classmethod
-    def of_run(cls, params: dict) -> ScoreOptions:
-        """The choices a stored run was made with (to re-score it alike)."""
-        geo = params.get("crop_geometry", {})
-        intensity = params.get("intensity", {})
-        return cls(pixel_size_um=geo.get("plate_pixel_size_um") if geo.get("pixel_size_source") == "user"
-                   else None,
-                   bits=intensity.get("bits") if intensity.get("source") == "given by the user" else None,
-                   readout=params.get("readout", DEFAULT_READOUT))
-
-
 def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress | None = None,
           *, with_channels: bool = False, options: ScoreOptions = ScoreOptions()) -> RunResult:
     """Score a plate into the result store with the shipped ensemble (cached fields are free).
@@ -287,11 +267,8 @@ def stored_plate_map(plate_name: str) -> pd.DataFrame:
 
 def _run(plate: Plate, plate_map: pd.DataFrame, ensemble: Bundle, name: str,
          progress: Progress | None, single: Bundle | None, options: ScoreOptions = ScoreOptions()) -> RunResult:
-    result = run_plate(
-        plate, plate_map, ensemble, resources.store(), name=name, progress=progress,
-        single_channel_bundle=single, pixel_size_um=options.pixel_size_um, bits=options.bits,
-        readout=options.readout,  # type: ignore[arg-type]
-    )
+    result = run_plate(plate, plate_map, ensemble, resources.store(), name=name, options=options, progress=progress,
+                       single_channel_bundle=single)
     log.info("scored plate %s: %s", name, result)
     return result
 

@@ -190,9 +190,9 @@ def plate_results(plate_name: str) -> PlateResults:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _plate_results(db_path: str, plate_name: str, run_id: str) -> PlateResults:
-    from neurorg_core.pipeline import load_plate_results
+    from neurorg_core.results import load_plate_results
 
-    core = load_plate_results(_store(db_path), plate_name, run_id)
+    core = load_plate_results(_store(db_path), plate_name, run_id, hits=config().hit_rule)
     record = core.plate_record
     return PlateResults(
         plate=plate_name, run_id=run_id, plate_format=int(record[PLATE_FORMAT]),

@@ -5,7 +5,8 @@ No streamlit import anywhere in this package. Public verbs are re-exported here 
 
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.plates import load_plate
-from neurorg_core.pipeline import load_plate_results, run_plate
+from neurorg_core.pipeline import ScoreOptions, run_plate
+from neurorg_core.results import export_table, load_plate_results
 from neurorg_core.platemap import check_plate_map, load_plate_map
 from neurorg_core.scoring import score_channels, score_plate
 from neurorg_core.store import ResultStore
@@ -24,4 +25,4 @@ from neurorg_core.wells import format_well, normalize_well, parse_well
 __all__ = ["NeuroRGError", "PlateMapError", "check_plate_map", "load_plate", "load_plate_map", "format_well", "normalize_well", "parse_well",
            "score_plate", "score_channels", "add_rescue", "plate_qc", "compare_treatments", "fit_dose_response",
            "fit_compounds", "channel_comparison", "mcnemar", "write_synthetic_plates",
-           "ResultStore", "run_plate", "load_plate_results"]
+           "ResultStore", "run_plate", "ScoreOptions", "load_plate_results", "export_table"]

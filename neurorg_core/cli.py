@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.schema import (CHANNELS, DEFAULT_READOUT, EXPORT_TABLES, LAYOUTS, READOUT_LABELS, READOUTS,
-                                 RESCUE_PCT)
+from neurorg_core.schema import (CHANNELS, CROPS_PER_WELL, EXPORT_TABLES, LAYOUTS, MAX_CROPS_PER_WELL,
+                                 READOUT_LABELS, READOUTS, RESCUE_PCT)
 
 if TYPE_CHECKING:   # annotations only: the CLI imports heavy modules inside each handler
     import pandas as pd
 
     from neurorg_core.config import Config
+    from neurorg_core.pipeline import ScoreOptions
     from neurorg_core.plates import Plate
 
 log = logging.getLogger(__name__)
@@ -169,37 +170,32 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-MAX_CROPS_PER_WELL = 1000
-"""Most crops a well may ask for. Crops tile each field, so past a few hundred per well they are
-smaller than a cell or re-sample the same pixels, and a well's mean is already far steadier than
-the spread between wells; the cost keeps growing (a 384-well plate x 1000 crops x 5 members is
-about 1.9 M predictions, some 13 min at the measured 2,400 crop x member/s)."""
-
-
-def _check_crops_per_well(n: int) -> None:
-    if not 1 <= n <= MAX_CROPS_PER_WELL:
-        raise NeuroRGError(
-            f"--crops-per-well {n} is outside 1..{MAX_CROPS_PER_WELL}; the study uses 15, and more "
-            f"than {MAX_CROPS_PER_WELL} adds time but no information (crops tile the fields)"
-        )
-
-
 def _cmd_score(args: argparse.Namespace) -> int:
     from neurorg_core.config import load_config
     from neurorg_core.platemap import load_plate_map
     from neurorg_core.plates import load_plate
 
     cfg = load_config()
-    _check_crops_per_well(args.crops_per_well)
+    options = _score_options(args)   # checked before any file is read
     # a zip is extracted into a temporary folder owned by the plate, removed when scoring ends
     # (the store records the zip as the plate's source)
     with load_plate(Path(args.path), _parse_channel_map(args.channels)) as plate:
-        return _score_loaded(args, cfg, plate, load_plate_map(args.plate_map))
+        return _score_loaded(args, cfg, plate, load_plate_map(args.plate_map), options)
 
 
-def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map: pd.DataFrame) -> int:
+def _score_options(args: argparse.Namespace) -> ScoreOptions:
+    from neurorg_core.config import load_config
+    from neurorg_core.pipeline import ScoreOptions
+
+    return ScoreOptions(crops_per_well=args.crops_per_well, pixel_size_um=args.pixel_size, bits=args.bit_depth,
+                        readout=args.readout or load_config().readout, backend=args.backend)
+
+
+def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map: pd.DataFrame,
+                  options: ScoreOptions) -> int:
     from neurorg_core.model import load_bundle
-    from neurorg_core.pipeline import load_plate_results, run_plate
+    from neurorg_core.pipeline import run_plate
+    from neurorg_core.results import load_plate_results
     from neurorg_core.store import ResultStore
 
     bundle = load_bundle(Path(args.model) if args.model else cfg.model_dir / "ensemble", kind="ensemble")
@@ -215,10 +211,9 @@ def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map
     print(f"scoring {plate.name}: {len(plate.wells())} wells, {len(plate.fields)} fields, "
           f"model {bundle.id} ({len(bundle.members)} members)", file=sys.stderr)
     with ResultStore(db) as store:
-        result = run_plate(plate, plate_map, bundle, store, name=args.name or plate.name,
-                           crops_per_well=args.crops_per_well, progress=progress, backend=args.backend,
-                           pixel_size_um=args.pixel_size, bits=args.bit_depth, readout=args.readout)
-        res = load_plate_results(store, result.plate, result.run_id)
+        result = run_plate(plate, plate_map, bundle, store, name=args.name or plate.name, options=options,
+                           progress=progress)
+        res = load_plate_results(store, result.plate, result.run_id, hits=cfg.hit_rule)
     geo = res.run["params"]["crop_geometry"]
     print(f"plate {result.plate}: run {result.run_id} stored in {db}")
     if res.synthetic_model:
@@ -262,12 +257,13 @@ def _cmd_calibrate_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from neurorg_core.pipeline import export_table, load_plate_results
+    from neurorg_core.config import load_config
+    from neurorg_core.results import export_table, load_plate_results
     from neurorg_core.store import ResultStore
 
     out = Path(args.out)
     with ResultStore(args.db, read_only=True) as store:
-        res = load_plate_results(store, args.plate)
+        res = load_plate_results(store, args.plate, hits=load_config().hit_rule)
     table = export_table(res, args.table)
     if args.table == "wells" and "rescue" in res.problems:
         print(f"note: no {RESCUE_PCT} column: {res.problems['rescue']}", file=sys.stderr)
@@ -368,16 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db")
     s.add_argument("--name")
     s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID")
-    s.add_argument("--crops-per-well", type=int, default=15,
-                   help=f"crops scored per well, 1..{MAX_CROPS_PER_WELL} (default 15, as the study)")
+    s.add_argument("--crops-per-well", type=int, default=CROPS_PER_WELL,
+                   help=f"crops scored per well, 1..{MAX_CROPS_PER_WELL} (default {CROPS_PER_WELL}, as the study)")
     s.add_argument("--backend", choices=("litert", "keras"), default="litert",
                    help="inference backend: LiteRT fast path, or plain Keras (no conversion)")
     s.add_argument("--pixel-size", type=float, help="the plate's pixel size, um (wins over the files' "
                    "metadata); crops are cut at the model's physical crop size")
     s.add_argument("--bit-depth", type=int, choices=(8, 12, 14, 16),
                    help="the images' significant bits (e.g. 12 for a 12-bit camera); default detected")
-    s.add_argument("--readout", choices=READOUTS, default=DEFAULT_READOUT,
-                   help="well score for rescue %%, hits, QC and EC50: " +
+    s.add_argument("--readout", choices=READOUTS, default=None,
+                   help="well score for rescue %%, hits, QC and EC50 (default NEURORG_READOUT, else "
+                        "inflammation_score): " +
                         "; ".join(f"{k} = {v}" for k, v in READOUT_LABELS.items()))
     s.set_defaults(func=_cmd_score)
 

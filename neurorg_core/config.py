@@ -35,13 +35,24 @@ def _env_hours(name: str, default: float) -> float:
     return hours
 
 
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise NeuroRGError(f"{name}={value!r} is not a number; expected e.g. {default:g}") from None
+
+
 @dataclass(frozen=True)
 class Config:
     """Where things live and the limits we enforce.
 
     Environment overrides: ``NEURORG_DATA_DIR``, ``NEURORG_MODEL_DIR``, ``NEURORG_DB``,
-    ``NEURORG_LITERT_CACHE``, ``NEURORG_MAX_PIXELS``; read by the dashboard only: ``NEURORG_PASSWORD``,
-    ``NEURORG_SERVER_ROOTS``, ``NEURORG_SESSION_HOURS``.
+    ``NEURORG_LITERT_CACHE``, ``NEURORG_MAX_PIXELS``, ``NEURORG_READOUT``, ``NEURORG_HIT_RESCUE_PCT``,
+    ``NEURORG_HIT_FDR``; read by the dashboard only: ``NEURORG_PASSWORD``, ``NEURORG_SERVER_ROOTS``,
+    ``NEURORG_SESSION_HOURS``.
     """
 
     data_dir: Path = field(default_factory=lambda: _env_path("NEURORG_DATA_DIR", REPO_ROOT / "data"))
@@ -61,6 +72,12 @@ class Config:
     )
     """Most pixel values one file may decode to (pages x samples x height x width), checked from
     the header before decoding: a guard against decompression bombs."""
+    readout: str = field(default_factory=lambda: os.environ.get("NEURORG_READOUT", "inflammation_score"))
+    """The readout a plate is scored with unless the user chooses another (``schema.READOUTS``)."""
+    hit_rescue_pct: float = field(default_factory=lambda: _env_float("NEURORG_HIT_RESCUE_PCT", 50.0))
+    """A hit's smallest rescue % of its mean (``stats.HitRule``)."""
+    hit_fdr: float = field(default_factory=lambda: _env_float("NEURORG_HIT_FDR", 0.05))
+    """A hit's largest Benjamini-Hochberg q of Welch's test (``stats.HitRule``)."""
     password: str = field(default_factory=lambda: os.environ.get("NEURORG_PASSWORD", ""), repr=False)
     """The dashboard's password ("" = none: the app then answers on this computer only)."""
     server_roots: tuple[Path, ...] = field(default_factory=lambda: _env_paths("NEURORG_SERVER_ROOTS"))
@@ -70,8 +87,19 @@ class Config:
     """How long a dashboard login lasts (hours), across reloads and pasted links."""
 
     def __post_init__(self) -> None:
+        from neurorg_core.schema import READOUTS
+
+        if self.readout not in READOUTS:
+            raise NeuroRGError(f"readout {self.readout!r} (NEURORG_READOUT) is not one of {', '.join(READOUTS)}")
         if not self.server_roots:
             object.__setattr__(self, "server_roots", (self.data_dir,))
+
+    @property
+    def hit_rule(self):
+        """``stats.HitRule`` from ``hit_rescue_pct`` and ``hit_fdr`` (checked there)."""
+        from neurorg_core.stats import HitRule  # statistics imports scipy: only when asked
+
+        return HitRule(self.hit_rescue_pct, self.hit_fdr)
 
     @property
     def upload_dir(self) -> Path:

@@ -55,8 +55,8 @@ import pandas as pd
 
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.schema import (
-    CLASS, COL, COMPOUND, CONTROL_CLASS, DISEASE_CLASS, DOSE, N_CLASSES, PLATE, ROLE, ROLES, ROW,
-    WELL,
+    CLASS, COL, COMPOUND, CONTROL_CLASS, DISEASE_CLASS, DOSE, N_CLASSES, PLATE, PLATE_MAP_COLUMNS, ROLE,
+    ROLES, ROW, WELL,
 )
 from neurorg_core.wells import format_well, parse_well
 
@@ -79,7 +79,8 @@ DOSE_UNITS_UM: Mapping[str, float] = MappingProxyType({
 })
 """Concentration unit (lower case, µ/μ written u, no spaces) -> µM per unit."""
 
-OUTPUT_COLUMNS = (PLATE, WELL, ROW, COL, COMPOUND, DOSE, ROLE, CLASS)
+OUTPUT_COLUMNS = PLATE_MAP_COLUMNS
+"""What ``load_plate_map`` returns (``schema.PLATE_MAP_COLUMNS``)."""
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 PLATE_MAP_SHEET_NAMES = ("platemap", "platelayout", "layout", "map")
 """Sheet names (lower case, without spaces, ``_`` and ``-``) preferred over the first sheet."""
@@ -585,3 +586,48 @@ def check_plate_map(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | 
         problems.append(f"plate-map well(s) without images (mark them role 'empty' if intended): "
                         f"{_listed(unimaged)}")
     return problems
+
+
+def map_plates(df: pd.DataFrame) -> list[str]:
+    """The plate names a plate map describes (``Metadata_Plate``), sorted; [] when it names none."""
+    if PLATE not in df.columns:
+        return []
+    return sorted({str(p).strip() for p in df[PLATE].dropna() if str(p).strip()})
+
+
+def select_plate(df: pd.DataFrame, *candidates: str | None) -> str | None:
+    """Which plate of a multi-plate map applies: the first candidate name the map holds (callers
+    give the name the run is stored under, then the images' folder name). ``None`` when the map
+    describes at most one plate (nothing to choose) or names none of the candidates (then
+    ``check_plate_map`` reports that the map holds several plates)."""
+    plates = map_plates(df)
+    if len(plates) <= 1:
+        return None
+    return next((c for c in candidates if c is not None and c in plates), None)
+
+
+def plate_map_for(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | None = None) -> pd.DataFrame:
+    """The plate map as a run stores it: one row per imaged well, in plate order.
+
+    This is the one place a plate map is matched to a plate: the map is normalised (any accepted
+    spellings, ``OUTPUT_COLUMNS``), checked against the imaged wells (``check_plate_map``), reduced
+    to ``plate`` of a multi-plate map, then to the imaged wells, with ``Metadata_Row`` /
+    ``Metadata_Col`` as integers.
+
+    Raises
+    ------
+    PlateMapError
+        Every problem ``check_plate_map`` finds.
+    """
+    wells = list(imaged_wells)
+    problems = check_plate_map(df, wells, plate=plate)
+    if problems:
+        raise PlateMapError(problems)
+    table, _ = _normalize(df.copy())
+    if plate is not None:
+        table = table[table[PLATE] == plate]
+    imaged = {format_well(*parse_well(w)) for w in wells}
+    table = table[table[WELL].isin(imaged)].copy()
+    table[ROW] = table[ROW].astype(int)
+    table[COL] = table[COL].astype(int)
+    return table.sort_values([ROW, COL]).reset_index(drop=True)

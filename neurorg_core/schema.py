@@ -32,6 +32,9 @@ PLATE_FORMATS: Final = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
 
 CROPS_PER_WELL: Final = 15
 """The study's crops per well."""
+MAX_CROPS_PER_WELL: Final = 1000
+"""Most crops asked of a well: crops tile the fields, so past a few hundred they add time, not
+information."""
 
 # --- plate map / well metadata (pycytominer style) ------------------------------------------
 PLATE: Final = "Metadata_Plate"
@@ -144,3 +147,20 @@ LAST_RUN: Final = "Last_run"            # UTC timestamp of the newest run
 PLATE_LIST_COLUMNS: Final = (PLATE, SOURCE, PLATE_LAYOUT, PLATE_FORMAT, FIELD_HEIGHT, FIELD_WIDTH, PIXEL_TYPE,
                              CHANNEL_MAP, RUN_CREATED, N_RUNS, LAST_RUN)
 """Columns of ``ResultStore.list_plates`` (``Created`` is when the plate was first stored)."""
+
+
+# --- the tables that cross module boundaries: one list of columns each ------------------------------
+PLATE_MAP_COLUMNS: Final = (PLATE, WELL, ROW, COL, COMPOUND, DOSE, ROLE, CLASS)
+"""A normalised plate map (``platemap.load_plate_map``), and the plate-map columns stored with every
+well and well score."""
+CROP_PROB_COLUMNS: Final = (WELL, FIELD, CROP, MEMBER, *PROB_COLUMNS)
+"""A crop-level probability table (one row per crop and ensemble member)."""
+SCORE_COLUMNS: Final = (*PLATE_MAP_COLUMNS, *PROB_COLUMNS, P_CONTROL, *VOTE_COLUMNS, CALLED_CLASS, P_CONTROL_SD,
+                        N_CROPS)
+"""The stored per-well score table (``scoring.score_plate``; ``Inflammation_score`` is derived on read)."""
+TREATMENT_COLUMNS: Final = (COMPOUND, DOSE, N_WELLS, MEAN, SD, RESCUE_PCT, T_WELCH, P_WELCH, U_MWU, P_MWU,
+                            Q_WELCH, Q_MWU, HIT)
+"""``stats.compare_treatments``: one row per compound and dose."""
+FIT_COLUMNS: Final = (COMPOUND, N_WELLS, N_DOSES, EC50, EC50_CI_LOW, EC50_CI_HIGH, HILL, TOP, BOTTOM, P_FLAT,
+                      CONVERGED, FIT_MESSAGE)
+"""``stats.fit_compounds``: one row per compound."""

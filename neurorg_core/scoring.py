@@ -29,8 +29,9 @@ from neurorg_core.schema import (
     CHANNELS,
     COL,
     CROP,
-    INFLAMMATION_SCORE,
+    CROP_PROB_COLUMNS,
     FIELD,
+    INFLAMMATION_SCORE,
     MEMBER,
     N_CLASSES,
     N_CROPS,
@@ -46,8 +47,6 @@ from neurorg_core.wells import format_well, parse_well
 
 log = logging.getLogger(__name__)
 
-CROP_PROB_COLUMNS = (WELL, FIELD, CROP, MEMBER, *PROB_COLUMNS)
-"""Columns a crop-level probability table must have."""
 
 PROB_SUM_TOLERANCE = 1e-3
 """How far a crop's class probabilities may sum from 1 (softmax in float32 rounds a little)."""

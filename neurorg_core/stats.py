@@ -38,6 +38,7 @@ from neurorg_core.schema import (
     EC50,
     EC50_CI_HIGH,
     EC50_CI_LOW,
+    FIT_COLUMNS,
     FIT_MESSAGE,
     HILL,
     HIT,
@@ -62,6 +63,7 @@ from neurorg_core.schema import (
     SD,
     SLOPE,
     T_WELCH,
+    TREATMENT_COLUMNS,
     TOP,
     U_MWU,
     WELL,
@@ -367,16 +369,29 @@ def benjamini_hochberg(p: np.ndarray | list[float]) -> np.ndarray:
     return q
 
 
-TREATMENT_COLUMNS = (COMPOUND, DOSE, N_WELLS, MEAN, SD, RESCUE_PCT, T_WELCH, P_WELCH, U_MWU, P_MWU,
-                     Q_WELCH, Q_MWU, HIT)
-"""Columns of ``compare_treatments``."""
+@dataclass(frozen=True)
+class HitRule:
+    """When a treatment (compound, dose) is a hit: the rescue % of its mean is at least
+    ``rescue_pct`` and the Benjamini-Hochberg q of Welch's test against the disease wells is at most
+    ``fdr``. ``Config.hit_rule`` builds it from ``NEURORG_HIT_RESCUE_PCT`` / ``NEURORG_HIT_FDR``."""
+
+    rescue_pct: float = 50.0
+    fdr: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fdr < 1:
+            raise NeuroRGError(f"fdr {self.fdr!r} is outside (0, 1); expected e.g. 0.05")
+        if not np.isfinite(self.rescue_pct):
+            raise NeuroRGError(f"rescue threshold {self.rescue_pct!r} %; expected a finite percentage")
+
+    def describe(self) -> str:
+        return f"rescue >= {self.rescue_pct:g} % and q (Welch, Benjamini-Hochberg) <= {self.fdr:g}"
 
 
 def compare_treatments(
     wells: pd.DataFrame,
     metric: str = INFLAMMATION_SCORE,
-    rescue_threshold_pct: float = 50.0,
-    fdr: float = 0.05,
+    hits: HitRule = HitRule(),
 ) -> pd.DataFrame:
     """Test every (compound, dose) against the disease wells and call hits.
 
@@ -387,10 +402,8 @@ def compare_treatments(
         and the metric.
     metric : str
         Numeric column compared; the inflammation score (the default readout) by default.
-    rescue_threshold_pct : float
-        Smallest rescue of the treatment mean (percent) that counts as a hit.
-    fdr : float
-        False discovery rate for the Benjamini-Hochberg q of Welch's test, in (0, 1).
+    hits : HitRule
+        When a treatment is a hit (rescue % and false discovery rate).
 
     Returns
     -------
@@ -398,7 +411,7 @@ def compare_treatments(
         One row per (compound, dose), sorted by compound then dose, columns ``TREATMENT_COLUMNS``:
         n wells, mean and SD of the metric, rescue % of the mean, Welch's t and two-sided p,
         Mann-Whitney U and two-sided p (treatment vs disease wells), BH q of each test across all
-        treatments, and ``Hit`` = rescue >= threshold and q_welch <= fdr. A treatment with a
+        treatments, and ``Hit`` by ``hits`` (rescue >= threshold and q_welch <= fdr). A treatment with a
         single well has no Welch p (NaN, left out of the BH family) and is never a hit. No
         treatment wells: an empty table with these columns.
 
@@ -408,10 +421,6 @@ def compare_treatments(
         No control wells, fewer than 2 disease wells, treatment wells without a compound, or
         options out of range.
     """
-    if not 0 < fdr < 1:
-        raise NeuroRGError(f"fdr {fdr!r} is outside (0, 1); expected e.g. 0.05")
-    if not np.isfinite(rescue_threshold_pct):
-        raise NeuroRGError(f"rescue threshold {rescue_threshold_pct!r} %; expected a finite percentage")
     check_metric(wells, metric)
     check_roles(wells, {"control": 1, "disease": 2})
     for col in (COMPOUND, DOSE):
@@ -446,7 +455,7 @@ def compare_treatments(
     out = pd.DataFrame(rows)
     out[Q_WELCH] = benjamini_hochberg(out[P_WELCH].to_numpy())
     out[Q_MWU] = benjamini_hochberg(out[P_MWU].to_numpy())
-    out[HIT] = (out[RESCUE_PCT] >= rescue_threshold_pct) & (out[Q_WELCH] <= fdr)
+    out[HIT] = (out[RESCUE_PCT] >= hits.rescue_pct) & (out[Q_WELCH] <= hits.fdr)
     log.info("compared %d treatments; %d hits", len(out), int(out[HIT].sum()))
     return out[list(TREATMENT_COLUMNS)]
 
@@ -645,11 +654,6 @@ def fit_dose_response(dose_uM: np.ndarray | list[float], response: np.ndarray | 
         return _failed(n, n_doses, f"EC50 not resolved: its 95 % CI is unbounded (se of ln EC50 {se:.3g})",
                        p_flat=p_flat)
     return DoseResponseFit(ec50, lo_ci, hi_ci, hill, top, bottom, p_flat, n, n_doses, True, "ok")
-
-
-FIT_COLUMNS = (COMPOUND, N_WELLS, N_DOSES, EC50, EC50_CI_LOW, EC50_CI_HIGH, HILL, TOP, BOTTOM, P_FLAT,
-               CONVERGED, FIT_MESSAGE)
-"""Columns of ``fit_compounds``."""
 
 
 def fit_compounds(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> pd.DataFrame:

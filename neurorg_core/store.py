@@ -88,12 +88,14 @@ from neurorg_core.schema import (
     PLATE,
     PLATE_FORMAT,
     PLATE_LAYOUT,
+    PLATE_MAP_COLUMNS,
     PROB_COLUMNS,
     ROLE,
     ROW,
     RUN_CREATED,
     RUN_ID,
     RUN_STATUS,
+    SCORE_COLUMNS,
     SOURCE,
     VOTE_COLUMNS,
     WELL,
@@ -104,13 +106,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 """Bump when a table changes shape; an older file is then refused with a clear message."""
 
-PLATE_MAP_COLUMNS: tuple[str, ...] = (PLATE, WELL, ROW, COL, COMPOUND, DOSE, ROLE, CLASS)
-"""The plate-map columns stored with every well and every well score."""
-
-SCORE_COLUMNS: tuple[str, ...] = (
-    *PLATE_MAP_COLUMNS, *PROB_COLUMNS, P_CONTROL, *VOTE_COLUMNS, CALLED_CLASS, P_CONTROL_SD, N_CROPS,
-)
-"""Columns of the stored per-well score table (the output of ``scoring.score_plate``)."""
 
 RUN_COLUMNS: tuple[str, ...] = (
     RUN_ID, PLATE, MODEL_ID, RUN_CREATED, RUN_STATUS, N_WELLS, CACHE_HITS, CACHE_MISSES, CODE_VERSION,

@@ -607,7 +607,7 @@ def calibrate_fit_reference(plates: Sequence[str | Path], bundle: Bundle, *, wor
         The card's ``fit_reference``: ``fitcheck.FitStats`` as a dict, plus the plates used.
     """
     from neurorg_core.fitcheck import pool_stats
-    from neurorg_core.pipeline import run_plate
+    from neurorg_core.pipeline import ScoreOptions, run_plate
     from neurorg_core.plates import load_plate
     from neurorg_core.platemap import load_plate_map
     from neurorg_core.store import ResultStore
@@ -622,7 +622,8 @@ def calibrate_fit_reference(plates: Sequence[str | Path], bundle: Bundle, *, wor
             if trained_on and _is_training_plate(plate, path, trained_on):
                 raise NeuroRGError("a member of the model trained on this plate; the fit reference needs "
                                    "plates it has not seen", path=path)
-            res = run_plate(plate, load_plate_map(find_plate_map(path)), bundle, store, backend=backend)  # type: ignore[arg-type]
+            res = run_plate(plate, load_plate_map(find_plate_map(path)), bundle, store,
+                            options=ScoreOptions(backend=backend))  # type: ignore[arg-type]
             parts.append(res.fit_stats)
             log.info("fit reference: %s scored (%d wells)", path, res.n_wells)
     return {**pool_stats(parts).as_dict(), "plates": [str(p) for p in plates]}

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import components, flows, resources
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.pipeline import export_table
+from neurorg_core.results import export_table
 from neurorg_core.schema import EXPORT_TABLES
 
 st.title("Library")

@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import auth, components, flows, resources
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.platemap import check_plate_map, load_plate_map
+from neurorg_core.pipeline import ScoreOptions
 from neurorg_core.schema import CHANNELS, READOUT_LABELS, READOUTS
 
 st.title("Upload & score")
@@ -148,10 +149,11 @@ pixel_size = px_col.number_input(
 bits = bits_col.selectbox("Significant bits", ["detect", 8, 12, 14, 16], key="bit_depth",
                           help="12 for a 12-bit camera, etc. 'detect' reads it from the plate's maximum.")
 readout = readout_col.selectbox("Readout", READOUTS, format_func=READOUT_LABELS.get, key="readout",
+                                index=READOUTS.index(resources.config().readout),
                                 help="The well score rescue %, hits, Z'/SSMD and EC50 use. The inflammation "
                                 "score follows the phenotype; P(control) saturates past mild stimulation.")
-options = flows.ScoreOptions(pixel_size_um=pixel_size or None, bits=None if bits == "detect" else int(bits),
-                             readout=readout)
+options = ScoreOptions(pixel_size_um=pixel_size or None, bits=None if bits == "detect" else int(bits),
+                       readout=readout)
 if resources.has_bundle(resources.ENSEMBLE_DIR):
     try:
         line, notes = resources.crop_preview(plate, options.pixel_size_um, options.bits)

@@ -26,7 +26,7 @@ from neurorg_core.inference import (Predictor, _run_litert, conversion_cache_dir
                                     convert_bundle)
 from neurorg_core.model import (build_model, file_sha256, load_bundle, round_weights_to_float16,  # noqa: E402
                                 save_bundle)
-from neurorg_core.pipeline import run_plate  # noqa: E402
+from neurorg_core.pipeline import ScoreOptions, run_plate  # noqa: E402
 from neurorg_core.platemap import load_plate_map  # noqa: E402
 from neurorg_core.plates import load_plate  # noqa: E402
 from neurorg_core.schema import CHANNELS, FIELD_HASH, ROLE, WELL  # noqa: E402
@@ -182,11 +182,11 @@ def test_scoring_with_swapped_litert_files_caches_only_true_predictions(
     plate, pm = load_plate(plate_dir), load_plate_map(plate_dir / "platemap.csv")
     ids = [m.id for m in sealed.members]
     with ResultStore(tmp_path / "true.duckdb") as good:
-        run_plate(plate, pm, sealed, good, name="p", crops_per_well=4)
+        run_plate(plate, pm, sealed, good, name="p", options=ScoreOptions(crops_per_well=4))
         truth = _cached_table(good, ids)
     swapped = load_bundle(_swapped_copy(sealed, tmp_path / "swapped"))
     with ResultStore(tmp_path / "swapped.duckdb") as store:
-        result = run_plate(plate, pm, swapped, store, name="p", crops_per_well=4)
+        result = run_plate(plate, pm, swapped, store, name="p", options=ScoreOptions(crops_per_well=4))
         got = _cached_table(store, ids)
         wells = store.load_well_scores("p")
     assert result.inferred_crops == N_WELLS * 4 * 2
@@ -303,10 +303,11 @@ def test_run_plate_refuses_swapped_roles(single, sealed, plate_dir, tmp_path) ->
     plate, pm = load_plate(plate_dir), load_plate_map(plate_dir / "platemap.csv")
     with ResultStore(tmp_path / "r.duckdb") as store:
         with pytest.raises(NeuroRGError, match="single-channel bundle .*scoring a plate needs an ensemble"):
-            run_plate(plate, pm, single, store, name="p", backend="keras")
+            run_plate(plate, pm, single, store, name="p", options=ScoreOptions(backend="keras"))
         with pytest.raises(NeuroRGError, match="ensemble bundle .*the channel comparison needs a "
                                                "single-channel bundle"):
-            run_plate(plate, pm, sealed, store, name="p", backend="keras", single_channel_bundle=sealed)
+            run_plate(plate, pm, sealed, store, name="p", options=ScoreOptions(backend="keras"),
+                      single_channel_bundle=sealed)
         assert store.list_runs().empty and store.count_predictions() == 0
 
 

@@ -146,7 +146,7 @@ def test_crops_per_well_has_an_upper_bound(setup, tmp_path, capsys) -> None:
         args[args.index("--crops-per-well") + 1] = bad
         assert main(args) == 2
         err = capsys.readouterr().err
-        assert f"error: --crops-per-well {bad} is outside 1..1000" in err and "Traceback" not in err
+        assert f"error: crops per well {bad}; expected a whole number from 1 to 1000" in err and "Traceback" not in err
     assert not (tmp_path / "never.duckdb").exists()
 
 

@@ -19,7 +19,8 @@ import tifffile
 from neurorg_core.config import REPO_ROOT
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.model import build_model, load_bundle, save_bundle
-from neurorg_core.pipeline import RunResult, hash_field, load_plate_results, run_plate
+from neurorg_core.pipeline import RunResult, ScoreOptions, hash_field, run_plate
+from neurorg_core.results import load_plate_results
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.plates import load_plate
 from neurorg_core.schema import (
@@ -91,12 +92,13 @@ def plate_dir(tmp_path_factory) -> Path:
     return out
 
 
-def score(folder: Path, bundle, store: ResultStore, backend: str = "keras", **kw) -> RunResult:
+def score(folder: Path, bundle, store: ResultStore, backend: str = "keras", crops_per_well: int = CROPS,
+          flush_every: int = 64, **kw) -> RunResult:
     """Keras backend by default: no LiteRT conversion, so the tests stay short (the fast path is
     covered by ``test_litert_fast_path_scores_like_keras``)."""
-    kw.setdefault("crops_per_well", CROPS)
+    options = ScoreOptions(crops_per_well=crops_per_well, backend=backend, flush_every=flush_every)
     return run_plate(load_plate(folder), load_plate_map(folder / "platemap.csv"), bundle, store,
-                     name="screen1", backend=backend, **kw)
+                     name="screen1", options=options, **kw)
 
 
 def snapshot(store: ResultStore) -> dict:
@@ -272,7 +274,7 @@ def test_unreadable_field_aborts_without_storing(plate_dir, bundles, store, tmp_
     (copy / "B05_s1.tif").write_bytes(b"II*\x00 not really a tiff")
     with pytest.raises(NeuroRGError, match="B05"):
         run_plate(plate, load_plate_map(copy / "platemap.csv"), bundles["a"], store, name="screen1",
-                  crops_per_well=CROPS)
+                  options=ScoreOptions(crops_per_well=CROPS))
     assert snapshot(store) == before
 
 
@@ -281,7 +283,8 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
     pm = load_plate_map(plate_dir / "platemap.csv")
     pm = pm[pm[WELL] != "B02"]
     with pytest.raises(PlateMapError, match="B02"):
-        run_plate(load_plate(plate_dir), pm, bundles["a"], store, name="screen1", crops_per_well=CROPS)
+        run_plate(load_plate(plate_dir), pm, bundles["a"], store, name="screen1",
+                  options=ScoreOptions(crops_per_well=CROPS))
     assert store.list_runs().empty and store.count_predictions() == 0
 
 
@@ -332,8 +335,7 @@ def test_demo_ensemble_recovers_ec50s_and_spares_the_inactive_compound(tmp_path)
     folder = write_synthetic_plates(tmp_path / "plates", seed=301, n_wells=96, n_fields=4, size=256,
                                     layout="imagexpress", kind="screen")[0]
     with ResultStore(tmp_path / "r.duckdb") as store:
-        run_plate(load_plate(folder), load_plate_map(folder / "platemap.csv"), bundle, store,
-                  name="ec50", crops_per_well=15)
+        run_plate(load_plate(folder), load_plate_map(folder / "platemap.csv"), bundle, store, name="ec50")
         res = load_plate_results(store, "ec50")
     expected = res.wells[list(PROB_COLUMNS)].to_numpy() @ np.arange(len(PROB_COLUMNS))
     np.testing.assert_allclose(res.wells[INFLAMMATION_SCORE], expected)

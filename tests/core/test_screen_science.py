@@ -21,7 +21,8 @@ import tifffile
 
 from neurorg_core.config import REPO_ROOT
 from neurorg_core.model import load_bundle
-from neurorg_core.pipeline import load_plate_results, run_plate
+from neurorg_core.pipeline import ScoreOptions, run_plate
+from neurorg_core.results import load_plate_results
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.plates import load_plate
 from neurorg_core.schema import (
@@ -55,7 +56,7 @@ def _render(root: Path, seed: int, **kw) -> Path:
 def _score(folder: Path, bundle, db: Path, name: str = "p", **kw):
     with ResultStore(db) as store:
         result = run_plate(load_plate(folder, kw.pop("channels", None)), load_plate_map(folder / "platemap.csv"),
-                           bundle, store, name=name, **kw)
+                           bundle, store, name=name, options=ScoreOptions(**kw))
         return result, load_plate_results(store, name)
 
 

@@ -38,6 +38,7 @@ from neurorg_core.schema import (
 from neurorg_core.stats import (
     FIT_COLUMNS,
     DoseResponseFit,
+    HitRule,
     TREATMENT_COLUMNS,
     add_rescue,
     benjamini_hochberg,
@@ -219,7 +220,7 @@ def _screen():
 
 def test_compare_treatments_against_scipy():
     wells = _screen()
-    out = compare_treatments(wells, metric=P_CONTROL, rescue_threshold_pct=50.0, fdr=0.05)
+    out = compare_treatments(wells, metric=P_CONTROL, hits=HitRule(50.0, 0.05))
     assert list(out.columns) == list(TREATMENT_COLUMNS)
     assert list(zip(out[COMPOUND], out[DOSE])) == [("CPD-A", 0.1), ("CPD-A", 1.0), ("CPD-B", 1.0), ("CPD-C", 5.0)]
     dis = wells.loc[wells[ROLE] == "disease", P_CONTROL].to_numpy()
@@ -242,7 +243,7 @@ def test_compare_treatments_against_scipy():
     np.testing.assert_allclose(out[Q_WELCH].iloc[:3], sps.false_discovery_control(p_welch))
     np.testing.assert_allclose(out[Q_MWU], sps.false_discovery_control(p_mwu))
     assert out[HIT].tolist() == [False, True, False, False]   # 0.1 uM: ~25 % rescue; CPD-C untestable
-    lenient = compare_treatments(wells, metric=P_CONTROL, rescue_threshold_pct=20.0)
+    lenient = compare_treatments(wells, metric=P_CONTROL, hits=HitRule(rescue_pct=20.0))
     assert lenient[HIT].tolist() == [True, True, False, False]
 
 
@@ -254,7 +255,7 @@ def test_compare_treatments_edge_cases():
     with pytest.raises(NeuroRGError, match=r"disease \(needs 2, has 0\).*control 4, disease 0, treatment 10"):
         compare_treatments(wells[wells[ROLE] != "disease"], metric=P_CONTROL)
     with pytest.raises(NeuroRGError, match="fdr"):
-        compare_treatments(wells, metric=P_CONTROL, fdr=0.0)
+        HitRule(fdr=0.0)
     nameless = wells.copy()
     nameless.loc[nameless[COMPOUND] == "CPD-B", COMPOUND] = ""
     with pytest.raises(NeuroRGError, match="3 treatment well\\(s\\) have no compound"):

@@ -23,7 +23,8 @@ from neurorg_core.plates import load_plate
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.schema import CROP, FIELD, FIELD_HASH, MEMBER, PROB_COLUMNS, TRUE_SEVERITY, WELL
 from neurorg_core.scoring import score_channels, score_plate
-from neurorg_core.store import PLATE_MAP_COLUMNS, PlateRecord, ResultStore, RunRecord
+from neurorg_core.schema import PLATE_MAP_COLUMNS
+from neurorg_core.store import PlateRecord, ResultStore, RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "dashboard" / "main.py"
