@@ -50,7 +50,7 @@ from neurorg_core.platemap import load_plate_map  # noqa: E402
 from neurorg_core.plates import load_plate  # noqa: E402
 from neurorg_core.schema import (  # noqa: E402
     CALLED_CLASS, CLASS, COMPOUND, CONVERGED, DOSE, EC50, HIT, RESCUE_PCT, ROLE, TRUE_EC50,
-    TRUE_MAX_RESCUE, TRUE_RESCUE, WELL,
+    TRUE_MAX_RESCUE, TRUE_RESCUE,
 )
 from neurorg_core.store import ResultStore  # noqa: E402
 from neurorg_core.synth import SYNTH_PIXEL_SIZE_UM, write_synthetic_plates  # noqa: E402
@@ -147,7 +147,7 @@ def judge_screen(res, truth: pd.DataFrame) -> dict:
         "rescue_mae": float((t[RESCUE_PCT] - 100 * t["true_rescue"]).abs().mean()),
         "ec50_fold_max": float(max(folds)), "ec50_folds": [round(f, 2) for f in folds],
         "inactive_hit": bool(t.loc[t[COMPOUND].isin(inactive), HIT].any()),
-        "z_prime": float(res.qc.get("z_prime", np.nan)),
+        "z_prime": float(res.qc.z_prime) if res.qc is not None else np.nan,
     }
 
 

@@ -21,6 +21,7 @@ from plotly.subplots import make_subplots
 
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.fitcheck import ModelFit
+from neurorg_core.stats import PlateQC
 from neurorg_core.schema import (
     CALLED_CLASS,
     CHANNEL_P_CONTROL,
@@ -119,7 +120,7 @@ def stored_plates() -> list[str]:
 def plate_page_results(page: str):
     """The header every per-plate page shares: pick the plate (mirrored in the URL), read its
     results from the store, say whether it is synthetic. Stops the page with ``st.error`` if the
-    plate cannot be read. Returns ``pipeline.PlateResults`` (plus ``synthetic``) from resources."""
+    plate cannot be read. Returns ``results.PlateResults`` (through resources)."""
     from dashboard import resources
 
     return plate_results_or_stop(pick_plate(stored_plates(), page=page, default=resources.DEMO_PLATE))
@@ -135,7 +136,7 @@ def plate_results_or_stop(plate: str):
     except NeuroRGError as exc:
         st.error(plain(exc))
         st.stop()
-    synthetic_banner(res.synthetic, res.synthetic_model)
+    synthetic_banner(res.synthetic_plate, res.synthetic_model)
     model_fit_banner(res.model_fit)
     st.caption(f"Readout for rescue %, hits, QC and EC50: **{READOUT_LABELS[res.readout]}** "
                "(chosen when the plate was scored)")
@@ -420,20 +421,20 @@ QC_ITEMS = (
 )
 
 
-def qc_metrics(qc: dict, problem: str | None, readout: str) -> None:
+def qc_metrics(qc: PlateQC | None, problem: str | None, readout: str) -> None:
     """Plate QC (Z', SSMD, CV) on the run's readout as metrics, or why it could not be computed."""
     st.markdown(f"**Plate QC** (control vs disease wells, on the {READOUT_LABELS[readout]})")
-    if problem:
-        st.info(f"Plate QC not available: {plain(problem)}")
+    if qc is None:
+        st.info(f"Plate QC not available: {plain(problem or 'no control and disease wells')}")
         return
     cols = st.columns(2)
     for k, (key, label, fmt, help_text) in enumerate(QC_ITEMS):
-        value = qc.get(key)
+        value = getattr(qc, key)
         text = "-" if value is None or not np.isfinite(value) else fmt.format(value)
         cols[k % 2].metric(label, text, help=help_text)
-    st.caption(f"n = {qc.get('n_control')} control, {qc.get('n_disease')} disease wells")
-    if qc.get("edge_flag"):
-        st.warning(f"Possible edge effect: {plain(qc.get('edge_note', ''))}")
+    st.caption(f"n = {qc.n_control} control, {qc.n_disease} disease wells")
+    if qc.edge_flag:
+        st.warning(f"Possible edge effect: {plain(qc.edge_note)}")
 
 
 def well_summary(wells: pd.DataFrame, well: str) -> pd.DataFrame:

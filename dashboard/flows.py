@@ -268,7 +268,7 @@ def stored_plate_map(plate_name: str) -> pd.DataFrame:
 def _run(plate: Plate, plate_map: pd.DataFrame, ensemble: Bundle, name: str,
          progress: Progress | None, single: Bundle | None, options: ScoreOptions = ScoreOptions()) -> RunResult:
     result = run_plate(plate, plate_map, ensemble, resources.store(), name=name, options=options, progress=progress,
-                       single_channel_bundle=single)
+                       single_channel_bundle=single, predictors=resources.predictors())
     log.info("scored plate %s: %s", name, result)
     return result
 

@@ -17,30 +17,20 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from neurorg_core.cache import BoundedCache
 from neurorg_core.config import Config, load_config
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.fitcheck import ModelFit
+from neurorg_core.inference import PredictorCache
 from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
-from neurorg_core.schema import (
-    COMPOUND,
-    CONVERGED,
-    DOSE,
-    N_RUNS,
-    PLATE,
-    PLATE_FORMAT,
-    ROLE,
-    RUN_ID,
-    SOURCE,
-)
+from neurorg_core.results import PlateResults
+from neurorg_core.schema import N_RUNS, PLATE, RUN_ID
 from neurorg_core.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -139,45 +129,9 @@ def plate_names() -> list[str]:
     return sorted(names, key=lambda n: (n != DEMO_PLATE, n))
 
 
-def is_synthetic(source: str | Path) -> bool:
-    """A plate is synthetic when it lies in the demo folder or its image folder holds the
-    generator's ``ground_truth.csv`` (``synth.is_synthetic_plate``)."""
-    from neurorg_core.synth import is_synthetic_plate
-
-    src = Path(source).resolve()
-    demo = config().demo_dir.resolve()
-    return src == demo or demo in src.parents or is_synthetic_plate(src)
-
-
-@dataclass(frozen=True)
-class PlateResults:
-    """Everything the pages show for one plate's latest run (read from the store)."""
-
-    plate: str
-    run_id: str
-    plate_format: int
-    source: str
-    channel_map: dict[str, str]
-    synthetic: bool                   # the plate's images are synthetic
-    readout: str                      # the run's readout (schema.READOUTS)
-    readout_column: str               # its well-table column
-    model_fit: ModelFit               # the run's model-fit verdict
-    synthetic_model: bool             # scored with a model trained on the synthetic assay
-    hits_provisional: str             # why hit calls are provisional ("" when they are not)
-    wells: pd.DataFrame               # per-well scores (+ Rescue_pct when computable)
-    channels: pd.DataFrame            # wells + P_control_<channel> columns (empty if not scored)
-    run: dict                         # provenance
-    qc: dict = field(default_factory=dict)
-    treatments: pd.DataFrame = field(default_factory=pd.DataFrame)
-    fits: pd.DataFrame = field(default_factory=pd.DataFrame)
-    curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # compound, dose, fitted readout
-    channel_fits: dict = field(default_factory=dict)  # channel -> Pearson r, p, n, slope, intercept
-    problems: dict = field(default_factory=dict)   # statistic -> why it could not be computed
-    n_hits: int = 0
-
-
 def plate_results(plate_name: str) -> PlateResults:
-    """The plate's latest run, read once per run id and then served from memory.
+    """The plate's latest run (``results.PlateResults``), read once per run id and then served from
+    memory.
 
     Raises
     ------
@@ -192,41 +146,33 @@ def plate_results(plate_name: str) -> PlateResults:
 def _plate_results(db_path: str, plate_name: str, run_id: str) -> PlateResults:
     from neurorg_core.results import load_plate_results
 
-    core = load_plate_results(_store(db_path), plate_name, run_id, hits=config().hit_rule)
-    record = core.plate_record
-    return PlateResults(
-        plate=plate_name, run_id=run_id, plate_format=int(record[PLATE_FORMAT]),
-        source=str(record[SOURCE]), channel_map=dict(record["channel_map"]),
-        synthetic=is_synthetic(record[SOURCE]), readout=core.readout, readout_column=core.readout_column,
-        model_fit=core.model_fit, synthetic_model=core.synthetic_model, hits_provisional=core.hits_provisional,
-        wells=core.wells, channels=core.channels, run=core.run, qc=core.qc, treatments=core.treatments,
-        fits=core.fits, curves=_fit_curves(core.wells, core.fits, core.readout_column),
-        channel_fits=core.channel_fits, problems=core.problems, n_hits=core.n_hits,
-    )
+    return load_plate_results(_store(db_path), plate_name, run_id, hits=config().hit_rule)
 
 
-def _fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, column: str, n_points: int = 60) -> pd.DataFrame:
-    """Each converged 4PL evaluated over its compound's dose range (log-spaced), for plotting; the
-    fitted values go in ``column`` (the readout the fits were made on)."""
-    from neurorg_core.stats import DoseResponseFit
+THUMBNAIL_EDGE = 512
+"""Field images are kept for display at most this many pixels on their longer side."""
 
-    parts = []
-    for row in fits.to_dict("records") if not fits.empty else []:
-        if not row[CONVERGED]:
-            continue
-        doses = wells.loc[(wells[ROLE] == "treatment") & (wells[COMPOUND] == row[COMPOUND]), DOSE]
-        grid = np.logspace(np.log10(doses.min()), np.log10(doses.max()), n_points)
-        fit = DoseResponseFit.from_row(row)
-        parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, column: fit.predict(grid)}))
-    if not parts:
-        return pd.DataFrame({COMPOUND: pd.Series(dtype=str), DOSE: pd.Series(dtype=float),
-                             column: pd.Series(dtype=float)})
-    return pd.concat(parts, ignore_index=True)
+
+@st.cache_resource(show_spinner=False)
+def _thumbnails(max_mb: float) -> BoundedCache[tuple, np.ndarray]:
+    """The field images shown on the heatmap page, kept per server, bounded by ``Config.image_cache_mb``."""
+    return BoundedCache("field thumbnails", int(max_mb * 2**20), lambda a: a.nbytes)
+
+
+@st.cache_resource(show_spinner=False)
+def _predictors(max_mb: float) -> PredictorCache:
+    return PredictorCache(int(max_mb * 2**20))
+
+
+def predictors() -> PredictorCache:
+    """The predictors this server keeps between plates (bounded by ``Config.predictor_cache_mb``)."""
+    return _predictors(config().predictor_cache_mb)
 
 
 def field_image(source: str, channel_map_json: str, well: str, field_index: int) -> np.ndarray:
-    """One field's pixels, (H, W, 3) native dtype in CHANNELS order (a pure read of the images),
-    remembered per plate version and the field's files' size and mtime."""
+    """One field for display: (h, w, 3) native dtype in CHANNELS order, shrunk (by whole-pixel
+    striding) to at most ``THUMBNAIL_EDGE`` px, remembered per plate version and the field's files'
+    size and mtime in the server's bounded thumbnail cache."""
     p = _plate(source, channel_map_json, config().max_pixels)
     refs = [ref for ref in p.fields_of(well) if ref.field == field_index]
     if not refs:
@@ -235,15 +181,14 @@ def field_image(source: str, channel_map_json: str, well: str, field_index: int)
         stamp = tuple((st.st_size, st.st_mtime_ns) for st in (f.stat() for f in p.files_of(refs[0])))
     except OSError:
         stamp = ()
-    return _field_image(source, channel_map_json, well, field_index, p.signature, stamp)
+    key = (source, channel_map_json, well, field_index, p.signature, stamp)
 
+    def read() -> np.ndarray:
+        field = p.read_field(refs[0])
+        step = max(1, -(-max(field.shape[:2]) // THUMBNAIL_EDGE))
+        return np.ascontiguousarray(field[::step, ::step])
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _field_image(source: str, channel_map_json: str, well: str, field_index: int, signature: str,
-                 files_stamp: tuple[tuple[int, int], ...]) -> np.ndarray:
-    p = _plate(source, channel_map_json, config().max_pixels)
-    ref = next(ref for ref in p.fields_of(well) if ref.field == field_index)
-    return p.read_field(ref)
+    return _thumbnails(config().image_cache_mb).get_or_make(key, read)
 
 
 def fields_of(source: str, channel_map: dict[str, str], well: str) -> list[int]:

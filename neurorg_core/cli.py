@@ -227,9 +227,9 @@ def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map
     print(f"model fit: {result.model_fit.summary()}")
     label = READOUT_LABELS[res.readout]
     print(f"readout: {label}")
-    if res.qc:
-        print(f"Z': {res.qc['z_prime']:.3f} (SSMD {res.qc['ssmd']:.2f}; control {res.qc['mean_control']:.3f}, "
-              f"disease {res.qc['mean_disease']:.3f} on the {label})")
+    if res.qc is not None:
+        print(f"Z': {res.qc.z_prime:.3f} (SSMD {res.qc.ssmd:.2f}; control {res.qc.mean_control:.3f}, "
+              f"disease {res.qc.mean_disease:.3f} on the {label})")
     else:
         print(f"Z': not computable ({res.problems.get('qc', 'no control/disease wells')})")
     if "treatments" in res.problems:

@@ -51,7 +51,7 @@ class Config:
 
     Environment overrides: ``NEURORG_DATA_DIR``, ``NEURORG_MODEL_DIR``, ``NEURORG_DB``,
     ``NEURORG_LITERT_CACHE``, ``NEURORG_MAX_PIXELS``, ``NEURORG_READOUT``, ``NEURORG_HIT_RESCUE_PCT``,
-    ``NEURORG_HIT_FDR``; read by the dashboard only: ``NEURORG_PASSWORD``, ``NEURORG_SERVER_ROOTS``,
+    ``NEURORG_HIT_FDR``; read by the dashboard only: ``NEURORG_PREDICTOR_CACHE_MB``, ``NEURORG_IMAGE_CACHE_MB``, ``NEURORG_PASSWORD``, ``NEURORG_SERVER_ROOTS``,
     ``NEURORG_SESSION_HOURS``.
     """
 
@@ -78,6 +78,10 @@ class Config:
     """A hit's smallest rescue % of its mean (``stats.HitRule``)."""
     hit_fdr: float = field(default_factory=lambda: _env_float("NEURORG_HIT_FDR", 0.05))
     """A hit's largest Benjamini-Hochberg q of Welch's test (``stats.HitRule``)."""
+    predictor_cache_mb: float = field(default_factory=lambda: _env_float("NEURORG_PREDICTOR_CACHE_MB", 512.0))
+    """Model weights the app keeps loaded between plates (``inference.PredictorCache``), MiB."""
+    image_cache_mb: float = field(default_factory=lambda: _env_float("NEURORG_IMAGE_CACHE_MB", 256.0))
+    """Field thumbnails the app keeps for the heatmap page (``dashboard.resources``), MiB."""
     password: str = field(default_factory=lambda: os.environ.get("NEURORG_PASSWORD", ""), repr=False)
     """The dashboard's password ("" = none: the app then answers on this computer only)."""
     server_roots: tuple[Path, ...] = field(default_factory=lambda: _env_paths("NEURORG_SERVER_ROOTS"))

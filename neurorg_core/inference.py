@@ -17,8 +17,8 @@ interpreter and one interpreter per core*: (member, chunk) work items go into on
 ``threads`` long-lived worker threads take from, each owning its own interpreter per member
 (``invoke`` releases the GIL). Probabilities match ``keras.Model.predict`` within 1e-6 (float32
 throughout; no quantisation). ``backend="keras"`` runs plain ``model.predict`` (the reference and
-baseline). ``shared_predictor`` keeps the predictors of recently used bundles, so scoring plate
-after plate does not rebuild interpreters.
+baseline). A ``PredictorCache`` (owned by its caller, bounded in bytes) keeps the predictors of
+recently used bundles, so a server scoring plate after plate does not rebuild interpreters.
 
 ``predict_stream`` overlaps reading / preprocessing (a background thread consuming the caller's
 iterable) with inference, and keeps the next batch queued while the caller handles a result.
@@ -40,6 +40,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 
+from neurorg_core.cache import BoundedCache
 from neurorg_core.config import Config, load_config
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import FILES, LITERT_PREFIX, Bundle, Member, load_member_model, record_files
@@ -361,10 +362,14 @@ class Predictor:
             self._models = [load_member_model(m) for m in bundle.members]
             self._workers: list[_Worker] = []
             self.litert_files: list[Path] = []
+            self.nbytes = sum(int(np.asarray(w).nbytes) for m in self._models for w in m.get_weights())
         else:
             models = [member_litert(m, bundle, cache_dir) for m in bundle.members]
             self.litert_files = [path for path, _ in models]
             self._workers = [self._make_worker(models) for _ in range(self.threads)]
+            self.nbytes = self.threads * sum(len(blob) for _, blob in models)
+        """Bytes of the loaded models (LiteRT: each worker holds its own copy); what a
+        ``PredictorCache`` counts."""
         # stops the workers when the predictor goes away (the finalizer holds no reference to it)
         self._finalizer = weakref.finalize(self, _stop, self._jobs, self._threads)
 
@@ -450,32 +455,23 @@ class Predictor:
             self._threads.clear()
 
 
-_SHARED: collections.OrderedDict[tuple[Any, ...], Predictor] = collections.OrderedDict()
-_SHARED_LOCK = threading.Lock()
-SHARED_PREDICTORS = 4
-"""Predictors ``shared_predictor`` keeps (least recently used ones are closed and dropped)."""
+DEFAULT_PREDICTOR_CACHE_BYTES = 512 * 2**20
+"""What a ``PredictorCache`` keeps unless told otherwise: 512 MiB of model weights (the demo
+ensemble's predictor holds ~22 MB; a B5 ensemble ~0.5 GB)."""
 
 
-def shared_predictor(bundle: Bundle, backend: Backend = "litert") -> Predictor:
-    """A ``Predictor`` for the bundle's members, built once and reused by later calls.
+class PredictorCache(BoundedCache[tuple, "Predictor"]):
+    """Predictors kept between plates by whoever owns this cache (the app keeps one per server;
+    a CLI run needs none), bounded by the bytes of their loaded models; the least recently used are
+    closed and dropped. Keyed by backend, bundle id, member ids, input size and path: a retrained
+    member (new id) gets a new predictor. Safe to share between threads."""
 
-    Keyed by the backend, bundle id, member ids and input size: a retrained member (new id)
-    gets a new predictor. Safe to share between threads (see ``Predictor``).
-    """
-    key = (backend, bundle.id, tuple(m.id for m in bundle.members), bundle.input_size, str(bundle.path))
-    with _SHARED_LOCK:
-        pred = _SHARED.get(key)
-        if pred is not None:
-            _SHARED.move_to_end(key)
-            return pred
-    pred = Predictor(bundle, backend=backend)   # outside the lock: may convert members (seconds)
-    with _SHARED_LOCK:
-        pred = _SHARED.setdefault(key, pred)
-        _SHARED.move_to_end(key)
-        while len(_SHARED) > SHARED_PREDICTORS:
-            _, old = _SHARED.popitem(last=False)
-            old.close()
-    return pred
+    def __init__(self, max_bytes: int = DEFAULT_PREDICTOR_CACHE_BYTES) -> None:
+        super().__init__("predictors", max_bytes, lambda p: p.nbytes, Predictor.close)
+
+    def predictor(self, bundle: Bundle, backend: Backend = "litert") -> Predictor:
+        key = (backend, bundle.id, tuple(m.id for m in bundle.members), bundle.input_size, str(bundle.path))
+        return self.get_or_make(key, lambda: Predictor(bundle, backend=backend))
 
 
 _DONE = object()

@@ -49,7 +49,7 @@ from neurorg_core import scoring
 from neurorg_core.config import REPO_ROOT
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.fitcheck import FitStats, ModelFit, check_model_fit, fit_stats
-from neurorg_core.inference import Backend, BACKENDS, predict_stream, shared_predictor
+from neurorg_core.inference import BACKENDS, Backend, Predictor, PredictorCache, predict_stream
 from neurorg_core.model import Bundle, Member, check_bundle_kind
 from neurorg_core.platemap import plate_map_for, select_plate
 from neurorg_core.plates import FieldRef, Plate
@@ -213,6 +213,7 @@ class _Plan:
     position: Mapping[FieldRef, int]        # field -> 0-based position in its well
     total_crops: int
     options: ScoreOptions
+    predictors: PredictorCache | None       # the caller's, or None: a predictor per run, closed after
 
     def crop_key(self, ref: FieldRef) -> str:
         """What a field's crops hold: the crop plan's edge, grid and tiles, and the intensity."""
@@ -252,7 +253,7 @@ def _check_bundles(bundle: Bundle, single_channel_bundle: Bundle | None) -> dict
 
 
 def _plan(plate: Plate, plate_map: pd.DataFrame, bundle: Bundle, single_channel_bundle: Bundle | None,
-          name: str, options: ScoreOptions) -> _Plan:
+          name: str, options: ScoreOptions, predictors: PredictorCache | None) -> _Plan:
     bundles = _check_bundles(bundle, single_channel_bundle)
     wells = plate.wells()
     if not wells:
@@ -267,7 +268,7 @@ def _plan(plate: Plate, plate_map: pd.DataFrame, bundle: Bundle, single_channel_
     log.info("crops of %d px on %s fields (pixel size %s, %s), %s", cropping.edge,
              "x".join(map(str, plate.field_shape)), cropping.pixel_size_um, cropping.pixel_size_source,
              cropping.intensity)
-    return _Plan(name, plate, pm, bundles, cropping, crops, position, total, options)
+    return _Plan(name, plate, pm, bundles, cropping, crops, position, total, options, predictors)
 
 
 # --- steps 2 and 3: hash, look up, infer --------------------------------------------------------
@@ -437,8 +438,21 @@ def _infer(plan: _Plan, state: _RunState, role: Role, members: Sequence[Member],
     misses) passing by; each job is registered here, on the calling thread, as it comes back."""
     src = plan.bundles[role]
     sub_bundle = dataclasses.replace(src, members=tuple(members))
-    predictor = shared_predictor(sub_bundle, backend=plan.options.backend)
+    if plan.predictors is not None:
+        predictor = plan.predictors.predictor(sub_bundle, backend=plan.options.backend)
+        own = None
+    else:
+        predictor = own = Predictor(sub_bundle, backend=plan.options.backend)
     log.info("inference with %d %s member(s) of model %s", len(members), role, src.id)
+    try:
+        _stream(state, role, members, sub_bundle, predictor, items)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _stream(state: _RunState, role: Role, members: Sequence[Member], sub_bundle: Bundle, predictor: Predictor,
+            items: Iterable[tuple[_FieldJob, np.ndarray]]) -> None:
     batches = _batched(items, CROPS_PER_BATCH_FACTOR * predictor.batch_size)
     partial: dict[int, list[np.ndarray]] = {}
     with closing(predict_stream(batches, sub_bundle, predictor=predictor)) as stream:
@@ -603,6 +617,7 @@ def run_plate(
     options: ScoreOptions = ScoreOptions(),
     progress: ProgressCallback | None = None,
     single_channel_bundle: Bundle | None = None,
+    predictors: PredictorCache | None = None,
 ) -> RunResult:
     """Score every imaged well of a plate and store the run.
 
@@ -627,6 +642,9 @@ def run_plate(
     single_channel_bundle
         Optional single-channel models (one member per channel); their per-well P(control) is
         stored with the run for the channel comparison.
+    predictors
+        The caller's cache of predictors to reuse between plates (a server's); None builds the
+        run's predictors and closes them when it ends.
 
     Returns
     -------
@@ -638,7 +656,7 @@ def run_plate(
         Bad plate map (``PlateMapError`` listing every problem), bundles, fields smaller than a
         crop, or a field that changed on disk during the run.
     """
-    plan = _plan(plate, plate_map, bundle, single_channel_bundle, name or plate.name, options)
+    plan = _plan(plate, plate_map, bundle, single_channel_bundle, name or plate.name, options, predictors)
     state = _RunState(total=plan.total_crops, store=store, progress=progress, flush_every=options.flush_every)
     cached = frozenset(store.cached_keys([m.id for b in plan.bundles.values() for m in b.members]))
     fields = plate.iter_fields()

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from neurorg_core import scoring, stats
@@ -22,16 +23,22 @@ from neurorg_core.schema import (
     CHANNEL_P_CONTROL,
     CHANNELS,
     COMPOUND,
+    CONVERGED,
     DEFAULT_READOUT,
     DOSE,
     EXPORT_TABLES,
+    FIT_COLUMNS,
     HIT,
     MODEL_FIT,
     P_CONTROL,
     PLATE,
+    PLATE_FORMAT,
     READOUT,
     READOUT_COLUMNS,
     READOUTS,
+    ROLE,
+    SOURCE,
+    TREATMENT_COLUMNS,
     WELL,
     ExportTable,
     Readout,
@@ -66,11 +73,13 @@ class PlateResults:
         ``wells`` joined with the single-channel ``P_control_<channel>`` columns; empty when the
         run had no single-channel models.
     qc
-        ``stats.plate_qc`` (Z', SSMD, CV, edge effects); empty when not computable.
+        ``stats.plate_qc`` (Z', SSMD, CV, edge effects); None when not computable (see ``problems``).
     treatments
         ``stats.compare_treatments`` (per compound and dose, with hit calls).
     fits
         ``stats.fit_compounds`` on the readout (4PL, EC50 with 95 % CI, per compound).
+    curves
+        Each converged fit evaluated over its compound's doses (``fit_curves``), for plotting.
     channel_fits
         Channel role -> ``stats.channel_correlation`` against the 3-channel P(control).
     problems
@@ -86,11 +95,32 @@ class PlateResults:
     hit_rule: stats.HitRule
     wells: pd.DataFrame
     channels: pd.DataFrame
-    qc: dict[str, Any]
+    qc: stats.PlateQC | None
     treatments: pd.DataFrame
     fits: pd.DataFrame
+    curves: pd.DataFrame
     channel_fits: dict[str, dict[str, Any]]
     problems: dict[str, str]
+
+    @property
+    def plate_format(self) -> int:
+        return int(self.plate_record[PLATE_FORMAT])
+
+    @property
+    def source(self) -> str:
+        """Where the plate's images are (a folder or a zip)."""
+        return str(self.plate_record[SOURCE])
+
+    @property
+    def channel_map(self) -> dict[str, str]:
+        return dict(self.plate_record["channel_map"])
+
+    @property
+    def synthetic_plate(self) -> bool:
+        """The plate's images were rendered by the synthetic assay (``synth.is_synthetic_plate``)."""
+        from neurorg_core.synth import is_synthetic_plate
+
+        return is_synthetic_plate(self.source)
 
     @property
     def n_hits(self) -> int:
@@ -112,9 +142,8 @@ class PlateResults:
         """Why the hit calls are provisional ("" when they are not): plate QC failed (Z' < 0) or
         the model-fit check says POOR."""
         why = []
-        z = self.qc.get("z_prime")
-        if z is not None and not (z >= 0):
-            why.append(f"plate QC failed (Z' {z:.2f} < 0)")
+        if self.qc is not None and not (self.qc.z_prime >= 0):
+            why.append(f"plate QC failed (Z' {self.qc.z_prime:.2f} < 0)")
         if self.model_fit.verdict == "POOR":
             why.append("the model-fit check says POOR: " + "; ".join(self.model_fit.reasons))
         return "; ".join(why)
@@ -158,15 +187,15 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
     metric = READOUT_COLUMNS[chosen]
     wells = scoring.with_inflammation_score(store.load_well_scores(plate, run))
     problems: dict[str, str] = {}
-    qc: dict[str, Any] = {}
-    treatments = pd.DataFrame({c: pd.Series(dtype=float) for c in stats.TREATMENT_COLUMNS})
-    fits = pd.DataFrame({c: pd.Series(dtype=float) for c in stats.FIT_COLUMNS})
+    qc: stats.PlateQC | None = None
+    treatments = pd.DataFrame({c: pd.Series(dtype=float) for c in TREATMENT_COLUMNS})
+    fits = pd.DataFrame({c: pd.Series(dtype=float) for c in FIT_COLUMNS})
     try:
         wells = stats.add_rescue(wells, metric=metric)
     except NeuroRGError as exc:
         problems["rescue"] = str(exc)
     try:
-        qc = dict(stats.plate_qc(wells, metric=metric))
+        qc = stats.plate_qc(wells, metric=metric)
     except NeuroRGError as exc:
         problems["qc"] = str(exc)
     try:
@@ -189,9 +218,27 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
                 problems[f"channel {channel}"] = str(exc)
     return PlateResults(
         plate=plate, run_id=run, plate_record=store.load_plate(plate), run=run_info,
-        readout=chosen, model_fit=ModelFit.from_params(params.get("model_fit")), hit_rule=hits, wells=wells, channels=channels, qc=qc, treatments=treatments, fits=fits,
+        readout=chosen, model_fit=ModelFit.from_params(params.get("model_fit")), hit_rule=hits, wells=wells,
+        channels=channels, qc=qc, treatments=treatments, fits=fits, curves=fit_curves(wells, fits, metric),
         channel_fits=channel_fits, problems=problems,
     )
+
+
+def fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, column: str, n_points: int = 60) -> pd.DataFrame:
+    """Each converged 4PL evaluated over its compound's dose range (log-spaced), for plotting; the
+    fitted values go in ``column`` (the readout the fits were made on)."""
+    parts = []
+    for row in fits.to_dict("records") if not fits.empty else []:
+        if not row[CONVERGED]:
+            continue
+        doses = wells.loc[(wells[ROLE] == "treatment") & (wells[COMPOUND] == row[COMPOUND]), DOSE]
+        grid = np.logspace(np.log10(doses.min()), np.log10(doses.max()), n_points)
+        fit = stats.DoseResponseFit.from_row(row)
+        parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, column: fit.predict(grid)}))
+    if not parts:
+        return pd.DataFrame({COMPOUND: pd.Series(dtype=str), DOSE: pd.Series(dtype=float),
+                             column: pd.Series(dtype=float)})
+    return pd.concat(parts, ignore_index=True)
 
 
 def export_table(results: PlateResults | Any, table: ExportTable = "wells") -> pd.DataFrame:

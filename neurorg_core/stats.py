@@ -236,7 +236,42 @@ def _edge_mask(wells: pd.DataFrame) -> np.ndarray:
     return (rows == rows.min()) | (rows == rows.max()) | (cols == cols.min()) | (cols == cols.max())
 
 
-def plate_qc(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> dict:
+@dataclass(frozen=True)
+class PlateQC:
+    """Plate quality between the control and the disease wells of one readout (``plate_qc``).
+
+    ``z_prime`` = 1 - 3 (sd_c + sd_d) / |mean_c - mean_d|; ``ssmd`` signed so that controls on the
+    control side are positive; ``cv_*_pct`` = 100 sd / |mean|; ``edge_p_*`` Welch p of the outer ring
+    against the interior wells of the role, ``edge_diff_*`` edge mean - interior mean; ``trend_p_*``
+    Spearman p of the deviations against row and column (NaN where not testable); ``edge_flag``
+    when any Bonferroni-adjusted p is below ``EDGE_ALPHA``; ``edge_note`` says what was tested.
+    """
+
+    metric: str
+    n_control: int
+    n_disease: int
+    mean_control: float
+    mean_disease: float
+    sd_control: float
+    sd_disease: float
+    cv_control_pct: float
+    cv_disease_pct: float
+    z_prime: float
+    ssmd: float
+    edge_p_control: float
+    edge_p_disease: float
+    edge_diff_control: float
+    edge_diff_disease: float
+    trend_p_row: float
+    trend_p_col: float
+    edge_flag: bool
+    edge_note: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plate_qc(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> PlateQC:
     """Plate quality between control and disease wells.
 
     Z' = 1 - 3 (sd_c + sd_d) / |mean_c - mean_d| (Zhang 1999; > 0.5 excellent, 0..0.5 marginal,
@@ -262,12 +297,7 @@ def plate_qc(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> dict:
 
     Returns
     -------
-    dict
-        ``metric``, ``n_control``, ``n_disease``, ``mean_control``, ``mean_disease``,
-        ``sd_control``, ``sd_disease``, ``cv_control_pct``, ``cv_disease_pct``, ``z_prime``,
-        ``ssmd``, ``edge_p_control``, ``edge_p_disease`` (NaN when not testable),
-        ``edge_diff_control``, ``edge_diff_disease`` (edge mean - interior mean),
-        ``trend_p_row``, ``trend_p_col``, ``edge_flag`` (bool), ``edge_note`` (what was tested).
+    PlateQC
 
     Raises
     ------
@@ -295,7 +325,7 @@ def plate_qc(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> dict:
     }
     out.update(_edge_effects(wells, metric))
     log.info("plate QC on %s: Z' %.3f, SSMD %.2f, edge flag %s", metric, z_prime, ssmd, out["edge_flag"])
-    return out
+    return PlateQC(**out)
 
 
 def _edge_effects(wells: pd.DataFrame, metric: str) -> dict:

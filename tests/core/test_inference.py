@@ -208,24 +208,32 @@ def test_workers_stop_on_close_and_with_the_predictor(bundle):
     assert len(_litert_threads()) == before
 
 
-def test_shared_predictor_is_reused_per_member_set(bundle, monkeypatch):
+def test_a_predictor_cache_reuses_per_member_set_and_stays_within_its_bytes(bundle):
+    """The cache belongs to its caller and holds at most its budget of loaded models: with room for
+    one predictor, asking for another closes and drops the first."""
     import dataclasses
 
-    from neurorg_core import inference
+    from neurorg_core.inference import PredictorCache
 
-    monkeypatch.setattr(inference, "_SHARED", type(inference._SHARED)())
-    monkeypatch.setattr(inference, "SHARED_PREDICTORS", 1)
-    a = inference.shared_predictor(bundle)
-    assert inference.shared_predictor(bundle) is a
+    probe = Predictor(bundle)
+    one_size = probe.nbytes
+    probe.close()
+    assert one_size == 2 * sum(p.stat().st_size for p in probe.litert_files)   # 2 workers, own copies
+    cache = PredictorCache(max_bytes=one_size)
+    a = cache.predictor(bundle)
+    assert cache.predictor(bundle) is a
     from_a = a.predict(_crops(2))
     workers = list(a._threads)
     assert len(workers) == 2 and all(t.is_alive() for t in workers)
     one = dataclasses.replace(bundle, members=bundle.members[:1])
-    b = inference.shared_predictor(one)
+    b = cache.predictor(one)
     assert b is not a and b.n_members == 1
-    assert list(inference._SHARED.values()) == [b]           # the older one was dropped ...
-    assert not any(t.is_alive() for t in workers)            # ... and its workers stopped
+    stats = cache.stats()
+    assert stats.entries == 1 and stats.evictions == 1 and stats.bytes == b.nbytes <= one_size
+    assert not any(t.is_alive() for t in workers)            # the dropped one's workers stopped
     np.testing.assert_allclose(b.predict(_crops(2)), from_a[:1], atol=1e-6)
+    cache.clear()
+    assert cache.stats().bytes == 0
 
 
 def test_a_failing_interpreter_is_reported_and_the_workers_go_on(bundle):

@@ -175,8 +175,8 @@ def test_first_run_stores_plate_fields_scores_and_provenance(plate_dir, bundles,
 
     res = load_plate_results(store, "screen1")
     assert res.run_id == r.run_id and res.plate_record["Plate_format"] == 96
-    assert res.qc["n_control"] == int((imaged[ROLE] == "control").sum())
-    assert res.qc["n_disease"] == int((imaged[ROLE] == "disease").sum())
+    assert res.qc.n_control == int((imaged[ROLE] == "control").sum())
+    assert res.qc.n_disease == int((imaged[ROLE] == "disease").sum())
     control_mean = res.wells.loc[res.wells[ROLE] == "control", RESCUE_PCT].mean()
     assert control_mean == pytest.approx(100.0)
     treated = imaged[imaged[ROLE] == "treatment"]
@@ -346,7 +346,7 @@ def test_demo_ensemble_recovers_ec50s_and_spares_the_inactive_compound(tmp_path)
     assert set(fits.index) == set(compounds.index)
     inactive = compounds[compounds[TRUE_MAX_RESCUE] == 0].index
     assert len(inactive) >= 1 and len(compounds) > len(inactive)
-    assert res.qc["z_prime"] > 0.5
+    assert res.qc.z_prime > 0.5
     for cpd, row in compounds.iterrows():
         if cpd in inactive:
             assert not hits[cpd], f"inactive {cpd} called a hit"

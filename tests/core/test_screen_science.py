@@ -126,7 +126,7 @@ def test_screen_hits_rescue_and_ec50s_hold_against_the_truth(tmp_path, bundle, s
     folder = _render(tmp_path, seed, n_fields=fields, size=size, kind="screen")
     result, res = _score(folder, bundle, tmp_path / "r.duckdb")
     assert result.model_fit.verdict == "ok", result.model_fit.summary()
-    assert res.readout == "inflammation_score" and res.qc["z_prime"] > 0.5
+    assert res.readout == "inflammation_score" and res.qc.z_prime > 0.5
     truth = _screen_truth(folder)
     t = res.treatments.merge(truth, on=[COMPOUND, DOSE], validate="one_to_one")
     should, must_not = t["true"] >= 0.55, t["true"] < 0.35

@@ -116,9 +116,9 @@ def test_float_noise_gives_no_rescue_tests_or_trends():
         with pytest.raises(NeuroRGError, match="assay window is empty"):
             compare_treatments(wells, metric=P_CONTROL)
         qc = plate_qc(wells, metric=P_CONTROL)
-    assert qc["z_prime"] < 0             # the window is noise: Z' says the plate failed
-    assert np.isnan([qc["edge_p_control"], qc["edge_p_disease"], qc["trend_p_row"], qc["trend_p_col"]]).all()
-    assert not qc["edge_flag"]
+    assert qc.z_prime < 0             # the window is noise: Z' says the plate failed
+    assert np.isnan([qc.edge_p_control, qc.edge_p_disease, qc.trend_p_row, qc.trend_p_col]).all()
+    assert not qc.edge_flag
 
 
 def test_add_rescue_puts_controls_at_100_and_disease_at_0():
@@ -146,12 +146,12 @@ def test_plate_qc_by_hand():
                           WELL: ["A01", "B01", "C01", "A12", "B12", "C12", "B06"],
                           P_CONTROL: [0.9, 1.0, 0.95, 0.1, 0.0, 0.05, 0.5]})
     qc = plate_qc(wells, metric=P_CONTROL)
-    assert (qc["n_control"], qc["n_disease"]) == (3, 3)
-    assert qc["mean_control"] == pytest.approx(0.95) and qc["sd_control"] == pytest.approx(0.05)
-    assert qc["z_prime"] == pytest.approx(2 / 3)                      # 1 - 3 * 0.1 / 0.9
-    assert qc["ssmd"] == pytest.approx(0.9 / np.sqrt(0.005))          # 12.73
-    assert qc["cv_control_pct"] == pytest.approx(100 * 0.05 / 0.95)
-    assert qc["cv_disease_pct"] == pytest.approx(100.0)
+    assert (qc.n_control, qc.n_disease) == (3, 3)
+    assert qc.mean_control == pytest.approx(0.95) and qc.sd_control == pytest.approx(0.05)
+    assert qc.z_prime == pytest.approx(2 / 3)                      # 1 - 3 * 0.1 / 0.9
+    assert qc.ssmd == pytest.approx(0.9 / np.sqrt(0.005))          # 12.73
+    assert qc.cv_control_pct == pytest.approx(100 * 0.05 / 0.95)
+    assert qc.cv_disease_pct == pytest.approx(100.0)
 
 
 def test_plate_qc_finds_an_edge_effect_and_matches_welch():
@@ -161,16 +161,16 @@ def test_plate_qc_finds_an_edge_effect_and_matches_welch():
     base = np.where(wells[ROLE] == "control", 0.9, np.where(wells[ROLE] == "disease", 0.1, 0.5))
     clean = wells.assign(**{P_CONTROL: base + rng.normal(0, 0.02, len(wells))})
     qc = plate_qc(clean, metric=P_CONTROL)
-    assert qc["edge_flag"] is False
-    assert "control: 8 edge vs 4 interior wells" in qc["edge_note"]
+    assert qc.edge_flag is False
+    assert "control: 8 edge vs 4 interior wells" in qc.edge_note
 
     dimmed = clean.assign(**{P_CONTROL: clean[P_CONTROL] - 0.15 * edge})
     qc = plate_qc(dimmed, metric=P_CONTROL)
-    assert qc["edge_flag"] is True
+    assert qc.edge_flag is True
     is_c = (dimmed[ROLE] == "control").to_numpy()
     ref = sps.ttest_ind(dimmed.loc[is_c & edge, P_CONTROL], dimmed.loc[is_c & ~edge, P_CONTROL], equal_var=False)
-    assert qc["edge_p_control"] == pytest.approx(ref.pvalue)
-    assert qc["edge_diff_control"] == pytest.approx(-0.15, abs=0.03)
+    assert qc.edge_p_control == pytest.approx(ref.pvalue)
+    assert qc.edge_diff_control == pytest.approx(-0.15, abs=0.03)
 
 
 def test_plate_qc_row_trend_is_flagged():
@@ -178,8 +178,8 @@ def test_plate_qc_row_trend_is_flagged():
     base = np.where(wells[ROLE] == "control", 0.9, np.where(wells[ROLE] == "disease", 0.1, 0.5))
     wells[P_CONTROL] = base + 0.02 * wells[ROW] + np.random.default_rng(1).normal(0, 0.005, len(wells))
     qc = plate_qc(wells, metric=P_CONTROL)
-    assert qc["trend_p_row"] < 1e-4 and qc["edge_flag"] is True
-    assert qc["trend_p_col"] > 0.01
+    assert qc.trend_p_row < 1e-4 and qc.edge_flag is True
+    assert qc.trend_p_col > 0.01
 
 
 def test_plate_qc_names_the_missing_role():

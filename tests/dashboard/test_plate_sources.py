@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 from dashboard import flows, resources
+from neurorg_core.synth import is_synthetic_plate
 
 
 def write_plate(folder: Path, wells=("B02", "B03"), value: int = 0) -> Path:
@@ -102,4 +103,4 @@ def test_uploads_are_keyed_by_content(app_env: Path, tmp_path: Path) -> None:
 def test_synthetic_zip_is_recognised(app_env: Path, tmp_path: Path, with_truth: bool) -> None:
     extra = {"plate/ground_truth.csv": b"Metadata_Well\nB02\n"} if with_truth else {}
     zpath = zip_folder(write_plate(tmp_path / "plate"), tmp_path / "p.zip", extra)
-    assert resources.is_synthetic(zpath) is with_truth
+    assert is_synthetic_plate(zpath) is with_truth
