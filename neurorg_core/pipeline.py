@@ -21,6 +21,10 @@ has one owner, the calling thread. The reader thread only builds ``_FieldJob`` v
 the field's pixels and a cache snapshot taken before it starts) and hands them over with their crops
 through ``predict_stream``; the calling thread registers each job when it comes back.
 
+Steps 1-3 are also public as ``infer_plate`` (returns a ``PlateInference``: plain data, nothing
+stored) and steps 4-5 as ``save_plate``, so a plate can be inferred in one process (a campaign's
+worker) and stored by another; ``run_plate`` is the two in one process.
+
 So scoring the same images with the same bundle again runs no inference; a changed field is
 recomputed alone; a retrained member is recomputed for every field, the other members come from
 the cache. New predictions are committed to the cache in batches as they arrive (they are true
@@ -302,13 +306,17 @@ def _make_job(plan: _Plan, cached: frozenset[tuple[str, str, str]], ref: FieldRe
                      todo=set(missing))
 
 
+PredictionSink = Callable[[Sequence[PredictionRow]], Any]
+"""Where new predictions go as they arrive (``ResultStore.put_predictions``: committed to the cache)."""
+
+
 @dataclass
 class _RunState:
     """The run's bookkeeping, owned by the calling thread: fields seen, new predictions, progress,
     cache commits."""
 
     total: int
-    store: ResultStore
+    commit: PredictionSink | None           # None: new predictions stay in ``unflushed`` for the save
     progress: ProgressCallback | None
     flush_every: int
     jobs: list[_FieldJob] = dataclasses.field(default_factory=list)
@@ -344,8 +352,8 @@ class _RunState:
 
     def flush(self, at_least: int = 1) -> None:
         """Commit new predictions to the cache once ``at_least`` fields are waiting."""
-        if self.unflushed and self.unflushed_fields >= at_least:
-            self.store.put_predictions(self.unflushed)
+        if self.commit is not None and self.unflushed and self.unflushed_fields >= at_least:
+            self.commit(self.unflushed)
             self.unflushed, self.unflushed_fields = [], 0
 
 
@@ -480,7 +488,7 @@ def _member_label(member: Member, position: int) -> int:
     return int(member.fold) if member.fold is not None else position + 1
 
 
-def _crop_table(jobs: Sequence[_FieldJob], members: Sequence[Member],
+def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
                 new_probs: Mapping[tuple[str, str, str], np.ndarray], store: ResultStore) -> pd.DataFrame:
     """The crop-level probability table (``scoring.CROP_PROB_COLUMNS``) of one bundle's members."""
     parts: list[pd.DataFrame] = []
@@ -523,22 +531,126 @@ def _crop_table(jobs: Sequence[_FieldJob], members: Sequence[Member],
     return pd.concat(parts, ignore_index=True)
 
 
-def _crop_tables(plan: _Plan, state: _RunState) -> dict[Role, pd.DataFrame]:
+def _crop_tables(inference: PlateInference, bundles: Mapping[Role, Bundle],
+                 store: ResultStore) -> dict[Role, pd.DataFrame]:
+    return {role: _crop_table(inference.fields, b.members, inference.new_probs, store)
+            for role, b in bundles.items()}
+
+
+# --- steps 1 to 3 as one unit: what a plate's images yield, before anything is stored -------------
+
+@dataclass(frozen=True)
+class FieldRecord:
+    """What one scored field contributes to its run (picklable: it may come from another process)."""
+
+    ref: FieldRef
+    tiles: tuple[int, ...]
+    crop_key: str
+    field_hash: str
+    channel_stats: np.ndarray       # (2, 3) per-channel mean and SD of the scaled intensities
+    cached: bool                    # every member's prediction came from the cache
+
+
+@dataclass(frozen=True)
+class PlateInference:
+    """A plate's images read, hashed and inferred (steps 1-3 of a run), with nothing stored yet.
+
+    ``save_plate`` turns it into a stored run. It holds plain data only (no open files, models or
+    store), so it can be computed in one process (a Ray worker) and saved by another.
+
+    Attributes
+    ----------
+    name, record, plate_map
+        The plate name, what the store keeps about the plate, and its plate map (imaged wells).
+    fields
+        Every field, in plate order.
+    new_probs
+        Predictions computed by this inference: (field hash, member id, crop key) -> (n_crops, 6).
+    uncommitted
+        Those of them not yet committed to a store's cache (all of them when no sink was given).
+    inferred_crops, total_crops
+        Crop x member predictions computed; crops per member the plate has.
+    options, cropping
+        How it was scored (``ScoreOptions``; ``PlateCropping.as_params`` and overlapping tiles).
+    intensity, crop_edge_px
+        The plate's intensity scaling and crop edge (pixels).
+    members
+        Role -> member ids it was inferred with (``save_plate`` checks the bundles it is given).
+    """
+
+    name: str
+    record: PlateRecord
+    plate_map: pd.DataFrame
+    fields: tuple[FieldRecord, ...]
+    new_probs: Mapping[tuple[str, str, str], np.ndarray]
+    uncommitted: tuple[PredictionRow, ...]
+    inferred_crops: int
+    total_crops: int
+    options: ScoreOptions
+    cropping: Mapping[str, Any]
+    intensity: Intensity
+    crop_edge_px: int
+    members: Mapping[Role, tuple[str, ...]]
+
+
+def infer_plate(
+    plate: Plate,
+    plate_map: pd.DataFrame,
+    bundle: Bundle,
+    *,
+    cached_keys: frozenset[tuple[str, str, str]] | set[tuple[str, str, str]],
+    name: str | None = None,
+    options: ScoreOptions = ScoreOptions(),
+    single_channel_bundle: Bundle | None = None,
+    predictors: PredictorCache | None = None,
+    progress: ProgressCallback | None = None,
+    commit: PredictionSink | None = None,
+) -> PlateInference:
+    """Steps 1-3 of a run: plan the fields, hash them against ``cached_keys``, infer what is missing.
+
+    ``cached_keys`` is a snapshot of the prediction cache's (field hash, member id, crop key)
+    (``ResultStore.cached_keys``). New predictions go to ``commit`` in batches of
+    ``options.flush_every`` fields as they arrive (``run_plate`` commits them to the store so an
+    interrupted run keeps them), or, without ``commit``, stay in the result's ``uncommitted``.
+    Parameters as ``run_plate``.
+    """
+    plan = _plan(plate, plate_map, bundle, single_channel_bundle, name or plate.name, options, predictors)
+    state = _RunState(total=plan.total_crops, commit=commit, progress=progress, flush_every=options.flush_every)
+    cached = frozenset(cached_keys)
+    fields = plate.iter_fields()
+    first = _hash_and_lookup(plan, state, cached, fields)
+    state.report()
+    if first is not None:
+        _infer_missing(plan, state, cached, first, fields)
+    state.flush()
     if state.done != plan.total_crops:
         raise NeuroRGError(f"{state.done} of {plan.total_crops} crops were scored; expected all (a field "
-                           "was skipped)", path=plan.plate.source)
-    return {role: _crop_table(state.jobs, b.members, state.new_probs, state.store)
-            for role, b in plan.bundles.items()}
+                           "was skipped)", path=plate.source)
+    record = PlateRecord(
+        name=plan.name, source=str(plate.source), layout=str(plate.layout), plate_format=int(plate.plate_format),
+        field_shape=(int(plate.field_shape[0]), int(plate.field_shape[1])), dtype=str(np.dtype(plate.dtype)),
+        channel_map=dict(plate.channel_map),
+    )
+    return PlateInference(
+        name=plan.name, record=record, plate_map=plan.plate_map,
+        fields=tuple(FieldRecord(j.ref, j.tiles, j.crop_key, j.field_hash, j.channel_stats, not j.missing)
+                     for j in state.jobs),
+        new_probs=dict(state.new_probs), uncommitted=tuple(state.unflushed), inferred_crops=state.inferred_crops,
+        total_crops=plan.total_crops, options=options,
+        cropping={**plan.cropping.as_params(), "overlapping_tiles": any(p.overlapping for p in plan.crops.values())},
+        intensity=plan.cropping.intensity, crop_edge_px=plan.cropping.edge,
+        members={role: tuple(m.id for m in b.members) for role, b in plan.bundles.items()},
+    )
 
 
-# --- step 5: score and save -----------------------------------------------------------------------
+# --- steps 4 and 5: crop tables, scores, the stored run ------------------------------------------
 
-def _channel_scores(plan: _Plan, tables: Mapping[Role, pd.DataFrame]) -> pd.DataFrame | None:
-    if "single_channel" not in plan.bundles:
+def _channel_scores(bundles: Mapping[Role, Bundle], tables: Mapping[Role, pd.DataFrame]) -> pd.DataFrame | None:
+    if "single_channel" not in bundles:
         return None
     table = tables["single_channel"]
     by_channel = {m.channels[0]: table[table[MEMBER] == _member_label(m, i)]
-                  for i, m in enumerate(plan.bundles["single_channel"].members)}
+                  for i, m in enumerate(bundles["single_channel"].members)}
     scores = score_channels(by_channel)
     for col in CHANNEL_P_CONTROL:
         if col not in scores.columns:
@@ -555,52 +667,61 @@ def _check_fit(bundle: Bundle, stats_now: FitStats) -> ModelFit:
                            train_sd=np.mean(norms[1], axis=0))
 
 
-def _save(plan: _Plan, state: _RunState, tables: Mapping[Role, pd.DataFrame]) -> RunResult:
-    ensemble = plan.bundles["ensemble"]
-    well_scores = score_plate(tables["ensemble"], plan.plate_map)
-    well_scores[PLATE] = plan.name
-    channel_scores = _channel_scores(plan, tables)
-    jobs = state.jobs
+def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
+               single_channel_bundle: Bundle | None = None) -> RunResult:
+    """Steps 4-5 of a run: crop tables (this inference's predictions, the rest from the store's
+    cache), well scores, the model-fit check and provenance, stored in one transaction with the
+    inference's uncommitted predictions.
+
+    Raises
+    ------
+    NeuroRGError
+        The bundles are not the ones the plate was inferred with, or a cached prediction is gone.
+    """
+    bundles = _check_bundles(bundle, single_channel_bundle)
+    given = {role: tuple(m.id for m in b.members) for role, b in bundles.items()}
+    if given != dict(inference.members):
+        raise NeuroRGError(f"plate {inference.name} was inferred with members {dict(inference.members)}; "
+                           f"the models given have {given}")
+    tables = _crop_tables(inference, bundles, store)
+    well_scores = score_plate(tables["ensemble"], inference.plate_map)
+    well_scores[PLATE] = inference.name
+    fields = inference.fields
     stats_now = fit_stats(scoring.with_inflammation_score(well_scores), tables["ensemble"],
-                          np.stack([j.channel_stats for j in jobs]))
-    fit = _check_fit(ensemble, stats_now)
-    hits = sum(1 for j in jobs if not j.missing)
+                          np.stack([f.channel_stats for f in fields]))
+    fit = _check_fit(bundle, stats_now)
+    hits = sum(1 for f in fields if f.cached)
     run_id = f"{utc_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     params: dict[str, Any] = {
-        "crops_per_well": int(plan.options.crops_per_well),
-        "input_size": int(ensemble.members[0].input_size),
-        "channel_map": dict(plan.plate.channel_map),
-        "members": [m.id for m in ensemble.members],
+        "crops_per_well": int(inference.options.crops_per_well),
+        "input_size": int(bundle.members[0].input_size),
+        "channel_map": dict(inference.record.channel_map),
+        "members": [m.id for m in bundle.members],
         "crop_key_version": CROP_KEY_VERSION,
-        "readout": plan.options.readout,
-        "crop_geometry": {**plan.cropping.as_params(),
-                          "overlapping_tiles": any(p.overlapping for p in plan.crops.values())},
-        "intensity": plan.cropping.intensity.as_params(),
+        "readout": inference.options.readout,
+        "crop_geometry": dict(inference.cropping),
+        "intensity": inference.intensity.as_params(),
         "model_fit": fit.as_params(),
     }
-    if "single_channel" in plan.bundles:
-        sc = plan.bundles["single_channel"]
-        params["single_channel_bundle"] = {"id": sc.id, "members": [m.id for m in sc.members]}
-    plate = plan.plate
-    run = RunRecord(run_id=run_id, plate=plan.name, model_id=ensemble.id, bundle_card=ensemble.card,
+    if single_channel_bundle is not None:
+        params["single_channel_bundle"] = {"id": single_channel_bundle.id,
+                                           "members": [m.id for m in single_channel_bundle.members]}
+    run = RunRecord(run_id=run_id, plate=inference.name, model_id=bundle.id, bundle_card=bundle.card,
                     params=params, code_version=code_version(), n_wells=len(well_scores), cache_hits=hits,
-                    cache_misses=len(jobs) - hits)
-    record = PlateRecord(
-        name=plan.name, source=str(plate.source), layout=str(plate.layout), plate_format=int(plate.plate_format),
-        field_shape=(int(plate.field_shape[0]), int(plate.field_shape[1])), dtype=str(np.dtype(plate.dtype)),
-        channel_map=dict(plate.channel_map),
-    )
-    field_table = pd.DataFrame({WELL: [j.ref.well for j in jobs], FIELD: [int(j.ref.field) for j in jobs],
-                                FIELD_HASH: [j.field_hash for j in jobs]})
-    state.store.save_run(plate=record, wells=plan.plate_map[list(PLATE_MAP_COLUMNS)], fields=field_table,
-                         well_scores=well_scores, run=run, channel_scores=channel_scores)
+                    cache_misses=len(fields) - hits)
+    field_table = pd.DataFrame({WELL: [f.ref.well for f in fields], FIELD: [int(f.ref.field) for f in fields],
+                                FIELD_HASH: [f.field_hash for f in fields]})
+    store.save_run(plate=inference.record, wells=inference.plate_map[list(PLATE_MAP_COLUMNS)], fields=field_table,
+                   well_scores=well_scores, run=run, predictions=inference.uncommitted,
+                   channel_scores=_channel_scores(bundles, tables))
     result = RunResult(
-        run_id=run_id, plate=plan.name, n_wells=len(well_scores), n_fields=len(jobs), n_crops=plan.total_crops,
-        cache_hits=hits, cache_misses=len(jobs) - hits, inferred_crops=state.inferred_crops,
-        model_fit=fit, fit_stats=stats_now, crop_edge_px=plan.cropping.edge, intensity=plan.cropping.intensity,
+        run_id=run_id, plate=inference.name, n_wells=len(well_scores), n_fields=len(fields),
+        n_crops=inference.total_crops, cache_hits=hits, cache_misses=len(fields) - hits,
+        inferred_crops=inference.inferred_crops, model_fit=fit, fit_stats=stats_now,
+        crop_edge_px=inference.crop_edge_px, intensity=inference.intensity,
     )
     log.info("run %s: %d wells, %d fields (%d cached, %d inferred), %d crop predictions computed; model fit %s",
-             run_id, result.n_wells, result.n_fields, hits, result.cache_misses, state.inferred_crops,
+             run_id, result.n_wells, result.n_fields, hits, result.cache_misses, inference.inferred_crops,
              fit.verdict)
     return result
 
@@ -619,7 +740,7 @@ def run_plate(
     single_channel_bundle: Bundle | None = None,
     predictors: PredictorCache | None = None,
 ) -> RunResult:
-    """Score every imaged well of a plate and store the run.
+    """Score every imaged well of a plate and store the run (``infer_plate``, then ``save_plate``).
 
     Parameters
     ----------
@@ -631,7 +752,8 @@ def run_plate(
     bundle
         The 3-channel ensemble (``model.load_bundle``).
     store
-        Where cached predictions are looked up and the run is written.
+        Where cached predictions are looked up, new ones committed as they arrive, and the run
+        written.
     name
         Plate name to store the run under; default ``plate.name``.
     options
@@ -656,16 +778,11 @@ def run_plate(
         Bad plate map (``PlateMapError`` listing every problem), bundles, fields smaller than a
         crop, or a field that changed on disk during the run.
     """
-    plan = _plan(plate, plate_map, bundle, single_channel_bundle, name or plate.name, options, predictors)
-    state = _RunState(total=plan.total_crops, store=store, progress=progress, flush_every=options.flush_every)
-    cached = frozenset(store.cached_keys([m.id for b in plan.bundles.values() for m in b.members]))
-    fields = plate.iter_fields()
-    first = _hash_and_lookup(plan, state, cached, fields)
-    state.report()
-    if first is not None:
-        _infer_missing(plan, state, cached, first, fields)
-    state.flush()
-    return _save(plan, state, _crop_tables(plan, state))
+    members = [m.id for b in (bundle, single_channel_bundle) if b is not None for m in b.members]
+    inference = infer_plate(plate, plate_map, bundle, cached_keys=store.cached_keys(members), name=name,
+                            options=options, single_channel_bundle=single_channel_bundle, predictors=predictors,
+                            progress=progress, commit=store.put_predictions)
+    return save_plate(store, inference, bundle, single_channel_bundle)
 
 
 # --- identities -------------------------------------------------------------------------------------

@@ -354,3 +354,30 @@ def test_demo_ensemble_recovers_ec50s_and_spares_the_inactive_compound(tmp_path)
         else:
             ec50 = fits.loc[cpd, EC50]
             assert row[TRUE_EC50] / 2 <= ec50 <= row[TRUE_EC50] * 2, (cpd, ec50, row[TRUE_EC50])
+
+
+def test_a_plate_inferred_in_one_place_and_saved_in_another_gives_the_same_run(plate_dir, bundles, store,
+                                                                               tmp_path) -> None:
+    """infer_plate (nothing stored; plain, picklable data) then save_plate into another store gives
+    the well scores run_plate gave, and stores the predictions with the run in one transaction."""
+    import pickle
+
+    from neurorg_core.pipeline import infer_plate, save_plate
+
+    folder_map = load_plate_map(plate_dir / "platemap.csv")
+    inference = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=frozenset(),
+                            name="screen1", options=ScoreOptions(crops_per_well=CROPS, backend="keras"))
+    assert inference.inferred_crops == inference.total_crops * 2            # two members, nothing cached
+    assert len(inference.uncommitted) == 2 * len(inference.fields)         # kept for the save: no sink
+    shipped = pickle.loads(pickle.dumps(inference))                          # e.g. from a worker process
+    with ResultStore(tmp_path / "other.duckdb") as other:
+        with pytest.raises(NeuroRGError, match="inferred with members"):
+            save_plate(other, shipped, bundles["b"])                         # another fold 2: refused
+        assert other.list_runs().empty
+        result = save_plate(other, shipped, bundles["a"])
+        assert result.inferred_crops == inference.inferred_crops
+        mine = other.load_well_scores("screen1")
+        assert len(other.cached_keys([m.id for m in bundles["a"].members])) == 2 * len(inference.fields)
+    ref = store.load_well_scores("screen1")                                   # run_plate's run of the same plate
+    pd.testing.assert_frame_equal(mine.drop(columns=[RUN_ID], errors="ignore"),
+                                  ref.drop(columns=[RUN_ID], errors="ignore"), check_exact=False, atol=1e-6)
