@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from neurorg_core.config import REPO_ROOT
-from neurorg_core.pipeline import load_plate_results
+from neurorg_core.results import load_plate_results
 from neurorg_core.schema import PLATE, RUN_ID
 from neurorg_core.store import ResultStore
 from neurorg_core.synth import write_synthetic_plates
