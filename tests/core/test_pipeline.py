@@ -62,14 +62,15 @@ def _model(seed: int, channels=CHANNELS):
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> dict:
+def bundles(tmp_path_factory, save_tiny) -> dict:
     root = tmp_path_factory.mktemp("bundles")
     m1, m2, m2b = _model(1), _model(2), _model(3)
     folds = [{"name": "fold1", "fold": 1}, {"name": "fold2", "fold": 2}]
     kw = {"kind": "ensemble", "arch": "efficientnet_tiny", "input_size": 32, "extra": GEOMETRY}
     a = save_bundle(root / "a", [m1, m2], folds, **kw)
     b = save_bundle(root / "b", [m1, m2b], folds, **kw)  # fold 2 retrained, fold 1 unchanged
-    one = save_bundle(root / "one", [m1], folds[:1], **kw)  # one LiteRT conversion for the fast path
+    # one member for the fast path: a session tiny member, whose LiteRT conversion other modules share
+    one = save_tiny(root / "one", ["fold1"])
     return {"a": a, "b": b, "one": one}
 
 
@@ -77,16 +78,9 @@ N_WELLS = 24  # imaged wells kept from the synthetic 96-well screen (keeps infer
 
 
 @pytest.fixture(scope="module")
-def plate_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("plates")
-    full = write_synthetic_plates(root, seed=0, n_wells=96, n_fields=1, size=64, layout="tiff",
-                                  kind="screen")[0]
-    pm = load_plate_map(full / "platemap.csv")
-    keep = pm[pm[ROLE] != "empty"].head(N_WELLS)
-    out = root / "screen"
-    out.mkdir()
-    for well in keep[WELL]:
-        shutil.copy(full / f"{well}_s1.tif", out / f"{well}_s1.tif")
+def plate_dir(tmp_path_factory, copy_screen_wells) -> Path:
+    out = tmp_path_factory.mktemp("plates") / "screen"
+    keep = copy_screen_wells(out, lambda pm: pm[pm[ROLE] != "empty"].head(N_WELLS))
     keep.to_csv(out / "platemap.csv", index=False)
     return out
 
@@ -286,10 +280,8 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
 
 
 @pytest.mark.slow
-def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path) -> None:
-    models = [_model(10 + i, (c,)) for i, c in enumerate(CHANNELS)]
-    sc = save_bundle(tmp_path / "sc", models, [{"name": c} for c in CHANNELS], kind="single_channel",
-                     arch="efficientnet_tiny", input_size=32, extra=GEOMETRY)
+def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path, save_tiny) -> None:
+    sc = save_tiny(tmp_path / "sc", list(CHANNELS), kind="single_channel")
     r = score(plate_dir, bundles["a"], store, single_channel_bundle=sc)
     assert r.inferred_crops == r.n_crops * 3  # the ensemble comes from the cache
     assert (r.cache_hits, r.cache_misses) == (0, r.n_fields)
