@@ -18,7 +18,7 @@ N_WELLS = 12
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, save_tiny, copy_screen_wells) -> dict:
     root = tmp_path_factory.mktemp("cli")
-    bundle = save_tiny(root / "bundle", ["fold1"])        # random weights, spread-out head
+    bundle = save_tiny(root / "bundle", ["fold1"])   # random weights: wells get distinct P(control)
     # two rows of the screen: controls, a compound series and disease wells
     keep = copy_screen_wells(root / "plate", lambda pm: pm[(pm[ROLE] != "empty")
                                                            & pm[WELL].str[0].isin(["A", "B"])].head(N_WELLS))

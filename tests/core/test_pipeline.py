@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +17,7 @@ import tifffile
 
 from neurorg_core.config import REPO_ROOT
 from neurorg_core.errors import NeuroRGError, PlateMapError
-from neurorg_core.model import build_model, load_bundle, save_bundle
+from neurorg_core.model import load_bundle, save_bundle
 from neurorg_core.pipeline import RunResult, hash_field, load_plate_results, run_plate
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.plates import load_plate
@@ -49,28 +48,18 @@ CROPS = 4  # per well: a 2 x 2 grid of 32 px tiles from each 64 px field
 GEOMETRY = {"crop_geometry": {"mode": "tiles", "crop_edge_px": 32, "pixel_size_um": None}}
 
 
-def _model(seed: int, channels=CHANNELS):
-    """Random weights, with the input normalisation and the head scaled up so that crops get
-    distinct probabilities (a freshly initialised EfficientNet says ~1/6 for everything)."""
-    keras.utils.set_random_seed(seed)
-    n = len(channels)
-    model = build_model("efficientnet_tiny", 32, channels, mean=[0.05] * n, std=[0.001] * n)
-    head = model.get_layer("predictions")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 100, bias])
-    return model
-
-
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory, save_tiny) -> dict:
+def bundles(tmp_path_factory, tiny_members, tiny_model) -> dict:
+    """Random weights with scaled normalisation and head, so that crops get distinct probabilities
+    (``tiny_model`` in conftest.py)."""
     root = tmp_path_factory.mktemp("bundles")
-    m1, m2, m2b = _model(1), _model(2), _model(3)
+    m1, m2, m2b = tiny_members["fold1"], tiny_members["fold2"], tiny_model(3)
     folds = [{"name": "fold1", "fold": 1}, {"name": "fold2", "fold": 2}]
     kw = {"kind": "ensemble", "arch": "efficientnet_tiny", "input_size": 32, "extra": GEOMETRY}
     a = save_bundle(root / "a", [m1, m2], folds, **kw)
     b = save_bundle(root / "b", [m1, m2b], folds, **kw)  # fold 2 retrained, fold 1 unchanged
-    # one member for the fast path: a session tiny member, whose LiteRT conversion other modules share
-    one = save_tiny(root / "one", ["fold1"])
+    # one member for the fast path; its LiteRT conversion is the one test_bundle_files makes of fold1
+    one = save_bundle(root / "one", [m1], folds[:1], **kw)
     return {"a": a, "b": b, "one": one}
 
 
@@ -280,8 +269,10 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
 
 
 @pytest.mark.slow
-def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path, save_tiny) -> None:
-    sc = save_tiny(tmp_path / "sc", list(CHANNELS), kind="single_channel")
+def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path, tiny_model) -> None:
+    models = [tiny_model(10 + i, (c,)) for i, c in enumerate(CHANNELS)]
+    sc = save_bundle(tmp_path / "sc", models, [{"name": c} for c in CHANNELS], kind="single_channel",
+                     arch="efficientnet_tiny", input_size=32, extra=GEOMETRY)
     r = score(plate_dir, bundles["a"], store, single_channel_bundle=sc)
     assert r.inferred_crops == r.n_crops * 3  # the ensemble comes from the cache
     assert (r.cache_hits, r.cache_misses) == (0, r.n_fields)

@@ -278,9 +278,9 @@ def test_train_and_evaluate_end_to_end_through_the_cli(tiny_plates, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_evaluate_recognises_validation_training_and_unseen_plates_by_content(tmp_path):
+def test_evaluate_recognises_validation_training_and_unseen_plates_by_content(tmp_path, tiny_members):
     from neurorg_core.inference import Predictor
-    from neurorg_core.model import build_model, save_bundle
+    from neurorg_core.model import save_bundle
     from neurorg_core.cropsets import CropSet
     from neurorg_core.evaluate import evaluate_bundle
 
@@ -294,7 +294,7 @@ def test_evaluate_recognises_validation_training_and_unseen_plates_by_content(tm
 
     p1, p2 = plate("plate_01", "fp1"), plate("plate_02", "fp2")
     new = plate("plate_01", "fp9")        # same name as a training plate, different content
-    models = [build_model("efficientnet_tiny", 32) for _ in range(2)]
+    models = [tiny_members["fold1"], tiny_members["fold2"]]      # random weights, 32 px
     infos = [{"name": "fold1", "fold": 1, "train_plates": ["plate_02"], "val_plates": ["plate_01"]},
              {"name": "fold2", "fold": 2, "train_plates": ["plate_01"], "val_plates": ["plate_02"]}]
     training = [{"name": "plate_01", "fingerprint": "fp1"}, {"name": "plate_02", "fingerprint": "fp2"}]
