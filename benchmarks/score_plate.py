@@ -69,7 +69,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="bundle folder (default: the demo ensemble)")
     p.add_argument("--tiny", action="store_true", help="benchmark a random efficientnet_tiny bundle")
-    # the demo recipe (train.DemoRecipe): 4 fields of 256 px per well
+    # the demo recipe (demo.DemoRecipe): 4 fields of 256 px per well
     p.add_argument("--size", type=int, default=256, help="field edge of the synthetic plate, pixels")
     p.add_argument("--fields", type=int, default=4, help="fields per well")
     p.add_argument("--wells", type=int, default=96, choices=(96, 384), help="plate format")

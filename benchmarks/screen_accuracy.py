@@ -21,7 +21,7 @@ Usage::
     TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/screen_accuracy.py [--seeds 2] [--screens 3] [--first-seed 7001]
         [--work /tmp/screen_accuracy] [--markdown results.md]
 
-The synthetic assay is the demo recipe's (``train.DemoRecipe().synth_params()``: what the demo was
+The synthetic assay is the demo recipe's (``demo.DemoRecipe().synth_params()``: what the demo was
 trained on). Seeds from 7001 up were never used for the demo's training (seed 1), evaluation (101,
 102), fit calibration (101, 102, 201) or the app's demo plate (2025).
 """
@@ -54,7 +54,7 @@ from neurorg_core.schema import (  # noqa: E402
 )
 from neurorg_core.store import ResultStore  # noqa: E402
 from neurorg_core.synth import SYNTH_PIXEL_SIZE_UM, write_synthetic_plates  # noqa: E402
-from neurorg_core.train import DemoRecipe  # noqa: E402
+from neurorg_core.demo import DemoRecipe  # noqa: E402
 
 HIT_TRUE = 0.55    # doses whose true rescue is at least this must be called hits
 HIT_FALSE = 0.35   # doses whose true rescue is under this must not

@@ -131,13 +131,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from neurorg_core.inference import Predictor
     from neurorg_core.model import load_bundle
-    from neurorg_core.train import evaluate_bundle, format_report
+    from neurorg_core.evaluate import evaluate_bundle, format_report
 
     bundle = load_bundle(args.model)
     report = evaluate_bundle(args.plates, bundle, predictor=Predictor(bundle, backend=args.backend))
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
         print(f"full report (confusion matrices, kappa) written to {args.json}")
     return 0
 
@@ -156,7 +156,8 @@ def _cmd_convert_bundle(args: argparse.Namespace) -> int:
 def _cmd_build_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from neurorg_core.train import DemoRecipe, TrainSettings, build_demo
+    from neurorg_core.demo import DemoRecipe, build_demo
+    from neurorg_core.train import TrainSettings
 
     recipe = DemoRecipe(ensemble_epochs=args.epochs, single_channel_epochs=args.single_channel_epochs,
                         cell_severity_sd=args.cell_severity_sd, well_severity_sd=args.well_severity_sd)
@@ -244,7 +245,7 @@ def _cmd_calibrate_fit(args: argparse.Namespace) -> int:
     import tempfile
 
     from neurorg_core.model import load_bundle, update_card
-    from neurorg_core.train import calibrate_fit_reference
+    from neurorg_core.evaluate import calibrate_fit_reference
 
     bundle = load_bundle(args.model)
     with tempfile.TemporaryDirectory(prefix="neurorg-calibrate-") as tmp:
@@ -312,13 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bit-depth", type=int, choices=(8, 12, 14, 16), help="the images' significant bits")
     s.set_defaults(func=_cmd_inspect)
 
-    from neurorg_core.train import DemoRecipe, TrainSettings  # no TensorFlow: Keras only when training
+    from neurorg_core.demo import DemoRecipe  # no TensorFlow: Keras only when training
+    from neurorg_core.model import ARCHITECTURES
+    from neurorg_core.train import TrainSettings
 
     s = sub.add_parser("train", help="train a leave-plate-out ensemble (or single-channel model)")
     s.add_argument("--plates", nargs="+", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--arch", choices=("efficientnet_tiny", *(f"efficientnet_b{i}" for i in range(6))),
-                   default="efficientnet_tiny")
+    s.add_argument("--arch", choices=ARCHITECTURES, default=TrainSettings.arch)
     s.add_argument("--input-size", type=int, default=TrainSettings.input_size, help="model input edge, pixels")
     s.add_argument("--crop-edge", type=int, default=TrainSettings.crop_edge_px,
                    help="tile edge in the training plates' pixels (resized to --input-size); recorded on "
@@ -328,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=TrainSettings.seed)
     s.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     s.add_argument("--lr", type=float, default=TrainSettings.learning_rate,
-                   help="peak AdamW learning rate (cosine decay)")
+                   help=f"peak {TrainSettings().optimizer} learning rate ({TrainSettings().schedule})")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="crop/well accuracy, confusion, kappa, McNemar")
@@ -354,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--well-severity-sd", type=float, default=demo.well_severity_sd)
     s.add_argument("--reuse", action="store_true", help="keep bundles already trained in --out; "
                    "only evaluate them and write the metrics")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=TrainSettings.seed)
     s.set_defaults(func=_cmd_build_demo)
 
     s = sub.add_parser("score", help="score a plate into the result store")

@@ -12,12 +12,16 @@ The crop-level table (one row per crop and ensemble member) comes from inference
 - ``Called_class``: arg-max of the mean probabilities;
 - ``P_control_member_sd``: how much the members disagree about the well's P(control);
 - ``N_crops``: distinct (field, crop) pairs scored.
+
+The per-well numbers come from ``aggregate_wells`` (crop probabilities -> mean probabilities,
+called class, crop votes), which the model card's well accuracy (``evaluate.score_crops``) uses too.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -150,6 +154,76 @@ def _prepare_plate_map(plate_map: pd.DataFrame) -> pd.DataFrame:
     return pm
 
 
+@dataclass(frozen=True)
+class WellAggregate:
+    """Crop probabilities aggregated per well.
+
+    The one rule behind both the screen's well table (``score_plate``: ``P_class*``,
+    ``Called_class``, ``Vote_class*``) and the model card's well accuracy
+    (``evaluate.score_crops``: ``well_acc`` from ``called``, ``well_acc_vote`` from ``vote_call``).
+    """
+
+    wells: np.ndarray          # (w,) well names, sorted (``np.unique`` order)
+    member_probs: np.ndarray   # (m, w, 6) each member's mean class probabilities over the well's crops
+    probs: np.ndarray          # (w, 6) the mean of ``member_probs`` over members
+    votes: np.ndarray          # (w, 6) int: crops whose ensemble-mean probabilities peak at each class
+
+    @property
+    def called(self) -> np.ndarray:
+        """(w,) arg-max of the mean probabilities: the well's called class."""
+        return self.probs.argmax(axis=1)
+
+    @property
+    def vote_call(self) -> np.ndarray:
+        """(w,) the plurality of the crop calls (the study's ratio method); ties go to the lower class."""
+        return self.votes.argmax(axis=1)
+
+    @property
+    def n_crops(self) -> np.ndarray:
+        """(w,) crops per well."""
+        return self.votes.sum(axis=1)
+
+
+def aggregate_wells(probs: np.ndarray, wells: np.ndarray) -> WellAggregate:
+    """Aggregate crop class probabilities per well.
+
+    Parameters
+    ----------
+    probs : array (n, 6) or (m, n, 6)
+        Softmax class probabilities of n crops from one model, or from each of m ensemble
+        members (member k's row i and member j's row i are the same crop).
+    wells : array (n,)
+        The well (any hashable label, e.g. ``A01``) of each crop.
+
+    Returns
+    -------
+    WellAggregate
+        Per well: each member's mean over the well's crops, their mean over members (the well's
+        class probabilities, float64), and the crop votes (arg-max of each crop's
+        ensemble-mean probabilities).
+
+    Raises
+    ------
+    NeuroRGError
+        If the shapes do not match or there are no crops.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    p = p[None] if p.ndim == 2 else p
+    w = np.asarray(wells)
+    if p.ndim != 3 or p.shape[2] != N_CLASSES or w.shape != (p.shape[1],) or p.shape[1] == 0:
+        raise NeuroRGError(f"crop probabilities of shape {np.shape(probs)} with {w.size} well labels; "
+                           f"expected (n, {N_CLASSES}) or (members, n, {N_CLASSES}) and n >= 1 labels")
+    names, inverse = np.unique(w, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    counts = np.bincount(inverse, minlength=len(names)).astype(np.float64)
+    sums = np.stack([np.stack([np.bincount(inverse, weights=member[:, k], minlength=len(names))
+                               for k in range(N_CLASSES)], axis=1) for member in p])   # (m, w, 6)
+    member_probs = sums / counts[None, :, None]
+    votes = np.zeros((len(names), N_CLASSES), np.int64)
+    np.add.at(votes, (inverse, p.mean(axis=0).argmax(axis=1)), 1)
+    return WellAggregate(names, member_probs, member_probs.mean(axis=0), votes)
+
+
 def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.DataFrame:
     """Score every well of a plate from its crop-level class probabilities.
 
@@ -181,22 +255,16 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
     df = check_crop_probs(crop_probs)
     probs = list(PROB_COLUMNS)
 
-    # each member's mean over the well's crops, then the mean over members
-    member_means = df.groupby([WELL, MEMBER])[probs].mean()
-    well_probs = member_means.groupby(level=WELL).mean()
-    p0_by_member = member_means[PROB_COLUMNS[0]].groupby(level=WELL)
-    n_members = p0_by_member.size()
-    member_sd = p0_by_member.std(ddof=1).where(n_members > 1, 0.0)
-
-    # crop votes: the ensemble-mean probabilities of each crop, arg-max, fraction per class
-    crop_mean = df.groupby([WELL, FIELD, CROP])[probs].mean()
-    crop_call = np.argmax(crop_mean.to_numpy(), axis=1)
-    crop_calls = pd.Series(crop_call, index=crop_mean.index.get_level_values(WELL))
-    vote_counts = (
-        pd.crosstab(crop_calls.index, crop_calls.to_numpy())
-        .reindex(columns=range(N_CLASSES), fill_value=0)
-        .reindex(well_probs.index)
-    )
+    # one row per crop with its members side by side -> the shared per-well aggregation
+    df = df.sort_values([WELL, FIELD, CROP, MEMBER], kind="stable")
+    n_members = int(df[MEMBER].nunique())
+    stacked = df[probs].to_numpy(np.float64).reshape(-1, n_members, N_CLASSES).transpose(1, 0, 2)
+    agg = aggregate_wells(stacked, df[WELL].to_numpy()[::n_members])
+    index = pd.Index(agg.wells, name=WELL)
+    well_probs = pd.DataFrame(agg.probs, index=index, columns=probs)
+    member_sd = pd.Series(agg.member_probs[:, :, 0].std(axis=0, ddof=1) if n_members > 1 else 0.0,
+                          index=index)
+    vote_counts = pd.DataFrame(agg.votes, index=index, columns=range(N_CLASSES))
     n_crops = vote_counts.sum(axis=1)
     votes = vote_counts.div(n_crops, axis=0)
     votes.columns = list(VOTE_COLUMNS)

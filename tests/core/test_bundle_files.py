@@ -1,8 +1,9 @@
 """Bundle files: hashes on the card, swapped or unrecorded LiteRT files, read-only bundles, and a
 bundle of the wrong kind.
 
-Conversions are slow (~10-30 s per member here), so the module converts its two test members once
-into the session's conversion cache (``tests/conftest.py``) and every test reuses them.
+Conversions are slow (~10-30 s per member here), so the two test members are converted once per
+session (``tiny_ensemble`` in ``tests/core/conftest.py``, cached by ``tests/conftest.py``) and every
+test reuses them.
 """
 
 from __future__ import annotations
@@ -22,16 +23,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from neurorg_core.cli import main  # noqa: E402
 from neurorg_core.config import REPO_ROOT, Config  # noqa: E402
 from neurorg_core.errors import NeuroRGError  # noqa: E402
-from neurorg_core.inference import (Predictor, _run_litert, conversion_cache_dir,  # noqa: E402
-                                    convert_bundle)
-from neurorg_core.model import (build_model, file_sha256, load_bundle, round_weights_to_float16,  # noqa: E402
-                                save_bundle)
+from neurorg_core.inference import Predictor, _run_litert, conversion_cache_dir  # noqa: E402
+from neurorg_core.model import file_sha256, load_bundle  # noqa: E402
 from neurorg_core.pipeline import ScoreOptions, run_plate  # noqa: E402
 from neurorg_core.platemap import load_plate_map  # noqa: E402
 from neurorg_core.plates import load_plate  # noqa: E402
-from neurorg_core.schema import CHANNELS, FIELD_HASH, ROLE, WELL  # noqa: E402
+from neurorg_core.schema import CHANNELS, FIELD_HASH, ROLE  # noqa: E402
 from neurorg_core.store import ResultStore  # noqa: E402
-from neurorg_core.synth import write_synthetic_plates  # noqa: E402
 
 S = 32
 
@@ -41,43 +39,21 @@ def _crops(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, S, S, 3), dtype=np.float32) * scale
 
 
-def _model(seed: int, channels=CHANNELS):
-    """Random weights with a spread-out head, so that members give clearly different answers."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    n = len(channels)
-    model = build_model("efficientnet_tiny", S, channels, [0.3] * n, [0.2] * n)
-    head = model.get_layer("predictions")
-    kernel, bias = head.get_weights()
-    head.set_weights([np.random.default_rng(seed).normal(0, 300.0, kernel.shape).astype("float32"), bias])
-    round_weights_to_float16(model)
-    return model
-
-
-GEOMETRY = {"crop_geometry": {"mode": "tiles", "crop_edge_px": S, "pixel_size_um": None}}
-"""Crops of S px: the 64 px test fields give 2 x 2 tiles."""
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bundle_files")
 
 
 @pytest.fixture(scope="module")
-def plain(root) -> Path:
+def plain(tiny_ensemble_files) -> Path:
     """A 2-member ensemble as training writes it: weights and card, no LiteRT files."""
-    save_bundle(root / "plain", [_model(21), _model(22)], [{"name": "fold1", "fold": 1},
-                {"name": "fold2", "fold": 2}], kind="ensemble", arch="efficientnet_tiny", input_size=S,
-                extra=GEOMETRY)
-    return root / "plain"
+    return tiny_ensemble_files
 
 
 @pytest.fixture(scope="module")
-def sealed(root, plain):
+def sealed(tiny_ensemble):
     """The same bundle after ``convert_bundle``: LiteRT files inside, every hash on the card."""
-    shutil.copytree(plain, root / "sealed")
-    return convert_bundle(load_bundle(root / "sealed"))
+    return tiny_ensemble
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +134,10 @@ N_WELLS = 12
 
 
 @pytest.fixture(scope="module")
-def plate_dir(root) -> Path:
-    """12 imaged wells of a synthetic screen, one 64 px field each."""
-    full = write_synthetic_plates(root / "synth", seed=4, n_wells=96, n_fields=1, size=64, layout="tiff",
-                                  kind="screen")[0]
-    pm = load_plate_map(full / "platemap.csv")
-    keep = pm[pm[ROLE] != "empty"].head(N_WELLS)
+def plate_dir(root, copy_screen_wells) -> Path:
+    """12 imaged wells of the synthetic screen, one 64 px field each."""
     out = root / "plate"
-    out.mkdir()
-    for well in keep[WELL]:
-        shutil.copy(full / f"{well}_s1.tif", out / f"{well}_s1.tif")
+    keep = copy_screen_wells(out, lambda pm: pm[pm[ROLE] != "empty"].head(N_WELLS))
     keep.to_csv(out / "platemap.csv", index=False)
     return out
 
@@ -271,11 +241,9 @@ def test_conversion_cache_selection_falls_back_when_a_folder_cannot_be_written(t
 # --- a bundle of the wrong kind -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def single(root):
-    """A single-channel bundle (one untrained member per channel; never run here)."""
-    return save_bundle(root / "single", [build_model("efficientnet_tiny", S, (c,)) for c in CHANNELS],
-                       [{"name": c} for c in CHANNELS], kind="single_channel", arch="efficientnet_tiny",
-                       input_size=S, extra=GEOMETRY)
+def single(root, save_tiny):
+    """A single-channel bundle (one member per channel; never run here)."""
+    return save_tiny(root / "single", list(CHANNELS), kind="single_channel")
 
 
 def test_load_bundle_refuses_the_other_kind_when_one_is_asked_for(single, sealed) -> None:

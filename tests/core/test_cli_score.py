@@ -5,43 +5,25 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import keras
 import pandas as pd
 import pytest
 
 from neurorg_core.cli import main
-from neurorg_core.model import build_model, save_bundle
-from neurorg_core.platemap import load_plate_map
 from neurorg_core.schema import P_CONTROL, PLATE, RESCUE_PCT, ROLE, SOURCE, WELL
 from neurorg_core.store import ResultStore
-from neurorg_core.synth import write_synthetic_plates
 
 N_WELLS = 12
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
+def setup(tmp_path_factory, save_tiny, copy_screen_wells) -> dict:
     root = tmp_path_factory.mktemp("cli")
-    keras.utils.set_random_seed(7)
-    # random weights; normalisation and head scaled up so wells get distinct P(control)
-    model = build_model("efficientnet_tiny", 32, mean=[0.05] * 3, std=[0.001] * 3)
-    head = model.get_layer("predictions")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 100, bias])
-    bundle = save_bundle(root / "bundle", [model],
-                         [{"name": "fold1", "fold": 1}], kind="ensemble", arch="efficientnet_tiny",
-                         input_size=32, extra={"crop_geometry": {"mode": "tiles", "crop_edge_px": 32}})
-    full = write_synthetic_plates(root / "synth", seed=1, n_wells=96, n_fields=1, size=64,
-                                  layout="tiff", kind="screen")[0]
-    pm = load_plate_map(full / "platemap.csv")
+    bundle = save_tiny(root / "bundle", ["fold1"])   # random weights: wells get distinct P(control)
     # two rows of the screen: controls, a compound series and disease wells
-    keep = pm[(pm[ROLE] != "empty") & pm[WELL].str[0].isin(["A", "B"])].head(N_WELLS)
-    plate = root / "plate"
-    plate.mkdir()
-    for well in keep[WELL]:
-        shutil.copy(full / f"{well}_s1.tif", plate / f"{well}_s1.tif")
+    keep = copy_screen_wells(root / "plate", lambda pm: pm[(pm[ROLE] != "empty")
+                                                           & pm[WELL].str[0].isin(["A", "B"])].head(N_WELLS))
     keep.to_csv(root / "map.csv", index=False)
-    return {"bundle": bundle.path, "plate": plate, "map": root / "map.csv", "db": root / "r.duckdb"}
+    return {"bundle": bundle.path, "plate": root / "plate", "map": root / "map.csv", "db": root / "r.duckdb"}
 
 
 def score_args(s: dict) -> list[str]:

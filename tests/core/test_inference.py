@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from neurorg_core.errors import NeuroRGError  # noqa: E402
 from neurorg_core.inference import Predictor, predict_stream  # noqa: E402
-from neurorg_core.model import build_model, file_sha256, round_weights_to_float16, save_bundle  # noqa: E402
+from neurorg_core.model import file_sha256  # noqa: E402
 
 S = 32
 
@@ -22,25 +22,13 @@ def _crops(n: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """Two single-channel members (microglia, neuron), with heads that spread outputs.
+def bundle(tmp_path_factory, save_tiny):
+    """Two single-channel members (microglia, neuron) of the session's tiny models, with heads
+    that spread outputs.
 
     (3-channel members go through the same fast path in ``test_bundle_files`` and the pipeline
     tests.)"""
-    import keras
-
-    models = []
-    for i, chans in enumerate([("microglia",), ("neuron",)]):
-        keras.utils.set_random_seed(10 + i)
-        m = build_model("efficientnet_tiny", S, chans, [0.3] * len(chans), [0.2] * len(chans))
-        head = m.get_layer("predictions")
-        kernel, bias = head.get_weights()
-        head.set_weights([np.random.default_rng(i).normal(0, 300.0, kernel.shape).astype("float32"), bias])
-        round_weights_to_float16(m)
-        models.append(m)
-    folder = tmp_path_factory.mktemp("bundle") / "b"
-    return save_bundle(folder, models, [{"name": "microglia"}, {"name": "neuron"}],
-                       kind="single_channel", arch="efficientnet_tiny", input_size=S)
+    return save_tiny(tmp_path_factory.mktemp("bundle") / "b", ["microglia", "neuron"], kind="single_channel")
 
 
 @pytest.fixture(scope="module")

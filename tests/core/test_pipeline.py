@@ -10,7 +10,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +17,7 @@ import tifffile
 
 from neurorg_core.config import REPO_ROOT
 from neurorg_core.errors import NeuroRGError, PlateMapError
-from neurorg_core.model import build_model, load_bundle, save_bundle
+from neurorg_core.model import load_bundle, save_bundle
 from neurorg_core.pipeline import RunResult, ScoreOptions, hash_field, run_plate
 from neurorg_core.results import load_plate_results
 from neurorg_core.platemap import load_plate_map
@@ -50,27 +49,18 @@ CROPS = 4  # per well: a 2 x 2 grid of 32 px tiles from each 64 px field
 GEOMETRY = {"crop_geometry": {"mode": "tiles", "crop_edge_px": 32, "pixel_size_um": None}}
 
 
-def _model(seed: int, channels=CHANNELS):
-    """Random weights, with the input normalisation and the head scaled up so that crops get
-    distinct probabilities (a freshly initialised EfficientNet says ~1/6 for everything)."""
-    keras.utils.set_random_seed(seed)
-    n = len(channels)
-    model = build_model("efficientnet_tiny", 32, channels, mean=[0.05] * n, std=[0.001] * n)
-    head = model.get_layer("predictions")
-    kernel, bias = head.get_weights()
-    head.set_weights([kernel * 100, bias])
-    return model
-
-
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> dict:
+def bundles(tmp_path_factory, tiny_members, tiny_model) -> dict:
+    """Random weights with scaled normalisation and head, so that crops get distinct probabilities
+    (``tiny_model`` in conftest.py)."""
     root = tmp_path_factory.mktemp("bundles")
-    m1, m2, m2b = _model(1), _model(2), _model(3)
+    m1, m2, m2b = tiny_members["fold1"], tiny_members["fold2"], tiny_model(3)
     folds = [{"name": "fold1", "fold": 1}, {"name": "fold2", "fold": 2}]
     kw = {"kind": "ensemble", "arch": "efficientnet_tiny", "input_size": 32, "extra": GEOMETRY}
     a = save_bundle(root / "a", [m1, m2], folds, **kw)
     b = save_bundle(root / "b", [m1, m2b], folds, **kw)  # fold 2 retrained, fold 1 unchanged
-    one = save_bundle(root / "one", [m1], folds[:1], **kw)  # one LiteRT conversion for the fast path
+    # one member for the fast path; its LiteRT conversion is the one test_bundle_files makes of fold1
+    one = save_bundle(root / "one", [m1], folds[:1], **kw)
     return {"a": a, "b": b, "one": one}
 
 
@@ -78,16 +68,9 @@ N_WELLS = 24  # imaged wells kept from the synthetic 96-well screen (keeps infer
 
 
 @pytest.fixture(scope="module")
-def plate_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("plates")
-    full = write_synthetic_plates(root, seed=0, n_wells=96, n_fields=1, size=64, layout="tiff",
-                                  kind="screen")[0]
-    pm = load_plate_map(full / "platemap.csv")
-    keep = pm[pm[ROLE] != "empty"].head(N_WELLS)
-    out = root / "screen"
-    out.mkdir()
-    for well in keep[WELL]:
-        shutil.copy(full / f"{well}_s1.tif", out / f"{well}_s1.tif")
+def plate_dir(tmp_path_factory, copy_screen_wells) -> Path:
+    out = tmp_path_factory.mktemp("plates") / "screen"
+    keep = copy_screen_wells(out, lambda pm: pm[pm[ROLE] != "empty"].head(N_WELLS))
     keep.to_csv(out / "platemap.csv", index=False)
     return out
 
@@ -289,8 +272,8 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
 
 
 @pytest.mark.slow
-def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path) -> None:
-    models = [_model(10 + i, (c,)) for i, c in enumerate(CHANNELS)]
+def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path, tiny_model) -> None:
+    models = [tiny_model(10 + i, (c,)) for i, c in enumerate(CHANNELS)]
     sc = save_bundle(tmp_path / "sc", models, [{"name": c} for c in CHANNELS], kind="single_channel",
                      arch="efficientnet_tiny", input_size=32, extra=GEOMETRY)
     r = score(plate_dir, bundles["a"], store, single_channel_bundle=sc)

@@ -31,7 +31,7 @@ from neurorg_core.schema import (
 )
 from neurorg_core.store import ResultStore
 from neurorg_core.synth import SYNTH_PIXEL_SIZE_UM, build_plate_table, write_synthetic_plates
-from neurorg_core.train import DemoRecipe
+from neurorg_core.demo import DemoRecipe
 
 pytestmark = pytest.mark.slow
 
