@@ -6,7 +6,8 @@ import tifffile
 from PIL import Image
 
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.plates import FieldRef, extract_zip, load_plate
+from neurorg_core.archive import extract_zip
+from neurorg_core.plates import FieldRef, load_plate
 
 GUID = "B9D0A1F2-5C3E-4A57-9E6D-2F1B0C8D7E6A"
 
@@ -286,6 +287,19 @@ def test_zip_size_bound_empty_and_corrupt(tmp_path):
         load_plate(notzip, work_dir=tmp_path / "w")
 
 
+
+def test_load_plate_honours_max_zip_bytes(tmp_path):
+    # load_plate's own size limit reaches the extraction (it was once replaced by the 64 GiB default)
+    root = write_imagexpress(tmp_path / "src")
+    zpath = tmp_path / "small.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in sorted(root.iterdir()):
+            zf.write(p, p.name)
+    total = sum(i.file_size for i in zipfile.ZipFile(zpath).infolist())
+    with pytest.raises(NeuroRGError, match=f"small.zip: the zip expands to {total} bytes, more than the limit of 100"):
+        load_plate(zpath, work_dir=tmp_path / "work", max_zip_bytes=100)
+    assert load_plate(zpath, work_dir=tmp_path / "work", max_zip_bytes=total).wells() == ["B02", "B03"]
+
 # --- bad input --------------------------------------------------------------------------------
 
 def test_empty_folder_and_folder_without_images(tmp_path):
@@ -473,7 +487,7 @@ def test_unused_channel_is_not_read_or_checked(tmp_path):
     assert plate.read_field(plate.fields[0]).shape == (24, 32, 3)
 
 
-# --- TIFF header reuse (plates._TiffReader) -----------------------------------------------------
+# --- TIFF header reuse (tiffreuse.TiffReader) ---------------------------------------------------
 
 def _random_imagexpress(root, rng, dtype, shape=(24, 32), **imwrite):
     """Random per-channel planes; returns {(well, site, channel): plane}."""
@@ -491,16 +505,14 @@ def _random_imagexpress(root, rng, dtype, shape=(24, 32), **imwrite):
 
 
 def _count_tifffile_parses(monkeypatch):
-    import neurorg_core.plates as plates
-
     calls = []
-    real = plates.tifffile.TiffFile
+    real = tifffile.TiffFile
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(plates.tifffile, "TiffFile", counting)
+    monkeypatch.setattr(tifffile, "TiffFile", counting)
     return calls
 
 
