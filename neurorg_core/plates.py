@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,8 @@ class Plate:
         for ref in self.fields:
             self._by_well.setdefault(ref.well, []).append(ref)
         self._reader = spec.field_reader(PlateGeometry(
-            name=name, channel_ids=self.channel_ids, channel_map=self.channel_map, dtype=self.dtype,
+            name=name, channel_ids=self.channel_ids, channel_map=MappingProxyType(self.channel_map),
+            dtype=self.dtype,
             field_shape=self.field_shape, max_pixels=max_pixels))
         self._listing = (folders, listing.first_files)
         self._stamp = self._current_stamp()

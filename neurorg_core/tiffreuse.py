@@ -9,7 +9,8 @@ tifffile as before (``images.read_image``), with the same checks and messages.
 
 ``TiffReader`` is per plate: a per-channel layout's field reader owns one (``layouts.storage``),
 and ``Plate.reused_headers`` reports how many files it served. Its memory is bounded: at most
-``MAX_TEMPLATES`` templates, each the size of a file's non-pixel bytes (a few hundred bytes).
+``MAX_TEMPLATES`` templates, each the size of a file's non-pixel bytes (a few hundred bytes for
+an instrument's TIFF, a few kilobytes with a long description).
 """
 
 from __future__ import annotations
@@ -92,14 +93,16 @@ def tiff_template(tif: tifffile.TiffFile, path: Path, img: np.ndarray,
 class TiffReader:
     """Reads one plate's image files, reusing the parsed header of TIFFs written the same way.
 
-    Not thread-safe: one reader per plate, used by the thread reading that plate's fields.
+    The threads reading one plate (the app's sessions) may share it: templates are only ever
+    added, so a race at worst parses a header twice or keeps one template more than the limit.
     """
 
     MAX_TEMPLATES = 16   # distinct headers remembered per plate; files past that go to tifffile
     GIVE_UP = 32         # after this many misses in a row, stop trying (per-file metadata)
 
     def __init__(self) -> None:
-        self.templates: dict[int, list[TiffTemplate]] = {}
+        self.templates: dict[int, list[TiffTemplate]] = {}   # file size -> templates of that size
+        self.n_templates = 0
         self.reused = 0   # files read through a remembered header
         self.misses = 0   # files in a row that had a same-size template but another header
 
@@ -126,10 +129,11 @@ class TiffReader:
                     self.misses = 0
                     return pixels
             self.misses += 1
-        learn = sum(map(len, self.templates.values())) < self.MAX_TEMPLATES
+        learn = self.n_templates < self.MAX_TEMPLATES
         img, _, template = read_tiff(
             path, max_pixels,
             while_open=(lambda tif, pixels: tiff_template(tif, path, pixels, data)) if learn else None)
         if template is not None:
             self.templates.setdefault(template.size, []).append(template)
+            self.n_templates += 1
         return img

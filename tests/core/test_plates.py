@@ -563,3 +563,20 @@ def test_same_size_file_with_another_header_is_not_read_through_the_old_one(tmp_
     assert plate.read_field(FieldRef("B02", 2, 2, 1))[0, 0].tolist() == [51, 101, 151]
     with pytest.raises(NeuroRGError, match="B04_s1_w2.*well B04: field is 32 x 24 pixels"):
         plate.read_field(FieldRef("B04", 2, 4, 1))
+
+
+def test_header_templates_are_bounded_per_plate(tmp_path):
+    from neurorg_core.tiffreuse import TiffReader
+
+    rng = np.random.default_rng(5)
+    reader = TiffReader()
+    for i in range(TiffReader.MAX_TEMPLATES + 6):   # every file its own header (same size, other text)
+        img = rng.integers(0, 255, (24, 32), dtype=np.uint8)
+        path = tmp_path / f"x_B02_s{i + 1}_w1.tif"
+        tifffile.imwrite(path, img, description=f"acquired {i:04d}")
+        np.testing.assert_array_equal(reader.read(path, 10**6), img)
+    assert reader.n_templates == TiffReader.MAX_TEMPLATES == sum(map(len, reader.templates.values()))
+    assert reader.reused == 0
+    again = tmp_path / "x_B02_s1_w1.tif"    # a file written like a remembered one is still served
+    np.testing.assert_array_equal(reader.read(again, 10**6), tifffile.imread(again))
+    assert reader.reused == 1
