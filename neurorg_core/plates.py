@@ -107,8 +107,7 @@ class Plate:
             self._by_well.setdefault(ref.well, []).append(ref)
         self._reader = spec.field_reader(PlateGeometry(
             name=name, channel_ids=self.channel_ids, channel_map=MappingProxyType(self.channel_map),
-            dtype=self.dtype,
-            field_shape=self.field_shape, max_pixels=max_pixels))
+            dtype=self.dtype, field_shape=self.field_shape, max_pixels=max_pixels))
         self._listing = (folders, listing.first_files)
         self._stamp = self._current_stamp()
         self._cleanup = (weakref.finalize(self, shutil.rmtree, str(owned_dir), True)
