@@ -80,9 +80,9 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.no_header_reuse:
-        from neurorg_core import plates
+        from neurorg_core import tiffreuse
 
-        plates._TiffReader.GIVE_UP = 0
+        tiffreuse.TiffReader.GIVE_UP = 0
 
     with tempfile.TemporaryDirectory(prefix="neurorg-bench-") as tmp:
         work = Path(tmp)

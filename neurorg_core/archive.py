@@ -1,9 +1,16 @@
 """Safe extraction of a plate's ``.zip``: path checks, size and ratio limits, disk space, owners.
 
-``extract_zip(zip, dest)`` checks every member before anything is written and then counts the
-bytes it really writes (a member's header is never trusted). ``extract_zip_keyed(zip, work_dir)``
-is the app's cache of extractions: one folder per zip file *version* (path, size, mtime), reused
-while the zip is unchanged and removed when the zip is replaced.
+One family, one owner (this module). ``extract_plate_zip(zip, work_dir=None)`` is the entry point
+``load_plate`` uses; it picks one of two owners for the files:
+
+- no ``work_dir`` (the CLI, scripts): a temporary folder that the caller owns and removes
+  (``Extraction.owned``; ``Plate.close`` does it);
+- ``work_dir`` (the app): ``extract_zip_keyed(zip, work_dir)``, the app's cache of extractions, one
+  folder per zip file *version* (path, size, mtime), reused while the zip is unchanged and removed
+  when the zip is replaced.
+
+Both extract with ``extract_zip(zip, dest)``, which checks every member before anything is
+written and then counts the bytes it really writes (a member's header is never trusted).
 
 Limits (``ZipLimits``; why these numbers):
 
@@ -32,7 +39,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from neurorg_core.errors import NeuroRGError, printable
@@ -162,7 +169,7 @@ def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budge
     return written
 
 
-def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int = MAX_ZIP_BYTES,
+def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int | None = None,
                 limits: ZipLimits | None = None) -> Path:
     """Extract a zip safely into ``dest`` (created; must be empty if it exists).
 
@@ -180,7 +187,7 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int = MAX_
     dest
         Folder to extract into.
     max_bytes
-        Largest total uncompressed size, bytes (overrides ``limits.max_bytes``).
+        Largest total uncompressed size, bytes (overrides ``limits.max_bytes``; default: that).
     limits
         Ratio, free-space and size limits; default ``ZipLimits()``.
 
@@ -197,10 +204,8 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int = MAX_
     """
     zip_path, dest = Path(zip_path), Path(dest)
     limits = limits or ZipLimits()
-    if max_bytes != limits.max_bytes:
-        limits = ZipLimits(max_bytes=max_bytes, max_member_ratio=limits.max_member_ratio,
-                           max_total_ratio=limits.max_total_ratio, ratio_floor=limits.ratio_floor,
-                           reserve_bytes=limits.reserve_bytes)
+    if max_bytes is not None and max_bytes != limits.max_bytes:
+        limits = replace(limits, max_bytes=max_bytes)
     with _open_zip(zip_path) as zf:
         files = _check_members(zf, zip_path, dest, limits)
         if dest.exists() and any(dest.iterdir()):
@@ -305,3 +310,45 @@ def extract_zip_keyed(zip_path: str | Path, work_dir: str | Path, *,
             log.info("removing the extraction of an earlier version of %s: %s", zip_path.name, old)
             shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+# --- the entry point ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Extraction:
+    """Where a plate's zip was extracted, and who removes it."""
+
+    root: Path    # the folder holding the zip's files
+    owned: bool   # True: a temporary folder the caller removes; False: the keyed cache's (work_dir's owner)
+
+
+def extract_plate_zip(zip_path: str | Path, *, work_dir: str | Path | None = None,
+                      limits: ZipLimits | None = None) -> Extraction:
+    """Extract a plate's zip for reading: the one entry point (``load_plate`` calls it).
+
+    Parameters
+    ----------
+    zip_path
+        The ``.zip`` file.
+    work_dir
+        The caller's cache of extractions (``extract_zip_keyed``: one folder per zip version,
+        reused, older versions removed). Default: a new temporary folder (``tempfile``, so
+        ``TMPDIR``) that the caller owns and must remove (``Extraction.owned``).
+    limits
+        Size, ratio and free-space limits; default ``ZipLimits()``.
+
+    Raises
+    ------
+    NeuroRGError
+        As ``extract_zip``; nothing is left behind when it fails.
+    """
+    zip_path = Path(zip_path)
+    if work_dir is not None:
+        return Extraction(extract_zip_keyed(zip_path, work_dir, limits=limits), owned=False)
+    dest = Path(tempfile.mkdtemp(prefix="neurorg_zip_"))
+    try:
+        extract_zip(zip_path, dest, limits=limits)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return Extraction(dest, owned=True)

@@ -21,6 +21,10 @@ Sources, in the order they are trusted (the first that gives a value wins):
 
 Pixels are assumed square: when X and Y differ, X is used and the difference is logged. A source
 that is present but unreadable is logged and skipped, never guessed.
+
+Each layout names its reader (``LayoutSpec.pixel_size``): ``file_pixel_size`` (the TIFF header),
+``harmony_export_pixel_size`` (the header, then the Harmony index) or ``no_pixel_size``. What a
+layout writes for ``synth`` lives with the layout (``neurorg_core.layouts``).
 """
 
 from __future__ import annotations
@@ -267,26 +271,28 @@ def harmony_pixel_size(first: Path, root: Path) -> PixelSize | None:
     return None
 
 
-def read_pixel_size(first: Path, *, layout: str, root: Path) -> PixelSize | None:
-    """The plate's pixel size from its first field's file (and, for a Harmony export, its index).
+def file_pixel_size(first: Path, root: Path) -> PixelSize | None:
+    """A plate's pixel size from its first field's TIFF header (OME-XML, ImageJ, MetaMorph, TIFF
+    resolution); None for other files or when no metadata gives it (never a guess).
 
-    Parameters
-    ----------
-    first
-        The first field's image file (its header is read, no pixels).
-    layout
-        The plate's layout; ``operetta`` looks for ``Index.idx.xml`` / ``Index.xml`` too.
-    root
-        The plate folder: the index is searched from ``first``'s folder up to here.
-
-    Returns
-    -------
-    PixelSize or None
-        None when no metadata gives it (never a guess).
+    The ``pixel_size`` reader of most layouts (``LayoutSpec.pixel_size``); ``root`` is unused.
     """
     if first.suffix.lower() not in (".tif", ".tiff"):
         return None
-    if layout == "operetta":
-        found = tiff_pixel_size(first, skip_plain_resolution=True) or harmony_pixel_size(first, root)
-        return found or tiff_pixel_size(first)
     return tiff_pixel_size(first)
+
+
+def harmony_export_pixel_size(first: Path, root: Path) -> PixelSize | None:
+    """A Harmony (Opera Phenix / Operetta) export's pixel size: the TIFF's own OME-XML, ImageJ or
+    MetaMorph metadata, else ``Index.idx.xml`` / ``Index.xml`` (searched from ``first``'s folder
+    up to ``root``), else the TIFF resolution tags. The operetta layout's ``pixel_size`` reader.
+    """
+    if first.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    found = tiff_pixel_size(first, skip_plain_resolution=True) or harmony_pixel_size(first, root)
+    return found or tiff_pixel_size(first)
+
+
+def no_pixel_size(first: Path, root: Path) -> PixelSize | None:
+    """The ``pixel_size`` reader of a layout whose files hold no pixel size (the npy release)."""
+    return None

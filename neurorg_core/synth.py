@@ -32,7 +32,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import tifffile
 from scipy import ndimage
 
 from neurorg_core.errors import NeuroRGError
@@ -43,7 +42,6 @@ from neurorg_core.schema import (
     CONTROL_CLASS,
     DISEASE_CLASS,
     DOSE,
-    LAYOUTS,
     N_CLASSES,
     PLATE,
     ROLE,
@@ -55,6 +53,7 @@ from neurorg_core.schema import (
     TRUE_STIMULUS,
     WELL,
 )
+from neurorg_core.layouts import LayoutSpec, WriteTarget, builtin_layout, layout_names, layout_spec
 from neurorg_core.wells import format_well, parse_well
 
 log = logging.getLogger(__name__)
@@ -680,7 +679,11 @@ def render_well(seed: int, plate_number: int, well: str, severity: float, n_fiel
                      for _ in range(n_fields)])
 
 
-# --- writers --------------------------------------------------------------------------------------
+# --- writing through the layout's spec (neurorg_core.layouts) ------------------------------------
+
+_BIT_DEPTH_DTYPE = {8: np.dtype(np.uint8), 12: np.dtype(np.uint16), 16: np.dtype(np.uint16)}
+"""The pixel type files of each bit depth are written in."""
+
 
 def _at_bit_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:
     """8-bit pixels as written: unchanged for 8 bits; round(v * 4095 / 255) in uint16 for 12-bit
@@ -692,103 +695,47 @@ def _at_bit_depth(img: np.ndarray, bit_depth: int) -> np.ndarray:
     return img
 
 
-def _metamorph_description(pixel_size_um: float) -> str:
-    """The spatial calibration as MetaMorph / MetaXpress writes it in ImageDescription."""
-    return ("<MetaData><PlaneInfo>"
-            f'<prop id="spatial-calibration-x" type="float" value="{pixel_size_um:.6g}"/>'
-            f'<prop id="spatial-calibration-y" type="float" value="{pixel_size_um:.6g}"/>'
-            '<prop id="spatial-calibration-units" type="string" value="um"/>'
-            "</PlaneInfo></MetaData>")
-
-
-def _write_imagexpress(folder: Path, name: str, well: str, fields: np.ndarray, bit_depth: int,
-                       pixel_size_um: float) -> None:
-    description = _metamorph_description(pixel_size_um)
-    for s, img in enumerate(fields, start=1):
-        for ch in range(3):
-            plane = _at_bit_depth(img[:, :, ch], bit_depth)
-            tifffile.imwrite(folder / f"{name}_{well}_s{s}_w{ch + 1}.tif", plane, description=description,
-                             metadata=None)
-
-
-def _operetta_name(row: int, col: int, field: int, channel: int) -> str:
-    return f"r{row:02d}c{col:02d}f{field:02d}p01-ch{channel}sk1fk1fl1.tiff"
-
-
-def _write_operetta(folder: Path, well: str, fields: np.ndarray, bit_depth: int, pixel_size_um: float) -> None:
-    r, c = parse_well(well)
-    images = folder / "Images"
-    images.mkdir(exist_ok=True)
-    for f, img in enumerate(fields, start=1):
-        for ch in range(3):
-            plane = _at_bit_depth(img[:, :, ch], bit_depth)
-            tifffile.imwrite(images / _operetta_name(r, c, f, ch + 1), plane)
-
-
-def _write_harmony_index(images: Path, wells: list[str], n_fields: int, pixel_size_um: float) -> None:
-    """``Images/Index.idx.xml`` as Harmony exports it: one entry per image file, with the pixel
-    size in metres."""
-    res = f"{pixel_size_um * 1e-6:.6E}"
-    entries = []
-    for well in wells:
-        r, c = parse_well(well)
-        for f in range(1, n_fields + 1):
-            for ch in range(1, 4):
-                entries.append(
-                    f"    <Image Version=\"1\"><id>{r:02d}{c:02d}K1F{f}P1R{ch}</id>"
-                    f"<URL>{_operetta_name(r, c, f, ch)}</URL><Row>{r}</Row><Col>{c}</Col>"
-                    f"<FieldID>{f}</FieldID><PlaneID>1</PlaneID><ChannelID>{ch}</ChannelID>"
-                    f"<ImageResolutionX Unit=\"m\">{res}</ImageResolutionX>"
-                    f"<ImageResolutionY Unit=\"m\">{res}</ImageResolutionY></Image>")
-    xml = ('<?xml version="1.0" encoding="utf-8"?>\n'
-           '<EvaluationInputData xmlns="http://www.perkinelmer.com/PEHH/HarmonyV5" Version="2">\n'
-           "  <Images>\n" + "\n".join(entries) + "\n  </Images>\n</EvaluationInputData>\n")
-    (images / "Index.idx.xml").write_text(xml, encoding="utf-8")
-
-
-def _write_tiff(folder: Path, well: str, fields: np.ndarray, bit_depth: int, pixel_size_um: float) -> None:
-    per_cm = 1e4 / pixel_size_um
-    for s, img in enumerate(fields, start=1):
-        tifffile.imwrite(folder / f"{well}_s{s}.tif", _at_bit_depth(img, bit_depth), photometric="rgb",
-                         resolution=(per_cm, per_cm), resolutionunit="CENTIMETER", metadata=None)
-
-
 @dataclass(frozen=True)
 class _WellJob:
-    """Everything a worker needs to render one well (and write it, for image layouts)."""
+    """Everything a worker needs to render one well and write it through its layout."""
 
     seed: int
-    plate_number: int
     well: str
     severity: float
-    n_fields: int
-    size: int
     effects: PlateEffects
     params: SynthParams
-    layout: str
-    folder: Path
+    layout: str            # a layout name (``layouts.layout_spec``): specs are found, not pickled
+    target: WriteTarget
     bit_depth: int
     magnification: float = 1.0
 
-    @property
-    def pixel_size_um(self) -> float:
-        return SYNTH_PIXEL_SIZE_UM / self.magnification
 
-
-def _run_job(job: _WellJob) -> np.ndarray | None:
-    """Render one well; write its files (image layouts) or return its fields (npy layout)."""
-    fields = render_well(job.seed, job.plate_number, job.well, job.severity, job.n_fields, job.size,
+def _run_job(job: _WellJob) -> None:
+    """Render one well and write its files through the layout's spec."""
+    t = job.target
+    fields = render_well(job.seed, t.plate_number, job.well, job.severity, t.n_fields, t.size,
                          job.effects, job.params, job.magnification)
-    if job.layout == "imagexpress":
-        _write_imagexpress(job.folder, plate_name(job.plate_number), job.well, fields, job.bit_depth,
-                           job.pixel_size_um)
-    elif job.layout == "operetta":
-        _write_operetta(job.folder, job.well, fields, job.bit_depth, job.pixel_size_um)
-    elif job.layout == "tiff":
-        _write_tiff(job.folder, job.well, fields, job.bit_depth, job.pixel_size_um)
-    else:
-        return fields
-    return None
+    layout_spec(job.layout).write_well(t, job.well, _at_bit_depth(fields, job.bit_depth))
+
+
+def _check_layout(layout: str, kind: str, bit_depth: int, n_workers: int) -> LayoutSpec:
+    """The layout's spec, refusing what it cannot hold (checked before anything is written)."""
+    spec = layout_spec(layout)
+    if kind not in PLATE_KINDS:
+        raise NeuroRGError(f"plate kind {kind!r} is not one of {', '.join(PLATE_KINDS)}")
+    if spec.labelled and kind != "training":
+        others = [n for n in layout_names() if not layout_spec(n).labelled]
+        raise NeuroRGError(f"the {spec.name} layout ({spec.example}) holds class-labelled training "
+                           f"plates only; use {', '.join(others)} for screening plates")
+    if bit_depth not in BIT_DEPTHS:
+        raise NeuroRGError(f"bit_depth {bit_depth} is not one of {', '.join(map(str, BIT_DEPTHS))}")
+    if _BIT_DEPTH_DTYPE[bit_depth] not in spec.dtypes:
+        bits = "/".join(str(8 * d.itemsize) for d in spec.dtypes)
+        raise NeuroRGError(f"the {spec.name} layout is {bits}-bit only; bit_depth {bit_depth} does not fit")
+    if n_workers > 1 and not builtin_layout(spec.name):
+        raise NeuroRGError(f"layout {spec.name!r} is registered in this process only; write it with "
+                           "n_workers=1 (worker processes know the built-in layouts)")
+    return spec
 
 
 def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_wells: int = 96,
@@ -812,10 +759,12 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         Fields (sites) per well.
     size : int
         Field edge, pixels.
-    layout : {"imagexpress", "operetta", "tiff", "npy"}
+    layout : str
+        A layout name (``layouts.layout_names()``); the layout's spec writes the files:
         ImageXpress ``plate_NN_<well>_s<site>_w<ch>.tif`` (ch 1 nucleus, 2 neuron, 3 microglia);
         Operetta ``Images/rRRcCCfFFp01-chCsk1fk1fl1.tiff``; ``<well>_s<site>.tif`` multi-channel
-        TIFFs; or the study's ``{class}_Plate_{n}.npy`` + ``.csv`` (training plates only).
+        TIFFs; or the study's ``{class}_Plate_{n}.npy`` + ``.csv`` (training plates only). A
+        layout registered at run time (``layouts.register_layout``) is written with ``n_workers=1``.
     kind : {"training", "screen"}
     params : SynthParams, optional
         Knobs; ``None`` means the defaults.
@@ -838,18 +787,8 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         The plate folders, each holding the images, ``platemap.csv`` and ``ground_truth.csv``.
     """
     p = params if params is not None else DEFAULT_PARAMS
-    if layout not in LAYOUTS:
-        raise NeuroRGError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
-    if kind not in PLATE_KINDS:
-        raise NeuroRGError(f"plate kind {kind!r} is not one of {', '.join(PLATE_KINDS)}")
-    if layout == "npy" and kind != "training":
-        raise NeuroRGError("the npy layout ({class}_Plate_{n}.npy) holds class-labelled training "
-                           "plates only; use imagexpress, operetta or tiff for screening plates")
-    if bit_depth not in BIT_DEPTHS:
-        raise NeuroRGError(f"bit_depth {bit_depth} is not one of {', '.join(map(str, BIT_DEPTHS))}")
+    spec = _check_layout(layout, kind, bit_depth, n_workers)
     p.at_magnification(magnification)  # refuses a magnification out of range, naming it
-    if layout == "npy" and bit_depth != 8:
-        raise NeuroRGError("the npy layout is 8-bit only (as in the study's release)")
     if n_wells not in (96, 384):
         raise NeuroRGError(f"synthetic plates are 96 or 384 wells; got {n_wells}")
     if size < 8:
@@ -865,30 +804,25 @@ def write_synthetic_plates(out_dir: str | Path, seed: int, n_plates: int = 1, n_
         for k in range(1, n_plates + 1):
             folder = out / plate_name(k)
             folder.mkdir(parents=True, exist_ok=True)
-            if layout == "operetta":
-                (folder / "Images").mkdir(exist_ok=True)
             table = build_plate_table(seed, k, n_wells, kind, p)  # type: ignore[arg-type]
             if wells is not None:
                 table = _only_wells(table, wells)
             effects = plate_effects_for(seed, k, p)
             imaged = table[table[ROLE] != "empty"]
-            if layout == "npy":   # class by class, so the npy files list wells in plate order
-                imaged = imaged.sort_values(CLASS, kind="stable")
             log.info("%s: %s plate, %d wells imaged, %d fields of %d px, %s", folder.name, kind,
                      len(imaged), n_fields, size, effects)
-            jobs = [_WellJob(seed, k, w, float(sv), n_fields, size, effects, p, layout, folder, bit_depth,
-                             float(magnification))
+            target = WriteTarget(
+                folder=folder, plate_name=plate_name(k), plate_number=k, wells=tuple(imaged[WELL]),
+                labels=tuple(int(c) for c in imaged[CLASS]) if kind == "training" else None,
+                n_fields=n_fields, size=size, dtype=_BIT_DEPTH_DTYPE[bit_depth],
+                pixel_size_um=SYNTH_PIXEL_SIZE_UM / magnification)
+            spec.begin_plate(target)
+            jobs = [_WellJob(seed, w, float(sv), effects, p, spec.name, target, bit_depth, float(magnification))
                     for w, sv in zip(imaged[WELL], imaged[TRUE_SEVERITY])]
-            results = (executor.map(_run_job, jobs, chunksize=4) if executor is not None
-                       else map(_run_job, jobs))
-            if layout == "npy":
-                _write_npy(folder, k, imaged, results, n_fields, size)
-            else:
-                for _ in results:
-                    pass
-            if layout == "operetta":
-                _write_harmony_index(folder / "Images", list(imaged[WELL]), n_fields,
-                                     SYNTH_PIXEL_SIZE_UM / magnification)
+            for _ in (executor.map(_run_job, jobs, chunksize=4) if executor is not None
+                      else map(_run_job, jobs)):
+                pass
+            spec.end_plate(target)
             map_cols = [PLATE, WELL, COMPOUND, DOSE, ROLE] + ([CLASS] if kind == "training" else [])
             table[map_cols].to_csv(folder / "platemap.csv", index=False)
             table.to_csv(folder / GROUND_TRUTH_FILE, index=False)
@@ -908,18 +842,3 @@ def _only_wells(table: pd.DataFrame, wells: Sequence[str]) -> pd.DataFrame:
                            f"expected some of {', '.join(table[WELL].iloc[:3])} ...")
     return table[table[WELL].isin(wanted)].reset_index(drop=True)
 
-
-def _write_npy(folder: Path, plate_number: int, imaged: pd.DataFrame, fields_iter, n_fields: int,
-               size: int) -> None:
-    """Write ``{class}_Plate_{n}.npy`` + ``.csv`` from wells rendered in ``imaged`` order (by class)."""
-    fields_iter = iter(fields_iter)
-    for k in range(N_CLASSES):
-        wells = imaged.loc[imaged[CLASS] == k, WELL].tolist()
-        arr = np.lib.format.open_memmap(folder / f"{k}_Plate_{plate_number}.npy", mode="w+",
-                                        dtype=np.uint8, shape=(len(wells) * n_fields, size, size, 3))
-        for i in range(len(wells)):
-            arr[i * n_fields:(i + 1) * n_fields] = next(fields_iter)
-        arr.flush()
-        del arr
-        pd.DataFrame({"well": [w for w in wells for _ in range(n_fields)]}).to_csv(
-            folder / f"{k}_Plate_{plate_number}.csv", index=False)

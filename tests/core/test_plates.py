@@ -6,7 +6,8 @@ import tifffile
 from PIL import Image
 
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.plates import FieldRef, extract_zip, load_plate
+from neurorg_core.archive import extract_zip
+from neurorg_core.plates import FieldRef, load_plate
 
 GUID = "B9D0A1F2-5C3E-4A57-9E6D-2F1B0C8D7E6A"
 
@@ -286,6 +287,19 @@ def test_zip_size_bound_empty_and_corrupt(tmp_path):
         load_plate(notzip, work_dir=tmp_path / "w")
 
 
+
+def test_load_plate_honours_max_zip_bytes(tmp_path):
+    # load_plate's own size limit reaches the extraction (it was once replaced by the 64 GiB default)
+    root = write_imagexpress(tmp_path / "src")
+    zpath = tmp_path / "small.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in sorted(root.iterdir()):
+            zf.write(p, p.name)
+    total = sum(i.file_size for i in zipfile.ZipFile(zpath).infolist())
+    with pytest.raises(NeuroRGError, match=f"small.zip: the zip expands to {total} bytes, more than the limit of 100"):
+        load_plate(zpath, work_dir=tmp_path / "work", max_zip_bytes=100)
+    assert load_plate(zpath, work_dir=tmp_path / "work", max_zip_bytes=total).wells() == ["B02", "B03"]
+
 # --- bad input --------------------------------------------------------------------------------
 
 def test_empty_folder_and_folder_without_images(tmp_path):
@@ -473,7 +487,7 @@ def test_unused_channel_is_not_read_or_checked(tmp_path):
     assert plate.read_field(plate.fields[0]).shape == (24, 32, 3)
 
 
-# --- TIFF header reuse (plates._TiffReader) -----------------------------------------------------
+# --- TIFF header reuse (tiffreuse.TiffReader) ---------------------------------------------------
 
 def _random_imagexpress(root, rng, dtype, shape=(24, 32), **imwrite):
     """Random per-channel planes; returns {(well, site, channel): plane}."""
@@ -491,16 +505,14 @@ def _random_imagexpress(root, rng, dtype, shape=(24, 32), **imwrite):
 
 
 def _count_tifffile_parses(monkeypatch):
-    import neurorg_core.plates as plates
-
     calls = []
-    real = plates.tifffile.TiffFile
+    real = tifffile.TiffFile
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(plates.tifffile, "TiffFile", counting)
+    monkeypatch.setattr(tifffile, "TiffFile", counting)
     return calls
 
 
@@ -551,3 +563,20 @@ def test_same_size_file_with_another_header_is_not_read_through_the_old_one(tmp_
     assert plate.read_field(FieldRef("B02", 2, 2, 1))[0, 0].tolist() == [51, 101, 151]
     with pytest.raises(NeuroRGError, match="B04_s1_w2.*well B04: field is 32 x 24 pixels"):
         plate.read_field(FieldRef("B04", 2, 4, 1))
+
+
+def test_header_templates_are_bounded_per_plate(tmp_path):
+    from neurorg_core.tiffreuse import TiffReader
+
+    rng = np.random.default_rng(5)
+    reader = TiffReader()
+    for i in range(TiffReader.MAX_TEMPLATES + 6):   # every file its own header (same size, other text)
+        img = rng.integers(0, 255, (24, 32), dtype=np.uint8)
+        path = tmp_path / f"x_B02_s{i + 1}_w1.tif"
+        tifffile.imwrite(path, img, description=f"acquired {i:04d}")
+        np.testing.assert_array_equal(reader.read(path, 10**6), img)
+    assert reader.n_templates == TiffReader.MAX_TEMPLATES == sum(map(len, reader.templates.values()))
+    assert reader.reused == 0
+    again = tmp_path / "x_B02_s1_w1.tif"    # a file written like a remembered one is still served
+    np.testing.assert_array_equal(reader.read(again, 10**6), tifffile.imread(again))
+    assert reader.reused == 1
