@@ -49,6 +49,7 @@ from neurorg_core.schema import (
     CROP,
     DOSE,
     DEFAULT_READOUT,
+    DEFAULT_WELL_CALL,
     FIELD,
     FIELD_HASH,
     HIT,
@@ -452,7 +453,8 @@ def run_plate(
 
     # --- crop-level tables and scores ---------------------------------------------------------
     crop_tables = {role: _crop_table(jobs, b.members, state.new_probs, store) for role, b in bundles.items()}
-    well_scores = score_plate(crop_tables["ensemble"], pm)
+    well_scores = score_plate(crop_tables["ensemble"], pm,
+                              well_call=bundle.card.get("well_call", DEFAULT_WELL_CALL))
     well_scores[PLATE] = name
     channel_scores = None
     if "single_channel" in bundles:
@@ -480,6 +482,7 @@ def run_plate(
         "members": [m.id for m in bundle.members],
         "crop_key_version": CROP_KEY_VERSION,
         "readout": readout,
+        "well_call": bundle.card.get("well_call", DEFAULT_WELL_CALL),
         "crop_geometry": {**cropping.as_params(),
                           "overlapping_tiles": any(p.overlapping for p in plans.values())},
         "intensity": intensity.as_params(),

@@ -29,6 +29,7 @@ from neurorg_core.model import (Bundle, build_model, check_architecture, load_bu
                                 round_weights_to_float16, save_bundle, set_model_weights)
 from neurorg_core.preprocess import INTENSITY_METHOD, CropGeometry, crops_from_field, plate_cropping
 from neurorg_core.schema import CHANNELS, CLASS, CROPS_PER_WELL, N_CLASSES, WELL
+from neurorg_core.scoring import call_wells
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +253,15 @@ def well_calls(probs: np.ndarray, wells: np.ndarray) -> tuple[np.ndarray, np.nda
     ties go to the lower class).
     """
     names = np.unique(wells)
-    mean_call = np.empty(len(names), np.int64)
-    vote_call = np.empty(len(names), np.int64)
+    means = np.zeros((len(names), N_CLASSES))
+    votes = np.zeros((len(names), N_CLASSES), np.int64)
     crop_calls = probs.argmax(1)
     for i, w in enumerate(names):
         sel = wells == w
-        mean_call[i] = int(probs[sel].mean(0).argmax())
-        vote_call[i] = int(np.bincount(crop_calls[sel], minlength=N_CLASSES).argmax())
-    return names, mean_call, vote_call
+        means[i] = probs[sel].mean(0)
+        votes[i] = np.bincount(crop_calls[sel], minlength=N_CLASSES)
+    return (names, call_wells(means, votes, "mean_probability").astype(np.int64),
+            call_wells(means, votes, "plurality").astype(np.int64))
 
 
 def _well_labels(labels: np.ndarray, wells: np.ndarray, names: np.ndarray) -> np.ndarray:
