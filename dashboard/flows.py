@@ -243,8 +243,10 @@ class ScoreOptions:
 
 
 def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress | None = None,
-          *, with_channels: bool = False, options: ScoreOptions = ScoreOptions()) -> RunResult:
-    """Score a plate into the result store with the shipped ensemble (cached fields are free).
+          *, with_channels: bool = False, options: ScoreOptions = ScoreOptions(),
+          model_path: str | Path | None = None) -> RunResult:
+    """Score a plate into the result store (cached fields are free) with the bundle in
+    ``model_path``, or the configured ensemble (``NEURORG_MODEL_DIR/ensemble``) when None.
 
     Returns
     -------
@@ -253,7 +255,7 @@ def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress |
     """
     if not name.strip():
         raise NeuroRGError("give the plate a name")
-    ensemble = resources.bundle(resources.ENSEMBLE_DIR)
+    ensemble = resources.bundle_at(model_path) if model_path else resources.bundle(resources.ENSEMBLE_DIR)
     single = resources.bundle(resources.SINGLE_CHANNEL_DIR) if with_channels else None
     with _scoring_lock():
         return _run(plate, plate_map, ensemble, name.strip(), progress, single, options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,68 @@ def bundle(kind: str = ENSEMBLE_DIR) -> Bundle:
 def has_bundle(kind: str) -> bool:
     """Whether ``Config().model_dir / kind`` holds a model card (validity is checked on load)."""
     return (config().model_dir / kind / "card.json").is_file()
+
+
+# --- installed model bundles (Upload & score's model list) ------------------------------------
+
+def model_roots() -> list[Path]:
+    """Where installed bundles are looked for: ``<data dir>/models`` and ``NEURORG_MODEL_DIR``."""
+    cfg = config()
+    return [cfg.data_dir / "models", cfg.model_dir]
+
+
+def default_model_path() -> str:
+    """The configured ensemble (``NEURORG_MODEL_DIR/ensemble``), as the model list spells it."""
+    return str((config().model_dir / ENSEMBLE_DIR).resolve())
+
+
+def _card_stamp(path: str) -> float:
+    card = Path(path) / "card.json"
+    return card.stat().st_mtime if card.is_file() else 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _bundle_table(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame:
+    from neurorg_core.bundles import describe_bundles
+
+    return describe_bundles(paths)
+
+
+def installed_bundles(added: Sequence[str] = ()) -> pd.DataFrame:
+    """Every bundle under ``model_roots()`` plus the ``added`` folders, with its card summary
+    (``schema.BUNDLE_COLUMNS``); re-read when a card changes."""
+    from neurorg_core.bundles import find_bundles
+
+    paths = [str(p) for p in find_bundles(model_roots())]
+    paths += [str(Path(a).resolve()) for a in added if str(Path(a).resolve()) not in paths]
+    return _bundle_table(tuple(paths), tuple(_card_stamp(p) for p in paths))
+
+
+def bundle_at(path: str | Path) -> Bundle:
+    """The bundle in a folder, loaded and validated once per card version.
+
+    Raises
+    ------
+    NeuroRGError
+        If the folder holds no valid bundle (the message names the file).
+    """
+    folder = str(Path(path).resolve())
+    return _bundle(folder, _card_stamp(folder))
+
+
+def single_channel_fits(model_path: str | Path) -> bool:
+    """Whether the shipped single-channel models cut the same crops as the chosen model (the
+    Channels comparison needs both to see the same crops)."""
+    from neurorg_core.preprocess import CropGeometry
+
+    if not has_bundle(SINGLE_CHANNEL_DIR):
+        return False
+    try:
+        cards = [json.loads((Path(p) / "card.json").read_text())
+                 for p in (model_path, config().model_dir / SINGLE_CHANNEL_DIR)]
+        return CropGeometry.from_card(cards[0]) == CropGeometry.from_card(cards[1])
+    except (OSError, ValueError):
+        return False
 
 
 @st.cache_resource(show_spinner="Reading the plate layout ...")
