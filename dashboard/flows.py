@@ -24,7 +24,7 @@ from neurorg_core.model import Bundle
 from neurorg_core.pipeline import RunResult, run_plate
 from neurorg_core.plates import Plate, extract_zip
 from neurorg_core.platemap import load_plate_map
-from neurorg_core.schema import DEFAULT_READOUT, PLATE, SOURCE
+from neurorg_core.schema import DEFAULT_READOUT, MODEL_ID, PLATE, SOURCE
 from neurorg_core.store import PLATE_MAP_COLUMNS
 from neurorg_core.synth import DEFAULT_PARAMS, write_synthetic_plates
 
@@ -263,12 +263,22 @@ def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress |
 
 def score_channels(plate_name: str, progress: Progress | None = None) -> RunResult:
     """Re-score a stored plate with the single-channel models too (the ensemble comes from cache),
-    with the choices of its latest run."""
+    with the model and choices of its latest run.
+
+    Raises
+    ------
+    NeuroRGError
+        If the latest run's model is no longer installed (nor the configured ensemble).
+    """
     record = resources.store().load_plate(plate_name)
     plate = resources.plate(record[SOURCE], record["channel_map"])
     run = resources.store().load_run(resources.store().latest_run_id(plate_name))
+    model_path = resources.model_path_for(str(run[MODEL_ID]))
+    if model_path is None:
+        raise NeuroRGError(f"the latest run of {plate_name} used model {run[MODEL_ID]}, which is not installed "
+                           f"under {', '.join(map(str, resources.model_roots()))}; install it there to re-score")
     return score(plate, stored_plate_map(plate_name), plate_name, progress, with_channels=True,
-                 options=ScoreOptions.of_run(run.get("params") or {}))
+                 options=ScoreOptions.of_run(run.get("params") or {}), model_path=model_path)
 
 
 def stored_plate_map(plate_name: str) -> pd.DataFrame:

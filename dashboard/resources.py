@@ -27,9 +27,11 @@ from neurorg_core.fitcheck import ModelFit
 from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
 from neurorg_core.schema import (
+    BUNDLE_PATH,
     COMPOUND,
     CONVERGED,
     DOSE,
+    MODEL_ID,
     N_RUNS,
     PLATE,
     PLATE_FORMAT,
@@ -122,6 +124,15 @@ def installed_bundles(added: Sequence[str] = ()) -> pd.DataFrame:
     paths = [str(p) for p in find_bundles(model_roots())]
     paths += [str(Path(a).resolve()) for a in added if str(Path(a).resolve()) not in paths]
     return _bundle_table(tuple(paths), tuple(_card_stamp(p) for p in paths))
+
+
+def model_path_for(model_id: str) -> str | None:
+    """The folder of the installed bundle with this id (the configured ensemble first), or None."""
+    if has_bundle(ENSEMBLE_DIR) and bundle().id == model_id:
+        return default_model_path()
+    table = installed_bundles()
+    hits = table.loc[table[MODEL_ID] == model_id, BUNDLE_PATH].tolist()
+    return hits[0] if hits else None
 
 
 def bundle_at(path: str | Path) -> Bundle:

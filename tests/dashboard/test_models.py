@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import resources
+from dashboard import flows, resources
 from dashboard_fixtures import APP
+from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import build_model, save_bundle
 from neurorg_core.schema import CALLED_CLASS, MODEL_ID, WELL
 from neurorg_core.study import import_study
@@ -117,3 +118,6 @@ def test_the_study_model_scores_its_npy_plate_from_the_page(models_env: Path, st
     names = np.array([f["well"] for f in reference()["fields"]])
     expected = {w: int(np.bincount(calls[names == w], minlength=6).argmax()) for w in dict.fromkeys(names)}
     assert wells.loc[list(expected), CALLED_CLASS].tolist() == list(expected.values())
+    # the Channels page re-scores with the run's own model, which was added by path, not installed
+    with pytest.raises(NeuroRGError, match=f"used model {run[MODEL_ID]}, which is not installed"):
+        flows.score_channels("study plate")
