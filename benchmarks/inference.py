@@ -8,12 +8,19 @@ Usage::
 
     TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/inference.py --arch efficientnet_b0 --input-size 224 --n 256
     TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/inference.py --model data/models/demo/ensemble --n 512
+    # the study's model: an imported B5 (import-study) at its 1200 px input, or a random one
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/inference.py --model STUDY_BUNDLE --n 4 --repeats 1
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/inference.py --arch efficientnet_pytorch_b5 --input-size 1200 --n 4 --repeats 1
+
+Batch sizes default to ``inference.default_batch_size`` (16 crops up to 256 px, 1 at 1200 px; Keras
+twice that). The peak resident memory of the process is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -24,8 +31,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout  # noqa: E402
 
-from neurorg_core.inference import Predictor  # noqa: E402
-from neurorg_core.model import build_model, load_bundle, round_weights_to_float16, save_bundle  # noqa: E402
+from neurorg_core.inference import Predictor, default_batch_size  # noqa: E402
+from neurorg_core.model import (TORCH_ARCHITECTURES, build_model, load_bundle,  # noqa: E402
+                                round_weights_to_float16, save_bundle)
 
 
 def _best(fn, repeats: int) -> tuple[float, np.ndarray]:
@@ -44,8 +52,10 @@ def main() -> None:
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--n", type=int, default=256, help="crops per timed run")
     p.add_argument("--model", help="an existing bundle (its members are timed together)")
-    p.add_argument("--batch-size", type=int, default=32, help="model.predict batch size")
-    p.add_argument("--fast-batch", type=int, default=16, help="LiteRT interpreter batch size")
+    p.add_argument("--batch-size", type=int, help="model.predict batch size (default: twice the LiteRT batch, "
+                   "at most 32)")
+    p.add_argument("--fast-batch", type=int, help="LiteRT interpreter batch size (default: "
+                   "inference.default_batch_size of the input size)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
@@ -58,13 +68,18 @@ def main() -> None:
 
             keras.utils.set_random_seed(0)
             model = build_model(args.arch, args.input_size)
-            head = model.get_layer("predictions")  # a random head that is not near-uniform
+            imported = args.arch in TORCH_ARCHITECTURES
+            head = model.get_layer("fc" if imported else "predictions")  # a random head that is not near-uniform
             kernel, bias = head.get_weights()
             head.set_weights([np.random.default_rng(0).normal(0, 0.5, kernel.shape).astype("float32"), bias])
-            round_weights_to_float16(model)
+            if not imported:
+                round_weights_to_float16(model)
             bundle = save_bundle(Path(tmp) / "b", [model], [{"name": "m", "fold": 1}], kind="ensemble",
-                                 arch=args.arch, input_size=args.input_size)
+                                 arch=args.arch, input_size=args.input_size,
+                                 weights_dtype="float32" if imported else "float16")
         s = bundle.input_size
+        args.fast_batch = args.fast_batch or default_batch_size(s)
+        args.batch_size = args.batch_size or min(32, 2 * args.fast_batch)
         x = np.random.default_rng(1).random((args.n, s, s, 3), dtype=np.float32)
         keras_pred = Predictor(bundle, backend="keras", batch_size=args.batch_size)
         t0 = time.perf_counter()
@@ -83,6 +98,8 @@ def main() -> None:
               f"{n / tf_:8.1f} crops/s")
         print(f"speed-up: {tk / tf_:.2f}x   max |p_fast - p_keras| = {np.abs(pf - pk).max():.2e}   "
               f"(one-time conversion {convert_s:.0f} s)")
+        print(f"per crop: Keras {tk / n:.2f} s, LiteRT {tf_ / n:.2f} s; peak resident memory "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import re
 import string
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,17 @@ from neurorg_core.errors import NeuroRGError
 from neurorg_core.fitcheck import ModelFit
 from neurorg_core.stats import PlateQC
 from neurorg_core.schema import (
+    BUNDLE_ARCH,
+    BUNDLE_GEOMETRY,
+    BUNDLE_INPUT,
+    BUNDLE_KIND,
+    BUNDLE_MEMBERS,
+    BUNDLE_ORIGIN,
+    BUNDLE_PATH,
+    BUNDLE_PROBLEM,
+    BUNDLE_TRAINING,
+    BUNDLE_VAL_ACC,
+    BUNDLE_WELL_CALL,
     CALLED_CLASS,
     CHANNEL_P_CONTROL,
     CHANNELS,
@@ -38,6 +50,7 @@ from neurorg_core.schema import (
     HILL,
     HIT,
     INFLAMMATION_SCORE,
+    MODEL_ID,
     N_DOSES,
     N_WELLS,
     N_CROPS,
@@ -464,6 +477,75 @@ def plate_summary_table(summary: dict) -> pd.DataFrame:
          if summary.get("pixel_size_um") else "not in the files"),
     ]
     return pd.DataFrame(rows, columns=["Item", "Value"])
+
+
+# --- model bundles (Upload & score) --------------------------------------------------------
+
+ADDED_BUNDLES_KEY = "added_bundles"
+"""Session-state key of the bundle folders the user added by path (their choice, this session)."""
+
+BUNDLE_LABELS = {BUNDLE_KIND: "Kind", BUNDLE_ARCH: "Architecture", BUNDLE_INPUT: "Input (px)",
+                 BUNDLE_MEMBERS: "Members", BUNDLE_GEOMETRY: "Crop geometry", BUNDLE_WELL_CALL: "Well call",
+                 BUNDLE_TRAINING: "Training plates", BUNDLE_VAL_ACC: "Validation accuracy",
+                 BUNDLE_ORIGIN: "Where it came from", BUNDLE_PATH: "Folder", MODEL_ID: "Model id",
+                 BUNDLE_PROBLEM: "Problem"}
+
+
+def added_bundles() -> list[str]:
+    """Bundle folders added by path in this session."""
+    return list(st.session_state.get(ADDED_BUNDLES_KEY, []))
+
+
+def add_bundle(text: str) -> str:
+    """Add a bundle folder typed by the user (the server-path rules of ``flows.resolve_server_path``
+    apply; the bundle is loaded and validated), select it, and return its folder.
+
+    Raises
+    ------
+    NeuroRGError
+        No such folder, or no valid bundle in it (the message names the file).
+    """
+    from dashboard import flows, resources
+
+    bundle = resources.bundle_at(flows.resolve_server_path(text))
+    folder = str(bundle.path.resolve())
+    if folder not in added_bundles():
+        st.session_state[ADDED_BUNDLES_KEY] = [*added_bundles(), folder]
+    st.session_state["model_path"] = folder   # the selectbox below starts on it
+    return folder
+
+
+def bundle_label(bundles: pd.DataFrame) -> Callable[[str], str]:
+    """A selectbox label for a bundle folder: kind, architecture, input and members."""
+    rows = bundles.set_index(BUNDLE_PATH)
+
+    def label(path: str) -> str:
+        if path not in rows.index:
+            return path
+        r = rows.loc[path]
+        return (f"{Path(path).name}: {r[BUNDLE_ARCH]}, {r[BUNDLE_INPUT]} px, {r[BUNDLE_MEMBERS]} member(s), "
+                f"{r[BUNDLE_GEOMETRY]} ({path})")
+    return label
+
+
+def scoring_models(bundles: pd.DataFrame) -> list[str]:
+    """The folders of the listed bundles a plate can be scored with: ensembles whose card reads."""
+    ok = (bundles[BUNDLE_KIND] == "ensemble") & (bundles[BUNDLE_PROBLEM] == "")
+    return bundles.loc[ok, BUNDLE_PATH].tolist()
+
+
+def model_select(bundles: pd.DataFrame, default: str) -> str:
+    """The model selectbox (key ``model_path``) over ``scoring_models``; starts on ``default``
+    (or the first) and keeps the user's choice while it stays listed."""
+    usable = scoring_models(bundles)
+    if st.session_state.get("model_path") not in usable:
+        st.session_state["model_path"] = default if default in usable else usable[0]
+    return st.selectbox("Model", usable, format_func=bundle_label(bundles), key="model_path")
+
+
+def bundle_table(bundles: pd.DataFrame) -> pd.DataFrame:
+    """The installed bundles' card summaries with words for column names."""
+    return bundles.rename(columns=BUNDLE_LABELS)
 
 
 # --- charts -------------------------------------------------------------------------------

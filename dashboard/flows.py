@@ -25,7 +25,7 @@ from neurorg_core.model import Bundle
 from neurorg_core.pipeline import RunResult, ScoreOptions, run_plate
 from neurorg_core.plates import Plate
 from neurorg_core.platemap import load_plate_map
-from neurorg_core.schema import PLATE, PLATE_MAP_COLUMNS, SOURCE
+from neurorg_core.schema import MODEL_ID, PLATE, PLATE_MAP_COLUMNS, SOURCE
 from neurorg_core.synth import DEFAULT_PARAMS, write_synthetic_plates
 
 from dashboard import resources
@@ -233,8 +233,10 @@ def map_for_plate(plate_map: pd.DataFrame, plate: str) -> pd.DataFrame:
 # --- scoring ------------------------------------------------------------------------------
 
 def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress | None = None,
-          *, with_channels: bool = False, options: ScoreOptions = ScoreOptions()) -> RunResult:
-    """Score a plate into the result store with the shipped ensemble (cached fields are free).
+          *, with_channels: bool = False, options: ScoreOptions = ScoreOptions(),
+          model_path: str | Path | None = None) -> RunResult:
+    """Score a plate into the result store (cached fields are free) with the bundle in
+    ``model_path``, or the configured ensemble (``NEURORG_MODEL_DIR/ensemble``) when None.
 
     Returns
     -------
@@ -243,7 +245,7 @@ def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress |
     """
     if not name.strip():
         raise NeuroRGError("give the plate a name")
-    ensemble = resources.bundle(resources.ENSEMBLE_DIR)
+    ensemble = resources.bundle_at(model_path) if model_path else resources.bundle(resources.ENSEMBLE_DIR)
     single = resources.bundle(resources.SINGLE_CHANNEL_DIR) if with_channels else None
     with _scoring_lock():
         return _run(plate, plate_map, ensemble, name.strip(), progress, single, options)
@@ -251,12 +253,22 @@ def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress |
 
 def score_channels(plate_name: str, progress: Progress | None = None) -> RunResult:
     """Re-score a stored plate with the single-channel models too (the ensemble comes from cache),
-    with the choices of its latest run."""
+    with the model and choices of its latest run.
+
+    Raises
+    ------
+    NeuroRGError
+        If the latest run's model is no longer installed (nor the configured ensemble).
+    """
     record = resources.store().load_plate(plate_name)
     plate = resources.plate(record[SOURCE], record["channel_map"])
     run = resources.store().load_run(resources.store().latest_run_id(plate_name))
+    model_path = resources.model_path_for(str(run[MODEL_ID]))
+    if model_path is None:
+        raise NeuroRGError(f"the latest run of {plate_name} used model {run[MODEL_ID]}, which is not installed "
+                           f"under {', '.join(map(str, resources.model_roots()))}; install it there to re-score")
     return score(plate, stored_plate_map(plate_name), plate_name, progress, with_channels=True,
-                 options=ScoreOptions.of_run(run.get("params") or {}))
+                 options=ScoreOptions.of_run(run.get("params") or {}), model_path=model_path)
 
 
 def stored_plate_map(plate_name: str) -> pd.DataFrame:

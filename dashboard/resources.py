@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from neurorg_core.inference import PredictorCache
 from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
 from neurorg_core.results import PlateResults
-from neurorg_core.schema import N_RUNS, PLATE, RUN_ID
+from neurorg_core.schema import BUNDLE_PATH, MODEL_ID, N_RUNS, PLATE, RUN_ID
 from neurorg_core.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,79 @@ def extraction_dir() -> Path:
     folder per zip version, an earlier version's folder removed when its zip is replaced
     (``neurorg_core.archive.extract_zip_keyed``)."""
     return config().upload_dir / "extracted"
+
+
+
+
+# --- installed model bundles (Upload & score's model list) ------------------------------------
+
+def model_roots() -> list[Path]:
+    """Where installed bundles are looked for: ``<data dir>/models`` and ``NEURORG_MODEL_DIR``."""
+    cfg = config()
+    return [cfg.data_dir / "models", cfg.model_dir]
+
+
+def default_model_path() -> str:
+    """The configured ensemble (``NEURORG_MODEL_DIR/ensemble``), as the model list spells it."""
+    return str((config().model_dir / ENSEMBLE_DIR).resolve())
+
+
+def _card_stamp(path: str) -> float:
+    card = Path(path) / "card.json"
+    return card.stat().st_mtime if card.is_file() else 0.0
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _bundle_table(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame:
+    from neurorg_core.bundles import describe_bundles
+
+    return describe_bundles(paths)
+
+
+def installed_bundles(added: Sequence[str] = ()) -> pd.DataFrame:
+    """Every bundle under ``model_roots()`` plus the ``added`` folders, with its card summary
+    (``schema.BUNDLE_COLUMNS``); re-read when a card changes."""
+    from neurorg_core.bundles import find_bundles
+
+    paths = [str(p) for p in find_bundles(model_roots())]
+    paths += [str(Path(a).resolve()) for a in added if str(Path(a).resolve()) not in paths]
+    return _bundle_table(tuple(paths), tuple(_card_stamp(p) for p in paths))
+
+
+def model_path_for(model_id: str) -> str | None:
+    """The folder of the installed bundle with this id (the configured ensemble first), or None."""
+    if has_bundle(ENSEMBLE_DIR) and bundle().id == model_id:
+        return default_model_path()
+    table = installed_bundles()
+    hits = table.loc[table[MODEL_ID] == model_id, BUNDLE_PATH].tolist()
+    return hits[0] if hits else None
+
+
+def bundle_at(path: str | Path) -> Bundle:
+    """The bundle in a folder, loaded and validated once per card version.
+
+    Raises
+    ------
+    NeuroRGError
+        If the folder holds no valid bundle (the message names the file).
+    """
+    folder = str(Path(path).resolve())
+    return _bundle(folder, _card_stamp(folder), ENSEMBLE_DIR)
+
+
+def single_channel_fits(model_path: str | Path) -> bool:
+    """Whether the shipped single-channel models cut the same crops as the chosen model (the
+    Channels comparison needs both to see the same crops)."""
+    from neurorg_core.preprocess import CropGeometry
+
+    if not has_bundle(SINGLE_CHANNEL_DIR):
+        return False
+    try:
+        cards = [json.loads((Path(p) / "card.json").read_text())
+                 for p in (model_path, config().model_dir / SINGLE_CHANNEL_DIR)]
+        return CropGeometry.from_card(cards[0]) == CropGeometry.from_card(cards[1])
+    except (OSError, ValueError):
+        return False
 
 
 @st.cache_resource(show_spinner="Reading the plate layout ...", max_entries=16, validate=Plate.is_current)

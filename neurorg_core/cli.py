@@ -153,6 +153,21 @@ def _cmd_convert_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_study(args: argparse.Namespace) -> int:
+    from neurorg_core.study import import_study
+
+    bundle = import_study(args.state_dict, args.normalization, Path(args.out), arch=args.arch,
+                          input_size=args.input_size)
+    geo = bundle.card["crop_geometry"]
+    print(f"model {bundle.id} ({bundle.card['architecture']}, {len(bundle.members)} members, "
+          f"{bundle.input_size} px whole fields, well call {bundle.card['well_call']}) written to {bundle.path}")
+    for m, entry in zip(bundle.members, bundle.card["members"]):
+        print(f"  {m.name} ({m.id}) <- {entry['source']['file']} (sha256 {entry['source']['sha256'][:16]})")
+    print(f"crop geometry: {geo['mode']} ({geo['field_edge_px']} px); score with: python -m neurorg_core "
+          f"score PLATE --plate-map CSV --model {bundle.path}")
+    return 0
+
+
 def _cmd_build_demo(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -344,6 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "every file's SHA-256 on its card (once, after training)")
     s.add_argument("model", help="the bundle folder")
     s.set_defaults(func=_cmd_convert_bundle)
+
+    from neurorg_core.study import STUDY_ARCH, STUDY_ARCHITECTURES, STUDY_INPUT_SIZE  # no TensorFlow here
+
+    s = sub.add_parser("import-study", help="import the NeuroRG study's efficientnet_pytorch fold "
+                       "state_dicts (and normalize_parameters.pkl) as a bundle, without torch")
+    s.add_argument("--state-dict", nargs="+", required=True, metavar="FILE",
+                   help="one torch.save(model.state_dict()) file per fold (member fold1, fold2, ... in order)")
+    s.add_argument("--normalization", required=True, metavar="PKL",
+                   help="the study's normalize_parameters.pkl: {'mean': [3], 'std': [3]} in [0, 1] units")
+    s.add_argument("--out", required=True, help="bundle folder to create")
+    s.add_argument("--arch", choices=STUDY_ARCHITECTURES, default=STUDY_ARCH,
+                   help="efficientnet_pytorch EfficientNet variant the files hold (the study: efficientnet_b5)")
+    s.add_argument("--input-size", type=int, default=STUDY_INPUT_SIZE,
+                   help="network input edge, pixels (the study: its whole 1200 px field)")
+    s.set_defaults(func=_cmd_import_study)
 
     demo = DemoRecipe()
     s = sub.add_parser("build-demo", help="render synthetic plates, train and evaluate the demo bundles")

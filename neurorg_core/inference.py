@@ -130,6 +130,17 @@ def _cached_conversion(member: Member, cache_dir: Path) -> tuple[Path, bytes]:
     _write_atomically(record, (hashlib.sha256(blob).hexdigest() + "\n").encode())
     return path, blob
 
+BATCH_PIXELS = 16 * 256 * 256
+"""Input pixels per default batch: 16 crops up to 256 px, fewer for larger inputs (a 1200 px
+EfficientNet-B5, the study's, runs one crop per call: at 16 its activations would need tens of GB
+per interpreter)."""
+
+
+def default_batch_size(input_size: int) -> int:
+    """Crops per interpreter call for a model input of ``input_size`` px: 16 up to 256 px, then
+    fewer so a batch holds about ``BATCH_PIXELS`` input pixels (1 for 1200 px)."""
+    return int(max(1, min(16, BATCH_PIXELS // (int(input_size) ** 2))))
+
 
 def convert_member(member: Member, cache_dir: str | Path) -> Path:
     """Convert one member to a float32 LiteRT flatbuffer, once; return the cached file.
@@ -335,7 +346,8 @@ class Predictor:
         when the predictor is garbage-collected.
     batch_size
         Crops per interpreter call (LiteRT) or per ``predict`` batch (Keras); a short last batch
-        is zero-padded for LiteRT, whose input shape stays fixed.
+        is zero-padded for LiteRT, whose input shape stays fixed. Default
+        ``default_batch_size(bundle.input_size)``: 16 up to 256 px, 1 at 1200 px.
     cache_dir
         Where members are converted and cached when the bundle does not ship a LiteRT file whose
         hash its card records; default ``conversion_cache_dir()`` (see ``member_litert``).
@@ -345,7 +357,9 @@ class Predictor:
     """
 
     def __init__(self, bundle: Bundle, *, backend: Backend = "litert", threads: int = 2,
-                 batch_size: int = 16, cache_dir: str | Path | None = None):
+                 batch_size: int | None = None, cache_dir: str | Path | None = None):
+        if batch_size is None:
+            batch_size = default_batch_size(bundle.input_size)
         if backend not in BACKENDS:
             raise NeuroRGError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
         if threads < 1 or batch_size < 1:

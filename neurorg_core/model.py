@@ -50,10 +50,15 @@ FILES = "files"
 Architecture = Literal[
     "efficientnet_tiny", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
     "efficientnet_b3", "efficientnet_b4", "efficientnet_b5",
+    "efficientnet_pytorch_b0", "efficientnet_pytorch_b1", "efficientnet_pytorch_b2",
+    "efficientnet_pytorch_b3", "efficientnet_pytorch_b4", "efficientnet_pytorch_b5",
 ]
+TORCH_ARCHITECTURES: tuple[str, ...] = tuple(f"efficientnet_pytorch_b{i}" for i in range(6))
+"""Imported efficientnet_pytorch models (the study's): their Keras twin is built by
+``torch_efficientnet`` (static same padding), not by keras.applications."""
 ARCHITECTURES: tuple[str, ...] = (
     "efficientnet_tiny", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
-    "efficientnet_b3", "efficientnet_b4", "efficientnet_b5",
+    "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", *TORCH_ARCHITECTURES,
 )
 # (width coefficient, depth coefficient, dropout before the head): Tan & Le 2019 compound
 # scaling, as in keras.applications; "tiny" scales *below* B0 (width 0.5, depth 0.5, 0.67 M
@@ -66,6 +71,8 @@ _SCALING: dict[str, tuple[float, float, float]] = {
     "efficientnet_b3": (1.2, 1.4, 0.3),
     "efficientnet_b4": (1.4, 1.8, 0.4),
     "efficientnet_b5": (1.6, 2.2, 0.4),
+    **{f"efficientnet_pytorch_b{i}": (w, d, 0.0) for i, (w, d) in enumerate(
+        ((1.0, 1.0), (1.0, 1.1), (1.1, 1.2), (1.2, 1.4), (1.4, 1.8), (1.6, 2.2)))},
 }
 BundleKind = Literal["ensemble", "single_channel"]
 
@@ -165,6 +172,12 @@ def build_model(
             f"normalisation mean {mean_arr.tolist()} / std {std_arr.tolist()} do not fit channels "
             f"{list(chans)}; expected {n_ch} values each with std > 0"
         )
+    if arch in TORCH_ARCHITECTURES:
+        if n_ch != 3:
+            raise NeuroRGError(f"{arch} takes all three channels; expected channels {list(CHANNELS)}")
+        from neurorg_core.torch_efficientnet import build_torch_efficientnet
+
+        return build_torch_efficientnet(arch, int(input_size), mean_arr, std_arr)
     width, depth, default_dropout = _SCALING[arch]
 
     inputs = keras.Input((input_size, input_size, 3), dtype="float32", name="crops")
@@ -292,9 +305,15 @@ def _bundle_id(card: dict) -> str:
     return _sha256(_canonical({k: v for k, v in card.items() if k != "id"}))[:16]
 
 
-def _weights_bytes(model) -> bytes:
+WeightsDtype = Literal["float16", "float32"]
+WEIGHTS_DTYPE_LABELS = {"float16": "float16 kernels, float32 vectors", "float32": "float32"}
+"""How a bundle stores its weights: float16 kernels (trained bundles, metrics measured on exactly
+those) or everything float32 (imported models, which must match their original within 1e-4)."""
+
+
+def _weights_bytes(model, weights_dtype: WeightsDtype = "float16") -> bytes:
     buf = io.BytesIO()
-    arrays = {f"w{i:04d}": np.asarray(w).astype(_storage_dtype(w))
+    arrays = {f"w{i:04d}": np.asarray(w).astype(_storage_dtype(w) if weights_dtype == "float16" else np.float32)
               for i, w in enumerate(model.get_weights())}
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
@@ -309,6 +328,7 @@ def save_bundle(
     arch: str,
     input_size: int,
     extra: dict | None = None,
+    weights_dtype: WeightsDtype = "float16",
 ) -> Bundle:
     """Write a bundle folder (``card.json`` + weights per member, kernels in float16) and return it loaded.
 
@@ -328,6 +348,9 @@ def save_bundle(
         Architecture name and crop edge (pixels) shared by all members.
     extra
         More card fields (training settings, training plates, metrics, provenance).
+    weights_dtype
+        ``"float16"``: kernels stored as float16 (trained bundles); ``"float32"``: every weight
+        stored as is (imported models).
     """
     if kind not in ("ensemble", "single_channel"):
         raise NeuroRGError(f"bundle kind {kind!r} is not ensemble or single_channel")
@@ -340,7 +363,7 @@ def save_bundle(
         select = [layer for layer in model.layers if layer.name.startswith("select_")]
         chans = [select[0].name.removeprefix("select_")] if select else list(CHANNELS)
         mean, std = get_normalization(model)
-        data = _weights_bytes(model)
+        data = _weights_bytes(model, weights_dtype)
         fname = f"{info['name']}.weights.npz"
         tmp = out / (fname + ".tmp")
         tmp.write_bytes(data)
@@ -355,7 +378,7 @@ def save_bundle(
             "weights_sha256": _sha256(data),
             "n_params": int(model.count_params()),
         }
-        for key in ("train_plates", "val_plates", "best_epoch", "history", "metrics"):
+        for key in ("train_plates", "val_plates", "best_epoch", "history", "metrics", "source"):
             if key in info:
                 entry[key] = info[key]
         entry["id"] = _member_id(entry, arch, input_size)
@@ -368,7 +391,7 @@ def save_bundle(
         "channel_order": list(CHANNELS),
         "class_names": list(CLASS_NAMES),
         "concentrations_um": list(CONCENTRATIONS_UM),
-        "weights_dtype": "float16 kernels, float32 vectors",
+        "weights_dtype": WEIGHTS_DTYPE_LABELS[weights_dtype],
         **(extra or {}),
         "members": entries,
         FILES: {e["weights"]: e["weights_sha256"] for e in entries},

@@ -55,6 +55,7 @@ from neurorg_core.preprocess import Intensity
 from neurorg_core.schema import (
     CHANNEL_P_CONTROL,
     CROP,
+    DEFAULT_WELL_CALL,
     FIELD,
     FIELD_HASH,
     MEMBER,
@@ -208,7 +209,8 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
         raise NeuroRGError(f"plate {inference.name} was inferred with members {dict(inference.members)}; "
                            f"the models given have {given}")
     tables = _crop_tables(inference, bundles, store)
-    well_scores = score_plate(tables["ensemble"], inference.plate_map)
+    well_call = bundle.card.get("well_call", DEFAULT_WELL_CALL)
+    well_scores = score_plate(tables["ensemble"], inference.plate_map, well_call=well_call)
     well_scores[PLATE] = inference.name
     fields = inference.fields
     stats_now = fit_stats(scoring.with_inflammation_score(well_scores), tables["ensemble"],
@@ -223,6 +225,7 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
         "members": [m.id for m in bundle.members],
         "crop_key_version": CROP_KEY_VERSION,
         "readout": inference.options.readout,
+        "well_call": well_call,
         "crop_geometry": dict(inference.cropping),
         "intensity": inference.intensity.as_params(),
         "model_fit": fit.as_params(),

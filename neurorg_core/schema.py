@@ -78,6 +78,14 @@ INFLAMMATION_SCORE: Final = "Inflammation_score"
 It moves with the phenotype over the whole range, where P(control) saturates near 0 past mild
 stimulation; see ``scoring.inflammation_score``."""
 
+# --- how a well's class is called from its crops (the model card's ``well_call``) ---------------
+WellCall = Literal["mean_probability", "plurality"]
+WELL_CALLS: Final = ("mean_probability", "plurality")
+"""``mean_probability``: arg-max of the well's mean class probabilities (our trained bundles);
+``plurality``: the class most of the well's crops (fields) are called, ties to the lower class
+(the study's well call)."""
+DEFAULT_WELL_CALL: Final = "mean_probability"
+
 WellMetric = Literal["P_control", "Called_class", "Inflammation_score", "Rescue_pct", "P_control_member_sd",
                      "N_crops"]
 WELL_METRICS: Final = (P_CONTROL, CALLED_CLASS, INFLAMMATION_SCORE, RESCUE_PCT, P_CONTROL_SD, N_CROPS)
@@ -164,3 +172,20 @@ TREATMENT_COLUMNS: Final = (COMPOUND, DOSE, N_WELLS, MEAN, SD, RESCUE_PCT, T_WEL
 FIT_COLUMNS: Final = (COMPOUND, N_WELLS, N_DOSES, EC50, EC50_CI_LOW, EC50_CI_HIGH, HILL, TOP, BOTTOM, P_FLAT,
                       CONVERGED, FIT_MESSAGE)
 """``stats.fit_compounds``: one row per compound."""
+
+# --- installed model bundles (``bundles.describe_bundles``; the app's model list) --------------
+BUNDLE_PATH: Final = "Path"                  # the bundle folder
+BUNDLE_KIND: Final = "Kind"                  # ensemble | single_channel
+BUNDLE_ARCH: Final = "Architecture"
+BUNDLE_INPUT: Final = "Input_px"             # network input edge, pixels
+BUNDLE_MEMBERS: Final = "Members"
+BUNDLE_GEOMETRY: Final = "Crop_geometry"     # e.g. "128 px tiles at 0.65 um/px", "whole field"
+BUNDLE_WELL_CALL: Final = "Well_call"        # one of WELL_CALLS
+BUNDLE_TRAINING: Final = "Training_plates"
+BUNDLE_VAL_ACC: Final = "Validation_accuracy"  # e.g. "wells 96.7 %, crops 72.0 %"
+BUNDLE_ORIGIN: Final = "Origin"              # trained here / imported from ... / synthetic demo
+BUNDLE_PROBLEM: Final = "Problem"            # why the card cannot be used ("" when it can)
+BUNDLE_COLUMNS: Final = (BUNDLE_PATH, MODEL_ID, BUNDLE_KIND, BUNDLE_ARCH, BUNDLE_INPUT, BUNDLE_MEMBERS,
+                         BUNDLE_GEOMETRY, BUNDLE_WELL_CALL, BUNDLE_TRAINING, BUNDLE_VAL_ACC, BUNDLE_ORIGIN,
+                         BUNDLE_PROBLEM)
+"""Columns of ``bundles.describe_bundles``: one row per installed model bundle."""

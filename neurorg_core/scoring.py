@@ -9,7 +9,9 @@ The crop-level table (one row per crop and ensemble member) comes from inference
   over crops; equal to ``P_class0``);
 - ``Vote_class0..5``: the study's ratio method, the fraction of the well's crops whose
   ensemble-mean probabilities peak at each class;
-- ``Called_class``: arg-max of the mean probabilities;
+- ``Called_class``: the well call the model's card asks for (``schema.WELL_CALLS``): the arg-max
+  of the mean probabilities (``mean_probability``, our trained bundles), or the plurality of the
+  crop calls, ties to the lower class (``plurality``, the study's rule);
 - ``P_control_member_sd``: how much the members disagree about the well's P(control);
 - ``N_crops``: distinct (field, crop) pairs scored.
 
@@ -34,6 +36,7 @@ from neurorg_core.schema import (
     COL,
     CROP,
     CROP_PROB_COLUMNS,
+    DEFAULT_WELL_CALL,
     FIELD,
     INFLAMMATION_SCORE,
     MEMBER,
@@ -46,6 +49,8 @@ from neurorg_core.schema import (
     ROW,
     VOTE_COLUMNS,
     WELL,
+    WELL_CALLS,
+    WellCall,
 )
 from neurorg_core.wells import format_well, parse_well
 
@@ -224,7 +229,33 @@ def aggregate_wells(probs: np.ndarray, wells: np.ndarray) -> WellAggregate:
     return WellAggregate(names, member_probs, member_probs.mean(axis=0), votes)
 
 
-def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.DataFrame:
+def check_well_call(well_call: str) -> str:
+    """Return ``well_call`` if it is a known well-call rule, else raise listing them."""
+    if well_call not in WELL_CALLS:
+        raise NeuroRGError(f"well call {well_call!r} is not one of {', '.join(WELL_CALLS)}")
+    return well_call
+
+
+def call_wells(well_probs: np.ndarray, vote_counts: np.ndarray, well_call: WellCall) -> np.ndarray:
+    """Each well's called class (0-5).
+
+    Parameters
+    ----------
+    well_probs
+        (n_wells, 6) mean class probabilities.
+    vote_counts
+        (n_wells, 6) how many of the well's crops are called each class.
+    well_call
+        ``mean_probability``: arg-max of ``well_probs``; ``plurality``: arg-max of ``vote_counts``.
+        Ties go to the lower class (``numpy.argmax`` takes the first maximum).
+    """
+    check_well_call(well_call)
+    chosen = well_probs if well_call == "mean_probability" else vote_counts
+    return np.argmax(np.asarray(chosen), axis=1).astype(int)
+
+
+def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None,
+                well_call: WellCall = DEFAULT_WELL_CALL) -> pd.DataFrame:
     """Score every well of a plate from its crop-level class probabilities.
 
     Parameters
@@ -236,6 +267,10 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
         Plate map with ``Metadata_Well`` (any accepted spelling) and any other ``Metadata_*``
         columns; left-joined on the well. Wells not in the map get missing values (and a log
         warning). ``None``: no plate-map columns.
+    well_call : {"mean_probability", "plurality"}
+        How ``Called_class`` is decided: the arg-max of the mean probabilities, or the plurality
+        of the crop calls (each crop called by the arg-max of its ensemble-mean probabilities;
+        ties to the lower class). The model card's ``well_call`` says which (the pipeline passes it).
 
     Returns
     -------
@@ -252,6 +287,7 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
         If the crop table is malformed (see ``check_crop_probs``) or the plate map has no well
         column, repeats a well or holds several plates.
     """
+    check_well_call(well_call)
     df = check_crop_probs(crop_probs)
     probs = list(PROB_COLUMNS)
 
@@ -275,7 +311,7 @@ def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None) -> pd.
     out[COL] = [c for _, c in rc]
     out[P_CONTROL] = well_probs[PROB_COLUMNS[0]]
     out[P_CONTROL_SD] = member_sd.reindex(out.index).astype(float)
-    out[CALLED_CLASS] = np.argmax(well_probs.to_numpy(), axis=1).astype(int)
+    out[CALLED_CLASS] = call_wells(well_probs.to_numpy(), vote_counts.to_numpy(), well_call)
     out[INFLAMMATION_SCORE] = inflammation_score(well_probs)
     out[N_CROPS] = n_crops.astype(int)
     out = pd.concat([out, well_probs, votes], axis=1)

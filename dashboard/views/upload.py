@@ -135,9 +135,24 @@ if stored:
             "fields already scored with this model come from the cache and cost nothing.")
     if st.button("Open stored results", key="open_stored"):
         st.switch_page("views/plate.py", query_params={"page": "plate", "plate": name.strip()})
+with st.expander("Models: the installed bundles' cards, or add one by its path on the server"):
+    new_model = st.text_input("Model bundle folder on the server (the folder holding card.json)",
+                              key="add_bundle_path")
+    if st.button("Add this model", key="add_bundle"):
+        try:
+            st.success(f"Added the model in {components.add_bundle(new_model)}.")
+        except NeuroRGError as exc:
+            st.error(f"That model cannot be used: {exc}")
+    bundles = resources.installed_bundles(components.added_bundles())
+    st.dataframe(components.bundle_table(bundles), hide_index=True, key="bundle_table")
+if not components.scoring_models(bundles):
+    st.info(f"No model bundle is installed; put one under {', '.join(map(str, resources.model_roots()))} "
+            "or add one by its path above.")
+    st.stop()
+model_path = components.model_select(bundles, resources.default_model_path())
 with_channels = st.checkbox(
     "Also score the single-channel models (for the Channels page)", key="with_channels",
-    value=False, disabled=not resources.has_bundle(resources.SINGLE_CHANNEL_DIR),
+    value=False, disabled=not resources.single_channel_fits(model_path),
 )
 found_px = (f"{plate.pixel_size_um:g} um from the files ({plate.pixel_size_source})"
             if plate.pixel_size_um else "not in the files")
@@ -166,7 +181,7 @@ if resources.has_bundle(resources.ENSEMBLE_DIR):
 if st.button("Score again" if stored else "Score plate", key="score", type="primary"):
     try:
         flows.score(plate, plate_map, name, components.progress_callback("Scoring"),
-                    with_channels=with_channels, options=options)
+                    with_channels=with_channels, options=options, model_path=model_path)
     except NeuroRGError as exc:
         st.error(f"Scoring stopped: {components.plain(exc)}")
         st.stop()

@@ -175,3 +175,30 @@ def test_score_channels_side_by_side():
 def test_score_channels_rejects_unknown_channels(given, match):
     with pytest.raises(NeuroRGError, match=match):
         score_channels(given)
+
+
+def test_plurality_well_call_by_hand():
+    """Five fields of one well: three called class 2 by small margins, two called class 0 with
+    confidence. The mean probability peaks at class 0; the study's plurality says class 2."""
+    fields = [(0.30, 0.0, 0.40, 0.30)] * 3 + [(0.95, 0.0, 0.05)] * 2
+    rows = [r for f, p in enumerate(fields, start=1) for r in _rows("B02", 1, [p], field=f)]
+    # a tie: two fields each for classes 4 and 1 -> the lower class (1), as scoring.aggregate_wells does
+    ties = [(0.0, 0.1, 0.0, 0.0, 0.9)] * 2 + [(0.0, 0.6, 0.0, 0.0, 0.4)] * 2
+    rows += [r for f, p in enumerate(ties, start=1) for r in _rows("B03", 1, [p], field=f)]
+    table = pd.DataFrame(rows)
+    mean = score_plate(table, None).set_index(WELL)
+    plural = score_plate(table, None, well_call="plurality").set_index(WELL)
+    # B02 mean class 0: (3 x 0.30 + 2 x 0.95) / 5 = 0.56 against class 2: (3 x 0.40 + 2 x 0.05) / 5 = 0.26
+    assert mean.loc["B02", P_CONTROL] == pytest.approx(0.56)
+    assert mean.loc["B02", CALLED_CLASS] == 0 and plural.loc["B02", CALLED_CLASS] == 2
+    assert plural.loc["B02", "Vote_class2"] == pytest.approx(0.6) and plural.loc["B02", "Vote_class0"] == pytest.approx(0.4)
+    # B03: mean probabilities (0, 0.35, 0, 0, 0.65) -> class 4; votes 2 and 2 -> the lower, class 1
+    assert mean.loc["B03", CALLED_CLASS] == 4 and plural.loc["B03", CALLED_CLASS] == 1
+    # everything else is the same table
+    pd.testing.assert_frame_equal(mean.drop(columns=CALLED_CLASS), plural.drop(columns=CALLED_CLASS))
+
+
+def test_unknown_well_call_is_refused_with_the_allowed_ones():
+    table = pd.DataFrame(_rows("A01", 0, [(0.5, 0.5)]))
+    with pytest.raises(NeuroRGError, match="well call 'majority' is not one of mean_probability, plurality"):
+        score_plate(table, None, well_call="majority")
