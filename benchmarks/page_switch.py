@@ -29,7 +29,7 @@ from neurorg_core.pipeline import hash_field
 from neurorg_core.plates import load_plate
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.schema import CROP, FIELD, FIELD_HASH, MEMBER, PROB_COLUMNS, TRUE_SEVERITY, WELL
-from neurorg_core.scoring import score_plate
+from neurorg_core.scoring import score_wells
 from neurorg_core.schema import PLATE_MAP_COLUMNS
 from neurorg_core.store import PlateRecord, ResultStore, RunRecord
 from neurorg_core.synth import write_synthetic_plates
@@ -52,7 +52,7 @@ def _store_truth_run(db: Path, folder: Path) -> None:
             probs = np.zeros(len(PROB_COLUMNS))
             probs[0], probs[max(1, int(round(severity[well] * 5)))] = p0, 1.0 - p0
             rows.append({WELL: well, FIELD: 1, CROP: crop, MEMBER: 0, **dict(zip(PROB_COLUMNS, probs))})
-    scores = score_plate(pd.DataFrame(rows), plate_map)
+    scores = score_wells(pd.DataFrame(rows), plate_map)
     fields = pd.DataFrame([{WELL: r.well, FIELD: r.field, FIELD_HASH: hash_field(px)}
                            for r, px in plate.iter_fields()])
     with ResultStore(db) as store:

@@ -55,7 +55,7 @@ def main() -> int:
     args = p.parse_args()
     # the run's named steps, and the per-field work inside them (on the reader thread while inference runs)
     for name in ("_plan", "_crop_tables", "_save", "plate_map_for", "plate_cropping", "hash_field",
-                 "field_channel_stats", "crops_from_field", "score_plate", "fit_stats", "_check_fit",
+                 "field_channel_stats", "crops_from_field", "score_wells", "fit_stats", "_check_fit",
                  "code_version"):
         timed(pipeline, name, f"pipeline.{name}")
     timed(inference.Pending, "result", "inference: waiting for results")

@@ -260,7 +260,7 @@ def score_channels(plate_name: str, progress: Progress | None = None) -> RunResu
     NeuroRGError
         If the latest run's model is no longer installed (nor the configured ensemble).
     """
-    record = resources.store().load_plate(plate_name)
+    record = resources.store().plate_record(plate_name)
     plate = resources.plate(record[SOURCE], record["channel_map"])
     run = resources.store().load_run(resources.store().latest_run_id(plate_name))
     model_path = resources.model_path_for(str(run[MODEL_ID]))

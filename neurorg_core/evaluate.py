@@ -188,7 +188,7 @@ def score_crops(probs: np.ndarray, labels: np.ndarray, wells: np.ndarray) -> Acc
     ----------
     probs : array (n, 6) or (m, n, 6)
         One model's crop probabilities, or each ensemble member's (the crops' ensemble-mean
-        probabilities are then called, and wells as ``scoring.score_plate`` calls them).
+        probabilities are then called, and wells as ``scoring.score_wells`` calls them).
     labels, wells : arrays (n,)
         Each crop's true class (0..5) and well.
 

@@ -168,7 +168,7 @@ def fit_stats(wells: pd.DataFrame, crop_probs: pd.DataFrame, field_stats: np.nda
     Parameters
     ----------
     wells
-        ``scoring.score_plate`` table with ``Metadata_Role``, ``Called_class`` and
+        ``scoring.score_wells`` table with ``Metadata_Role``, ``Called_class`` and
         ``Inflammation_score``.
     crop_probs
         Crop-level table of the ensemble (``Metadata_Well``, ``Metadata_Field``,
@@ -178,7 +178,7 @@ def fit_stats(wells: pd.DataFrame, crop_probs: pd.DataFrame, field_stats: np.nda
     """
     for col in (ROLE, CALLED_CLASS, INFLAMMATION_SCORE):
         if col not in wells.columns:
-            raise NeuroRGError(f"well table lacks {col}; expected score_plate's table with the plate map")
+            raise NeuroRGError(f"well table lacks {col}; expected score_wells's table with the plate map")
     fs = np.asarray(field_stats, dtype=np.float64)
     if fs.ndim != 3 or fs.shape[1:] != (2, len(CHANNELS)) or len(fs) == 0:
         raise NeuroRGError(f"field statistics have shape {fs.shape}; expected (n_fields >= 1, 2, 3)")

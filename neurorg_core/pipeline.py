@@ -5,7 +5,7 @@ what is missing) are ``plate_inference.infer_plate``; steps 4-5 are here:
 
 4. ``_crop_tables`` (build the crop tables): every crop's probabilities per member, from this run
    or the cache;
-5. ``save_plate`` (save the run): well scores (``scoring.score_plate``), the model-fit check
+5. ``save_plate`` (save the run): well scores (``scoring.score_wells``), the model-fit check
    (``fitcheck``), provenance, all in one store transaction.
 
 ``infer_plate`` returns plain data with nothing stored, so a plate can be inferred in one process
@@ -64,7 +64,7 @@ from neurorg_core.schema import (
     PROB_COLUMNS,
     WELL,
 )
-from neurorg_core.scoring import score_channels, score_plate
+from neurorg_core.scoring import score_channels, score_wells
 from neurorg_core.store import ResultStore, RunRecord, utc_now
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
                            f"the models given have {given}")
     tables = _crop_tables(inference, bundles, store)
     well_call = bundle.card.get("well_call", DEFAULT_WELL_CALL)
-    well_scores = score_plate(tables["ensemble"], inference.plate_map, well_call=well_call)
+    well_scores = score_wells(tables["ensemble"], inference.plate_map, well_call=well_call)
     well_scores[PLATE] = inference.name
     fields = inference.fields
     stats_now = fit_stats(scoring.with_inflammation_score(well_scores), tables["ensemble"],

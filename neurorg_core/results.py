@@ -217,7 +217,7 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
             except NeuroRGError as exc:
                 problems[f"channel {channel}"] = str(exc)
     return PlateResults(
-        plate=plate, run_id=run, plate_record=store.load_plate(plate), run=run_info,
+        plate=plate, run_id=run, plate_record=store.plate_record(plate), run=run_info,
         readout=chosen, model_fit=ModelFit.from_params(params.get("model_fit")), hit_rule=hits, wells=wells,
         channels=channels, qc=qc, treatments=treatments, fits=fits, curves=fit_curves(wells, fits, metric),
         channel_fits=channel_fits, problems=problems,

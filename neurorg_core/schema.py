@@ -165,7 +165,7 @@ CROP_PROB_COLUMNS: Final = (WELL, FIELD, CROP, MEMBER, *PROB_COLUMNS)
 """A crop-level probability table (one row per crop and ensemble member)."""
 SCORE_COLUMNS: Final = (*PLATE_MAP_COLUMNS, *PROB_COLUMNS, P_CONTROL, *VOTE_COLUMNS, CALLED_CLASS, P_CONTROL_SD,
                         N_CROPS)
-"""The stored per-well score table (``scoring.score_plate``; ``Inflammation_score`` is derived on read)."""
+"""The stored per-well score table (``scoring.score_wells``; ``Inflammation_score`` is derived on read)."""
 TREATMENT_COLUMNS: Final = (COMPOUND, DOSE, N_WELLS, MEAN, SD, RESCUE_PCT, T_WELCH, P_WELCH, U_MWU, P_MWU,
                             Q_WELCH, Q_MWU, HIT)
 """``stats.compare_treatments``: one row per compound and dose."""

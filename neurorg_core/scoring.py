@@ -2,7 +2,7 @@
 
 The crop-level table (one row per crop and ensemble member) comes from inference:
 ``Metadata_Well``, ``Metadata_Field``, ``Metadata_Crop``, ``Model_Member``, ``P_class0..5``.
-``score_plate`` turns it into the per-well table every page and statistic reads:
+``score_wells`` turns it into the per-well table every page and statistic reads:
 
 - ``P_class0..5``: mean softmax over the well's crops and the ensemble members;
 - ``P_control``: the headline, ensemble mean of class 0 (mean over members of each member's mean
@@ -163,7 +163,7 @@ def _prepare_plate_map(plate_map: pd.DataFrame) -> pd.DataFrame:
 class WellAggregate:
     """Crop probabilities aggregated per well.
 
-    The one rule behind both the screen's well table (``score_plate``: ``P_class*``,
+    The one rule behind both the screen's well table (``score_wells``: ``P_class*``,
     ``Called_class``, ``Vote_class*``) and the model card's well accuracy
     (``evaluate.score_crops``: ``well_acc`` from ``called``, ``well_acc_vote`` from ``vote_call``).
     """
@@ -254,7 +254,7 @@ def call_wells(well_probs: np.ndarray, vote_counts: np.ndarray, well_call: WellC
     return np.argmax(np.asarray(chosen), axis=1).astype(int)
 
 
-def score_plate(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None,
+def score_wells(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None,
                 well_call: WellCall = DEFAULT_WELL_CALL) -> pd.DataFrame:
     """Score every well of a plate from its crop-level class probabilities.
 
@@ -348,7 +348,7 @@ def inflammation_score(probs: pd.DataFrame) -> pd.Series:
     missing = [c for c in PROB_COLUMNS if c not in probs.columns]
     if missing:
         raise NeuroRGError(f"well table lacks column(s) {', '.join(missing)}; expected the mean class "
-                           "probabilities of score_plate")
+                           "probabilities of score_wells")
     values = probs[list(PROB_COLUMNS)].to_numpy(np.float64) @ np.arange(N_CLASSES, dtype=np.float64)
     return pd.Series(values, index=probs.index, name=INFLAMMATION_SCORE)
 
@@ -372,7 +372,7 @@ def score_channels(crop_probs_by_channel: Mapping[str, pd.DataFrame]) -> pd.Data
     DataFrame
         ``Metadata_Well`` plus one ``P_control_<channel>`` column per given channel (in CHANNELS
         order), one row per well scored by any channel model (missing where a model did not
-        score that well), sorted by row then column. Merge it onto ``score_plate``'s table and
+        score that well), sorted by row then column. Merge it onto ``score_wells``'s table and
         pass the result to ``stats.channel_comparison``.
 
     Raises
@@ -391,7 +391,7 @@ def score_channels(crop_probs_by_channel: Mapping[str, pd.DataFrame]) -> pd.Data
     for channel, column in zip(CHANNELS, CHANNEL_P_CONTROL):
         if channel not in crop_probs_by_channel:
             continue
-        scored = score_plate(crop_probs_by_channel[channel], None)
+        scored = score_wells(crop_probs_by_channel[channel], None)
         part = scored[[WELL, ROW, COL, P_CONTROL]].rename(columns={P_CONTROL: column})
         out = part if out is None else out.merge(part, on=[WELL, ROW, COL], how="outer")
     assert out is not None  # at least one known channel was given (checked above)

@@ -1,7 +1,7 @@
 """Screening statistics over per-well tables.
 
 Pure functions over numpy arrays and pandas DataFrames (the per-well table of
-``scoring.score_plate``, with ``Metadata_Role``, ``Metadata_Compound``, ``Metadata_Dose_uM``):
+``scoring.score_wells``, with ``Metadata_Role``, ``Metadata_Compound``, ``Metadata_Dose_uM``):
 
 - ``rescue_percent`` / ``add_rescue``: normalised percent inhibition, disease = 0 %, control = 100 %;
 - ``plate_qc``: Z', SSMD, CV % of control and disease wells, and an edge-effect check;

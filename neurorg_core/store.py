@@ -28,7 +28,7 @@ Tables (schema version ``SCHEMA_VERSION``)::
     predictions  Field_Hash, Model_Id, crop_key, n_crops, probs (float32 (n_crops, 6) bytes), Created
     runs         Run_Id, Metadata_Plate, Model_Id, bundle_card (JSON), params (JSON),
                  Code_Version, Created, Status, N_wells, Cache_hits, Cache_misses
-    well_scores  Run_Id + the per-well score table of ``scoring.score_plate``
+    well_scores  Run_Id + the per-well score table of ``scoring.score_wells``
     channel_scores  Run_Id, Metadata_Well, P_control_nucleus, P_control_neuron, P_control_microglia
 
 Predictions are a content-addressed cache: the key is (field hash, member id, crop key), where
@@ -765,7 +765,7 @@ class ResultStore:
         rec["params"] = json.loads(rec["params"]) if rec["params"] else {}
         return rec
 
-    def load_plate(self, plate: str) -> dict[str, Any]:
+    def plate_record(self, plate: str) -> dict[str, Any]:
         """The stored plate record (source, layout, format, field shape, dtype, channel map)."""
         with self._cursor() as cur:
             df = cur.execute(f"SELECT * FROM plates WHERE {_q(PLATE)} = ?", [plate]).df()

@@ -116,7 +116,7 @@ def test_score_of_a_zip_leaves_no_extracted_copy_and_records_the_zip(setup, tmp_
     assert f"wells scored: {N_WELLS}" in capsys.readouterr().out
     assert os.listdir(tmp) == [] and not data.exists()
     with ResultStore(tmp_path / "z.duckdb", read_only=True) as store:
-        assert store.load_plate("zipped")[SOURCE] == str(zpath)
+        assert store.plate_record("zipped")[SOURCE] == str(zpath)
     assert main(["inspect", str(zpath), "--model", str(setup["bundle"])]) == 0
     assert os.listdir(tmp) == []
 

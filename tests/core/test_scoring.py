@@ -24,7 +24,7 @@ from neurorg_core.schema import (
     VOTE_COLUMNS,
     WELL,
 )
-from neurorg_core.scoring import inflammation_score, score_channels, score_plate, with_inflammation_score
+from neurorg_core.scoring import inflammation_score, score_channels, score_wells, with_inflammation_score
 
 
 def _rows(well, member, crops, field=1):
@@ -49,7 +49,7 @@ def _random_crop_table(rng, wells, n_members, n_fields, n_crops):
 
 def test_hand_worked_well():
     rows = _rows("A01", 0, [(0.6, 0.4), (0.2, 0.8)]) + _rows("A01", 1, [(0.8, 0.2), (0.5, 0.5)])
-    out = score_plate(pd.DataFrame(rows), None)
+    out = score_wells(pd.DataFrame(rows), None)
     assert len(out) == 1
     r = out.iloc[0]
     # member means of class 0: 0.4 and 0.65
@@ -75,7 +75,7 @@ def test_inflammation_score_by_hand_and_derived_for_stored_tables():
 
 def test_votes_and_mean_call_can_disagree_and_single_member_sd_is_zero():
     rows = _rows("B03", 0, [(0.4, 0.6), (0.4, 0.6), (1.0, 0.0)])
-    r = score_plate(pd.DataFrame(rows), None).iloc[0]
+    r = score_wells(pd.DataFrame(rows), None).iloc[0]
     assert r[CALLED_CLASS] == 0 and r[P_CONTROL] == pytest.approx(0.6)
     assert r["Vote_class1"] == pytest.approx(2 / 3) and r["Vote_class0"] == pytest.approx(1 / 3)
     assert r[P_CONTROL_SD] == 0.0
@@ -87,7 +87,7 @@ def test_matches_brute_force_over_a_random_plate():
     wells = ["A01", "A02", "A03", "B01", "B02", "B03"]
     crop = _random_crop_table(rng, wells, n_members=4, n_fields=2, n_crops=3)
     crop = crop.sample(frac=1.0, random_state=1)  # row order must not matter
-    out = score_plate(crop, None).set_index(WELL)
+    out = score_wells(crop, None).set_index(WELL)
     assert list(out.index) == wells
     for w in wells:
         sub = crop[crop[WELL] == w]
@@ -112,7 +112,7 @@ def test_plate_map_is_left_joined_on_normalised_wells():
         PLATE: ["P1"] * 3, WELL: ["A01", "r01c02", "C05"], ROW: [9, 9, 9], COL: [9, 9, 9],
         COMPOUND: ["", "cmpd-1", ""], DOSE: [np.nan, 0.5, np.nan], ROLE: ["control", "treatment", "empty"],
     })
-    out = score_plate(crop, plate_map)
+    out = score_wells(crop, plate_map)
     assert list(out[WELL]) == ["A01", "A02", "B01"]  # C05 is in the map only: not scored
     assert list(out[ROW]) == [1, 1, 2] and list(out[COL]) == [1, 2, 1]  # recomputed, not the map's 9s
     assert list(out[ROLE].iloc[:2]) == ["control", "treatment"] and pd.isna(out[ROLE].iloc[2])
@@ -138,13 +138,13 @@ def _valid_rows():
 )
 def test_bad_crop_tables_raise(corrupt, match):
     with pytest.raises(NeuroRGError, match=match):
-        score_plate(corrupt(pd.DataFrame(_valid_rows())), None)
+        score_wells(corrupt(pd.DataFrame(_valid_rows())), None)
 
 
 def test_bad_probability_error_names_the_well():
     df = pd.DataFrame(_valid_rows()).assign(P_class1=0.9)
     with pytest.raises(NeuroRGError, match="well A01"):
-        score_plate(df, None)
+        score_wells(df, None)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_bad_probability_error_names_the_well():
 )
 def test_bad_plate_maps_raise(plate_map, match):
     with pytest.raises(NeuroRGError, match=match):
-        score_plate(pd.DataFrame(_valid_rows()), plate_map)
+        score_wells(pd.DataFrame(_valid_rows()), plate_map)
 
 
 def test_score_channels_side_by_side():
@@ -186,8 +186,8 @@ def test_plurality_well_call_by_hand():
     ties = [(0.0, 0.1, 0.0, 0.0, 0.9)] * 2 + [(0.0, 0.6, 0.0, 0.0, 0.4)] * 2
     rows += [r for f, p in enumerate(ties, start=1) for r in _rows("B03", 1, [p], field=f)]
     table = pd.DataFrame(rows)
-    mean = score_plate(table, None).set_index(WELL)
-    plural = score_plate(table, None, well_call="plurality").set_index(WELL)
+    mean = score_wells(table, None).set_index(WELL)
+    plural = score_wells(table, None, well_call="plurality").set_index(WELL)
     # B02 mean class 0: (3 x 0.30 + 2 x 0.95) / 5 = 0.56 against class 2: (3 x 0.40 + 2 x 0.05) / 5 = 0.26
     assert mean.loc["B02", P_CONTROL] == pytest.approx(0.56)
     assert mean.loc["B02", CALLED_CLASS] == 0 and plural.loc["B02", CALLED_CLASS] == 2
@@ -201,4 +201,4 @@ def test_plurality_well_call_by_hand():
 def test_unknown_well_call_is_refused_with_the_allowed_ones():
     table = pd.DataFrame(_rows("A01", 0, [(0.5, 0.5)]))
     with pytest.raises(NeuroRGError, match="well call 'majority' is not one of mean_probability, plurality"):
-        score_plate(table, None, well_call="majority")
+        score_wells(table, None, well_call="majority")

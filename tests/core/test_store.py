@@ -129,7 +129,7 @@ def test_provenance_is_stored_as_json(store: ResultStore) -> None:
     assert rec["bundle_card"] == {"id": "bundle1"}
     assert rec["params"] == {"crops_per_well": 15, "input_size": 32}
     assert rec["Code_Version"] == "test" and rec["Status"] == "complete"
-    plate = store.load_plate("P1")
+    plate = store.plate_record("P1")
     assert plate["channel_map"]["microglia"] == "2" and plate["field_height"] == 64
 
 
@@ -158,7 +158,7 @@ def test_failed_save_rolls_back_everything(store: ResultStore) -> None:
         )
     assert snapshot(store) == before
     assert store.cached_predictions(["hnew"], "m1") == {}
-    assert store.load_plate("P1")["Source"] == "/data/p1"
+    assert store.plate_record("P1")["Source"] == "/data/p1"
 
 
 def test_missing_score_column_is_refused_before_writing(store: ResultStore) -> None:

@@ -21,7 +21,7 @@ from neurorg_core.model import load_bundle  # noqa: E402
 from neurorg_core.preprocess import CropGeometry  # noqa: E402
 from neurorg_core.schema import (CALLED_CLASS, CROP, FIELD, MEMBER, N_CLASSES, PROB_COLUMNS,  # noqa: E402
                                  VOTE_COLUMNS, WELL)
-from neurorg_core.scoring import aggregate_wells, score_plate  # noqa: E402
+from neurorg_core.scoring import aggregate_wells, score_wells  # noqa: E402
 from neurorg_core.train import (AUGMENTATION, WARMUP_EPOCHS, Augmentation, TrainSettings, augment,  # noqa: E402
                                 build_optimizer, fold_split, learning_rate_schedule, split_wells)
 
@@ -97,7 +97,7 @@ def _crop_table(probs: np.ndarray, wells: np.ndarray, fields: np.ndarray, crops:
 
 
 def test_model_card_well_accuracy_counts_the_calls_of_the_screens_well_table():
-    """Evaluation (well_acc, well_acc_vote) and score_plate (Called_class, Vote_class*) call the
+    """Evaluation (well_acc, well_acc_vote) and score_wells (Called_class, Vote_class*) call the
     same wells the same way: one ensemble's crops, scored both ways."""
     rng = np.random.default_rng(11)
     n_wells, n_fields, n_crops, n_members = 40, 2, 5, 3
@@ -113,7 +113,7 @@ def test_model_card_well_accuracy_counts_the_calls_of_the_screens_well_table():
     logits[:, np.arange(len(wells)), labels] += 1.0
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
 
-    table = score_plate(_crop_table(probs, wells, fields, crops), None).set_index(WELL).loc[names]
+    table = score_wells(_crop_table(probs, wells, fields, crops), None).set_index(WELL).loc[names]
     called = table[CALLED_CLASS].to_numpy()
     vote_call = table[list(VOTE_COLUMNS)].to_numpy().argmax(1)
     assert 0 < (called == truth).sum() < n_wells

@@ -22,7 +22,7 @@ from neurorg_core.pipeline import hash_field
 from neurorg_core.plates import load_plate
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.schema import CROP, FIELD, FIELD_HASH, MEMBER, PROB_COLUMNS, TRUE_SEVERITY, WELL
-from neurorg_core.scoring import score_channels, score_plate
+from neurorg_core.scoring import score_channels, score_wells
 from neurorg_core.schema import PLATE_MAP_COLUMNS
 from neurorg_core.store import PlateRecord, ResultStore, RunRecord
 
@@ -66,7 +66,7 @@ def store_truth_run(db_path: Path, plate_dir: Path, name: str = TRUTH_PLATE, par
     severity = dict(zip(truth[WELL], truth[TRUE_SEVERITY].fillna(0.0)))
     wells = plate.wells()
     crop_probs = _truth_probs(wells, severity, 0.03, seed=1)
-    scores = score_plate(crop_probs, plate_map)
+    scores = score_wells(crop_probs, plate_map)
     rng = np.random.default_rng(2)
     by_channel = {
         "nucleus": _truth_probs(wells, {w: float(rng.uniform()) for w in wells}, 0.05, seed=3),
