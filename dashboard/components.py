@@ -22,6 +22,7 @@ from plotly.subplots import make_subplots
 
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.fitcheck import ModelFit
+from neurorg_core import stats
 from neurorg_core.stats import PlateQC
 from neurorg_core.schema import (
     BUNDLE_ARCH,
@@ -550,18 +551,6 @@ def bundle_table(bundles: pd.DataFrame) -> pd.DataFrame:
 
 # --- charts -------------------------------------------------------------------------------
 
-def role_bands(wells: pd.DataFrame, metric: str) -> dict[str, tuple[float, float]]:
-    """Mean and SD (ddof 1) of ``metric`` over the control and the disease wells (roles absent or
-    with fewer than two wells are left out)."""
-    bands = {}
-    for role in ("control", "disease"):
-        values = wells.loc[wells[ROLE] == role, metric].dropna().to_numpy(np.float64) \
-            if metric in wells.columns else np.zeros(0)
-        if len(values) >= 2:
-            bands[role] = (float(values.mean()), float(values.std(ddof=1)))
-    return bands
-
-
 def _band_shapes(bands: dict[str, tuple[float, float]], n_panels: int = 1) -> tuple[list[dict], list[dict]]:
     """Control and disease bands (mean +/- SD) across each panel: (shapes, labels)."""
     shapes, notes = [], []
@@ -626,7 +615,7 @@ def dose_response_figure(wells: pd.DataFrame, curves: pd.DataFrame, fits: pd.Dat
     layout = _panels([_fit_title(fits, c) for c in compounds],
                      dict(type="log", title=dict(text="dose (uM)")),
                      dict(title=dict(text=label)))
-    shapes, notes = _band_shapes(role_bands(wells, column), max(1, len(compounds)))
+    shapes, notes = _band_shapes(stats.role_bands(wells, column), max(1, len(compounds)))
     layout["annotations"] += notes
     layout.update(shapes=shapes, height=380, margin=dict(l=10, r=10, t=60, b=10))
     return go.Figure(data=data, layout=layout)
@@ -662,7 +651,7 @@ def dose_strip(wells: pd.DataFrame, column: str = P_CONTROL) -> go.Figure:
         fig.add_trace(go.Box(x=labels, y=grp[column], name=plot_text(cpd), boxpoints="all",
                              text=grp[WELL],
                              marker_color=COMPOUND_COLOURS[k % len(COMPOUND_COLOURS)]))
-    shapes, notes = _band_shapes(role_bands(wells, column))
+    shapes, notes = _band_shapes(stats.role_bands(wells, column))
     fig.update_layout(height=420, yaxis_title=METRIC_LABELS.get(column, column),
                       xaxis_title="compound and dose (uM)",
                       margin=dict(l=10, r=10, t=30, b=10), shapes=shapes, annotations=notes)

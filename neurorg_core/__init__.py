@@ -10,12 +10,11 @@ from neurorg_core.results import export_table, load_plate_results
 from neurorg_core.platemap import check_plate_map, load_plate_map
 from neurorg_core.scoring import score_channels, score_wells
 from neurorg_core.store import ResultStore
+from neurorg_core.doseresponse import fit_compounds, fit_dose_response
 from neurorg_core.stats import (
     add_rescue,
     channel_comparison,
     compare_treatments,
-    fit_compounds,
-    fit_dose_response,
     mcnemar,
     plate_qc,
 )

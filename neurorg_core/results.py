@@ -2,7 +2,7 @@
 
 ``load_plate_results`` reads one stored run and computes its statistics on the run's readout:
 rescue % (``stats.add_rescue``), plate QC (``stats.plate_qc``), treatments and hits
-(``stats.compare_treatments``), 4PL fits (``stats.fit_compounds``) and the single-channel
+(``stats.compare_treatments``), 4PL fits (``doseresponse.fit_compounds``) and the single-channel
 correlations (``stats.channel_correlation``). ``export_table`` writes one of its tables as exported.
 Nothing here writes to the store; ``pipeline.run_plate`` is the write side.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neurorg_core import scoring, stats
+from neurorg_core import doseresponse, scoring, stats
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.fitcheck import ModelFit
 from neurorg_core.schema import (
@@ -77,7 +77,7 @@ class PlateResults:
     treatments
         ``stats.compare_treatments`` (per compound and dose, with hit calls).
     fits
-        ``stats.fit_compounds`` on the readout (4PL, EC50 with 95 % CI, per compound).
+        ``doseresponse.fit_compounds`` on the readout (4PL, EC50 with 95 % CI, per compound).
     curves
         Each converged fit evaluated over its compound's doses (``fit_curves``), for plotting.
     channel_fits
@@ -203,7 +203,7 @@ def load_plate_results(store: ResultStore, plate: str, run_id: str | None = None
     except NeuroRGError as exc:
         problems["treatments"] = str(exc)
     try:
-        fits = stats.fit_compounds(wells, metric=metric)
+        fits = doseresponse.fit_compounds(wells, metric=metric)
     except NeuroRGError as exc:
         problems["fits"] = str(exc)
     channel_scores = store.load_channel_scores(run)
@@ -233,7 +233,7 @@ def fit_curves(wells: pd.DataFrame, fits: pd.DataFrame, column: str, n_points: i
             continue
         doses = wells.loc[(wells[ROLE] == "treatment") & (wells[COMPOUND] == row[COMPOUND]), DOSE]
         grid = np.logspace(np.log10(doses.min()), np.log10(doses.max()), n_points)
-        fit = stats.DoseResponseFit.from_row(row)
+        fit = doseresponse.DoseResponseFit.from_row(row)
         parts.append(pd.DataFrame({COMPOUND: row[COMPOUND], DOSE: grid, column: fit.predict(grid)}))
     if not parts:
         return pd.DataFrame({COMPOUND: pd.Series(dtype=str), DOSE: pd.Series(dtype=float),

@@ -171,7 +171,7 @@ TREATMENT_COLUMNS: Final = (COMPOUND, DOSE, N_WELLS, MEAN, SD, RESCUE_PCT, T_WEL
 """``stats.compare_treatments``: one row per compound and dose."""
 FIT_COLUMNS: Final = (COMPOUND, N_WELLS, N_DOSES, EC50, EC50_CI_LOW, EC50_CI_HIGH, HILL, TOP, BOTTOM, P_FLAT,
                       CONVERGED, FIT_MESSAGE)
-"""``stats.fit_compounds``: one row per compound."""
+"""``doseresponse.fit_compounds``: one row per compound."""
 
 # --- installed model bundles (``bundles.describe_bundles``; the app's model list) --------------
 BUNDLE_PATH: Final = "Path"                  # the bundle folder

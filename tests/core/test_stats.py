@@ -15,7 +15,6 @@ from neurorg_core.schema import (
     EC50,
     EC50_CI_HIGH,
     EC50_CI_LOW,
-    FIT_MESSAGE,
     HILL,
     HIT,
     MEAN,
@@ -35,9 +34,9 @@ from neurorg_core.schema import (
     U_MWU,
     WELL,
 )
+from neurorg_core.doseresponse import DoseResponseFit, fit_compounds, fit_dose_response
+from neurorg_core.schema import FIT_COLUMNS
 from neurorg_core.stats import (
-    FIT_COLUMNS,
-    DoseResponseFit,
     HitRule,
     TREATMENT_COLUMNS,
     add_rescue,
@@ -45,8 +44,6 @@ from neurorg_core.stats import (
     channel_comparison,
     channel_correlation,
     compare_treatments,
-    fit_compounds,
-    fit_dose_response,
     mcnemar,
     plate_qc,
     rescue_percent,
@@ -387,9 +384,9 @@ def test_default_readout_is_the_inflammation_score_and_ssmd_is_signed_by_the_con
         P_CONTROL: [0.8, 0.9, 0.85, 0.01, 0.02, 0.015, 0.02, 0.03, 0.01],
     })
     qc_inf, qc_p = plate_qc(wells), plate_qc(wells, metric=P_CONTROL)
-    assert qc_inf["metric"] == INFLAMMATION_SCORE and qc_inf["ssmd"] > 0 and qc_p["ssmd"] > 0
+    assert qc_inf.metric == INFLAMMATION_SCORE and qc_inf.ssmd > 0 and qc_p.ssmd > 0
     sd = np.sqrt(wells[INFLAMMATION_SCORE][:3].var() + wells[INFLAMMATION_SCORE][3:6].var())
-    assert qc_inf["ssmd"] == pytest.approx((4.75 - 0.25) / sd)
+    assert qc_inf.ssmd == pytest.approx((4.75 - 0.25) / sd)
     # halfway back in phenotype: ~50 % on the inflammation score, ~1 % on the saturated P(control)
     r_inf = add_rescue(wells)[RESCUE_PCT].iloc[6:].mean()
     r_p = add_rescue(wells, metric=P_CONTROL)[RESCUE_PCT].iloc[6:].mean()
