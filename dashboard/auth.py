@@ -1,6 +1,10 @@
 """Who may see the dashboard: the password, signed login cookies, the attempt limit, the HTTP gate
 in front of everything Streamlit serves, and the folders "Path on the server" may read.
 
+Size (~570 lines): everything that decides who sees the app is kept in one file on purpose, so that a
+security review reads one module (password, cookies, attempt limit, the ASGI gate, the login pages,
+the server-path rule).
+
 How the pieces fit (``dashboard/app.py`` wires them into ``st.App``):
 
 - ``SessionGate`` is ASGI middleware in front of *every* request Streamlit answers: pages, its

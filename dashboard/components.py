@@ -1,5 +1,8 @@
 """Shared display helpers: plate picker, SYNTHETIC banner, heatmap, thumbnails, tables, charts.
 
+Size (~690 lines): many small display helpers shared by several pages (heatmap, charts, tables,
+banners); each is short, and splitting them by page would repeat the shared ones.
+
 Every helper here turns a finished table into something on screen; none of them computes a
 statistic (that is the core's job, reached through ``dashboard.resources``).
 """

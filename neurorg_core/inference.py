@@ -1,5 +1,9 @@
 """Batched prediction for a model bundle: the LiteRT fast path and the streaming helper.
 
+Size (~570 lines): the LiteRT conversion, its verification against the card's hashes and the
+predictors that run it belong together (a converted file is never used unchecked); the streaming
+helper and the predictor cache are short.
+
 ``Predictor`` runs every member of a bundle on a batch of crops and returns class probabilities
 shaped (n_members, n_crops, 6). Its default backend runs each member as a float32 LiteRT
 flatbuffer with the XNNPACK CPU delegate.

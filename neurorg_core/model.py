@@ -1,5 +1,8 @@
 """Build EfficientNet classifiers and save / load them as model bundles with a model card.
 
+Size (~730 lines): the model card and its checks are most of it; building members and saving and
+loading bundles share the card's fields, so they stay together.
+
 A *bundle* is a folder holding ``card.json`` and one weights file per *member*::
 
     ensemble/

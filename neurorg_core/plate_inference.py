@@ -1,5 +1,9 @@
 """Steps 1-3 of scoring a plate: plan the fields, hash them against the cache, infer what is missing.
 
+Size (~540 lines): the three steps share one run state (``_RunState``, owned by the calling thread)
+and the batching that keeps a fixed-size model batch full across fields; split apart, that state
+would have to cross module boundaries.
+
 ``infer_plate`` reads a plate's images once and returns a ``PlateInference``: plain, picklable data
 (every field's hash, crops and statistics, the predictions computed), with nothing stored.
 ``pipeline.save_plate`` stores it; ``pipeline.run_plate`` is the two in one process.

@@ -1,5 +1,8 @@
 """Plate maps: which compound, dose and role each well has (pycytominer ``Metadata_*`` columns).
 
+Size (~630 lines): most of it is recognising how labs spell columns, wells, roles and dose units
+(CSV, TSV, .xlsx) and reporting every problem of a file at once; it has one job.
+
 ``load_plate_map(path)`` reads a CSV or TSV (delimiter sniffed) or an Excel ``.xlsx`` workbook, maps
 common column spellings to the schema names and validates the content; every problem in the file is
 reported at once in a ``PlateMapError``. ``check_plate_map(df, imaged_wells)`` lists the problems of

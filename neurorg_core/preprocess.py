@@ -1,5 +1,8 @@
 """From a field's pixels to the model's crops: intensity scaling, tiling, resizing.
 
+Size (~575 lines): crop geometry, intensity detection and tiling are one contract with the model
+card (training and scoring must cut crops identically), so they stay in one module.
+
 Pure numpy, with Pillow's C resampler for non-integer resizing. It runs for every field of every
 plate, so it works on whole arrays and never loops over pixels.
 

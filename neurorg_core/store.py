@@ -1,5 +1,8 @@
 """The result store: a DuckDB file holding plates, cached crop predictions and scored runs.
 
+Size (~830 lines): the only module that speaks SQL, by design (STYLE.md): one class, its table
+definitions, the per-operation attach rule and the checks on bad files.
+
 This is the only module that speaks SQL.
 
 **Who may use the file, and when.** DuckDB lets one process at a time open a file for writing
