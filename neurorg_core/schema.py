@@ -184,8 +184,10 @@ CAMPAIGN_COLUMNS: Final = (CAMPAIGN_ID, POSITION, PLATE, SOURCE, PLATE_MAP_FILE,
 """``ResultStore.load_campaign``: one row per plate of a campaign, in acquisition order."""
 CAMPAIGN_LIST_COLUMNS: Final = (CAMPAIGN_ID, N_PLATES, N_STORED, N_FAILED, MODEL_ID, UPDATED)
 """``ResultStore.list_campaigns``: one row per campaign (``Model_Id``: the models used, "; "-joined)."""
-CAMPAIGN_PLATE_QC_COLUMNS: Final = (POSITION, PLATE, BATCH, ACQUIRED, MODEL_ID, RUN_ID, Z_PRIME, SSMD, QC_PASS,
-                                    MODEL_FIT, N_HITS, HITS_PROVISIONAL)
+MEAN_CONTROL: Final = "Mean_control"   # the plate's control wells' mean readout (its own normalisation)
+MEAN_DISEASE: Final = "Mean_disease"   # the plate's disease wells' mean readout
+CAMPAIGN_PLATE_QC_COLUMNS: Final = (POSITION, PLATE, BATCH, ACQUIRED, MODEL_ID, RUN_ID, READOUT, MEAN_CONTROL,
+                                    MEAN_DISEASE, Z_PRIME, SSMD, QC_PASS, MODEL_FIT, N_HITS, HITS_PROVISIONAL)
 """``campaign_results``: plate QC over a campaign, one row per stored plate in acquisition order."""
 CAMPAIGN_HIT_COLUMNS: Final = (COMPOUND, N_PLATES_TESTED, N_PLATES_HIT, HIT_DOSES, HIT_PLATES)
 CAMPAIGN_EC50_COLUMNS: Final = (COMPOUND, N_PLATES_TESTED, N_PLATES_FIT, EC50_GEOMEAN, EC50_MIN,
