@@ -4,15 +4,13 @@ normalisation, filters, exports."""
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard_fixtures import APP, store_truth_run
+from dashboard_fixtures import APP, store_campaign
 from neurorg_core.schema import COMPOUND, EC50_GEOMEAN, MESSAGE, N_PLATES_HIT, N_PLATES_TESTED, PLATE, Z_PRIME
-from neurorg_core.store import CampaignEntry, ResultStore
 
 
 def _open(**query: str) -> AppTest:
@@ -26,22 +24,6 @@ def _open(**query: str) -> AppTest:
 def _frame_with(at: AppTest, column: str):
     """The first table on the page that has ``column``."""
     return next(df.value for df in at.dataframe if column in df.value.columns)
-
-
-def store_campaign(db: Path, plate_dir: Path) -> None:
-    """Campaign ``screen`` of plates "second" (batch b2, 2026-03-09), "first" (b1, 2026-03-01): the
-    same ground-truth scores of ``plate_dir``; and "broken" (b1), failed."""
-    for name in ("first", "second"):
-        store_truth_run(db, plate_dir, name=name)
-    with ResultStore(db) as s:
-        s.register_campaign([
-            CampaignEntry("screen", 1, "second", str(plate_dir), "pm.csv", "ground-truth", "b2", date(2026, 3, 9)),
-            CampaignEntry("screen", 2, "first", str(plate_dir), "pm.csv", "ground-truth", "b1", date(2026, 3, 1)),
-            CampaignEntry("screen", 3, "broken", "/nowhere", "pm.csv", "ground-truth", "b1", None),
-        ])
-        for name in ("first", "second"):
-            s.mark_campaign_plate("screen", name, "stored", run_id=f"truth-{name}")
-        s.mark_campaign_plate("screen", "broken", "failed", message="/nowhere (row 3): no images")
 
 
 @pytest.fixture()
