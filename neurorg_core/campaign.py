@@ -289,6 +289,9 @@ class CampaignResult:
         Crop x member predictions computed by the workers in this run.
     ray_startup_s, elapsed_s
         Seconds to start Ray and its workers (0 when no plate needed them); the whole run.
+    writer_s
+        Seconds the writer spent merging plates into the store (reading their Parquet files,
+        ``save_plate``, writing ``wells.parquet``).
     """
 
     campaign_id: str
@@ -300,6 +303,7 @@ class CampaignResult:
     inferred_crops: int
     ray_startup_s: float
     elapsed_s: float
+    writer_s: float
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -382,7 +386,7 @@ def run_campaign(
              len(reuse), len(result.failed))
     return CampaignResult(campaign_id=cid, folder=out, stored=result.stored, skipped=[p.name for p in skip],
                           reused=[p.name for p in reuse], failed=result.failed, inferred_crops=result.inferred_crops,
-                          ray_startup_s=startup, elapsed_s=time.monotonic() - started)
+                          ray_startup_s=startup, elapsed_s=time.monotonic() - started, writer_s=result.writer_s)
 
 
 def register(store: ResultStore, campaign_id: str, plates: Sequence[CampaignPlate], bundle: Bundle) -> None:
@@ -429,6 +433,7 @@ class _Outcome:
     stored: dict[str, str] = dataclasses.field(default_factory=dict)
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
     inferred_crops: int = 0
+    writer_s: float = 0.0
 
 
 def _merge_or_fail(store: ResultStore, campaign_id: str, plate: CampaignPlate, out: Path, bundle: Bundle,
@@ -436,6 +441,7 @@ def _merge_or_fail(store: ResultStore, campaign_id: str, plate: CampaignPlate, o
     """Step 3, the one writer: a plate's Parquet files into the store (one transaction, the campaign
     row marked stored with it), then its well table as ``wells.parquet``."""
     folder = plate_folder(out, plate.name)
+    t0 = time.monotonic()
     try:
         inference = files.read_inference(folder)
         run: RunResult = save_plate(store, inference, bundle, campaign_id=campaign_id)
@@ -443,6 +449,7 @@ def _merge_or_fail(store: ResultStore, campaign_id: str, plate: CampaignPlate, o
         _fail(store, campaign_id, plate, str(exc), result, tracker)
         return
     store.load_well_scores(plate.name, run.run_id).to_parquet(folder / files.WELLS_FILE, index=False)
+    result.writer_s += time.monotonic() - t0
     result.stored[plate.name] = run.run_id
     if inferred:
         result.inferred_crops += inference.inferred_crops
@@ -588,7 +595,7 @@ class _RayPlates:
               channel_map: dict[str, str] | None, hook: WorkerHook | None, tracker: _Progress):
         """Yield ``(plate, files or error message)`` as plates finish; every worker keeps a plate."""
         import ray
-        from ray.exceptions import RayError
+        from ray.exceptions import RayError, RayTaskError
 
         cached = ray.put(frozenset(cached_keys))
         queue = list(jobs)
@@ -604,8 +611,10 @@ class _RayPlates:
                 idle.append(worker)
                 try:
                     yield job.plate, ray.get(ref)
-                except RayError as exc:
-                    yield job.plate, (f"the worker failed {WORKER_RESTARTS + 1} times on this plate "
+                except RayTaskError as exc:   # an error in our code on the worker (not a bad input)
+                    yield job.plate, f"scoring failed on the worker: {type(exc.cause).__name__}: {exc.cause}"
+                except RayError as exc:       # the worker died more often than it may be restarted
+                    yield job.plate, (f"the worker died {WORKER_RESTARTS + 1} times on this plate "
                                       f"({type(exc).__name__}: {str(exc).splitlines()[0]})")
             if not ready:
                 tracker.worker_state(self._states([w for _, w in running.values()]))
