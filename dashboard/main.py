@@ -32,6 +32,8 @@ PAGES = {
                           url_path="treatments"),
     "channels": st.Page("views/channels.py", title="Channels", icon=":material/scatter_plot:",
                         url_path="channels"),
+    "campaign": st.Page("views/campaign.py", title="Campaign", icon=":material/stacks:",
+                        url_path="campaign"),
     "library": st.Page("views/library.py", title="Library", icon=":material/folder:",
                        url_path="library"),
 }

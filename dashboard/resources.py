@@ -298,3 +298,33 @@ def crop_preview(plate: Plate, pixel_size_um: float | None, bits: int | None) ->
     line = (f"Crops of {cropping.edge} px from each field (the model was trained on {geometry.crop_edge_px} px"
             f"{model_px}), {cropping.intensity.bits}-bit intensity ({cropping.intensity.source}).")
     return line, cropping.notes()
+
+
+# --- campaigns (many plates scored with `score-campaign`) ----------------------------------------
+
+def campaigns_table() -> pd.DataFrame:
+    """Every campaign in the store (plates, stored, failed, models, last change), latest first."""
+    return store().list_campaigns()
+
+
+def campaign_results(campaign_id: str):
+    """A campaign's stored plates and their results (``campaign_results.CampaignResults``), read
+    once per set of stored runs and then served from memory.
+
+    Raises
+    ------
+    NeuroRGError
+        If there is no such campaign.
+    """
+    from neurorg_core.schema import RUN_STATUS
+
+    rows = store().load_campaign(campaign_id)
+    runs = tuple(sorted(rows.loc[rows[RUN_STATUS] == "stored", RUN_ID]))
+    return _campaign_results(str(config().db_path), campaign_id, runs)
+
+
+@st.cache_data(show_spinner="Reading the campaign's plates ...", max_entries=8)
+def _campaign_results(db_path: str, campaign_id: str, runs: tuple[str, ...]):
+    from neurorg_core.campaign_results import load_campaign_results
+
+    return load_campaign_results(_store(db_path), campaign_id, hits=config().hit_rule)

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -256,6 +257,46 @@ def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map
     return 0
 
 
+def _cmd_score_campaign(args: argparse.Namespace) -> int:
+    from neurorg_core.campaign import load_manifest, plates_from_paths, run_campaign
+    from neurorg_core.config import load_config
+    from neurorg_core.model import load_bundle
+    from neurorg_core.store import ResultStore
+
+    cfg = load_config()
+    options = _score_options(args)   # checked before any file is read
+    if bool(args.manifest) == bool(args.plates):
+        raise NeuroRGError("give the plates (PLATE ...) or --manifest CSV, not both and not neither")
+    plates = load_manifest(args.manifest) if args.manifest else plates_from_paths(args.plates, args.plate_map)
+    bundle = load_bundle(Path(args.model) if args.model else cfg.model_dir / "ensemble", kind="ensemble")
+    db = Path(args.db) if args.db else cfg.db_path
+    shown = [0.0]
+
+    def progress(p) -> None:
+        now = time.monotonic()
+        if now - shown[0] >= args.progress_every or p.plates_done == p.plates_total:
+            shown[0] = now
+            print(f"  {p.line()}", file=sys.stderr, flush=True)
+
+    print(f"campaign of {len(plates)} plate(s), model {bundle.id} ({len(bundle.members)} members), "
+          f"Ray {'at ' + args.ray_address if args.ray_address else 'local'}", file=sys.stderr)
+    with ResultStore(db) as store:
+        result = run_campaign(plates, bundle, store, campaign_id=args.campaign, options=options,
+                              channel_map=_parse_channel_map(args.channels), ray_address=args.ray_address,
+                              workers=args.workers, progress=progress)
+    print(f"campaign {result.campaign_id}: {len(result.stored)} plate(s) stored, {len(result.skipped)} "
+          f"already stored (skipped), {len(result.reused)} merged from earlier Parquet files, "
+          f"{len(result.failed)} failed; {result.inferred_crops} crop x member predictions computed")
+    print(f"store: {db}; Parquet files: {result.folder}")
+    if result.ray_startup_s:
+        print(f"time: {result.elapsed_s:.1f} s ({result.ray_startup_s:.1f} s starting Ray and its workers)")
+    for name, run_id in result.stored.items():
+        print(f"  {name}: run {run_id}")
+    for name, why in result.failed.items():
+        print(f"error: plate {name}: {why}", file=sys.stderr)
+    return 2 if result.failed else 0
+
+
 def _cmd_calibrate_fit(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -409,6 +450,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "inflammation_score): " +
                         "; ".join(f"{k} = {v}" for k, v in READOUT_LABELS.items()))
     s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("score-campaign", help="score many plates on Ray (local or a cluster) into the store")
+    s.add_argument("plates", nargs="*", metavar="PLATE", help="plate folders or zips (or --manifest)")
+    s.add_argument("--manifest", help="CSV with columns plate, plate_map[, name, batch, date (YYYY-MM-DD)]")
+    s.add_argument("--plate-map", help="with PLATE ...: one plate map for all (default each folder's platemap.csv)")
+    s.add_argument("--model")
+    s.add_argument("--db")
+    s.add_argument("--campaign", help="campaign id (default: a hash of the plates, model and options)")
+    s.add_argument("--ray-address", help="a Ray cluster (e.g. ray://head:10001); default an embedded local Ray")
+    s.add_argument("--workers", type=int, help="worker actors (default one per CPU, or per GPU of the cluster)")
+    s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID (every plate)")
+    s.add_argument("--crops-per-well", type=int, default=CROPS_PER_WELL,
+                   help=f"crops scored per well, 1..{MAX_CROPS_PER_WELL} (default {CROPS_PER_WELL})")
+    s.add_argument("--backend", choices=("litert", "keras"), default="litert", help="inference backend")
+    s.add_argument("--pixel-size", type=float, help="the plates' pixel size, um (wins over metadata)")
+    s.add_argument("--bit-depth", type=int, choices=(8, 12, 14, 16), help="the images' significant bits")
+    s.add_argument("--readout", choices=READOUTS, default=None, help="well score for rescue %%, hits, QC, EC50")
+    s.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
+    s.set_defaults(func=_cmd_score_campaign)
 
     s = sub.add_parser("calibrate-fit", help="record what a model sees on held-out plates, for the "
                        "model-fit check of every later run")

@@ -193,10 +193,11 @@ def _check_fit(bundle: Bundle, stats_now: FitStats) -> ModelFit:
 
 
 def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
-               single_channel_bundle: Bundle | None = None) -> RunResult:
+               single_channel_bundle: Bundle | None = None, *, campaign_id: str | None = None) -> RunResult:
     """Steps 4-5 of a run: crop tables (this inference's predictions, the rest from the store's
     cache), well scores, the model-fit check and provenance, stored in one transaction with the
-    inference's uncommitted predictions.
+    inference's uncommitted predictions (and, for a campaign's plate, its campaign row marked
+    stored: ``campaign_id``).
 
     Raises
     ------
@@ -240,7 +241,7 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
                                 FIELD_HASH: [f.field_hash for f in fields]})
     store.save_run(plate=inference.record, wells=inference.plate_map[list(PLATE_MAP_COLUMNS)], fields=field_table,
                    well_scores=well_scores, run=run, predictions=inference.uncommitted,
-                   channel_scores=_channel_scores(bundles, tables))
+                   channel_scores=_channel_scores(bundles, tables), campaign_id=campaign_id)
     result = RunResult(
         run_id=run_id, plate=inference.name, n_wells=len(well_scores), n_fields=len(fields),
         n_crops=inference.total_crops, cache_hits=hits, cache_misses=len(fields) - hits,

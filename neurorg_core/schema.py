@@ -157,6 +157,51 @@ PLATE_LIST_COLUMNS: Final = (PLATE, SOURCE, PLATE_LAYOUT, PLATE_FORMAT, FIELD_HE
 """Columns of ``ResultStore.list_plates`` (``Created`` is when the plate was first stored)."""
 
 
+# --- screening campaigns: many plates scored together (campaign.py, campaign_results.py) -------
+CAMPAIGN_ID: Final = "Campaign_Id"
+BATCH: Final = "Metadata_Batch"         # the lab's batch label of a plate (manifest), "" when none
+ACQUIRED: Final = "Metadata_Date"       # acquisition date of a plate (manifest, ISO YYYY-MM-DD), NaT when none
+POSITION: Final = "Position"            # 1-based row of the plate in the campaign's manifest
+MESSAGE: Final = "Message"              # why a campaign plate failed ("" otherwise)
+UPDATED: Final = "Updated"              # UTC timestamp of the row's last change
+PLATE_MAP_FILE: Final = "Plate_map"     # the plate map file a campaign plate was scored with
+HITS_PROVISIONAL: Final = "Hits_provisional"  # why a plate's hit calls are provisional ("" when not)
+CampaignStatus = Literal["pending", "stored", "failed"]
+CAMPAIGN_STATUSES: Final = ("pending", "stored", "failed")
+"""A campaign plate is ``pending`` until its run is stored (``stored``, with its ``Run_Id``), or
+``failed`` with a ``Message`` (bad images, a plate map that does not match them)."""
+N_PLATES: Final = "N_plates"
+N_STORED: Final = "N_stored"
+N_FAILED: Final = "N_failed"
+Z_PRIME: Final = "Z_prime"
+SSMD: Final = "SSMD"
+QC_PASS: Final = "QC_pass"              # Z' >= 0 (the plate's hit calls are not provisional on QC)
+N_HITS: Final = "N_hits"                # treatments (compound x dose) called hits on a plate
+N_PLATES_TESTED: Final = "N_plates_tested"  # plates where a compound has treatment wells
+N_PLATES_HIT: Final = "N_plates_hit"        # plates where at least one of its doses is a hit
+HIT_DOSES: Final = "Hit_doses_uM"           # the doses (uM) called hits on any plate, ascending, "; "-joined
+HIT_PLATES: Final = "Hit_plates"            # the plates it was a hit on, in acquisition order
+N_PLATES_FIT: Final = "N_plates_fit"        # plates whose 4PL fit converged with a finite EC50
+EC50_GEOMEAN: Final = "EC50_geomean_uM"     # geometric mean of the plates' EC50s
+EC50_MIN: Final = "EC50_min_uM"
+EC50_MAX: Final = "EC50_max_uM"
+EC50_LOG10_SD: Final = "EC50_log10_sd"      # SD (ddof 1) of log10 EC50 across plates: the spread
+EC50_FOLD_RANGE: Final = "EC50_fold_range"  # max / min EC50 across plates
+CAMPAIGN_COLUMNS: Final = (CAMPAIGN_ID, POSITION, PLATE, SOURCE, PLATE_MAP_FILE, BATCH, ACQUIRED, MODEL_ID,
+                           RUN_STATUS, RUN_ID, MESSAGE, UPDATED)
+"""``ResultStore.load_campaign``: one row per plate of a campaign, in acquisition order."""
+CAMPAIGN_LIST_COLUMNS: Final = (CAMPAIGN_ID, N_PLATES, N_STORED, N_FAILED, MODEL_ID, UPDATED)
+"""``ResultStore.list_campaigns``: one row per campaign (``Model_Id``: the models used, "; "-joined)."""
+MEAN_CONTROL: Final = "Mean_control"   # the plate's control wells' mean readout (its own normalisation)
+MEAN_DISEASE: Final = "Mean_disease"   # the plate's disease wells' mean readout
+CAMPAIGN_PLATE_QC_COLUMNS: Final = (POSITION, PLATE, BATCH, ACQUIRED, MODEL_ID, RUN_ID, READOUT, MEAN_CONTROL,
+                                    MEAN_DISEASE, Z_PRIME, SSMD, QC_PASS, MODEL_FIT, N_HITS, HITS_PROVISIONAL)
+"""``campaign_results``: plate QC over a campaign, one row per stored plate in acquisition order."""
+CAMPAIGN_HIT_COLUMNS: Final = (COMPOUND, N_PLATES_TESTED, N_PLATES_HIT, HIT_DOSES, HIT_PLATES)
+CAMPAIGN_EC50_COLUMNS: Final = (COMPOUND, N_PLATES_TESTED, N_PLATES_FIT, EC50_GEOMEAN, EC50_MIN,
+                                EC50_MAX, EC50_LOG10_SD, EC50_FOLD_RANGE)
+
+
 # --- the tables that cross module boundaries: one list of columns each ------------------------------
 PLATE_MAP_COLUMNS: Final = (PLATE, WELL, ROW, COL, COMPOUND, DOSE, ROLE, CLASS)
 """A normalised plate map (``platemap.load_plate_map``), and the plate-map columns stored with every

@@ -33,6 +33,9 @@ Tables (schema version ``SCHEMA_VERSION``)::
                  Code_Version, Created, Status, N_wells, Cache_hits, Cache_misses
     well_scores  Run_Id + the per-well score table of ``scoring.score_wells``
     channel_scores  Run_Id, Metadata_Well, P_control_nucleus, P_control_neuron, P_control_microglia
+    campaigns    Campaign_Id, Position, Metadata_Plate, Source, Plate_map, Metadata_Batch,
+                 Metadata_Date, Model_Id, Status, Run_Id, Message, Updated (one row per plate of a
+                 screening campaign; ``save_run(campaign_id=)`` marks it stored with its run)
 
 Predictions are a content-addressed cache: the key is (field hash, member id, crop key), where
 the field hash is a hash of the field's pixels, the member id a hash of one ensemble member's
@@ -54,6 +57,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+import datetime as dt
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,7 +69,13 @@ import pyarrow as pa
 
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import (
+    ACQUIRED,
+    BATCH,
     CACHE_HITS,
+    CAMPAIGN_COLUMNS,
+    CAMPAIGN_ID,
+    CAMPAIGN_LIST_COLUMNS,
+    CAMPAIGN_STATUSES,
     CACHE_MISSES,
     CALLED_CLASS,
     CHANNEL_MAP,
@@ -80,10 +90,14 @@ from neurorg_core.schema import (
     FIELD_HEIGHT,
     FIELD_WIDTH,
     LAST_RUN,
+    MESSAGE,
     MODEL_ID,
     N_CLASSES,
     N_CROPS,
+    N_FAILED,
+    N_PLATES,
     N_RUNS,
+    N_STORED,
     N_WELLS,
     P_CONTROL,
     P_CONTROL_SD,
@@ -92,6 +106,8 @@ from neurorg_core.schema import (
     PLATE_FORMAT,
     PLATE_LAYOUT,
     PLATE_MAP_COLUMNS,
+    PLATE_MAP_FILE,
+    POSITION,
     PROB_COLUMNS,
     ROLE,
     ROW,
@@ -100,6 +116,7 @@ from neurorg_core.schema import (
     RUN_STATUS,
     SCORE_COLUMNS,
     SOURCE,
+    UPDATED,
     VOTE_COLUMNS,
     WELL,
 )
@@ -160,7 +177,14 @@ _DDL = (
         {_q(RUN_ID)} VARCHAR NOT NULL, {_q(WELL)} VARCHAR NOT NULL,
         {", ".join(f"{_q(c)} DOUBLE" for c in CHANNEL_P_CONTROL)},
         PRIMARY KEY ({_q(RUN_ID)}, {_q(WELL)}))""",
+    f"""CREATE TABLE IF NOT EXISTS campaigns (
+        {_q(CAMPAIGN_ID)} VARCHAR NOT NULL, {_q(POSITION)} INTEGER NOT NULL, {_q(PLATE)} VARCHAR NOT NULL,
+        {_q(SOURCE)} VARCHAR, {_q(PLATE_MAP_FILE)} VARCHAR, {_q(BATCH)} VARCHAR, {_q(ACQUIRED)} DATE,
+        {_q(MODEL_ID)} VARCHAR, {_q(RUN_STATUS)} VARCHAR NOT NULL, {_q(RUN_ID)} VARCHAR, {_q(MESSAGE)} VARCHAR,
+        {_q(UPDATED)} TIMESTAMP, PRIMARY KEY ({_q(CAMPAIGN_ID)}, {_q(PLATE)}))""",
 )
+"""Every table; ``CREATE ... IF NOT EXISTS``, so a store written before a table existed (``campaigns``)
+gains it the next time it is opened for writing."""
 
 
 def utc_now() -> datetime:
@@ -206,6 +230,20 @@ class PredictionRow:
     model_id: str                 # the member's id
     crop_key: str                 # which tiles of the field were cropped
     probs: np.ndarray             # float32 (n_crops, 6)
+
+
+@dataclass(frozen=True)
+class CampaignEntry:
+    """One plate of a screening campaign (one row of ``campaigns``), as its manifest gives it."""
+
+    campaign_id: str
+    position: int                 # 1-based row in the manifest: the acquisition order's tie-break
+    plate: str                    # the plate name its run is stored under
+    source: str                   # the images' folder or zip
+    plate_map: str                # the plate map file
+    model_id: str                 # the ensemble it is scored with
+    batch: str = ""
+    date: dt.date | None = None   # acquisition date
 
 
 DEFAULT_LOCK_TIMEOUT_S = 10.0
@@ -562,6 +600,7 @@ class ResultStore:
         run: RunRecord,
         predictions: Sequence[PredictionRow] = (),
         channel_scores: pd.DataFrame | None = None,
+        campaign_id: str | None = None,
     ) -> str:
         """Store a scored run in one transaction: all of it, or (on any error) none of it.
 
@@ -582,6 +621,9 @@ class ResultStore:
             Crop probabilities not yet committed with ``put_predictions``.
         channel_scores
             Optional ``Metadata_Well`` + ``CHANNEL_P_CONTROL`` table of the single-channel models.
+        campaign_id
+            A campaign this run belongs to: its ``campaigns`` row of this plate (registered with
+            ``register_campaign``) is marked stored with this run, in the same transaction.
 
         Returns
         -------
@@ -622,6 +664,8 @@ class ResultStore:
             self._insert_frame(cur, "well_scores", scores)
             if channel_scores is not None:
                 self._insert_frame(cur, "channel_scores", channel_table)
+            if campaign_id is not None:
+                self._mark_campaign(cur, campaign_id, run.plate, "stored", run.run_id, "")
         log.info("stored run %s of plate %s (%d wells)", run.run_id, run.plate, len(scores))
         return run.run_id
 
@@ -791,6 +835,99 @@ class ResultStore:
         """Number of cached (field, member, crop key) rows."""
         with self._cursor() as cur:
             return int(cur.execute("SELECT count(*) FROM predictions").fetchone()[0])
+
+    # --- campaigns ----------------------------------------------------------------------------
+
+    def register_campaign(self, entries: Sequence[CampaignEntry]) -> None:
+        """Add a campaign's plates (one transaction). A plate already registered keeps its status
+        and run, with its manifest details (position, source, plate map, batch, date) updated;
+        registered with another model, it goes back to ``pending`` (its run is another model's)."""
+        if not entries:
+            return
+        now = utc_now()
+        with self._transaction() as cur:
+            for e in entries:
+                row = cur.execute(
+                    f"SELECT {_q(MODEL_ID)} FROM campaigns WHERE {_q(CAMPAIGN_ID)} = ? AND {_q(PLATE)} = ?",
+                    [e.campaign_id, e.plate]).fetchone()
+                details = [int(e.position), e.source, e.plate_map, e.batch, e.date, e.model_id]
+                if row is None:
+                    cur.execute("INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, '', ?)",
+                                [e.campaign_id, int(e.position), e.plate, e.source, e.plate_map, e.batch, e.date,
+                                 e.model_id, now])
+                    continue
+                reset = f", {_q(RUN_STATUS)} = 'pending', {_q(RUN_ID)} = NULL" if row[0] != e.model_id else ""
+                cur.execute(
+                    f"""UPDATE campaigns SET {_q(POSITION)} = ?, {_q(SOURCE)} = ?, {_q(PLATE_MAP_FILE)} = ?,
+                        {_q(BATCH)} = ?, {_q(ACQUIRED)} = ?, {_q(MODEL_ID)} = ?{reset}, {_q(UPDATED)} = ?
+                        WHERE {_q(CAMPAIGN_ID)} = ? AND {_q(PLATE)} = ?""",
+                    [*details, now, e.campaign_id, e.plate])
+
+    def mark_campaign_plate(self, campaign_id: str, plate: str, status: str, *, run_id: str | None = None,
+                            message: str = "") -> None:
+        """Set a campaign plate's status (``schema.CAMPAIGN_STATUSES``), run and message."""
+        with self._transaction() as cur:
+            self._mark_campaign(cur, campaign_id, plate, status, run_id, message)
+
+    def _mark_campaign(self, cur: duckdb.DuckDBPyConnection, campaign_id: str, plate: str, status: str,
+                       run_id: str | None, message: str) -> None:
+        if status not in CAMPAIGN_STATUSES:
+            raise NeuroRGError(f"campaign status {status!r} is not one of {', '.join(CAMPAIGN_STATUSES)}")
+        n = cur.execute(
+            f"""UPDATE campaigns SET {_q(RUN_STATUS)} = ?, {_q(RUN_ID)} = ?, {_q(MESSAGE)} = ?, {_q(UPDATED)} = ?
+                WHERE {_q(CAMPAIGN_ID)} = ? AND {_q(PLATE)} = ? RETURNING 1""",
+            [status, run_id, message, utc_now(), campaign_id, plate]).fetchall()
+        if not n:
+            raise NeuroRGError(f"plate {plate!r} is not registered in campaign {campaign_id!r}", path=self.path)
+
+    def _has_campaigns(self, cur: duckdb.DuckDBPyConnection) -> bool:
+        """A store last written before campaigns existed, opened read-only, has no such table."""
+        return bool(cur.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND table_name = 'campaigns'",
+            [self._ALIAS]).fetchone()[0])
+
+    def list_campaigns(self) -> pd.DataFrame:
+        """One row per campaign (``schema.CAMPAIGN_LIST_COLUMNS``), the latest updated first."""
+        with self._cursor() as cur:
+            if not self._has_campaigns(cur):
+                return pd.DataFrame({c: pd.Series(dtype=object) for c in CAMPAIGN_LIST_COLUMNS})
+            return cur.execute(
+                f"""SELECT {_q(CAMPAIGN_ID)}, count(*) AS {_q(N_PLATES)},
+                           count(*) FILTER (WHERE {_q(RUN_STATUS)} = 'stored') AS {_q(N_STORED)},
+                           count(*) FILTER (WHERE {_q(RUN_STATUS)} = 'failed') AS {_q(N_FAILED)},
+                           string_agg(DISTINCT {_q(MODEL_ID)}, '; ' ORDER BY {_q(MODEL_ID)}) AS {_q(MODEL_ID)},
+                           max({_q(UPDATED)}) AS {_q(UPDATED)}
+                    FROM campaigns GROUP BY 1 ORDER BY {_q(UPDATED)} DESC, 1""").df()
+
+    def load_campaign(self, campaign_id: str) -> pd.DataFrame:
+        """A campaign's plates (``schema.CAMPAIGN_COLUMNS``) in acquisition order: by date (plates
+        without one last), then manifest position. A stored plate whose run was deleted since is
+        shown ``pending`` (it will be scored again).
+
+        Raises
+        ------
+        NeuroRGError
+            If there is no such campaign (the message lists those there are).
+        """
+        cols = ", ".join(f"c.{_q(c)}" for c in CAMPAIGN_COLUMNS if c not in (RUN_STATUS, RUN_ID))
+        with self._cursor() as cur:
+            known = self._has_campaigns(cur)
+            df = cur.execute(
+                f"""SELECT {cols},
+                           CASE WHEN c.{_q(RUN_STATUS)} = 'stored' AND r.{_q(RUN_ID)} IS NULL THEN 'pending'
+                                ELSE c.{_q(RUN_STATUS)} END AS {_q(RUN_STATUS)},
+                           r.{_q(RUN_ID)} AS {_q(RUN_ID)}
+                    FROM campaigns c LEFT JOIN runs r ON r.{_q(RUN_ID)} = c.{_q(RUN_ID)}
+                    WHERE c.{_q(CAMPAIGN_ID)} = ?
+                    ORDER BY c.{_q(ACQUIRED)} NULLS LAST, c.{_q(POSITION)}""", [campaign_id]).df() if known else None
+        if df is None or df.empty:
+            ids = self.list_campaigns()[CAMPAIGN_ID].tolist()
+            raise NeuroRGError(f"no campaign {campaign_id!r} in the result store; campaigns: "
+                               f"{', '.join(ids) or 'none'}", path=self.path)
+        df[ACQUIRED] = pd.to_datetime(df[ACQUIRED])
+        df[BATCH] = df[BATCH].fillna("").astype(str)
+        df[MESSAGE] = df[MESSAGE].fillna("").astype(str)
+        return df[list(CAMPAIGN_COLUMNS)].reset_index(drop=True)
 
     # --- deletes ------------------------------------------------------------------------------
 

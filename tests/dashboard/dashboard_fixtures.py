@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+from datetime import date
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from neurorg_core.platemap import load_plate_map
 from neurorg_core.schema import CROP, FIELD, FIELD_HASH, MEMBER, PROB_COLUMNS, TRUE_SEVERITY, WELL
 from neurorg_core.scoring import score_channels, score_wells
 from neurorg_core.schema import PLATE_MAP_COLUMNS
-from neurorg_core.store import PlateRecord, ResultStore, RunRecord
+from neurorg_core.store import CampaignEntry, PlateRecord, ResultStore, RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "dashboard" / "main.py"
@@ -91,6 +92,22 @@ def store_truth_run(db_path: Path, plate_dir: Path, name: str = TRUTH_PLATE, par
         )
     finally:
         store.close()
+
+
+def store_campaign(db: Path, plate_dir: Path) -> None:
+    """Campaign ``screen`` of plates "second" (batch b2, 2026-03-09), "first" (b1, 2026-03-01): the
+    same ground-truth scores of ``plate_dir``; and "broken" (b1), failed."""
+    for name in ("first", "second"):
+        store_truth_run(db, plate_dir, name=name)
+    with ResultStore(db) as s:
+        s.register_campaign([
+            CampaignEntry("screen", 1, "second", str(plate_dir), "pm.csv", "ground-truth", "b2", date(2026, 3, 9)),
+            CampaignEntry("screen", 2, "first", str(plate_dir), "pm.csv", "ground-truth", "b1", date(2026, 3, 1)),
+            CampaignEntry("screen", 3, "broken", "/nowhere", "pm.csv", "ground-truth", "b1", None),
+        ])
+        for name in ("first", "second"):
+            s.mark_campaign_plate("screen", name, "stored", run_id=f"truth-{name}")
+        s.mark_campaign_plate("screen", "broken", "failed", message="/nowhere (row 3): no images")
 
 
 def free_port() -> int:
