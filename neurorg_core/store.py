@@ -1,7 +1,8 @@
 """The result store: a DuckDB file holding plates, cached crop predictions and scored runs.
 
-Size (~830 lines): the only module that speaks SQL, by design (STYLE.md): one class, its table
-definitions, the per-operation attach rule and the checks on bad files.
+Size (~970 lines): the only module that speaks SQL, by design (STYLE.md): one class, its table
+definitions (plates, runs, the prediction cache, campaigns), the per-operation attach rule and the
+checks on bad files.
 
 This is the only module that speaks SQL.
 
