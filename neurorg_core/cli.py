@@ -115,12 +115,14 @@ def _crop_report(args: argparse.Namespace, plate: Plate, problems: list[str]) ->
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from neurorg_core.train import TrainSettings, train_bundle
+    from neurorg_core.train import TrainRuntime, TrainSettings, train_bundle
 
     settings = TrainSettings(arch=args.arch, input_size=args.input_size, crop_edge_px=args.crop_edge,
                              epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              seed=args.seed)
-    bundle = train_bundle(args.plates, Path(args.out), settings, channels=args.channels)
+    runtime = TrainRuntime(precision=args.precision, jit_compile={"auto": None, "on": True, "off": False}[args.jit],
+                           loader_workers=args.loader_workers)
+    bundle = train_bundle(args.plates, Path(args.out), settings, channels=args.channels, runtime=runtime)
     print(f"model {bundle.id} ({bundle.kind}, {len(bundle.members)} members) written to {bundle.path}")
     for m, entry in zip(bundle.members, bundle.card["members"]):
         v = entry["metrics"]["validation"]
@@ -367,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     s.add_argument("--lr", type=float, default=TrainSettings.learning_rate,
                    help=f"peak {TrainSettings().optimizer} learning rate ({TrainSettings().schedule})")
+    s.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="auto: bf16 mixed precision on GPUs that compute it (compute capability >= 8), "
+                        "float32 on the CPU")
+    s.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
+                   help="compile the train step (XLA / jax.jit / torch.compile); auto: on a GPU, and always "
+                        "on JAX")
+    s.add_argument("--loader-workers", type=int, default=2, help="threads reading crops from the crop cache")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="crop/well accuracy, confusion, kappa, McNemar")
