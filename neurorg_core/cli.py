@@ -227,7 +227,7 @@ def _add_backend(s: argparse.ArgumentParser, precision: bool = True) -> None:
     if precision:
         s.add_argument("--precision", choices=PRECISIONS, default="float32",
                        help="bfloat16: faster on GPUs that compute it (keras backend only); crop probabilities "
-                            "within 0.05 of float32")
+                            "within 0.1 of float32, well means within 0.01")
 
 
 def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map: pd.DataFrame,

@@ -28,10 +28,12 @@ FLOAT32_LAYERS = ("InputLayer", "Rescaling", "Normalization", "SelectChannel")
 """Layer classes kept float32 under bf16 (with the head, the layer named ``HEAD_LAYER``)."""
 HEAD_LAYER = "predictions"
 
-BF16_TOLERANCE = 0.05
-"""Stated bound on |bf16 - float32| of one crop's class probability for bf16 inference (measured on
-the CPU with the demo ensemble: 0.029 at most over 352 synthetic screen crops; well means differ
-less: benchmarks/bf16_check.py and benchmarks/RESULTS.md)."""
+BF16_TOLERANCE = 0.1
+"""Stated bound on |bf16 - float32| of one crop's class probability (measured on the CPU, demo
+ensemble on the demo screen, 1,320 crops x 4 members: 0.092 at most)."""
+BF16_WELL_TOLERANCE = 0.01
+"""Stated bound on |bf16 - float32| of a well's mean class probability (measured: 0.0063 at most
+over the demo screen's 88 wells; no called class changed). benchmarks/bf16_check.py."""
 
 
 def _keras():

@@ -105,8 +105,9 @@ class ScoreOptions:
         path; each member converted once, then cached) or ``"keras"`` (the models on the Keras
         backend's device; float32 probabilities within 1e-4 of LiteRT, so both share the cache).
     precision : str
-        ``"float32"``, or ``"bfloat16"`` (Keras only; within ``kerasrun.BF16_TOLERANCE`` of
-        float32). bf16 predictions are cached under their own crop key, never mixed with float32.
+        ``"float32"``, or ``"bfloat16"`` (Keras only; crops within ``kerasrun.BF16_TOLERANCE``, wells
+        within ``BF16_WELL_TOLERANCE`` of float32). bf16 predictions are cached under their own crop
+        key, never mixed with float32.
     flush_every : int
         Fields per commit of new predictions to the cache while inference runs: an interrupted run
         keeps what was committed.

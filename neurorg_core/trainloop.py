@@ -211,11 +211,20 @@ def measure_loader(loader: BatchLoader, rng: np.random.Generator, batches: int) 
     return n / (time.perf_counter() - t0)
 
 
-def augmentation_step(params: Any, seed: int, crop_shape: Sequence[int], jit_compile: bool) -> Callable:
+class _AugmentOnly(keras.Model):
+    """The augmentation as a model of its own, always in training mode."""
+
+    def __init__(self, params: Any, seed: int):
+        super().__init__(name="augment_only")
+        self.augment = FluorescenceAugment(params, seed, dtype="float32")
+
+    def call(self, x, training: bool = False):
+        return self.augment(x, training=True)
+
+
+def augmentation_step(params: Any, seed: int, jit_compile: bool) -> Callable:
     """A compiled (where asked) function uint8 batch -> augmented float32 batch on the device, for
     measuring the augmentation without the model (benchmarks/train_speed.py)."""
-    inputs = keras.Input(tuple(crop_shape), dtype="uint8")
-    layer = FluorescenceAugment(params, seed, dtype="float32")
-    model = keras.Model(inputs, layer(inputs, training=True))
+    model = _AugmentOnly(params, seed)
     model.compile(jit_compile=jit_compile)
     return model.predict_on_batch
