@@ -14,6 +14,11 @@ Usage::
 
 Batch sizes default to ``inference.default_batch_size`` (16 crops up to 256 px, 1 at 1200 px; Keras
 twice that). The peak resident memory of the process is printed too.
+
+Then the device rows: the device Keras runs on (``devices.describe_device``: a GPU when the Keras
+backend sees one), Keras with the batch sized for that device (``Predictor(backend="keras")``'s
+default: ``devices.accelerator_batch_size`` on a GPU), Keras in bfloat16 (``--precision``;
+max |bf16 - float32|), and what ``--backend auto`` picks here. ``KERAS_BACKEND`` chooses the backend.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout  # noqa: E402
 
+from neurorg_core.devices import describe_device, visible_accelerators  # noqa: E402
 from neurorg_core.inference import Predictor, default_batch_size  # noqa: E402
 from neurorg_core.model import (TORCH_ARCHITECTURES, build_model, load_bundle,  # noqa: E402
                                 round_weights_to_float16, save_bundle)
@@ -58,6 +64,7 @@ def main() -> None:
                    "inference.default_batch_size of the input size)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 row (slow on CPUs without bf16)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,6 +107,25 @@ def main() -> None:
               f"(one-time conversion {convert_s:.0f} s)")
         print(f"per crop: Keras {tk / n:.2f} s, LiteRT {tf_ / n:.2f} s; peak resident memory "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
+        _device_rows(bundle, x, pk, n, args)
+
+
+def _device_rows(bundle, x: np.ndarray, reference: np.ndarray, n: int, args: argparse.Namespace) -> None:
+    """Keras on the device the Keras backend sees, batch sized for it; bf16; what auto picks."""
+    found = visible_accelerators()
+    print(f"device: {describe_device(found)}")
+    dev = Predictor(bundle, backend="keras")
+    td, pd_ = _best(lambda: dev.predict(x), args.repeats)
+    print(f"keras on the device (batch {dev.batch_size}, float32): {n / td:8.1f} crops/s   "
+          f"max |p - p_keras| = {np.abs(pd_ - reference).max():.2e}")
+    if not args.no_bf16:
+        half = Predictor(bundle, backend="keras", precision="bfloat16")
+        th, ph = _best(lambda: half.predict(x), args.repeats)
+        print(f"keras on the device (batch {half.batch_size}, bfloat16): {n / th:8.1f} crops/s   "
+              f"max |p_bf16 - p_float32| = {np.abs(ph - reference).max():.2e}")
+    auto = Predictor(bundle, backend="auto") if found else None
+    print(f"--backend auto runs: {auto.backend if auto else 'litert'} "
+          f"({'a GPU is visible' if found else 'no GPU visible to the Keras backend'})")
 
 
 if __name__ == "__main__":

@@ -238,6 +238,16 @@ def _predictors(max_mb: float) -> PredictorCache:
     return PredictorCache(int(max_mb * 2**20))
 
 
+@st.cache_resource(show_spinner=False)
+def auto_backend() -> tuple[str, str]:
+    """What ``auto`` runs on this server, and the device: ("keras" | "litert", description). The
+    accelerators a process sees do not change while it runs, so they are asked once."""
+    from neurorg_core.devices import describe_device, visible_accelerators
+
+    found = visible_accelerators()
+    return ("keras" if found else "litert"), describe_device(found)
+
+
 def predictors() -> PredictorCache:
     """The predictors this server keeps between plates (bounded by ``Config.predictor_cache_mb``)."""
     return _predictors(config().predictor_cache_mb)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from neurorg_core.devices import BACKENDS, PRECISIONS
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import (CHANNELS, CROPS_PER_WELL, EXPORT_TABLES, LAYOUTS, MAX_CROPS_PER_WELL,
                                  READOUT_LABELS, READOUTS, RESCUE_PCT)
@@ -115,12 +116,14 @@ def _crop_report(args: argparse.Namespace, plate: Plate, problems: list[str]) ->
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from neurorg_core.train import TrainSettings, train_bundle
+    from neurorg_core.train import TrainRuntime, TrainSettings, train_bundle
 
     settings = TrainSettings(arch=args.arch, input_size=args.input_size, crop_edge_px=args.crop_edge,
                              epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              seed=args.seed)
-    bundle = train_bundle(args.plates, Path(args.out), settings, channels=args.channels)
+    runtime = TrainRuntime(precision=args.precision, jit_compile={"auto": None, "on": True, "off": False}[args.jit],
+                           loader_workers=args.loader_workers)
+    bundle = train_bundle(args.plates, Path(args.out), settings, channels=args.channels, runtime=runtime)
     print(f"model {bundle.id} ({bundle.kind}, {len(bundle.members)} members) written to {bundle.path}")
     for m, entry in zip(bundle.members, bundle.card["members"]):
         v = entry["metrics"]["validation"]
@@ -135,7 +138,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from neurorg_core.evaluate import evaluate_bundle, format_report
 
     bundle = load_bundle(args.model)
-    report = evaluate_bundle(args.plates, bundle, predictor=Predictor(bundle, backend=args.backend))
+    predictor = Predictor(bundle, backend=_backend(args), precision=args.precision)
+    report = evaluate_bundle(args.plates, bundle, predictor=predictor)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
@@ -205,7 +209,26 @@ def _score_options(args: argparse.Namespace) -> ScoreOptions:
     from neurorg_core.pipeline import ScoreOptions
 
     return ScoreOptions(crops_per_well=args.crops_per_well, pixel_size_um=args.pixel_size, bits=args.bit_depth,
-                        readout=args.readout or load_config().readout, backend=args.backend)
+                        readout=args.readout or load_config().readout, backend=_backend(args),
+                        precision=args.precision)
+
+
+def _backend(args: argparse.Namespace) -> str:
+    """``--backend``, else ``NEURORG_BACKEND``, else auto."""
+    from neurorg_core.config import load_config
+
+    return args.backend or load_config().backend
+
+
+def _add_backend(s: argparse.ArgumentParser, precision: bool = True) -> None:
+    s.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="inference: auto (default, or NEURORG_BACKEND) = Keras on a GPU when the Keras backend "
+                        "sees one, else LiteRT; litert = the CPU fast path; keras = the Keras models on the "
+                        "Keras backend's device")
+    if precision:
+        s.add_argument("--precision", choices=PRECISIONS, default="float32",
+                       help="bfloat16: faster on GPUs that compute it (keras backend only); crop probabilities "
+                            "within 0.1 of float32, well means within 0.01")
 
 
 def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map: pd.DataFrame,
@@ -305,7 +328,7 @@ def _cmd_calibrate_fit(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.model)
     with tempfile.TemporaryDirectory(prefix="neurorg-calibrate-") as tmp:
-        ref = calibrate_fit_reference(args.plates, bundle, work_dir=tmp, backend=args.backend)
+        ref = calibrate_fit_reference(args.plates, bundle, work_dir=tmp, backend=_backend(args))
     bundle = update_card(bundle, fit_reference=ref)
     print(json.dumps(ref, indent=2))
     print(f"fit reference from {len(args.plates)} plate(s) written to {bundle.path}/card.json "
@@ -387,12 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     s.add_argument("--lr", type=float, default=TrainSettings.learning_rate,
                    help=f"peak {TrainSettings().optimizer} learning rate ({TrainSettings().schedule})")
+    s.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="auto: bf16 mixed precision on GPUs that compute it (compute capability >= 8), "
+                        "float32 on the CPU")
+    s.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
+                   help="compile the train step (XLA / jax.jit / torch.compile); auto: on a GPU, and always "
+                        "on JAX")
+    s.add_argument("--loader-workers", type=int, default=2, help="threads reading crops from the crop cache")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="crop/well accuracy, confusion, kappa, McNemar")
     s.add_argument("--plates", nargs="+", required=True)
     s.add_argument("--model", required=True)
-    s.add_argument("--backend", choices=("litert", "keras"), default="litert")
+    _add_backend(s)
     s.add_argument("--json", help="also write the full report (confusion matrices) here")
     s.set_defaults(func=_cmd_evaluate)
 
@@ -439,8 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID")
     s.add_argument("--crops-per-well", type=int, default=CROPS_PER_WELL,
                    help=f"crops scored per well, 1..{MAX_CROPS_PER_WELL} (default {CROPS_PER_WELL}, as the study)")
-    s.add_argument("--backend", choices=("litert", "keras"), default="litert",
-                   help="inference backend: LiteRT fast path, or plain Keras (no conversion)")
+    _add_backend(s)
     s.add_argument("--pixel-size", type=float, help="the plate's pixel size, um (wins over the files' "
                    "metadata); crops are cut at the model's physical crop size")
     s.add_argument("--bit-depth", type=int, choices=(8, 12, 14, 16),
@@ -475,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--plates", nargs="+", required=True,
                    help="plate folders the model did not train on, with plate maps")
-    s.add_argument("--backend", choices=("litert", "keras"), default="litert")
+    _add_backend(s, precision=False)
     s.set_defaults(func=_cmd_calibrate_fit)
 
     s = sub.add_parser("export", help="write a scored plate's well table")

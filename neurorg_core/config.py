@@ -50,8 +50,8 @@ class Config:
     """Where things live and the limits we enforce.
 
     Environment overrides: ``NEURORG_DATA_DIR``, ``NEURORG_MODEL_DIR``, ``NEURORG_DB``,
-    ``NEURORG_LITERT_CACHE``, ``NEURORG_MAX_PIXELS``, ``NEURORG_READOUT``, ``NEURORG_HIT_RESCUE_PCT``,
-    ``NEURORG_HIT_FDR``; read by the dashboard only: ``NEURORG_PREDICTOR_CACHE_MB``, ``NEURORG_IMAGE_CACHE_MB``, ``NEURORG_PASSWORD``, ``NEURORG_SERVER_ROOTS``,
+    ``NEURORG_LITERT_CACHE``, ``NEURORG_CROP_CACHE``, ``NEURORG_CROP_CACHE_GB``, ``NEURORG_MAX_PIXELS``,
+    ``NEURORG_READOUT``, ``NEURORG_BACKEND``, ``NEURORG_HIT_RESCUE_PCT``, ``NEURORG_HIT_FDR``; read by the dashboard only: ``NEURORG_PREDICTOR_CACHE_MB``, ``NEURORG_IMAGE_CACHE_MB``, ``NEURORG_PASSWORD``, ``NEURORG_SERVER_ROOTS``,
     ``NEURORG_SESSION_HOURS``.
     """
 
@@ -67,6 +67,16 @@ class Config:
                                  if os.environ.get("NEURORG_LITERT_CACHE") else None)
     )
     """Where members converted to LiteRT at scoring time are cached; None: ``litert_cache_dir``."""
+    crop_cache: Path | None = field(
+        default_factory=lambda: (Path(os.environ["NEURORG_CROP_CACHE"]).expanduser()
+                                 if os.environ.get("NEURORG_CROP_CACHE") else None)
+    )
+    """Where training's labelled crops are cached on disk (``cropcache``); None: ``crop_cache_dir``."""
+    crop_cache_gb: float = field(default_factory=lambda: _env_float("NEURORG_CROP_CACHE_GB", 100.0))
+    """Disk the crop cache may hold (GiB); the least recently used plates are removed past it."""
+    backend: str = field(default_factory=lambda: os.environ.get("NEURORG_BACKEND", "auto").strip() or "auto")
+    """Inference backend unless the user chooses another: auto (Keras on a GPU, else LiteRT),
+    litert or keras (``devices.BACKENDS``)."""
     max_pixels: int = field(
         default_factory=lambda: int(os.environ.get("NEURORG_MAX_PIXELS", str(16384 * 16384)))
     )
@@ -91,10 +101,13 @@ class Config:
     """How long a dashboard login lasts (hours), across reloads and pasted links."""
 
     def __post_init__(self) -> None:
+        from neurorg_core.devices import BACKENDS
         from neurorg_core.schema import READOUTS
 
         if self.readout not in READOUTS:
             raise NeuroRGError(f"readout {self.readout!r} (NEURORG_READOUT) is not one of {', '.join(READOUTS)}")
+        if self.backend not in BACKENDS:
+            raise NeuroRGError(f"backend {self.backend!r} (NEURORG_BACKEND) is not one of {', '.join(BACKENDS)}")
         if not self.server_roots:
             object.__setattr__(self, "server_roots", (self.data_dir,))
 
@@ -123,6 +136,11 @@ class Config:
         """``NEURORG_LITERT_CACHE``, else ``<data dir>/cache/litert`` (``inference`` falls back to
         the user's cache folder when this one cannot be written)."""
         return self.litert_cache if self.litert_cache is not None else self.data_dir / "cache" / "litert"
+
+    @property
+    def crop_cache_dir(self) -> Path:
+        """``NEURORG_CROP_CACHE``, else ``<data dir>/cache/crops``."""
+        return self.crop_cache if self.crop_cache is not None else self.data_dir / "cache" / "crops"
 
 
 def load_config() -> Config:

@@ -1,7 +1,9 @@
-"""Labelled crops held in memory for training and evaluation.
+"""Labelled crops for training and evaluation, streamed from the crop cache on disk.
 
 A plate's crops are cut exactly as scoring cuts them (``preprocess.plate_cropping``: the model's
-crop geometry, intensity scaling included), resized to the model's input and kept as uint8.
+crop geometry, intensity scaling included), resized to the model's input, and written once as
+uint8 into the crop cache (``cropcache.CropCache``: once per plate and crop geometry); a
+``CropSet`` holds them as a read-only memory map, so plates larger than memory can be trained on.
 Labels come from ``Plate.labels`` (npy layout) or the plate folder's plate map
 (``Metadata_Class``). A labelled plate is identified by its content (``plate_fingerprint``), not
 its name, so evaluation knows which plates a bundle trained on.
@@ -13,10 +15,11 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from neurorg_core.cropcache import CropCache, crop_cache_key
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.preprocess import CropGeometry, PlateCropping, crops_from_field, plate_cropping
 from neurorg_core.schema import CLASS, CROPS_PER_WELL, WELL
@@ -28,12 +31,12 @@ PLATE_MAP_NAMES = ("platemap.csv", "platemap.tsv", "plate_map.csv", "plate_map.t
 
 @dataclass
 class CropSet:
-    """The crops of one plate's labelled wells, held in memory as uint8."""
+    """The crops of one plate's labelled wells, as uint8 (a memory map of the crop cache, or in memory)."""
 
     plate: str
     fingerprint: str          # content hash of the plate's first field and plate map (identity)
     source: Path
-    crops: np.ndarray         # uint8 (n, s, s, 3), CHANNELS order
+    crops: np.ndarray         # uint8 (n, s, s, 3), CHANNELS order; np.memmap from load_crop_set
     labels: np.ndarray        # int64 (n,), class 0..5
     wells: np.ndarray         # str (n,), "A01"
 
@@ -68,8 +71,11 @@ def plate_labels(plate: Any, folder: str | Path) -> dict[str, int]:
 
 
 def load_crop_set(path: str | Path, input_size: int, *, geometry: CropGeometry,
-                  crops_per_well: int = CROPS_PER_WELL) -> CropSet:
-    """Read every labelled well of a plate into memory as uint8 crops at ``input_size`` px.
+                  crops_per_well: int = CROPS_PER_WELL, cache: CropCache | None = None) -> CropSet:
+    """Every labelled well of a plate as uint8 crops at ``input_size`` px, from the crop cache.
+
+    The first call for a plate, geometry, input size and crops per well cuts the plate into the
+    cache (one well in memory at a time); later calls read the cache entry (``cropcache``).
 
     Parameters
     ----------
@@ -83,6 +89,8 @@ def load_crop_set(path: str | Path, input_size: int, *, geometry: CropGeometry,
         scoring cuts it (``preprocess.plate_cropping``), intensity scaling included.
     crops_per_well
         Crops taken per well (spread over its fields, see ``preprocess.plan_crops``).
+    cache
+        The crop cache; default ``CropCache.from_config()`` (``NEURORG_CROP_CACHE``).
     """
     from neurorg_core.plates import load_plate
 
@@ -93,11 +101,19 @@ def load_crop_set(path: str | Path, input_size: int, *, geometry: CropGeometry,
     wells = [w for w in plate.wells() if w in labels]
     if not wells:
         raise NeuroRGError(f"none of the {len(imaged)} imaged wells has a class label", path=path)
-    crops, ws = _cut_wells(plate, cropping, wells, input_size, crops_per_well)
-    out = CropSet(plate.name, plate_fingerprint(plate, labels), Path(path), crops,
-                  np.asarray([labels[w] for w in ws], np.int64), ws)
-    log.info("%s: %d crops from %d labelled wells", plate.name, len(out.labels), len(wells))
-    return out
+    fingerprint = plate_fingerprint(plate, labels)
+    store = cache if cache is not None else CropCache.from_config()
+    key = crop_cache_key(plate, cropping, input_size, crops_per_well, {w: labels[w] for w in wells})
+    entry = store.lookup(plate.name, key)
+    if entry is None:
+        meta = {"plate": plate.name, "fingerprint": fingerprint, "source": str(path),
+                "crop_geometry": geometry.as_card(), "tile_edge_px": cropping.edge,
+                "intensity_bits": cropping.intensity.bits, "input_size": int(input_size),
+                "crops_per_well": int(crops_per_well)}
+        entry = store.write(plate.name, key, _iter_wells(plate, cropping, wells, input_size, crops_per_well),
+                            labels, meta)
+    log.info("%s: %d crops from %d labelled wells", plate.name, len(entry.labels), len(wells))
+    return CropSet(plate.name, fingerprint, Path(path), entry.crops, entry.labels, entry.wells)
 
 
 def load_screen_crops(path: str | Path, input_size: int, geometry: CropGeometry,
@@ -110,18 +126,22 @@ def load_screen_crops(path: str | Path, input_size: int, geometry: CropGeometry,
     return CropSet(plate.name, "", Path(path), crops, np.full(len(crops), -1, np.int64), ws)
 
 
-def _cut_wells(plate: Any, cropping: PlateCropping, wells: Sequence[str], input_size: int,
-               crops_per_well: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 crops (n, s, s, 3) of ``wells``, cut exactly as scoring cuts them, and each crop's well."""
-    crops, ws = [], []
+def _iter_wells(plate: Any, cropping: PlateCropping, wells: Sequence[str], input_size: int,
+                crops_per_well: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per field: uint8 crops (k, s, s, 3) of ``wells``, cut exactly as scoring cuts them, and their well."""
     for well in wells:
         refs = plate.fields_of(well)
         plan = cropping.plan(len(refs), plate.field_shape, crops_per_well)
         for i, ref in enumerate(refs):
             c = crops_from_field(plate.read_field(ref), plan, i, input_size, cropping.intensity)
-            crops.append(np.rint(np.clip(c, 0.0, 1.0) * 255.0).astype(np.uint8))
-            ws += [well] * len(c)
-    return np.concatenate(crops), np.asarray(ws)
+            yield np.rint(np.clip(c, 0.0, 1.0) * 255.0).astype(np.uint8), np.asarray([well] * len(c))
+
+
+def _cut_wells(plate: Any, cropping: PlateCropping, wells: Sequence[str], input_size: int,
+               crops_per_well: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 crops (n, s, s, 3) of ``wells`` in memory, and each crop's well."""
+    parts = list(_iter_wells(plate, cropping, wells, input_size, crops_per_well))
+    return np.concatenate([c for c, _ in parts]), np.concatenate([w for _, w in parts])
 
 
 def plate_fingerprint(plate: Any, labels: dict[str, int]) -> str:

@@ -356,7 +356,7 @@ def format_report(report: EvaluationReport) -> str:
 # --- the model-fit reference ----------------------------------------------------------------
 
 def calibrate_fit_reference(plates: Sequence[str | Path], bundle: Bundle, *, work_dir: str | Path,
-                            backend: str = "litert") -> dict[str, Any]:
+                            backend: str = "auto") -> dict[str, Any]:
     """Score reference plates with ``bundle`` and pool what it saw into its ``fit_reference``.
 
     The plates should be ones no member trained on (held-out plates of the same assay, imaged as

@@ -20,8 +20,10 @@ On a 2-core machine the fastest arrangement measured was *one thread per
 interpreter and one interpreter per core*: (member, chunk) work items go into one queue that
 ``threads`` long-lived worker threads take from, each owning its own interpreter per member
 (``invoke`` releases the GIL). Probabilities match ``keras.Model.predict`` within 1e-6 (float32
-throughout; no quantisation). ``backend="keras"`` runs plain ``model.predict`` (the reference and
-baseline). A ``PredictorCache`` (owned by its caller, bounded in bytes) keeps the predictors of
+throughout; no quantisation). ``backend="keras"`` runs the Keras models on the Keras backend's
+device in fixed-size batches (``kerasrun.KerasRunner``; float32 or bf16), the GPU path;
+``backend="auto"`` (the default) picks Keras when the Keras backend sees a GPU, LiteRT otherwise
+(``devices.resolve_backend``). A ``PredictorCache`` (owned by its caller, bounded in bytes) keeps the predictors of
 recently used bundles, so a server scoring plate after plate does not rebuild interpreters.
 
 ``predict_stream`` overlaps reading / preprocessing (a background thread consuming the caller's
@@ -40,20 +42,21 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from neurorg_core.cache import BoundedCache
 from neurorg_core.config import Config, load_config
+from neurorg_core.devices import (BACKENDS, AcceleratorQuery, Backend, Precision, accelerator_batch_size,
+                                  resolve_backend, visible_accelerators)
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import FILES, LITERT_PREFIX, Bundle, Member, load_member_model, record_files
 from neurorg_core.schema import N_CLASSES
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["litert", "keras"]
-BACKENDS = ("litert", "keras")
+__all__ = ["BACKENDS", "Backend", "Predictor", "PredictorCache", "convert_bundle", "predict_stream"]
 LITERT_DIR = LITERT_PREFIX.rstrip("/")
 
 
@@ -343,44 +346,56 @@ class Predictor:
     bundle
         From ``model.load_bundle``.
     backend
-        ``"litert"`` (fast path, default) or ``"keras"`` (plain ``model.predict``).
+        ``"auto"`` (default: Keras when the Keras backend sees a GPU, else LiteRT;
+        ``devices.resolve_backend``), ``"litert"`` (the CPU fast path) or ``"keras"``
+        (``predict_on_batch`` on the Keras backend's device). ``self.backend`` is what runs.
     threads
         Worker threads for LiteRT, each running single-threaded interpreters (default 2, the
         number of cores here). They start on the first ``submit`` and stop on ``close`` or
         when the predictor is garbage-collected.
     batch_size
-        Crops per interpreter call (LiteRT) or per ``predict`` batch (Keras); a short last batch
-        is zero-padded for LiteRT, whose input shape stays fixed. Default
+        Crops per interpreter call (LiteRT) or per Keras batch; a short last batch is
+        zero-padded, so the input shape stays fixed. Default: on an accelerator
+        ``devices.accelerator_batch_size`` (sized by its memory), else
         ``default_batch_size(bundle.input_size)``: 16 up to 256 px, 1 at 1200 px.
     cache_dir
         Where members are converted and cached when the bundle does not ship a LiteRT file whose
         hash its card records; default ``conversion_cache_dir()`` (see ``member_litert``).
+    precision
+        ``"float32"`` or ``"bfloat16"`` (Keras only: ``kerasrun.with_precision``).
+    accelerators
+        The device query ``auto`` and the batch size use (tests inject one).
 
     Several threads may call ``submit`` / ``predict`` at once: their items share the workers,
     and each worker owns its own interpreters.
     """
 
-    def __init__(self, bundle: Bundle, *, backend: Backend = "litert", threads: int = 2,
-                 batch_size: int | None = None, cache_dir: str | Path | None = None):
+    def __init__(self, bundle: Bundle, *, backend: Backend = "auto", threads: int = 2,
+                 batch_size: int | None = None, cache_dir: str | Path | None = None,
+                 precision: Precision = "float32", accelerators: AcceleratorQuery = visible_accelerators):
+        engine = resolve_backend(backend, precision, accelerators=accelerators)
         if batch_size is None:
-            batch_size = default_batch_size(bundle.input_size)
-        if backend not in BACKENDS:
-            raise NeuroRGError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+            found = accelerators() if engine == "keras" else ()
+            batch_size = (accelerator_batch_size(bundle.input_size, found[0]) if found
+                          else default_batch_size(bundle.input_size))
         if threads < 1 or batch_size < 1:
             raise NeuroRGError(f"threads {threads} and batch size {batch_size} must be >= 1")
         self.bundle = bundle
-        self.backend = backend
+        self.backend = engine
+        self.precision = precision
         self.threads = int(threads)
         self.batch_size = int(batch_size)
         self.input_size = bundle.input_size
         self._lock = threading.Lock()   # starting / stopping workers; Keras predict calls
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        if backend == "keras":
-            self._models = [load_member_model(m) for m in bundle.members]
+        if engine == "keras":
+            from neurorg_core.kerasrun import KerasRunner
+
+            self._keras = KerasRunner([load_member_model(m) for m in bundle.members], self.batch_size, precision)
             self._workers: list[_Worker] = []
             self.litert_files: list[Path] = []
-            self.nbytes = sum(int(np.asarray(w).nbytes) for m in self._models for w in m.get_weights())
+            self.nbytes = self._keras.nbytes
         else:
             models = [member_litert(m, bundle, cache_dir) for m in bundle.members]
             self.litert_files = [path for path, _ in models]
@@ -433,8 +448,7 @@ class Predictor:
             return Pending(out, 0, self.bundle.id)
         if self.backend == "keras":
             with self._lock:
-                for k, model in enumerate(self._models):
-                    out[k] = model.predict(x, batch_size=self.batch_size, verbose=0)
+                out[:] = self._keras.predict(x)
             return Pending(out, 0, self.bundle.id)
         bs = self.batch_size
         items = [(k, a) for k in range(self.n_members) for a in range(0, n, bs)]
@@ -487,9 +501,13 @@ class PredictorCache(BoundedCache[tuple, "Predictor"]):
     def __init__(self, max_bytes: int = DEFAULT_PREDICTOR_CACHE_BYTES) -> None:
         super().__init__("predictors", max_bytes, lambda p: p.nbytes, Predictor.close)
 
-    def predictor(self, bundle: Bundle, backend: Backend = "litert") -> Predictor:
-        key = (backend, bundle.id, tuple(m.id for m in bundle.members), bundle.input_size, str(bundle.path))
-        return self.get_or_make(key, lambda: Predictor(bundle, backend=backend))
+    def predictor(self, bundle: Bundle, backend: Backend = "auto", precision: Precision = "float32", *,
+                  accelerators: AcceleratorQuery = visible_accelerators) -> Predictor:
+        engine = resolve_backend(backend, precision, accelerators=accelerators)
+        key = (engine, precision, bundle.id, tuple(m.id for m in bundle.members), bundle.input_size,
+               str(bundle.path))
+        return self.get_or_make(key, lambda: Predictor(bundle, backend=engine, precision=precision,
+                                                       accelerators=accelerators))
 
 
 _DONE = object()

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.inference import BACKENDS, Backend, Predictor, PredictorCache, predict_stream
+from neurorg_core.devices import Backend, Precision, check_backend, check_precision
+from neurorg_core.inference import Predictor, PredictorCache, predict_stream
 from neurorg_core.model import Bundle, Member, check_bundle_kind
 from neurorg_core.platemap import plate_map_for, select_plate
 from neurorg_core.plates import FieldRef, Plate
@@ -103,8 +104,14 @@ class ScoreOptions:
     readout : str
         The well score rescue %, hits, QC and EC50 use (``schema.READOUTS``).
     backend : str
-        ``"litert"`` (the fast path; each member converted once, then cached) or ``"keras"`` (plain
-        ``model.predict``; same probabilities within 1e-6, so both share the cache).
+        ``"auto"`` (Keras when the Keras backend sees a GPU, else LiteRT; resolved where inference
+        runs, so each worker of a campaign decides for its own machine), ``"litert"`` (the CPU fast
+        path; each member converted once, then cached) or ``"keras"`` (the models on the Keras
+        backend's device; float32 probabilities within 1e-4 of LiteRT, so both share the cache).
+    precision : str
+        ``"float32"``, or ``"bfloat16"`` (Keras only; crops within ``kerasrun.BF16_TOLERANCE``, wells
+        within ``BF16_WELL_TOLERANCE`` of float32). bf16 predictions are cached under their own crop
+        key, never mixed with float32.
     flush_every : int
         Fields per commit of new predictions to the cache while inference runs: an interrupted run
         keeps what was committed.
@@ -114,8 +121,9 @@ class ScoreOptions:
     pixel_size_um: float | None = None
     bits: int | None = None
     readout: Readout = DEFAULT_READOUT
-    backend: Backend = "litert"
+    backend: Backend = "auto"
     flush_every: int = CACHE_FLUSH_FIELDS
+    precision: Precision = "float32"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.crops_per_well, int) and 1 <= self.crops_per_well <= MAX_CROPS_PER_WELL):
@@ -124,8 +132,10 @@ class ScoreOptions:
                                "not information)")
         if self.readout not in READOUTS:
             raise NeuroRGError(f"readout {self.readout!r} is not one of {', '.join(READOUTS)}")
-        if self.backend not in BACKENDS:
-            raise NeuroRGError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        check_backend(self.backend)
+        check_precision(self.precision)
+        if self.backend == "litert" and self.precision == "bfloat16":
+            raise NeuroRGError("bfloat16 inference runs on the keras backend; LiteRT runs float32")
         if self.flush_every < 1:
             raise NeuroRGError(f"flush_every {self.flush_every!r}; expected at least 1 field per commit")
 
@@ -139,6 +149,7 @@ class ScoreOptions:
             pixel_size_um=geo.get("plate_pixel_size_um") if geo.get("pixel_size_source") == "user" else None,
             bits=intensity.get("bits") if intensity.get("source") == "given by the user" else None,
             readout=params.get("readout", DEFAULT_READOUT),
+            precision=params.get("precision", "float32"),
         )
 
 
@@ -162,7 +173,8 @@ class _Plan:
     def crop_key(self, ref: FieldRef) -> str:
         """What a field's crops hold: the crop plan's edge, grid and tiles, and the intensity."""
         plan = self.crops[ref.well]
-        return f"{CROP_KEY_VERSION}/b{self.cropping.intensity.bits}/{plan.key(self.position[ref])}"
+        key = f"{CROP_KEY_VERSION}/b{self.cropping.intensity.bits}/{plan.key(self.position[ref])}"
+        return key + "/bf16" if self.options.precision == "bfloat16" else key
 
     def tiles(self, ref: FieldRef) -> tuple[int, ...]:
         return self.crops[ref.well].tiles_of(self.position[ref])
@@ -387,10 +399,11 @@ def _infer(plan: _Plan, state: _RunState, role: Role, members: Sequence[Member],
     src = plan.bundles[role]
     sub_bundle = dataclasses.replace(src, members=tuple(members))
     if plan.predictors is not None:
-        predictor = plan.predictors.predictor(sub_bundle, backend=plan.options.backend)
+        predictor = plan.predictors.predictor(sub_bundle, backend=plan.options.backend,
+                                              precision=plan.options.precision)
         own = None
     else:
-        predictor = own = Predictor(sub_bundle, backend=plan.options.backend)
+        predictor = own = Predictor(sub_bundle, backend=plan.options.backend, precision=plan.options.precision)
     log.info("inference with %d %s member(s) of model %s", len(members), role, src.id)
     try:
         _stream(state, role, members, sub_bundle, predictor, items)

@@ -5,9 +5,12 @@ Folds follow the study: plates are dealt round-robin into (at most) 4 folds, so 
 The weights of the best validation epoch are kept and restored at the end (the study tracked
 them but saved the last epoch's).
 
-Crops are read once into memory at the model's input size as uint8 (``cropsets.load_crop_set``:
-60 wells x 15 crops of 64 px = 11 MB per plate); augmentation (flips, 90 degree rotations,
-per-channel gain and offset, blur, noise) is done in numpy per batch.
+Crops are cut once per plate and crop geometry into the crop cache on disk and streamed back in
+batches (``cropsets.load_crop_set``, ``cropcache``), so plates larger than memory train. The loop
+(``trainloop.fit_member``: ``keras.Model.fit`` on the TensorFlow, JAX or torch backend) runs the
+augmentation (flips, 90 degree rotations, per-channel gain and offset, blur, noise) on the device
+inside the compiled train step, in bf16 mixed precision where the device computes it
+(``TrainRuntime``; on the CPU float32, not XLA-compiled on TensorFlow).
 
 Evaluation of a trained bundle (accuracy, kappa, McNemar, the fit reference) is in ``evaluate.py``;
 the shipped demo build in ``demo.py``.
@@ -18,15 +21,16 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
-from scipy import ndimage
 
+from neurorg_core.cropcache import CropSource
 from neurorg_core.cropsets import CropSet, crops_as_float, load_crop_set, well_labels
+from neurorg_core.devices import (PrecisionChoice, describe_device, keras_backend, resolve_jit, resolve_precision,
+                                  visible_accelerators)
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import (Bundle, build_model, check_architecture, round_weights_to_float16, save_bundle,
                                 set_model_weights)
@@ -103,33 +107,7 @@ class Augmentation:
 
 
 AUGMENTATION = Augmentation()
-"""The augmentation every member is trained with."""
-
-
-def augment(batch: np.ndarray, rng: np.random.Generator, params: Augmentation = AUGMENTATION) -> np.ndarray:
-    """Fluorescence-minded augmentation of a uint8 batch -> float32 [0, 1].
-
-    Random flips and 90 degree rotations (orientation carries no meaning), per-channel gain
-    (log-normal, sd 0.2) and offset (-0.03..0.05) like staining / exposure differences between
-    plates, Gaussian blur (sigma 0.3-1.0 px, 30 % of crops) like focus, and additive noise
-    (sd 0-0.03); the numbers are ``params`` (default ``AUGMENTATION``).
-    """
-    x = batch.astype(np.float32) / 255.0
-    n = len(x)
-    for i in range(n):
-        k = int(rng.integers(4))
-        xi = np.rot90(x[i], k, axes=(0, 1))
-        if rng.random() < 0.5:
-            xi = xi[:, ::-1]
-        x[i] = xi
-    blur = rng.random(n) < params.blur_fraction
-    for i in np.flatnonzero(blur):
-        x[i] = ndimage.gaussian_filter(x[i], sigma=(rng.uniform(*params.blur_sigma_px),) * 2 + (0.0,))
-    gain = np.exp(rng.normal(0.0, params.gain_log_sd, (n, 1, 1, 3))).astype(np.float32)
-    offset = rng.uniform(*params.offset, (n, 1, 1, 3)).astype(np.float32)
-    noise_sd = rng.uniform(0.0, params.noise_sd_max, (n, 1, 1, 1)).astype(np.float32)
-    x = x * gain + offset + rng.standard_normal(x.shape, dtype=np.float32) * noise_sd
-    return np.clip(x, 0.0, 1.0)
+"""The augmentation every member is trained with (applied on the device: ``trainloop.FluorescenceAugment``)."""
 
 
 # --- training -------------------------------------------------------------------------------
@@ -214,15 +192,39 @@ def build_optimizer(settings: TrainSettings, steps_per_epoch: int) -> Any:
                                                  weight_decay=settings.weight_decay)
 
 
+@dataclass(frozen=True)
+class TrainRuntime:
+    """How training runs on this machine (not what it learns: that is ``TrainSettings``).
+
+    ``precision``: ``auto`` = bf16 mixed precision where every accelerator computes bf16, float32
+    on the CPU. ``jit_compile``: None = auto (``devices.resolve_jit``: always on JAX, with an
+    accelerator on TensorFlow and torch). ``loader_workers`` threads read ``prefetch`` batches ahead.
+    """
+
+    precision: PrecisionChoice = "auto"
+    jit_compile: bool | None = None
+    loader_workers: int = 2
+    prefetch: int = 4
+
+    def resolve(self, accelerators: Callable[[], Sequence[Any]] = visible_accelerators) -> Any:
+        """The ``trainloop.Runtime`` for this machine's Keras backend and devices."""
+        from neurorg_core.trainloop import Runtime
+
+        found = tuple(accelerators())
+        backend = keras_backend()
+        return Runtime(backend, describe_device(found), resolve_precision(self.precision, found),
+                       resolve_jit(self.jit_compile, backend, found), self.loader_workers, self.prefetch)
+
+
 @dataclass
 class MemberResult:
     model: Any
     info: dict = field(default_factory=dict)
 
 
-def _predict(model: Any, crops_u8: np.ndarray, batch: int = 128) -> np.ndarray:
-    out = [model.predict_on_batch(crops_as_float(crops_u8[a:a + batch])) for a in range(0, len(crops_u8), batch)]
-    return np.concatenate([np.asarray(o) for o in out]) if out else np.zeros((0, N_CLASSES), np.float32)
+def _predict(model: Any, source: CropSource, batch: int = 128) -> np.ndarray:
+    out = [np.asarray(model.predict_on_batch(crops_as_float(x))) for x in source.chunks(batch)]
+    return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
 
 
 def _val_metrics(probs: np.ndarray, cs_list: Sequence[CropSet]) -> dict:
@@ -241,17 +243,23 @@ def _val_metrics(probs: np.ndarray, cs_list: Sequence[CropSet]) -> dict:
             "well_acc": round(correct / max(total, 1), 4)}
 
 
-def channel_stats(crops_u8: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation ([0, 1] units) of uint8 crops."""
-    flat = crops_u8.reshape(-1, crops_u8.shape[-1])
-    mean = flat.mean(0, dtype=np.float64) / 255.0
-    std = flat.std(0, dtype=np.float64) / 255.0
-    return mean.tolist(), np.maximum(std, 1e-3).tolist()
+def channel_stats(crops: np.ndarray | CropSource) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation ([0, 1] units) of uint8 crops, in two passes over
+    chunks of about 4 M values (what ``numpy.std`` computes, without holding the crops in memory)."""
+    source = crops if isinstance(crops, CropSource) else CropSource([(crops, np.zeros(len(crops)))])
+    rows = max(1, 2**22 // source.crop_bytes)
+    n = len(source) * source.crop_bytes // source.crop_shape[-1]
+    total = sum(c.reshape(-1, c.shape[-1]).sum(0, dtype=np.float64) for c in source.chunks(rows))
+    mean = total / n
+    sq = sum((((c.reshape(-1, c.shape[-1]) - mean) ** 2).sum(0)) for c in source.chunks(rows))
+    std = np.sqrt(sq / n) / 255.0
+    return (mean / 255.0).tolist(), np.maximum(std, 1e-3).tolist()
 
 
 def train_member(train: Sequence[CropSet], val: Sequence[CropSet], settings: TrainSettings, *,
                  channels: Sequence[str] = CHANNELS, seed_offset: int = 0, name: str = "member",
-                 progress: Callable[[str], None] | None = None) -> MemberResult:
+                 progress: Callable[[str], None] | None = None,
+                 runtime: TrainRuntime = TrainRuntime()) -> MemberResult:
     """Train one model on ``train`` crops, selecting the epoch by ``val`` crops.
 
     Returns the model with the best validation epoch's weights restored and rounded to storage
@@ -259,64 +267,39 @@ def train_member(train: Sequence[CropSet], val: Sequence[CropSet], settings: Tra
     """
     import keras
 
+    from neurorg_core.trainloop import fit_member
+
     report = progress if progress is not None else log.info
-    x = np.concatenate([c.crops for c in train])
-    y = np.concatenate([c.labels for c in train])
+    source = CropSource([(c.crops, c.labels) for c in train])
+    val_source = CropSource([(c.crops, c.labels) for c in val])
     chans = tuple(channels)
     idx = [CHANNELS.index(ch) for ch in chans]
-    mean, std = channel_stats(x[..., idx])
+    mean, std = channel_stats(source)
     seed = settings.seed * 1000 + seed_offset
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_model(settings.arch, settings.input_size, chans, mean, std)
-    steps = math.ceil(len(x) / settings.batch_size)
+    model = build_model(settings.arch, settings.input_size, chans, [mean[i] for i in idx], [std[i] for i in idx])
+    steps = math.ceil(len(source) / settings.batch_size)
     for layer in model.layers:  # short runs: let batch-norm statistics follow the weights faster
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = settings.bn_momentum
-    model.compile(
+    resolved = runtime.resolve()
+    log.info("%s: training on %s, %s, jit_compile %s", name, resolved.device, resolved.precision,
+             resolved.jit_compile)
+    best_weights, history = fit_member(
+        model, source, val_source, epochs=settings.epochs, batch_size=settings.batch_size,
         optimizer=build_optimizer(settings, steps),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
-        jit_compile=False,  # XLA compilation of the train step costs minutes on 2 cores
-    )
-    x_val = np.concatenate([c.crops for c in val])
-    best: tuple[float, float] | None = None
-    best_weights: list[np.ndarray] = []
-    history = []
-    for epoch in range(1, settings.epochs + 1):
-        t0 = time.perf_counter()
-        train_loss = _train_epoch(model, x, y, rng, settings.batch_size, steps)
-        metrics = _val_metrics(_predict(model, x_val), val)
-        row = {"epoch": epoch, "train_loss": round(train_loss, 4), **metrics,
-               "seconds": round(time.perf_counter() - t0, 1)}
-        history.append(row)
-        score = selection_key(metrics)
-        improved = best is None or score > best
-        if improved:
-            best = score
-            best_weights = [np.array(w) for w in model.get_weights()]
-        report(f"{name} epoch {epoch}/{settings.epochs}: train loss {row['train_loss']:.3f}, "
-               f"val crop acc {metrics['crop_acc']:.3f}, well acc {metrics['well_acc']:.3f}, "
-               f"val loss {metrics['loss']:.3f} ({row['seconds']:.0f} s){' *best' if improved else ''}")
+        augmentation=AUGMENTATION, runtime=resolved, rng=rng, seed=seed,
+        metrics=lambda probs: _val_metrics(probs, val), rank=selection_key, report=report, name=name)
     set_model_weights(model, best_weights)
     round_weights_to_float16(model)
-    final = _val_metrics(_predict(model, x_val), val)
+    final = _val_metrics(_predict(model, val_source), val)
     best_epoch = max(history, key=selection_key)["epoch"]
     info = {"name": name, "best_epoch": best_epoch, "history": history,
-            "metrics": {"validation": final}, "n_train_crops": int(len(x)),
-            "normalization_source": "mean / std over the training crops"}
+            "metrics": {"validation": final}, "n_train_crops": int(len(source)),
+            "normalization_source": "mean / std over the training crops", "runtime": resolved.as_dict()}
     return MemberResult(model, info)
-
-
-def _train_epoch(model: Any, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, batch_size: int,
-                 steps: int) -> float:
-    """One pass of ``steps`` full, augmented batches in a fresh random order; the mean batch loss."""
-    onehot = np.eye(N_CLASSES, dtype=np.float32)
-    order = rng.permutation(steps * batch_size) % len(x)  # full batches only
-    losses = []
-    for a in range(0, len(order), batch_size):
-        sel = order[a:a + batch_size]
-        losses.append(float(model.train_on_batch(augment(x[sel], rng), onehot[y[sel]])))
-    return float(np.mean(losses))
 
 
 def _plate_entries(sets: Sequence[CropSet]) -> list[dict]:
@@ -351,7 +334,8 @@ def _fold_data(sets: Sequence[CropSet], val_names: Sequence[str]) -> tuple[list[
 
 def train_bundle(plates: Sequence[str | Path], out: str | Path, settings: TrainSettings = TrainSettings(),
                  *, channels: ChannelChoice = "all", sets: Sequence[CropSet] | None = None,
-                 geometry: CropGeometry | None = None, extra: dict | None = None) -> Bundle:
+                 geometry: CropGeometry | None = None, extra: dict | None = None,
+                 runtime: TrainRuntime = TrainRuntime()) -> Bundle:
     """Train a leave-plate-out bundle and save it.
 
     Parameters
@@ -371,6 +355,9 @@ def train_bundle(plates: Sequence[str | Path], out: str | Path, settings: TrainS
         The crop geometry ``sets`` were cut with; default ``training_geometry(plates, ...)``.
     extra
         More card fields (provenance).
+    runtime
+        Precision, compilation and loader threads (``TrainRuntime``); recorded on the card as
+        ``training_runtime``.
     """
     check_architecture(settings.arch)
     if channels not in ("all", *CHANNELS):
@@ -391,13 +378,14 @@ def train_bundle(plates: Sequence[str | Path], out: str | Path, settings: TrainS
         name = chans[0] if single else f"fold{fold}"
         log.info("%s: train on %s, validate on %s", name, ", ".join(c.plate for c in tr),
                  ", ".join(c.plate for c in va) + (" (held-out wells)" if len(data) == 1 else ""))
-        res = train_member(tr, va, settings, channels=chans, seed_offset=fold, name=name)
+        res = train_member(tr, va, settings, channels=chans, seed_offset=fold, name=name, runtime=runtime)
         res.info.update({"fold": None if single else fold, "train_plates": [c.plate for c in tr],
                          "val_plates": [] if len(data) == 1 else [c.plate for c in va]})
         models.append(res.model)
         infos.append(res.info)
     card_extra = {
         "training": settings.as_dict(),
+        "training_runtime": infos[0]["runtime"],
         "training_plates": _plate_entries(data),
         "folds": [{"fold": i + 1, "val_plates": f} for i, f in enumerate(folds)],
         **geometry_card(geometry, data),
@@ -419,18 +407,19 @@ def geometry_card(geometry: CropGeometry, sets: Sequence[CropSet]) -> dict[str, 
 
 def train_single_channel_bundle(out: str | Path, settings: TrainSettings, sets: Sequence[CropSet],
                                 channels: Sequence[str] = CHANNELS, *, geometry: CropGeometry,
-                                extra: dict | None = None) -> Bundle:
+                                extra: dict | None = None, runtime: TrainRuntime = TrainRuntime()) -> Bundle:
     """One single-channel member per channel, each trained on fold 1's training plates."""
     folds = fold_split([c.plate for c in sets])
     tr, va = _fold_data(sets, folds[0])
     models, infos = [], []
     for i, ch in enumerate(channels):
-        res = train_member(tr, va, settings, channels=(ch,), seed_offset=100 + i, name=ch)
+        res = train_member(tr, va, settings, channels=(ch,), seed_offset=100 + i, name=ch, runtime=runtime)
         res.info.update({"fold": None, "train_plates": [c.plate for c in tr],
                          "val_plates": [] if len(sets) == 1 else [c.plate for c in va]})
         models.append(res.model)
         infos.append(res.info)
-    card_extra = {"training": settings.as_dict(), "training_plates": _plate_entries(sets),
+    card_extra = {"training": settings.as_dict(), "training_runtime": infos[0]["runtime"],
+                  "training_plates": _plate_entries(sets),
                   "folds": [{"fold": 1, "val_plates": folds[0]}], **geometry_card(geometry, sets),
                   **(extra or {})}
     return save_bundle(out, models, infos, kind="single_channel", arch=settings.arch,

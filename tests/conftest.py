@@ -20,3 +20,17 @@ def litert_conversion_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("NEURORG_LITERT_CACHE", None)
     else:
         os.environ["NEURORG_LITERT_CACHE"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
+def crop_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Training crops cut while testing are cached under pytest's tmp folder (``NEURORG_CROP_CACHE``),
+    never in the repository's data/."""
+    folder = tmp_path_factory.mktemp("crop_cache")
+    before = os.environ.get("NEURORG_CROP_CACHE")
+    os.environ["NEURORG_CROP_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("NEURORG_CROP_CACHE", None)
+    else:
+        os.environ["NEURORG_CROP_CACHE"] = before

@@ -8,6 +8,7 @@ import json
 import streamlit as st
 
 from dashboard import auth, components, flows, resources
+from neurorg_core.devices import BACKENDS
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.platemap import check_plate_map, load_plate_map
 from neurorg_core.pipeline import ScoreOptions
@@ -167,8 +168,16 @@ readout = readout_col.selectbox("Readout", READOUTS, format_func=READOUT_LABELS.
                                 index=READOUTS.index(resources.config().readout),
                                 help="The well score rescue %, hits, Z'/SSMD and EC50 use. The inflammation "
                                 "score follows the phenotype; P(control) saturates past mild stimulation.")
+auto_engine, device = resources.auto_backend()
+backend_names = {"auto": f"auto (here: {'Keras' if auto_engine == 'keras' else 'LiteRT'})",
+                 "litert": "LiteRT (CPU fast path)", "keras": "Keras (the Keras backend's device)"}
+backend = st.selectbox("Inference", BACKENDS, format_func=backend_names.get, key="backend",
+                       index=BACKENDS.index(resources.config().backend),
+                       help=f"Runs on {device}. auto = Keras on a GPU when the Keras backend sees one, LiteRT "
+                       "on the CPU otherwise; the default is NEURORG_BACKEND. Both give the same "
+                       "probabilities (within 1e-4), so cached fields are shared.")
 options = ScoreOptions(pixel_size_um=pixel_size or None, bits=None if bits == "detect" else int(bits),
-                       readout=readout)
+                       readout=readout, backend=backend)
 if resources.has_bundle(resources.ENSEMBLE_DIR):
     try:
         line, notes = resources.crop_preview(plate, options.pixel_size_um, options.bits)
