@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channels", help="nucleus=ID,neuron=ID,microglia=ID (every plate)")
     s.add_argument("--crops-per-well", type=int, default=CROPS_PER_WELL,
                    help=f"crops scored per well, 1..{MAX_CROPS_PER_WELL} (default {CROPS_PER_WELL})")
-    s.add_argument("--backend", choices=("litert", "keras"), default="litert", help="inference backend")
+    _add_backend(s)
     s.add_argument("--pixel-size", type=float, help="the plates' pixel size, um (wins over metadata)")
     s.add_argument("--bit-depth", type=int, choices=(8, 12, 14, 16), help="the images' significant bits")
     s.add_argument("--readout", choices=READOUTS, default=None, help="well score for rescue %%, hits, QC, EC50")
