@@ -571,7 +571,13 @@ def field_channel_stats(field: np.ndarray, intensity: Intensity | None = None) -
     """
     if field.ndim != 3 or field.shape[2] != len(CHANNELS):
         raise NeuroRGError(f"field has shape {field.shape}; expected (H, W, {len(CHANNELS)})")
-    sub = field[::FIELD_STATS_STRIDE, ::FIELD_STATS_STRIDE].reshape(-1, field.shape[2])
-    x = sub.astype(np.float32) / np.float32(_full_scale(field.dtype, intensity))
-    np.minimum(x, 1.0, out=x)
-    return np.stack([x.mean(axis=0), x.std(axis=0)]).astype(np.float64)
+    sub = field[::FIELD_STATS_STRIDE, ::FIELD_STATS_STRIDE]
+    scale = np.float32(1.0 / _full_scale(field.dtype, intensity))
+    out = np.empty((2, field.shape[2]), np.float64)
+    for c in range(field.shape[2]):   # one contiguous channel at a time: ~2x faster than (n, 3) reductions
+        x = sub[:, :, c].astype(np.float32)
+        x *= scale
+        np.minimum(x, 1.0, out=x)
+        out[0, c] = x.mean(dtype=np.float64)
+        out[1, c] = x.std(dtype=np.float64)
+    return out
