@@ -1,5 +1,5 @@
 """Which device runs a model: the accelerators the Keras backend sees, the inference backend
-``auto`` picks, batch sizes for the device, bf16 and XLA/jit choices for training.
+``auto`` picks, batch sizes for the device, bf16, XLA/jit and augmentation-place choices for training.
 
 Keras 3 runs on TensorFlow, JAX or PyTorch (``KERAS_BACKEND``); each sees GPUs its own way, so
 ``visible_accelerators`` asks the backend Keras is using. It first looks for an accelerator's
@@ -35,6 +35,13 @@ PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 PrecisionChoice = Literal["auto", "float32", "bfloat16"]
 """Training: ``auto`` = bf16 mixed precision where every visible accelerator computes it natively
 (NVIDIA compute capability 8.0 and up, TPUs), float32 elsewhere (the CPU)."""
+
+AugmentOn = Literal["loader", "device"]
+AugmentChoice = Literal["auto", "loader", "device"]
+AUGMENT_CHOICES: tuple[str, ...] = ("auto", "loader", "device")
+"""Where training's augmentation runs: ``device`` = inside the compiled train step
+(``trainloop.FluorescenceAugment``), ``loader`` = numpy on the crop loader's threads, overlapped
+with the step (``augment.LoaderAugment``); ``auto`` = device with an accelerator, loader on the CPU."""
 
 DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
 """Device files without which no NVIDIA, AMD (ROCm) or TPU accelerator can be used."""
@@ -215,6 +222,17 @@ def resolve_jit(choice: bool | None, backend: str, accelerators: Sequence[Accele
     if choice is not None:
         return bool(choice)
     return backend == "jax" or bool(accelerators)
+
+
+def resolve_augment_on(choice: str, accelerators: Sequence[Accelerator]) -> AugmentOn:
+    """Where the training augmentation runs: ``auto`` is ``device`` when there are accelerators (it
+    then costs the host nothing), ``loader`` on the CPU (there the device layer's graph takes about
+    3x numpy's time per batch, and on the loader threads numpy overlaps the train step)."""
+    if choice not in AUGMENT_CHOICES:
+        raise NeuroRGError(f"augmentation place {choice!r} is not one of {', '.join(AUGMENT_CHOICES)}")
+    if choice == "auto":
+        return "device" if accelerators else "loader"
+    return choice  # type: ignore[return-value]
 
 
 ACCELERATOR_BATCH_PIXELS = 64 * 456 * 456

@@ -240,6 +240,7 @@ def test_train_and_evaluate_end_to_end_through_the_cli(tiny_plates, tmp_path, ca
     assert card["synthetic"] is True and card["intensity"]["method"] == "significant_bits"
     assert card["training_runtime"]["precision"] == "float32"                 # the CPU: no bf16, no XLA
     assert card["training_runtime"]["jit_compile"] is False
+    assert card["training_runtime"]["augment_on"] == "loader"               # the CPU: numpy on the loader
     assert "model " + bundle.id in capsys.readouterr().out
 
     report_path = tmp_path / "report.json"
