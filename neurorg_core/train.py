@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
-from neurorg_core.augment import AUGMENTATION, Augmentation  # noqa: F401  (re-exported: train.AUGMENTATION)
+from neurorg_core.augment import AUGMENTATION
 from neurorg_core.cropcache import CropSource
 from neurorg_core.cropsets import CropSet, crops_as_float, load_crop_set, well_labels
 from neurorg_core.devices import (AugmentChoice, PrecisionChoice, describe_device, keras_backend,

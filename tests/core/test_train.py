@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pandas as pd  # noqa: E402
 
+from neurorg_core.augment import AUGMENTATION, Augmentation  # noqa: E402
 from neurorg_core.config import REPO_ROOT  # noqa: E402
 from neurorg_core.cropsets import load_crop_set  # noqa: E402
 from neurorg_core.errors import NeuroRGError  # noqa: E402
@@ -22,8 +23,8 @@ from neurorg_core.preprocess import CropGeometry  # noqa: E402
 from neurorg_core.schema import (CALLED_CLASS, CROP, FIELD, MEMBER, N_CLASSES, PROB_COLUMNS,  # noqa: E402
                                  VOTE_COLUMNS, WELL)
 from neurorg_core.scoring import aggregate_wells, score_wells  # noqa: E402
-from neurorg_core.train import (AUGMENTATION, WARMUP_EPOCHS, Augmentation, TrainSettings,  # noqa: E402
-                                build_optimizer, channel_stats, fold_split, learning_rate_schedule, split_wells)
+from neurorg_core.train import (WARMUP_EPOCHS, TrainSettings, build_optimizer,  # noqa: E402
+                                channel_stats, fold_split, learning_rate_schedule, split_wells)
 
 
 @pytest.mark.parametrize("n, expected", [

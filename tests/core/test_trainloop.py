@@ -14,11 +14,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from scipy import ndimage  # noqa: E402
 
-from neurorg_core.augment import LoaderAugment, augment_batch  # noqa: E402
+from neurorg_core.augment import AUGMENTATION, Augmentation, LoaderAugment, augment_batch  # noqa: E402
 from neurorg_core.cropcache import BatchLoader, CropSource  # noqa: E402
 from neurorg_core.devices import Accelerator  # noqa: E402
 from neurorg_core.errors import NeuroRGError  # noqa: E402
-from neurorg_core.train import AUGMENTATION, Augmentation, TrainRuntime  # noqa: E402
+from neurorg_core.train import TrainRuntime  # noqa: E402
 
 PLAIN = Augmentation(gain_log_sd=0.0, offset=(0.0, 0.0), blur_fraction=0.0, noise_sd_max=0.0)
 
