@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="timed train steps")
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     p.add_argument("--jit", default="auto", choices=("auto", "on", "off"))
-    p.add_argument("--workers", type=int, default=2, help="loader threads")
+    p.add_argument("--workers", type=int, default=None, help="loader threads (default: TrainRuntime's choice)")
     p.add_argument("--augment-on", default="auto", choices=("auto", "loader", "device"))
     p.add_argument("--work-dir", help="where the crop cache entry is written (default: a temporary folder)")
     p.add_argument("--skip-train", action="store_true", help="only the input pipeline figures")

@@ -416,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
                    help="compile the train step (XLA / jax.jit / torch.compile); auto: on a GPU, and always "
                         "on JAX")
-    s.add_argument("--loader-workers", type=int, default=2,
-                   help="threads reading (and, with --augment-on loader, augmenting) crops from the crop cache")
+    s.add_argument("--loader-workers", type=int, default=None,
+                   help="threads reading (and, with the augmentation on the loader, augmenting) crops from the "
+                        "crop cache; default: 2 with the augmentation on the device, half the cores on the loader")
     s.add_argument("--augment-on", choices=AUGMENT_CHOICES, default="auto",
                    help="where the augmentation runs: device = in the compiled train step, loader = numpy on "
                         "the loader threads overlapped with the step; auto: device on a GPU, loader on the CPU")

@@ -235,6 +235,21 @@ def resolve_augment_on(choice: str, accelerators: Sequence[Accelerator]) -> Augm
     return choice  # type: ignore[return-value]
 
 
+def resolve_loader_workers(choice: int | None, augment_on: str, cpu_count: int | None = None) -> int:
+    """Threads of the crop loader: ``choice`` when given (>= 1); ``None`` (auto) is 2 when the
+    augmentation runs on the device (the threads only read), and half the CPU cores (at least 1)
+    when it runs on the loader: the other half is the train step's. On 2 cores, 2 augmenting
+    threads beside TensorFlow's own 2 slowed the demo's step from about 170 to 260 ms (measured
+    under other agents' load; benchmarks/RESULTS.md)."""
+    if choice is not None:
+        if int(choice) < 1:
+            raise NeuroRGError(f"loader workers {choice}; expected 1 or more")
+        return int(choice)
+    if augment_on == "device":
+        return 2
+    return max(1, (cpu_count or os.cpu_count() or 2) // 2)
+
+
 ACCELERATOR_BATCH_PIXELS = 64 * 456 * 456
 """Input pixels per inference batch on an accelerator with ``ACCELERATOR_REFERENCE_BYTES`` of
 memory (64 crops of the study's B5 at 456 px, 256 at 224 px); scaled with the device's memory."""

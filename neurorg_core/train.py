@@ -32,7 +32,8 @@ from neurorg_core.augment import AUGMENTATION
 from neurorg_core.cropcache import CropSource
 from neurorg_core.cropsets import CropSet, crops_as_float, load_crop_set, well_labels
 from neurorg_core.devices import (AugmentChoice, PrecisionChoice, describe_device, keras_backend,
-                                  resolve_augment_on, resolve_jit, resolve_precision, visible_accelerators)
+                                  resolve_augment_on, resolve_jit, resolve_loader_workers, resolve_precision,
+                                  visible_accelerators)
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import (Bundle, build_model, check_architecture, round_weights_to_float16, save_bundle,
                                 set_model_weights)
@@ -179,12 +180,14 @@ class TrainRuntime:
     on the CPU. ``jit_compile``: None = auto (``devices.resolve_jit``: always on JAX, with an
     accelerator on TensorFlow and torch). ``augment_on``: ``auto`` = in the compiled step on an
     accelerator, in numpy on the loader threads on the CPU (``devices.resolve_augment_on``).
-    ``loader_workers`` threads read (and, on the loader, augment) ``prefetch`` batches ahead.
+    ``loader_workers`` threads read (and, on the loader, augment) ``prefetch`` batches ahead; None =
+    auto (``devices.resolve_loader_workers``: 2 with the augmentation on the device, half the cores
+    with it on the loader).
     """
 
     precision: PrecisionChoice = "auto"
     jit_compile: bool | None = None
-    loader_workers: int = 2
+    loader_workers: int | None = None
     prefetch: int = 4
     augment_on: AugmentChoice = "auto"
 
@@ -194,9 +197,11 @@ class TrainRuntime:
 
         found = tuple(accelerators())
         backend = keras_backend()
+        augment_on = resolve_augment_on(self.augment_on, found)
         return Runtime(backend, describe_device(found), resolve_precision(self.precision, found),
-                       resolve_jit(self.jit_compile, backend, found), loader_workers=self.loader_workers,
-                       prefetch=self.prefetch, augment_on=resolve_augment_on(self.augment_on, found))
+                       resolve_jit(self.jit_compile, backend, found),
+                       loader_workers=resolve_loader_workers(self.loader_workers, augment_on),
+                       prefetch=self.prefetch, augment_on=augment_on)
 
 
 @dataclass

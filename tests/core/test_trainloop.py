@@ -186,6 +186,10 @@ def test_runtime_follows_the_device_it_is_given():
     assert "compiled train step" in gpu.as_dict()["augmentation"] and "loader" in cpu.as_dict()["augmentation"]
     assert TrainRuntime(augment_on="device").resolve(lambda: ()).augment_on == "device"
     assert TrainRuntime(augment_on="loader").resolve(lambda: (Accelerator("gpu", "x"),)).augment_on == "loader"
+    assert gpu.loader_workers == 2 and cpu.loader_workers == max(1, (os.cpu_count() or 2) // 2)
+    assert TrainRuntime(loader_workers=3).resolve(lambda: ()).loader_workers == 3
+    with pytest.raises(NeuroRGError, match="expected 1 or more"):
+        TrainRuntime(loader_workers=0).resolve(lambda: ())
     with pytest.raises(NeuroRGError, match="auto, loader, device"):
         TrainRuntime(augment_on="gpu").resolve(lambda: ())                  # type: ignore[arg-type]
 
