@@ -12,6 +12,7 @@ Usage::
 
     git archive 7c97e4a neurorg_core | tar -x -C /tmp/ref      # the old code, anywhere
     python benchmarks/train_compare.py --reference /tmp/ref --folds 1 2 --epochs 20 --work-dir /tmp/demo_plates
+    python benchmarks/train_compare.py --reference /tmp/ref --folds 1 --epochs 3 --rounds 2   # time: old new new old
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ print("RESULT " + json.dumps({"fold": fold, "load_s": round(load_s, 1), "train_s
                               "best_epoch": res.info["best_epoch"], "validation": res.info["metrics"]["validation"],
                               "first_epoch_s": h[0]["seconds"],
                               "other_epochs_mean_s": round(sum(r["seconds"] for r in h[1:]) / max(1, len(h) - 1), 1),
+                              "epoch_s": [r["seconds"] for r in h],
+                              "augment_on": res.info.get("runtime", {}).get("augment_on", "numpy, in the loop"),
                               "n_train_crops": sum(len(c.labels) for c in tr), "val_plates": [c.plate for c in va]}))
 """
 
@@ -77,20 +80,25 @@ def main() -> None:
     p.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--work-dir", default="/tmp/neurorg_train_compare")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="runs of each side per fold, alternated old-new, new-old, ... (against load drift)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     work = Path(args.work_dir)
     render(work)
     print(f"load average before: {os.getloadavg()}", flush=True)
+    sides = (("old", Path(args.reference)), ("new", ROOT))
     for fold in args.folds:
-        for label, repo in (("old", Path(args.reference)), ("new", ROOT)):
+        for label, repo in [side for r in range(args.rounds) for side in (sides if r % 2 == 0 else sides[::-1])]:
+            before = os.getloadavg()[0]
             t = time.perf_counter()
             r = run(repo, work, fold, args.epochs, work / f"crop_cache_{label}")
             v = r["validation"]
             print(f"fold {fold} {label}: val well acc {v['well_acc']:.4f}, crop acc {v['crop_acc']:.4f}, best epoch "
                   f"{r['best_epoch']}, train {r['train_s']:.0f} s (epoch 1 {r['first_epoch_s']:.0f} s, others "
                   f"{r['other_epochs_mean_s']:.1f} s), load crops {r['load_s']:.0f} s, {r['n_train_crops']} "
-                  f"train crops; process {time.perf_counter() - t:.0f} s; load avg {os.getloadavg()[0]:.1f}",
+                  f"train crops; process {time.perf_counter() - t:.0f} s; load avg {before:.1f} -> "
+                  f"{os.getloadavg()[0]:.1f}",
                   flush=True)
             print("  " + json.dumps(r), flush=True)
 

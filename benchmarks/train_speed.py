@@ -2,14 +2,17 @@
 pipeline's own crops/s with the model taken out.
 
 Random uint8 crops are written once into a crop-cache entry (``cropcache.CropCache``) under
-``--work-dir``, then three figures are printed:
+``--work-dir``, then these figures are printed:
 
 1. **loader**: ``cropcache.BatchLoader`` alone (crop cache memory map -> uint8 batches, one-hot
    labels), the input pipeline with no model;
-2. **loader + augmentation**: the same batches through ``trainloop.FluorescenceAugment`` on the
-   device (compiled as the train step is), still no model;
-3. **train**: ``keras.Model.fit`` of the real member (``train.TrainRuntime`` choices: precision,
-   jit) for ``--steps`` steps after a warm-up epoch that traces / compiles the step.
+2. **loader + augmentation on the loader**: the same loader whose threads also augment each batch
+   in numpy (``augment.LoaderAugment``: the CPU's path), still no model;
+3. **loader + augmentation on the device**: uint8 batches through ``trainloop.FluorescenceAugment``
+   (compiled as the train step is: the GPU's path), still no model;
+4. **train**: ``keras.Model.fit`` of the real member as ``train.TrainRuntime`` sets it up on this
+   machine (precision, jit, where the augmentation runs; ``--augment-on`` overrides) for
+   ``--steps`` steps after a warm-up epoch that traces / compiles the step.
 
 The backend is Keras's (``KERAS_BACKEND=tensorflow|jax|torch``); the device is what it sees
 (``devices.describe_device``). Nothing here is asserted: it prints numbers.
@@ -44,7 +47,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="timed train steps")
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     p.add_argument("--jit", default="auto", choices=("auto", "on", "off"))
-    p.add_argument("--workers", type=int, default=2, help="loader threads")
+    p.add_argument("--workers", type=int, default=None, help="loader threads (default: TrainRuntime's choice)")
+    p.add_argument("--augment-on", default="auto", choices=("auto", "loader", "device"))
     p.add_argument("--work-dir", help="where the crop cache entry is written (default: a temporary folder)")
     p.add_argument("--skip-train", action="store_true", help="only the input pipeline figures")
     args = p.parse_args()
@@ -54,13 +58,14 @@ def main() -> None:
     from neurorg_core.cropcache import BatchLoader, CropCache, CropSource
     from neurorg_core.model import build_model
     from neurorg_core.train import AUGMENTATION, TrainRuntime, TrainSettings, build_optimizer
-    from neurorg_core.trainloop import augmentation_step, epoch_batches, measure_loader, training_model
+    from neurorg_core.augment import LoaderAugment
+    from neurorg_core.trainloop import augmentation_step, epoch_batches, measure_loader, training_step
 
     runtime = TrainRuntime(precision=args.precision, jit_compile={"auto": None, "on": True, "off": False}[args.jit],
-                           loader_workers=args.workers).resolve()
+                           loader_workers=args.workers, augment_on=args.augment_on).resolve()
     s, n, bs = args.input_size, args.crops, args.batch_size
     print(f"{args.arch} at {s} px, batch {bs}; {runtime.device}; precision {runtime.precision}, "
-          f"jit_compile {runtime.jit_compile}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"jit_compile {runtime.jit_compile}, augmentation on the {runtime.augment_on}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="train_speed_"))
     cache = CropCache(work, 2**40)
     key = f"{n}x{s}"
@@ -80,6 +85,11 @@ def main() -> None:
     rng = np.random.default_rng(1)
     loader_rate = measure_loader(loader, rng, min(steps, 100))
     print(f"loader: {loader_rate:,.0f} crops/s")
+    on_loader = BatchLoader(source, bs, workers=runtime.loader_workers, prefetch=runtime.prefetch,
+                            transform=LoaderAugment(AUGMENTATION, 0))
+    loader_aug_rate = measure_loader(on_loader, rng, min(steps, 100))
+    print(f"loader + augmentation on the loader threads (numpy, {runtime.loader_workers} threads): "
+          f"{loader_aug_rate:,.0f} crops/s")
 
     augment = augmentation_step(AUGMENTATION, 0, runtime.jit_compile)
     gen = epoch_batches(loader, rng, steps)
@@ -92,6 +102,7 @@ def main() -> None:
         done += len(x)
     aug_rate = done / (time.perf_counter() - t0)
     print(f"loader + augmentation on the device: {aug_rate:,.0f} crops/s")
+    pipeline = loader_aug_rate if runtime.augment_on == "loader" else aug_rate
     if args.skip_train:
         return
 
@@ -99,10 +110,11 @@ def main() -> None:
     model = build_model(args.arch, s)
     from neurorg_core.kerasrun import with_precision
 
-    wrapper = training_model(with_precision(model, runtime.precision), AUGMENTATION, 0)
     st = TrainSettings(arch=args.arch, input_size=s, batch_size=bs, epochs=2)
-    wrapper.compile(optimizer=build_optimizer(st, steps), loss=keras.losses.CategoricalCrossentropy(),
-                    jit_compile=runtime.jit_compile)
+    wrapper, loader = training_step(with_precision(model, runtime.precision), source, batch_size=bs,
+                                    optimizer=build_optimizer(st, steps),
+                                    loss=keras.losses.CategoricalCrossentropy(), augmentation=AUGMENTATION,
+                                    runtime=runtime, seed=0)
     t0 = time.perf_counter()
     wrapper.fit(epoch_batches(loader, rng, 2), steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)
     warm = time.perf_counter() - t0
@@ -111,8 +123,9 @@ def main() -> None:
                 verbose=0)
     train_rate = args.steps * bs / (time.perf_counter() - t0)
     print(f"train: {train_rate:,.0f} crops/s ({args.steps} steps after a {warm:.0f} s warm-up that traces the step)")
-    print(f"input pipeline / train: loader {loader_rate / train_rate:.0f}x, loader + augmentation "
-          f"{aug_rate / train_rate:.0f}x")
+    print(f"input pipeline / train: loader {loader_rate / train_rate:.0f}x, loader + augmentation on the "
+          f"{runtime.augment_on} (what trains here) {pipeline / train_rate:.1f}x; on the loader "
+          f"{loader_aug_rate / train_rate:.1f}x, on the device {aug_rate / train_rate:.1f}x")
 
 
 if __name__ == "__main__":

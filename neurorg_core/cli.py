@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neurorg_core.devices import BACKENDS, PRECISIONS
+from neurorg_core.devices import AUGMENT_CHOICES, BACKENDS, PRECISIONS
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import (CHANNELS, CROPS_PER_WELL, EXPORT_TABLES, LAYOUTS, MAX_CROPS_PER_WELL,
                                  READOUT_LABELS, READOUTS, RESCUE_PCT)
@@ -122,7 +122,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                              epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              seed=args.seed)
     runtime = TrainRuntime(precision=args.precision, jit_compile={"auto": None, "on": True, "off": False}[args.jit],
-                           loader_workers=args.loader_workers)
+                           loader_workers=args.loader_workers, augment_on=args.augment_on)
     bundle = train_bundle(args.plates, Path(args.out), settings, channels=args.channels, runtime=runtime)
     print(f"model {bundle.id} ({bundle.kind}, {len(bundle.members)} members) written to {bundle.path}")
     for m, entry in zip(bundle.members, bundle.card["members"]):
@@ -416,7 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
                    help="compile the train step (XLA / jax.jit / torch.compile); auto: on a GPU, and always "
                         "on JAX")
-    s.add_argument("--loader-workers", type=int, default=2, help="threads reading crops from the crop cache")
+    s.add_argument("--loader-workers", type=int, default=None,
+                   help="threads reading (and, with the augmentation on the loader, augmenting) crops from the "
+                        "crop cache; default: 2 with the augmentation on the device, half the cores on the loader")
+    s.add_argument("--augment-on", choices=AUGMENT_CHOICES, default="auto",
+                   help="where the augmentation runs: device = in the compiled train step, loader = numpy on "
+                        "the loader threads overlapped with the step; auto: device on a GPU, loader on the CPU")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="crop/well accuracy, confusion, kappa, McNemar")

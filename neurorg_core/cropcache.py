@@ -33,7 +33,7 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -263,37 +263,53 @@ class CropSource:
                 yield np.asarray(crops[a:a + rows_per_chunk])
 
 
+BatchTransform = Callable[[np.ndarray, int], np.ndarray]
+"""uint8 crops of a batch and the batch's number in the run -> float32 crops of the same shape
+(``augment.LoaderAugment``); run on the loader's threads."""
+
+
 class BatchLoader:
     """Batches of a ``CropSource`` in a given order, read ahead by ``workers`` threads.
 
     At most ``prefetch`` batches are read ahead of the one the caller holds, so the memory held is
     bounded by ``buffer_bytes`` whatever the size of the dataset. The order of the batches is the
-    order asked, whatever the threads' timing (reproducible training).
+    order asked, whatever the threads' timing (reproducible training). With a ``transform`` (the
+    augmentation on the loader) each thread also applies it to the batches it reads, so the
+    transform of the next batches overlaps the caller's work on this one; the batches are then
+    float32.
     """
 
-    def __init__(self, source: CropSource, batch_size: int, *, workers: int = 2, prefetch: int = 4) -> None:
+    def __init__(self, source: CropSource, batch_size: int, *, workers: int = 2, prefetch: int = 4,
+                 transform: BatchTransform | None = None) -> None:
         if batch_size < 1 or workers < 1 or prefetch < 1:
             raise NeuroRGError(f"batch size {batch_size}, workers {workers}, prefetch {prefetch}; expected >= 1")
         self.source = source
         self.batch_size = int(batch_size)
         self.workers = int(workers)
         self.prefetch = int(prefetch)
+        self.transform = transform
 
     @property
     def buffer_bytes(self) -> int:
-        """The most crop bytes the loader holds at once: the batches read ahead plus the caller's."""
-        return (self.prefetch + 1) * self.batch_size * self.source.crop_bytes
+        """The most crop bytes the loader holds at once: the batches read ahead plus the caller's
+        (uint8, or float32 with a ``transform``)."""
+        return (self.prefetch + 1) * self.batch_size * self.source.crop_bytes * (4 if self.transform else 1)
 
-    def batches(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(uint8 crops, labels) of consecutive ``batch_size`` slices of ``order`` (the last may be short)."""
+    def _read(self, rows: np.ndarray, number: int) -> tuple[np.ndarray, np.ndarray]:
+        crops, labels = self.source.take(rows)
+        return (crops if self.transform is None else self.transform(crops, number)), labels
+
+    def batches(self, order: np.ndarray, first: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(crops, labels) of consecutive ``batch_size`` slices of ``order`` (the last may be short);
+        the batches are numbered from ``first`` for the ``transform``."""
         order = np.asarray(order, np.int64)
         starts = range(0, len(order), self.batch_size)
         pending: collections.deque[Future] = collections.deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="neurorg-crops") as pool:
             it = iter(starts)
             try:
-                for a in it:
-                    pending.append(pool.submit(self.source.take, order[a:a + self.batch_size]))
+                for k, a in enumerate(it):
+                    pending.append(pool.submit(self._read, order[a:a + self.batch_size], first + k))
                     if len(pending) > self.prefetch:
                         yield pending.popleft().result()
                 while pending:

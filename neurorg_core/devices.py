@@ -1,5 +1,5 @@
 """Which device runs a model: the accelerators the Keras backend sees, the inference backend
-``auto`` picks, batch sizes for the device, bf16 and XLA/jit choices for training.
+``auto`` picks, batch sizes for the device, bf16, XLA/jit and augmentation-place choices for training.
 
 Keras 3 runs on TensorFlow, JAX or PyTorch (``KERAS_BACKEND``); each sees GPUs its own way, so
 ``visible_accelerators`` asks the backend Keras is using. It first looks for an accelerator's
@@ -35,6 +35,13 @@ PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 PrecisionChoice = Literal["auto", "float32", "bfloat16"]
 """Training: ``auto`` = bf16 mixed precision where every visible accelerator computes it natively
 (NVIDIA compute capability 8.0 and up, TPUs), float32 elsewhere (the CPU)."""
+
+AugmentOn = Literal["loader", "device"]
+AugmentChoice = Literal["auto", "loader", "device"]
+AUGMENT_CHOICES: tuple[str, ...] = ("auto", "loader", "device")
+"""Where training's augmentation runs: ``device`` = inside the compiled train step
+(``trainloop.FluorescenceAugment``), ``loader`` = numpy on the crop loader's threads, overlapped
+with the step (``augment.LoaderAugment``); ``auto`` = device with an accelerator, loader on the CPU."""
 
 DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
 """Device files without which no NVIDIA, AMD (ROCm) or TPU accelerator can be used."""
@@ -215,6 +222,32 @@ def resolve_jit(choice: bool | None, backend: str, accelerators: Sequence[Accele
     if choice is not None:
         return bool(choice)
     return backend == "jax" or bool(accelerators)
+
+
+def resolve_augment_on(choice: str, accelerators: Sequence[Accelerator]) -> AugmentOn:
+    """Where the training augmentation runs: ``auto`` is ``device`` when there are accelerators (it
+    then costs the host nothing), ``loader`` on the CPU (there the device layer's graph takes about
+    3x numpy's time per batch, and on the loader threads numpy overlaps the train step)."""
+    if choice not in AUGMENT_CHOICES:
+        raise NeuroRGError(f"augmentation place {choice!r} is not one of {', '.join(AUGMENT_CHOICES)}")
+    if choice == "auto":
+        return "device" if accelerators else "loader"
+    return choice  # type: ignore[return-value]
+
+
+def resolve_loader_workers(choice: int | None, augment_on: str, cpu_count: int | None = None) -> int:
+    """Threads of the crop loader: ``choice`` when given (>= 1); ``None`` (auto) is 2 when the
+    augmentation runs on the device (the threads only read), and half the CPU cores (at least 1)
+    when it runs on the loader: the other half is the train step's. On 2 cores, 2 augmenting
+    threads beside TensorFlow's own 2 slowed the demo's step from about 170 to 260 ms (measured
+    under other agents' load; benchmarks/RESULTS.md)."""
+    if choice is not None:
+        if int(choice) < 1:
+            raise NeuroRGError(f"loader workers {choice}; expected 1 or more")
+        return int(choice)
+    if augment_on == "device":
+        return 2
+    return max(1, (cpu_count or os.cpu_count() or 2) // 2)
 
 
 ACCELERATOR_BATCH_PIXELS = 64 * 456 * 456

@@ -7,9 +7,10 @@ them but saved the last epoch's).
 
 Crops are cut once per plate and crop geometry into the crop cache on disk and streamed back in
 batches (``cropsets.load_crop_set``, ``cropcache``), so plates larger than memory train. The loop
-(``trainloop.fit_member``: ``keras.Model.fit`` on the TensorFlow, JAX or torch backend) runs the
-augmentation (flips, 90 degree rotations, per-channel gain and offset, blur, noise) on the device
-inside the compiled train step, in bf16 mixed precision where the device computes it
+(``trainloop.fit_member``: ``keras.Model.fit`` on the TensorFlow, JAX or torch backend) trains in
+bf16 mixed precision where the device computes it; the augmentation (``augment.AUGMENTATION``:
+flips, 90 degree rotations, per-channel gain and offset, blur, noise) runs on a GPU inside the
+compiled train step, on the CPU in numpy on the loader's threads, overlapped with the step
 (``TrainRuntime``; on the CPU float32, not XLA-compiled on TensorFlow).
 
 Evaluation of a trained bundle (accuracy, kappa, McNemar, the fit reference) is in ``evaluate.py``;
@@ -27,9 +28,11 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
+from neurorg_core.augment import AUGMENTATION
 from neurorg_core.cropcache import CropSource
 from neurorg_core.cropsets import CropSet, crops_as_float, load_crop_set, well_labels
-from neurorg_core.devices import (PrecisionChoice, describe_device, keras_backend, resolve_jit, resolve_precision,
+from neurorg_core.devices import (AugmentChoice, PrecisionChoice, describe_device, keras_backend,
+                                  resolve_augment_on, resolve_jit, resolve_loader_workers, resolve_precision,
                                   visible_accelerators)
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import (Bundle, build_model, check_architecture, round_weights_to_float16, save_bundle,
@@ -85,29 +88,6 @@ def split_wells(cs: CropSet, every: int = 4) -> tuple[CropSet, CropSet]:
         raise NeuroRGError(f"plate {cs.plate} has too few wells to hold some out for validation",
                            path=cs.source)
     return cs.subset(~mask), cs.subset(mask)
-
-
-# --- augmentation ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Augmentation:
-    """The numbers ``augment`` uses (``TrainSettings.augmentation`` is their description)."""
-
-    gain_log_sd: float = 0.2                          # per-channel gain exp(N(0, sd))
-    offset: tuple[float, float] = (-0.03, 0.05)       # per-channel offset, uniform, [0, 1] units
-    blur_sigma_px: tuple[float, float] = (0.3, 1.0)   # Gaussian blur sigma, uniform, pixels
-    blur_fraction: float = 0.3                        # share of crops blurred
-    noise_sd_max: float = 0.03                        # additive noise sd, uniform in [0, max]
-
-    def describe(self) -> str:
-        return (f"flips, 90 deg rotations, per-channel gain (log-normal sd {self.gain_log_sd:g}) and offset "
-                f"({self.offset[0]:g}..{self.offset[1]:g}), Gaussian blur sigma {self.blur_sigma_px[0]:.1f}-"
-                f"{self.blur_sigma_px[1]:.1f} px on {self.blur_fraction * 100:.0f} % of crops, "
-                f"noise sd 0-{self.noise_sd_max:g}")
-
-
-AUGMENTATION = Augmentation()
-"""The augmentation every member is trained with (applied on the device: ``trainloop.FluorescenceAugment``)."""
 
 
 # --- training -------------------------------------------------------------------------------
@@ -198,13 +178,18 @@ class TrainRuntime:
 
     ``precision``: ``auto`` = bf16 mixed precision where every accelerator computes bf16, float32
     on the CPU. ``jit_compile``: None = auto (``devices.resolve_jit``: always on JAX, with an
-    accelerator on TensorFlow and torch). ``loader_workers`` threads read ``prefetch`` batches ahead.
+    accelerator on TensorFlow and torch). ``augment_on``: ``auto`` = in the compiled step on an
+    accelerator, in numpy on the loader threads on the CPU (``devices.resolve_augment_on``).
+    ``loader_workers`` threads read (and, on the loader, augment) ``prefetch`` batches ahead; None =
+    auto (``devices.resolve_loader_workers``: 2 with the augmentation on the device, half the cores
+    with it on the loader).
     """
 
     precision: PrecisionChoice = "auto"
     jit_compile: bool | None = None
-    loader_workers: int = 2
+    loader_workers: int | None = None
     prefetch: int = 4
+    augment_on: AugmentChoice = "auto"
 
     def resolve(self, accelerators: Callable[[], Sequence[Any]] = visible_accelerators) -> Any:
         """The ``trainloop.Runtime`` for this machine's Keras backend and devices."""
@@ -212,8 +197,11 @@ class TrainRuntime:
 
         found = tuple(accelerators())
         backend = keras_backend()
+        augment_on = resolve_augment_on(self.augment_on, found)
         return Runtime(backend, describe_device(found), resolve_precision(self.precision, found),
-                       resolve_jit(self.jit_compile, backend, found), self.loader_workers, self.prefetch)
+                       resolve_jit(self.jit_compile, backend, found),
+                       loader_workers=resolve_loader_workers(self.loader_workers, augment_on),
+                       prefetch=self.prefetch, augment_on=augment_on)
 
 
 @dataclass
@@ -284,8 +272,8 @@ def train_member(train: Sequence[CropSet], val: Sequence[CropSet], settings: Tra
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = settings.bn_momentum
     resolved = runtime.resolve()
-    log.info("%s: training on %s, %s, jit_compile %s", name, resolved.device, resolved.precision,
-             resolved.jit_compile)
+    log.info("%s: training on %s, %s, jit_compile %s, augmentation on the %s", name, resolved.device,
+             resolved.precision, resolved.jit_compile, resolved.augment_on)
     best_weights, history = fit_member(
         model, source, val_source, epochs=settings.epochs, batch_size=settings.batch_size,
         optimizer=build_optimizer(settings, steps),
@@ -356,7 +344,7 @@ def train_bundle(plates: Sequence[str | Path], out: str | Path, settings: TrainS
     extra
         More card fields (provenance).
     runtime
-        Precision, compilation and loader threads (``TrainRuntime``); recorded on the card as
+        Precision, compilation, where the augmentation runs and loader threads (``TrainRuntime``); recorded on the card as
         ``training_runtime``.
     """
     check_architecture(settings.arch)

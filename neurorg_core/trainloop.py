@@ -1,14 +1,21 @@
-"""One member's training loop on any Keras backend and device: augmentation on the device, a
-compiled train step, bf16 mixed precision, crops streamed from the crop cache.
+"""One member's training loop on any Keras backend and device: augmentation on the device or on
+the loader, a compiled train step, bf16 mixed precision, crops streamed from the crop cache.
 
-The network trains inside a wrapper model that takes **uint8** crops (a quarter of float32's
-bytes to move to the device) and whose first layer, ``FluorescenceAugment``, scales them to
-[0, 1] and, in training only, applies ``train.AUGMENTATION`` with ``keras.ops`` and
-``keras.random``: it runs inside the compiled train step (XLA on TensorFlow, ``jax.jit``,
-``torch.compile``) on whatever device the step runs on. ``keras.Model.fit`` is the loop on all
-three backends; its input is a Python generator over ``cropcache.BatchLoader`` batches (read ahead
-on threads into a bounded buffer). After every epoch ``BestEpoch`` scores the validation crops
-and keeps the best epoch's weights (``train.selection_key``), as the loop before it did.
+Where the augmentation (``augment.AUGMENTATION``) runs is ``Runtime.augment_on``:
+
+- ``device`` (a GPU): the network trains inside a wrapper model that takes **uint8** crops (a
+  quarter of float32's bytes to move to the device) and whose first layer,
+  ``FluorescenceAugment``, scales them to [0, 1] and, in training only, augments them with
+  ``keras.ops`` and ``keras.random``: inside the compiled train step (XLA on TensorFlow,
+  ``jax.jit``, ``torch.compile``) on whatever device the step runs on.
+- ``loader`` (the CPU): the loader's threads augment each batch in numpy
+  (``augment.LoaderAugment``) while the step trains on the one before, and the network trains
+  on the float32 batches as they come.
+
+``keras.Model.fit`` is the loop on all three backends; its input is a Python generator over
+``cropcache.BatchLoader`` batches (read ahead on threads into a bounded buffer). After every epoch
+``BestEpoch`` scores the validation crops and keeps the best epoch's weights
+(``train.selection_key``), as the loop before it did.
 
 Precision: ``bfloat16`` trains a ``kerasrun.with_precision`` copy (float32 variables, bf16
 arithmetic; input layers, head and augmentation float32); the best weights go back into the
@@ -29,15 +36,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402  (this module is imported only to train)
 from keras import ops  # noqa: E402
 
+from neurorg_core.augment import BLUR_RADIUS, LoaderAugment  # noqa: E402
 from neurorg_core.cropcache import BatchLoader, CropSource  # noqa: E402
+from neurorg_core.cropsets import crops_as_float  # noqa: E402
+from neurorg_core.errors import NeuroRGError  # noqa: E402
 from neurorg_core.kerasrun import with_precision  # noqa: E402
 from neurorg_core.schema import N_CLASSES  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-BLUR_RADIUS = 4
-"""Taps either side of the blur kernel: scipy's ``gaussian_filter`` radius (4 sigma) at sigma 1 px."""
-
 
 class FluorescenceAugment(keras.layers.Layer):
     """uint8 crops (n, s, s, c) -> float32 [0, 1]; in training, the fluorescence augmentation.
@@ -45,7 +51,8 @@ class FluorescenceAugment(keras.layers.Layer):
     Flips and 90 degree rotations (a random transpose and two random flips: the 8 symmetries of
     the square, equally likely), a Gaussian blur of random sigma on a share of the crops (separable,
     ``BLUR_RADIUS`` taps each side, edges mirrored like scipy's ``reflect``), per-channel gain and
-    offset, additive noise, clipped to [0, 1]. ``params`` is a ``train.Augmentation``. Crops must be
+    offset, additive noise, clipped to [0, 1]. ``params`` is an ``augment.Augmentation`` (the
+    distribution ``augment.augment_batch`` draws from on the loader). Crops must be
     square. Random numbers come from a ``keras.random.SeedGenerator`` (part of the layer's state,
     so the compiled step stays reproducible for a seed).
     """
@@ -126,11 +133,14 @@ class Runtime:
     jit_compile: bool
     loader_workers: int = 2
     prefetch: int = 4
+    augment_on: str = "device"     # "device" | "loader" (devices.resolve_augment_on)
 
     def as_dict(self) -> dict:
+        where = ("on the device, in the compiled train step (trainloop.FluorescenceAugment)"
+                 if self.augment_on == "device" else
+                 "on the loader threads in numpy, overlapped with the train step (augment.LoaderAugment)")
         return {"keras_backend": self.keras_backend, "device": self.device, "precision": self.precision,
-                "jit_compile": self.jit_compile,
-                "augmentation": "on the device, in the compiled train step (trainloop.FluorescenceAugment)",
+                "jit_compile": self.jit_compile, "augment_on": self.augment_on, "augmentation": where,
                 "input": (f"crop cache memory maps, {self.loader_workers} reader threads, "
                           f"{self.prefetch} batches ahead (cropcache.BatchLoader)")}
 
@@ -140,15 +150,19 @@ def epoch_batches(loader: BatchLoader, rng: np.random.Generator, steps: int) -> 
     random order (rows drawn as ``rng.permutation(steps * batch) % n``, as before the cache)."""
     onehot = np.eye(N_CLASSES, dtype=np.float32)
     n = len(loader.source)
+    epoch = 0
     while True:
         order = rng.permutation(steps * loader.batch_size) % n
-        for x, y in loader.batches(order):
+        for x, y in loader.batches(order, first=epoch * steps):
             yield x, onehot[y]
+        epoch += 1
 
 
-def predict_source(model: Any, source: CropSource, batch: int = 128) -> np.ndarray:
-    """Probabilities (n, 6) of a uint8-input model over every crop of ``source``, in order."""
-    out = [np.asarray(model.predict_on_batch(x), np.float32) for x in source.chunks(batch)]
+def predict_source(model: Any, source: CropSource, batch: int = 128, *, float_input: bool = False) -> np.ndarray:
+    """Probabilities (n, 6) of a model over every crop of ``source``, in order: a uint8-input model
+    (``training_model``), or with ``float_input`` one that takes float32 [0, 1] crops."""
+    out = [np.asarray(model.predict_on_batch(crops_as_float(x) if float_input else x), np.float32)
+           for x in source.chunks(batch)]
     return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
 
 
@@ -156,9 +170,11 @@ class BestEpoch(keras.callbacks.Callback):
     """After each epoch: validation metrics, the history row, the best epoch's weights kept."""
 
     def __init__(self, net: Any, val: CropSource, metrics: Callable[[np.ndarray], dict],
-                 rank: Callable[[dict], tuple], epochs: int, report: Callable[[str], None], name: str):
+                 rank: Callable[[dict], tuple], epochs: int, report: Callable[[str], None], name: str,
+                 float_input: bool = False):
         super().__init__()
         self.net, self.val, self.metrics, self.rank = net, val, metrics, rank
+        self.float_input = float_input
         self.epochs, self.report, self.name = epochs, report, name
         self.history: list[dict] = []
         self.best: tuple | None = None
@@ -169,7 +185,7 @@ class BestEpoch(keras.callbacks.Callback):
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = self.metrics(predict_source(self.model, self.val))
+        metrics = self.metrics(predict_source(self.model, self.val, float_input=self.float_input))
         row = {"epoch": epoch + 1, "train_loss": round(float((logs or {}).get("loss", float("nan"))), 4),
                **metrics, "seconds": round(time.perf_counter() - self._t0, 1)}
         self.history.append(row)
@@ -192,14 +208,33 @@ def fit_member(model: Any, train: CropSource, val: CropSource, *, epochs: int, b
     Returns the best epoch's weights (in ``model``'s order) and the per-epoch history rows.
     """
     net = with_precision(model, runtime.precision)
-    wrapper = training_model(net, augmentation, seed)
-    wrapper.compile(optimizer=optimizer, loss=loss, jit_compile=runtime.jit_compile)
+    wrapper, loader = training_step(net, train, batch_size=batch_size, optimizer=optimizer, loss=loss,
+                                    augmentation=augmentation, runtime=runtime, seed=seed)
     steps = max(1, -(-len(train) // batch_size))
-    loader = BatchLoader(train, batch_size, workers=runtime.loader_workers, prefetch=runtime.prefetch)
-    keeper = BestEpoch(net, val, metrics, rank, epochs, report, name)
+    keeper = BestEpoch(net, val, metrics, rank, epochs, report, name, float_input=runtime.augment_on == "loader")
     wrapper.fit(epoch_batches(loader, rng, steps), steps_per_epoch=steps, epochs=epochs, callbacks=[keeper],
                 shuffle=False, verbose=0)
     return keeper.best_weights, keeper.history
+
+
+def training_step(net: Any, train: CropSource, *, batch_size: int, optimizer: Any, loss: Any, augmentation: Any,
+                  runtime: Runtime, seed: int) -> tuple[Any, BatchLoader]:
+    """The compiled model ``fit`` trains and the loader that feeds it, for ``runtime.augment_on``:
+    ``device``: ``training_model`` (uint8 in, augmentation in the step) fed uint8 batches;
+    ``loader``: ``net`` behind a float32 input (so ``net`` itself stays uncompiled, as saved) fed
+    batches the loader threads augmented."""
+    on_loader = runtime.augment_on == "loader"
+    if runtime.augment_on not in ("loader", "device"):
+        raise NeuroRGError(f"augmentation place {runtime.augment_on!r}; expected loader or device")
+    if on_loader:
+        inputs = keras.Input(net.input_shape[1:], dtype="float32", name="crops_f32")
+        model = keras.Model(inputs, net(inputs), name=f"train_{net.name}")
+    else:
+        model = training_model(net, augmentation, seed)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=runtime.jit_compile)
+    loader = BatchLoader(train, batch_size, workers=runtime.loader_workers, prefetch=runtime.prefetch,
+                         transform=LoaderAugment(augmentation, seed) if on_loader else None)
+    return model, loader
 
 
 def measure_loader(loader: BatchLoader, rng: np.random.Generator, batches: int) -> float:

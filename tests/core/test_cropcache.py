@@ -121,6 +121,39 @@ def test_loader_reads_batches_in_the_order_asked_whatever_the_threads(tmp_path):
     assert BatchLoader(source, 32, prefetch=2).buffer_bytes == 3 * 32 * 8 * 8 * 3
 
 
+def test_loader_transforms_batches_ahead_of_the_caller_within_its_buffer(tmp_path):
+    """With a transform (the augmentation on the loader) the threads transform the next
+    ``prefetch`` batches while the caller still holds the first, and no more than those; the
+    batches come back transformed, in order, numbered from ``first``."""
+    import threading
+
+    entry = CropCache(tmp_path, 2**30).write("a", "k", _chunks(100, edge=8), _labels(100), {})
+    source = CropSource([(entry.crops, entry.labels)])
+    prefetch = 3
+    called: list[int] = []
+    lock, ahead = threading.Lock(), threading.Event()
+
+    def transform(crops: np.ndarray, number: int) -> np.ndarray:
+        with lock:
+            called.append(number)
+            if len(called) == prefetch + 1:
+                ahead.set()
+        return crops.astype(np.float32) + 1000.0 * number
+
+    loader = BatchLoader(source, 10, workers=2, prefetch=prefetch, transform=transform)
+    order = np.arange(100)
+    gen = loader.batches(order, first=20)
+    x0, _ = next(gen)
+    assert ahead.wait(60), f"the loader did not transform ahead of the caller: {called}"
+    assert sorted(called) == [20, 21, 22, 23]            # batch 20 held, 21-23 ready, 24 not started
+    rest = list(gen)
+    got = [x0] + [x for x, _ in rest]
+    assert all(x.dtype == np.float32 for x in got) and len(got) == 10
+    for k, x in enumerate(got):
+        np.testing.assert_array_equal(x, np.asarray(entry.crops[10 * k:10 * k + 10], np.float32) + 1000.0 * (20 + k))
+    assert loader.buffer_bytes == (prefetch + 1) * 10 * 8 * 8 * 3 * 4      # float32 batches
+
+
 LIMITED = textwrap.dedent("""
     import resource, sys
     import numpy as np

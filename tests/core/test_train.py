@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pandas as pd  # noqa: E402
 
+from neurorg_core.augment import AUGMENTATION, Augmentation  # noqa: E402
 from neurorg_core.config import REPO_ROOT  # noqa: E402
 from neurorg_core.cropsets import load_crop_set  # noqa: E402
 from neurorg_core.errors import NeuroRGError  # noqa: E402
@@ -22,8 +23,8 @@ from neurorg_core.preprocess import CropGeometry  # noqa: E402
 from neurorg_core.schema import (CALLED_CLASS, CROP, FIELD, MEMBER, N_CLASSES, PROB_COLUMNS,  # noqa: E402
                                  VOTE_COLUMNS, WELL)
 from neurorg_core.scoring import aggregate_wells, score_wells  # noqa: E402
-from neurorg_core.train import (AUGMENTATION, WARMUP_EPOCHS, Augmentation, TrainSettings,  # noqa: E402
-                                build_optimizer, channel_stats, fold_split, learning_rate_schedule, split_wells)
+from neurorg_core.train import (WARMUP_EPOCHS, TrainSettings, build_optimizer,  # noqa: E402
+                                channel_stats, fold_split, learning_rate_schedule, split_wells)
 
 
 @pytest.mark.parametrize("n, expected", [
@@ -240,6 +241,7 @@ def test_train_and_evaluate_end_to_end_through_the_cli(tiny_plates, tmp_path, ca
     assert card["synthetic"] is True and card["intensity"]["method"] == "significant_bits"
     assert card["training_runtime"]["precision"] == "float32"                 # the CPU: no bf16, no XLA
     assert card["training_runtime"]["jit_compile"] is False
+    assert card["training_runtime"]["augment_on"] == "loader"               # the CPU: numpy on the loader
     assert "model " + bundle.id in capsys.readouterr().out
 
     report_path = tmp_path / "report.json"
