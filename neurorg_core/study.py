@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.model import CARD_NAME, Bundle, build_model, save_bundle
+from neurorg_core.model import CARD_NAME, Bundle, build_model, file_sha256, save_bundle
 from neurorg_core.preprocess import INTENSITY_METHOD
 from neurorg_core.schema import CHANNELS
 from neurorg_core.torch_efficientnet import (
@@ -33,7 +33,7 @@ from neurorg_core.torch_efficientnet import (
     constructed_image_size,
     load_state_dict,
 )
-from neurorg_core.torchfile import file_sha256, read_normalization, read_state_dict
+from neurorg_core.torchfile import read_normalization, read_state_dict
 
 log = logging.getLogger(__name__)
 

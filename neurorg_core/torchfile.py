@@ -23,7 +23,6 @@ refused with a message saying what to do instead.
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import logging
 import math
@@ -50,15 +49,6 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 """Keys under which training checkpoints commonly nest the state_dict (unwrapped, and logged)."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, hex, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- torch checkpoints ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from neurorg_core.preprocess import scale_intensity
 from neurorg_core.schema import CALLED_CLASS, MODEL_ID, P_CONTROL, PROB_COLUMNS, VOTE_COLUMNS, WELL
 from neurorg_core.store import ResultStore
 from neurorg_core.study import import_study
-from neurorg_core.torchfile import file_sha256
+from neurorg_core.model import file_sha256
 from tests.study_data import INPUT_SIZE, extract, fold_files, reference, reference_probs
 
 TOLERANCE = 1e-4
