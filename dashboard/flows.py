@@ -112,8 +112,7 @@ def save_uploads(images: Sequence[tuple[str, bytes]], plate_map: tuple[str, byte
 
     The folder is named by a hash of every file's name and bytes (the plate map's too), so the
     same upload is saved once and reused, and a changed file gives a new folder that is read
-    afresh. Files are written into a hidden temporary folder that is renamed into place when
-    complete: a folder under its final name always holds the whole upload.
+    afresh (written whole or not at all, by ``_save_by_content``).
 
     Parameters
     ----------
@@ -146,32 +145,51 @@ def save_uploads(images: Sequence[tuple[str, bytes]], plate_map: tuple[str, byte
             f"file(s) {', '.join(bad[:5])} are not accepted; expected .zip, "
             f"{', '.join(IMAGE_SUFFIXES)}"
         )
+    files = [(f"images/{n}", d) for n, (_, d) in zip(names, images)]
+    if plate_map is not None:
+        files.append((f"platemap/{_safe_name(plate_map[0])}", plate_map[1]))
+    return _save_by_content(resources.config().upload_dir, files)
+
+
+def save_plate_map(plate_map: tuple[str, bytes]) -> Path:
+    """Save an uploaded plate map on its own (one added or replaced after the images were
+    taken) under ``Config().upload_dir/maps/<content hash>/``, and return its path."""
+    folder = _save_by_content(resources.config().upload_dir / "maps",
+                              [(f"platemap/{_safe_name(plate_map[0])}", plate_map[1])])
+    return plate_map_path(folder)
+
+
+def _save_by_content(root: Path, files: list[tuple[str, bytes]]) -> Path:
+    """Write ``(relative path, content)`` files into ``root/<hash of every name and byte>/``.
+
+    The same files are saved once and reused; changed files give a new folder. Files are written
+    into a hidden temporary folder renamed into place when complete, so a folder under its final
+    name always holds all of them.
+    """
     digest = hashlib.blake2b(digest_size=8)
-    for name, data in [*zip(names, (d for _, d in images)),
-                       *([(f"platemap/{_safe_name(plate_map[0])}", plate_map[1])] if plate_map else [])]:
-        digest.update(f"{name}\0{len(data)}\0".encode())
+    for name, data in files:
+        digest.update(f"{name.removeprefix('images/')}\0{len(data)}\0".encode())
         digest.update(data)
-    root = resources.config().upload_dir
     folder = root / digest.hexdigest()
     if folder.is_dir():
         log.info("upload already saved in %s; reusing it", folder)
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=root))
     try:
-        (partial / "images").mkdir()
-        for name, (_, data) in zip(names, images):
-            (partial / "images" / name).write_bytes(data)
-        if plate_map is not None:
-            (partial / "platemap").mkdir()
-            (partial / "platemap" / _safe_name(plate_map[0])).write_bytes(plate_map[1])
+        root.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=root))
+    except OSError as exc:
+        raise NeuroRGError(f"cannot save the upload in {root} ({exc.strerror})") from exc
+    try:
+        for name, data in files:
+            (partial / name).parent.mkdir(parents=True, exist_ok=True)
+            (partial / name).write_bytes(data)
         os.replace(partial, folder)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if folder.is_dir():   # the same upload, saved at the same moment by another session
             return folder
         raise NeuroRGError(f"cannot save the upload in {root} ({exc.strerror})") from exc
-    log.info("saved %d uploaded file(s) into %s", len(images), folder)
+    log.info("saved %d uploaded file(s) into %s", len(files), folder)
     return folder
 
 

@@ -43,6 +43,19 @@ with upload_tab:
             st.session_state["platemap_path"] = (
                 str(flows.plate_map_path(folder)) if map_file is not None else ""
             )
+            st.session_state["platemap_upload"] = map_file.file_id if map_file is not None else None
+            st.session_state["images_from"] = "upload"
+        except NeuroRGError as exc:
+            st.error(components.plain(exc))
+    # The plate map follows its uploader once the images are taken: a map added or replaced
+    # afterwards (or still arriving when the button was pressed) is used without pressing again.
+    if (map_file is not None and st.session_state.get("images_from") == "upload"
+            and st.session_state.get("platemap_upload") != map_file.file_id):
+        try:
+            st.session_state["platemap_path"] = str(
+                flows.save_plate_map((map_file.name, map_file.getvalue())))
+            st.session_state["platemap_upload"] = map_file.file_id
+            components.forget("map_plate")
         except NeuroRGError as exc:
             st.error(components.plain(exc))
 with server_tab:
@@ -59,6 +72,7 @@ with server_tab:
             st.session_state["platemap_path"] = (
                 str(auth.allowed_server_path(server_map, roots)) if server_map.strip() else ""
             )
+            st.session_state["images_from"] = "server"
         except NeuroRGError as exc:
             st.error(components.plain(exc))
 

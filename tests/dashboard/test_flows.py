@@ -194,3 +194,28 @@ def test_corrupt_image_files_are_listed_before_scoring(model_env: Path, tiny_pla
     text = at.error[0].value
     assert "1 image file problem(s)" in text and bad.name in shown(text) and "D05" in text
     assert "score" not in [b.key for b in at.button]  # scoring is not offered
+
+
+def test_plate_map_added_or_replaced_after_the_images_is_used(model_env: Path, tiny_plate: Path) -> None:
+    """Pressing "Use these files" before the plate map's upload has arrived (seen in CI with a
+    real browser), or replacing the map afterwards, still scores with the map in the uploader."""
+    at = _upload_page()
+    at.file_uploader(key="upload_images").set_value(
+        ("plate_01.zip", _zip_bytes(tiny_plate, skip=("platemap.csv",)), "application/zip"))
+    at.run()
+    at.button(key="use_uploads").click().run()
+    assert not at.exception
+    assert any("Add a plate map" in i.value for i in at.info)
+
+    good = (tiny_plate / "platemap.csv").read_bytes()
+    at.file_uploader(key="upload_platemap").set_value(("platemap.csv", good, "text/csv")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Plate map matches the images" in s.value for s in at.success)
+
+    lines = good.decode().splitlines()
+    short = "\n".join(lines[:-2] + lines[-1:]) + "\n"   # drops H11, an imaged disease well
+    at.file_uploader(key="upload_platemap").set_value(("platemap_v2.csv", short.encode(), "text/csv")).run()
+    assert not at.exception
+    assert not any("Plate map matches the images" in s.value for s in at.success)
+    assert any("Plate map vs images" in w.value and "H11" in w.value for w in at.warning)
+    assert Path(at.session_state["platemap_path"]).name == "platemap_v2.csv"
