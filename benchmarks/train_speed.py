@@ -59,7 +59,7 @@ def main() -> None:
     from neurorg_core.model import build_model
     from neurorg_core.train import AUGMENTATION, TrainRuntime, TrainSettings, build_optimizer
     from neurorg_core.augment import LoaderAugment
-    from neurorg_core.trainloop import augmentation_step, epoch_batches, measure_loader, training_step
+    from neurorg_core.trainloop import augmentation_step, epoch_batches, measure_loader, train_steps, training_step
 
     runtime = TrainRuntime(precision=args.precision, jit_compile={"auto": None, "on": True, "off": False}[args.jit],
                            loader_workers=args.workers, augment_on=args.augment_on).resolve()
@@ -116,11 +116,11 @@ def main() -> None:
                                     loss=keras.losses.CategoricalCrossentropy(), augmentation=AUGMENTATION,
                                     runtime=runtime, seed=0)
     t0 = time.perf_counter()
-    wrapper.fit(epoch_batches(loader, rng, 2), steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)
+    batches = epoch_batches(loader, rng, args.steps)
+    train_steps(wrapper, batches, 2)
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    wrapper.fit(epoch_batches(loader, rng, args.steps), steps_per_epoch=args.steps, epochs=1, shuffle=False,
-                verbose=0)
+    train_steps(wrapper, batches, args.steps)
     train_rate = args.steps * bs / (time.perf_counter() - t0)
     print(f"train: {train_rate:,.0f} crops/s ({args.steps} steps after a {warm:.0f} s warm-up that traces the step)")
     print(f"input pipeline / train: loader {loader_rate / train_rate:.0f}x, loader + augmentation on the "

@@ -7,7 +7,7 @@ them but saved the last epoch's).
 
 Crops are cut once per plate and crop geometry into the crop cache on disk and streamed back in
 batches (``cropsets.load_crop_set``, ``cropcache``), so plates larger than memory train. The loop
-(``trainloop.fit_member``: ``keras.Model.fit`` on the TensorFlow, JAX or torch backend) trains in
+(``trainloop.fit_member``: ``train_on_batch`` on the TensorFlow, JAX or torch backend) trains in
 bf16 mixed precision where the device computes it; the augmentation (``augment.AUGMENTATION``:
 flips, 90 degree rotations, per-channel gain and offset, blur, noise) runs on a GPU inside the
 compiled train step, on the CPU in numpy on the loader's threads, overlapped with the step

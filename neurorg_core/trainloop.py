@@ -12,9 +12,11 @@ Where the augmentation (``augment.AUGMENTATION``) runs is ``Runtime.augment_on``
   (``augment.LoaderAugment``) while the step trains on the one before, and the network trains
   on the float32 batches as they come.
 
-``keras.Model.fit`` is the loop on all three backends; its input is a Python generator over
-``cropcache.BatchLoader`` batches (read ahead on threads into a bounded buffer). After every epoch
-``BestEpoch`` scores the validation crops and keeps the best epoch's weights
+The loop is ``keras.Model.train_on_batch`` (the same compiled train step on all three backends)
+over ``cropcache.BatchLoader`` batches, read ahead on threads into a bounded buffer. Not
+``keras.Model.fit``: on TensorFlow it wraps a Python generator in ``tf.data.from_generator``, and a
+step then took 2.3x as long on the 2-core CPU (benchmarks/RESULTS.md, "Training loop"). After
+every epoch ``BestEpoch`` scores the validation crops and keeps the best epoch's weights
 (``train.selection_key``), as the loop before it did.
 
 Precision: ``bfloat16`` trains a ``kerasrun.with_precision`` copy (float32 variables, bf16
@@ -24,6 +26,7 @@ float32 model that is saved.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -166,13 +169,16 @@ def predict_source(model: Any, source: CropSource, batch: int = 128, *, float_in
     return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
 
 
-class BestEpoch(keras.callbacks.Callback):
-    """After each epoch: validation metrics, the history row, the best epoch's weights kept."""
+class BestEpoch:
+    """After each epoch: validation metrics, the history row, the best epoch's weights kept.
 
-    def __init__(self, net: Any, val: CropSource, metrics: Callable[[np.ndarray], dict],
+    ``model`` is the compiled model that trains (scored on the validation crops); ``net`` the
+    network inside it whose weights are kept."""
+
+    def __init__(self, model: Any, net: Any, val: CropSource, metrics: Callable[[np.ndarray], dict],
                  rank: Callable[[dict], tuple], epochs: int, report: Callable[[str], None], name: str,
                  float_input: bool = False):
-        super().__init__()
+        self.model = model
         self.net, self.val, self.metrics, self.rank = net, val, metrics, rank
         self.float_input = float_input
         self.epochs, self.report, self.name = epochs, report, name
@@ -181,12 +187,12 @@ class BestEpoch(keras.callbacks.Callback):
         self.best_weights: list[np.ndarray] = []
         self._t0 = 0.0
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_begin(self, epoch: int) -> None:
         self._t0 = time.perf_counter()
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, epoch: int, train_loss: float) -> None:
         metrics = self.metrics(predict_source(self.model, self.val, float_input=self.float_input))
-        row = {"epoch": epoch + 1, "train_loss": round(float((logs or {}).get("loss", float("nan"))), 4),
+        row = {"epoch": epoch + 1, "train_loss": round(float(train_loss), 4),
                **metrics, "seconds": round(time.perf_counter() - self._t0, 1)}
         self.history.append(row)
         score = self.rank(metrics)
@@ -211,15 +217,23 @@ def fit_member(model: Any, train: CropSource, val: CropSource, *, epochs: int, b
     wrapper, loader = training_step(net, train, batch_size=batch_size, optimizer=optimizer, loss=loss,
                                     augmentation=augmentation, runtime=runtime, seed=seed)
     steps = max(1, -(-len(train) // batch_size))
-    keeper = BestEpoch(net, val, metrics, rank, epochs, report, name, float_input=runtime.augment_on == "loader")
-    wrapper.fit(epoch_batches(loader, rng, steps), steps_per_epoch=steps, epochs=epochs, callbacks=[keeper],
-                shuffle=False, verbose=0)
+    keeper = BestEpoch(wrapper, net, val, metrics, rank, epochs, report, name,
+                       float_input=runtime.augment_on == "loader")
+    batches = epoch_batches(loader, rng, steps)
+    for epoch in range(epochs):
+        keeper.on_epoch_begin(epoch)
+        keeper.on_epoch_end(epoch, float(np.mean(train_steps(wrapper, batches, steps))))
     return keeper.best_weights, keeper.history
+
+
+def train_steps(model: Any, batches: Iterator[tuple[np.ndarray, np.ndarray]], steps: int) -> list[float]:
+    """``steps`` compiled train steps of ``model`` on the next batches; each step's loss."""
+    return [float(model.train_on_batch(x, y)) for x, y in itertools.islice(batches, steps)]
 
 
 def training_step(net: Any, train: CropSource, *, batch_size: int, optimizer: Any, loss: Any, augmentation: Any,
                   runtime: Runtime, seed: int) -> tuple[Any, BatchLoader]:
-    """The compiled model ``fit`` trains and the loader that feeds it, for ``runtime.augment_on``:
+    """The compiled model ``fit_member`` trains and the loader that feeds it, for ``runtime.augment_on``:
     ``device``: ``training_model`` (uint8 in, augmentation in the step) fed uint8 batches;
     ``loader``: ``net`` behind a float32 input (so ``net`` itself stays uncompiled, as saved) fed
     batches the loader threads augmented."""

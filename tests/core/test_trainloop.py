@@ -265,6 +265,7 @@ def test_train_step_with_augmentation_on_the_loader_learns_and_keeps_the_best_ep
         seed=0, metrics=metrics, rank=lambda m: (m["crop_acc"], -m["loss"]), report=lambda m: None, name="t")
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert max(h["crop_acc"] for h in history) > 0.45                    # it learned (chance: 1/6)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]         # the epoch's mean step loss
     net.set_weights(weights)
     best = max(history, key=lambda h: h["crop_acc"])["crop_acc"]
     probs = predict_source(net, source, float_input=True)
