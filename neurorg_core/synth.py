@@ -434,9 +434,10 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
         many times larger in pixels, and there are that many squared fewer per pixel area. Every
         length the renderer itself sets in pixels scales too (the cells' soft edges, the nucleus's
         offset in its cell, neurite fragments, paths rounded to whole native pixels, the smallest nucleus and process), so a field
-        at magnification m, averaged over m x m blocks, shows the cells of the native render: the
-        same channel means within about 0.5 % (tests/core/test_synth.py). Camera noise stays
-        per pixel (so the averaged field is less noisy).
+        at magnification m, averaged over m x m blocks, shows the cells of the native render (each
+        cell's light and path length alike, tests/core/test_synth.py; channel means over 18
+        wells within about 1 %, the cells' random shapes aside). Camera noise stays per pixel
+        (so the averaged field is less noisy).
 
     Returns
     -------
