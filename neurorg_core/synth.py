@@ -311,8 +311,9 @@ def dose_series(compound: Compound, params: SynthParams = DEFAULT_PARAMS) -> np.
 # --- rendering ------------------------------------------------------------------------------------
 
 def _stamp_ellipses(canvas: np.ndarray, cy: np.ndarray, cx: np.ndarray, ry: np.ndarray,
-                    rx: np.ndarray, theta: np.ndarray, amp: np.ndarray) -> None:
-    """Add soft-edged filled ellipses to ``canvas`` in place (one-pixel linear edge)."""
+                    rx: np.ndarray, theta: np.ndarray, amp: np.ndarray, edge_px: float = 1.0) -> None:
+    """Add soft-edged filled ellipses to ``canvas`` in place (a linear edge ``edge_px`` pixels wide:
+    one native pixel, so ``magnification`` pixels at magnification > 1)."""
     h, w = canvas.shape
     for y0, x0, a, b, t, v in zip(*(np.asarray(z, float).tolist() for z in (cy, cx, ry, rx, theta, amp))):
         r = int(math.ceil(max(a, b))) + 2
@@ -326,16 +327,24 @@ def _stamp_ellipses(canvas: np.ndarray, cy: np.ndarray, cx: np.ndarray, ry: np.n
         u, q = (dx * c + dy * s) / b, (dy * c - dx * s) / a
         d = np.sqrt(u * u + q * q)
         mean_r = 0.5 * (a + b)
-        edge = (1.0 - d) * mean_r + 0.5
+        edge = (1.0 - d) * mean_r / edge_px + 0.5
         np.minimum(edge, 1.0, out=edge)
         np.maximum(edge, 0.0, out=edge)
         canvas[yi0:yi1, xi0:xi1] += v * edge
 
 
 def _walk(rng: np.random.Generator, y0: np.ndarray, x0: np.ndarray, angle: np.ndarray,
-          length: np.ndarray, tortuosity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random walks of unit step, one per start; returns (y, x, valid) of shape (n, max_len)."""
+          length: np.ndarray, tortuosity: float, magnification: float = 1.0,
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random walks of unit step, one per start; returns (y, x, valid) of shape (n, max_len).
+
+    A walk of ``length`` px takes whole native pixels: ``ceil(length / magnification)`` of them,
+    ``magnification`` steps each (at magnification 1, ``ceil(length)`` steps), so a path covers
+    the same micrometres at any magnification.
+    """
     n = len(y0)
+    if magnification != 1.0:
+        length = np.ceil(length / magnification) * magnification
     max_len = int(np.ceil(length.max())) if n else 0
     if n == 0 or max_len == 0:
         empty = np.zeros((n, 0))
@@ -350,6 +359,7 @@ def _walk(rng: np.random.Generator, y0: np.ndarray, x0: np.ndarray, angle: np.nd
 
 def _tree(rng: np.random.Generator, cy: np.ndarray, cx: np.ndarray, soma_r: np.ndarray,
           n_primary: np.ndarray, length: np.ndarray, branches: np.ndarray, tortuosity: float,
+          magnification: float = 1.0,
           ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Branching processes from each soma.
 
@@ -362,7 +372,7 @@ def _tree(rng: np.random.Generator, cy: np.ndarray, cx: np.ndarray, soma_r: np.n
     lens = length[owner] * rng.uniform(0.6, 1.3, len(owner))
     y0 = cy[owner] + soma_r[owner] * 0.8 * np.sin(ang)
     x0 = cx[owner] + soma_r[owner] * 0.8 * np.cos(ang)
-    y1, x1, v1 = _walk(rng, y0, x0, ang, lens, tortuosity)
+    y1, x1, v1 = _walk(rng, y0, x0, ang, lens, tortuosity, magnification)
     n_sec = rng.poisson(branches[owner]) if len(owner) else np.zeros(0, int)
     parent = np.repeat(np.arange(len(owner)), n_sec)
     if len(parent):
@@ -374,7 +384,8 @@ def _tree(rng: np.random.Generator, cy: np.ndarray, cx: np.ndarray, soma_r: np.n
         pdir = np.arctan2(y1[parent, at] - y1[parent, prev], x1[parent, at] - x1[parent, prev])
         ang2 = pdir + side * rng.uniform(np.pi / 6, 7 * np.pi / 18, len(parent))
         lens2 = (lens[parent] - at) * rng.uniform(0.3, 0.7, len(parent))
-        y2, x2, v2 = _walk(rng, y1[parent, at], x1[parent, at], ang2, np.maximum(lens2, 1.0), tortuosity)
+        y2, x2, v2 = _walk(rng, y1[parent, at], x1[parent, at], ang2, np.maximum(lens2, 1.0), tortuosity,
+                           magnification)
     else:
         y2 = x2 = np.zeros((0, 0))
         v2 = np.zeros((0, 0), bool)
@@ -420,7 +431,13 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     magnification : float
         Objective magnification relative to the native scale (pixel size
         ``SYNTH_PIXEL_SIZE_UM / magnification``): cells, processes and the plate's blur are that
-        many times larger in pixels, and there are that many squared fewer per pixel area.
+        many times larger in pixels, and there are that many squared fewer per pixel area. Every
+        length the renderer itself sets in pixels scales too (the cells' soft edges, the nucleus's
+        offset in its cell, neurite fragments, paths rounded to whole native pixels, the smallest nucleus and process), so a field
+        at magnification m, averaged over m x m blocks, shows the cells of the native render (each
+        cell's light and path length alike, tests/core/test_synth.py; channel means over 18
+        wells within about 1 %, the cells' random shapes aside). Camera noise stays per pixel
+        (so the averaged field is less noisy).
 
     Returns
     -------
@@ -449,11 +466,11 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     n_m = int(rng.poisson(p.microglia_per_10k_px2 * area))
     my, mx = rng.uniform(0, full, n_m), rng.uniform(0, full, n_m)
     n_all = n_n + n_m
-    cy = np.concatenate([ny, my]) + rng.normal(0, 1.0, n_all)
-    cx = np.concatenate([nx, mx]) + rng.normal(0, 1.0, n_all)
-    nr = np.clip(rng.normal(p.nucleus_radius_px, p.nucleus_radius_sd_px, n_all), 2.0, None)
+    cy = np.concatenate([ny, my]) + rng.normal(0, mag, n_all)   # nucleus off its cell's centre by ~1 native px
+    cx = np.concatenate([nx, mx]) + rng.normal(0, mag, n_all)
+    nr = np.clip(rng.normal(p.nucleus_radius_px, p.nucleus_radius_sd_px, n_all), 2.0 * mag, None)
     _stamp_ellipses(nuc, cy, cx, nr, nr * rng.uniform(1.0, 1.3, n_all),
-                    rng.uniform(0, np.pi, n_all), p.nucleus_intensity * rng.uniform(0.8, 1.2, n_all))
+                    rng.uniform(0, np.pi, n_all), p.nucleus_intensity * rng.uniform(0.8, 1.2, n_all), mag)
     cell_noise = rng.normal(0.0, p.cell_severity_sd, n_all)
     # morphology draws come from a child generator, so the caller's rng advances by the same
     # amount whatever the severity (successive fields of a well then hold the same cells per class)
@@ -465,15 +482,18 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     n_prim = morph.poisson(_lerp(p.neurite_count_rest, p.neurite_count_active, ns))
     n_len = _lerp(p.neurite_length_rest_px, p.neurite_length_active_px, ns)
     n_br = np.clip(_lerp(p.neurite_branches_rest, p.neurite_branches_active, ns), 0, None)
-    ys, xs, vs, owner = _tree(morph, ny, nx, n_soma, n_prim, n_len, n_br, tortuosity=0.12 * walk)
+    ys, xs, vs, owner = _tree(morph, ny, nx, n_soma, n_prim, n_len, n_br, tortuosity=0.12 * walk,
+                              magnification=mag)
     row0 = 0
     for y, x, v in zip(ys, xs, vs):
         if y.size == 0:
             continue
         rows_owner = owner[row0:row0 + len(y)]
         row0 += len(y)
-        # fragmentation: segments of 4..8 px are dropped with a probability rising with severity
+        # fragmentation: segments of 4..8 native px are dropped with a probability rising with severity
         seg_len = morph.integers(4, 9, len(y))[:, None]
+        if mag != 1.0:
+            seg_len = np.maximum(np.rint(seg_len * mag), 1).astype(np.int64)
         seg = np.arange(y.shape[1])[None, :] // seg_len
         p_drop = np.clip(p.neurite_fragmentation_active * ns[rows_owner], 0.0, 0.95)
         keep = morph.random((len(y), seg.max() + 1)) >= p_drop[:, None]
@@ -482,7 +502,7 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
         m = v & keep_pts
         _splat(neu_skel, y[m], x[m], amp[m])
     _stamp_ellipses(neu, ny, nx, n_soma, n_soma * morph.uniform(1.0, 1.3, n_n),
-                    morph.uniform(0, np.pi, n_n), p.neuron_intensity * morph.uniform(0.8, 1.2, n_n))
+                    morph.uniform(0, np.pi, n_n), p.neuron_intensity * morph.uniform(0.8, 1.2, n_n), mag)
 
     # --- microglia
     ms = np.clip(severity + cell_noise[n_n:], -_SEV_MARGIN, 1.0 + _SEV_MARGIN)
@@ -492,11 +512,12 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
     m_int = (_lerp(p.microglia_intensity_rest, p.microglia_intensity_active, ms)
              * morph.uniform(0.85, 1.15, n_m))
     ry, rx = m_r * np.sqrt(m_aspect), m_r / np.sqrt(m_aspect)
-    _stamp_ellipses(mg, my, mx, rx, ry, morph.uniform(0, np.pi, n_m), m_int)
+    _stamp_ellipses(mg, my, mx, rx, ry, morph.uniform(0, np.pi, n_m), m_int, mag)
     m_prim = morph.poisson(np.clip(_lerp(p.process_count_rest, p.process_count_active, ms), 0, None))
-    m_len = np.clip(_lerp(p.process_length_rest_px, p.process_length_active_px, ms), 2.0, None)
+    m_len = np.clip(_lerp(p.process_length_rest_px, p.process_length_active_px, ms), 2.0 * mag, None)
     m_br = np.clip(_lerp(p.process_branches_rest, 0.0, ms), 0, None)
-    ys, xs, vs, owner = _tree(morph, my, mx, np.minimum(rx, ry), m_prim, m_len, m_br, tortuosity=0.25 * walk)
+    ys, xs, vs, owner = _tree(morph, my, mx, np.minimum(rx, ry), m_prim, m_len, m_br,
+                              tortuosity=0.25 * walk, magnification=mag)
     for y, x, v in zip(ys, xs, vs):
         if y.size:
             amp = p.process_intensity * morph.uniform(0.7, 1.3, y.shape)

@@ -164,3 +164,34 @@ def test_summary_and_inspect_show_the_pixel_size(tmp_path, capsys, monkeypatch):
     assert report["pixel_size_um"] == pytest.approx(0.65) and report["pixel_size_source"] == "MetaMorph"
     unknown = load_plate(imagexpress(tmp_path / "none")).summary()
     assert unknown["pixel_size_um"] is None and unknown["pixel_size_source"] is None
+
+
+def test_a_magnified_plate_gives_the_same_crops_with_its_pixel_size_read_or_given(tmp_path):
+    """The same 2x plate, once as ImageXpress TIFFs (pixel size from their MetaMorph XML) and once
+    as the npy release (no metadata; the user gives the pixel size, at load or at scoring): the
+    crop edge is the model's at the plate's scale and every crop is identical, so the two ways of
+    knowing the pixel size can never score a plate differently."""
+    from neurorg_core.preprocess import CropGeometry, crops_from_field, plate_cropping
+    from neurorg_core.synth import SYNTH_PIXEL_SIZE_UM, write_synthetic_plates
+
+    kw = dict(seed=31, n_fields=2, size=64, magnification=2.0, wells=["B02", "C05", "D07"])
+    ix = load_plate(write_synthetic_plates(tmp_path / "ix", layout="imagexpress", **kw)[0])
+    npy_root = write_synthetic_plates(tmp_path / "npy", layout="npy", **kw)[0]
+    model = CropGeometry("tiles", 16, SYNTH_PIXEL_SIZE_UM)
+    read = plate_cropping(ix, model)
+    given_at_scoring = plate_cropping(load_plate(npy_root), model, pixel_size_um=SYNTH_PIXEL_SIZE_UM / 2)
+    given_at_load = plate_cropping(load_plate(npy_root, pixel_size_um=SYNTH_PIXEL_SIZE_UM / 2), model)
+    assert read.pixel_size_source == "MetaMorph" and given_at_scoring.pixel_size_source == "user"
+    assert read.edge == given_at_scoring.edge == given_at_load.edge == 32
+    assert read.intensity == given_at_scoring.intensity
+    npy = load_plate(npy_root)
+    assert ix.wells() == npy.wells() == ["B02", "C05", "D07"]
+    for well in ix.wells():
+        plan_a = read.plan(2, ix.field_shape, 8)
+        plan_b = given_at_scoring.plan(2, npy.field_shape, 8)
+        assert plan_a == plan_b
+        for i, (ra, rb) in enumerate(zip(ix.fields_of(well), npy.fields_of(well))):
+            a = crops_from_field(ix.read_field(ra), plan_a, i, 16, read.intensity)
+            b = crops_from_field(npy.read_field(rb), plan_b, i, 16, given_at_scoring.intensity)
+            assert a.shape == (4, 16, 16, 3)
+            np.testing.assert_array_equal(a, b)
