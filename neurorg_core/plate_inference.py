@@ -150,6 +150,7 @@ class ScoreOptions:
             bits=intensity.get("bits") if intensity.get("source") == "given by the user" else None,
             readout=params.get("readout", DEFAULT_READOUT),
             precision=params.get("precision", "float32"),
+            backend=params.get("backend", "auto"),
         )
 
 

@@ -148,6 +148,8 @@ def test_score_options_and_config_refuse_a_bad_backend(monkeypatch):
     with pytest.raises(NeuroRGError, match="LiteRT runs float32"):
         ScoreOptions(backend="litert", precision="bfloat16")
     assert ScoreOptions.of_run({"precision": "bfloat16"}).precision == "bfloat16"
+    assert ScoreOptions.of_run({"backend": "keras"}).backend == "keras"   # a re-score runs alike
+    assert ScoreOptions.of_run({}).backend == "auto"                      # runs stored before it was recorded
     monkeypatch.setenv("NEURORG_BACKEND", "keras")
     assert Config().backend == "keras"
     monkeypatch.setenv("NEURORG_BACKEND", "gpu")

@@ -118,8 +118,10 @@ def free_port() -> int:
 
 def server_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a test server: its own store and data folder under ``tmp_path``, no
-    password unless ``NEURORG_PASSWORD`` is given in ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEURORG_")}
+    password unless ``NEURORG_PASSWORD`` is given in ``extra``. The session's LiteRT and crop caches
+    (``tests/conftest.py``) are kept, so a test model converted once is not converted again."""
+    keep = ("NEURORG_LITERT_CACHE", "NEURORG_CROP_CACHE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEURORG_") or k in keep}
     env.update({"NEURORG_DB": str(tmp_path / "store.duckdb"), "NEURORG_DATA_DIR": str(tmp_path / "data"),
                 "NEURORG_MODEL_DIR": str(tmp_path / "no_models"), "TF_CPP_MIN_LOG_LEVEL": "2",
                 "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})

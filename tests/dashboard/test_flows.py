@@ -27,7 +27,11 @@ def _zip_bytes(folder: Path, *, skip: tuple[str, ...] = ()) -> bytes:
 
 @pytest.fixture()
 def model_env(app_env: Path, tiny_models: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny models, run on the Keras backend: converting the three single-channel members to
+    LiteRT took ~90 s of this file's time, and LiteRT scoring is covered by the browser test
+    (the ensemble, through the app) and tests/core (pipeline, bundle files)."""
     monkeypatch.setenv("NEURORG_MODEL_DIR", str(tiny_models))
+    monkeypatch.setenv("NEURORG_BACKEND", "keras")
     return app_env
 
 
@@ -103,6 +107,7 @@ def test_upload_zip_score_heatmap_treatments_rescore_and_channels(model_env: Pat
     assert not at.exception
     run_id = resources.store().latest_run_id("uploaded plate")
     assert len(resources.store().load_channel_scores(run_id)) == 88
+    assert resources.store().load_run(run_id)["params"]["backend"] == "keras"   # as the scored run chose
     # Untrained models give constant outputs, so r is undefined: said in words, not a crash.
     assert at.title[0].value == "Channels" and not at.error
 
