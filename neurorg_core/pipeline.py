@@ -123,9 +123,14 @@ def _member_label(member: Member, position: int) -> int:
 def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
                 new_probs: Mapping[tuple[str, str, str], np.ndarray], store: ResultStore) -> pd.DataFrame:
     """The crop-level probability table (``scoring.CROP_PROB_COLUMNS``) of one bundle's members."""
-    parts: list[pd.DataFrame] = []
     scored = [j for j in jobs if j.tiles]
-    for pos, m in enumerate(members):
+    # the well, field and crop columns are the same for every member: built once
+    counts = [len(j.tiles) for j in scored]
+    wells = np.repeat(np.array([j.ref.well for j in scored], dtype=object), counts)
+    fields = np.repeat(np.array([int(j.ref.field) for j in scored], dtype=np.int64), counts)
+    crops = np.fromiter((t for j in scored for t in j.tiles), dtype=np.int64, count=sum(counts))
+    parts: list[np.ndarray] = []
+    for m in members:
         # predictions not computed in this run come from the cache, one query per crop layout
         wanted: dict[str, list[str]] = {}
         for j in scored:
@@ -135,7 +140,7 @@ def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
         for key, hashes in wanted.items():
             for h, p in store.cached_predictions(hashes, m.id, crop_key=key).items():
                 from_cache[(h, key)] = p
-        wells, fields, crops, probs = [], [], [], []
+        probs = []
         for j in scored:
             p = new_probs.get((j.field_hash, m.id, j.crop_key))
             if p is None:
@@ -150,17 +155,16 @@ def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
                     f"cached prediction of member {m.name} for field {j.ref.field} has {p.shape[0]} "
                     f"crops; expected {len(j.tiles)}", well=j.ref.well,
                 )
-            wells += [j.ref.well] * len(j.tiles)
-            fields += [int(j.ref.field)] * len(j.tiles)
-            crops += list(j.tiles)
             probs.append(p)
-        part = pd.DataFrame(np.concatenate(probs, axis=0).astype(np.float64), columns=list(PROB_COLUMNS))
-        part.insert(0, MEMBER, _member_label(m, pos))
-        part.insert(0, CROP, crops)
-        part.insert(0, FIELD, fields)
-        part.insert(0, WELL, wells)
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True)
+        parts.append(np.concatenate(probs, axis=0))
+    n = len(crops)
+    table = pd.DataFrame({WELL: np.tile(wells, len(members)), FIELD: np.tile(fields, len(members)),
+                          CROP: np.tile(crops, len(members)),
+                          MEMBER: np.repeat([_member_label(m, pos) for pos, m in enumerate(members)], n)})
+    probs_all = np.concatenate(parts, axis=0).astype(np.float64)
+    for c, col in enumerate(PROB_COLUMNS):
+        table[col] = probs_all[:, c]
+    return table
 
 
 def _crop_tables(inference: PlateInference, bundles: Mapping[Role, Bundle],

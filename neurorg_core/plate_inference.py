@@ -8,9 +8,11 @@ would have to cross module boundaries.
 (every field's hash, crops and statistics, the predictions computed), with nothing stored.
 ``pipeline.save_plate`` stores it; ``pipeline.run_plate`` is the two in one process.
 
-1. ``_plan`` (plan the fields): match the plate map to the imaged wells, check the bundles, decide
-   how the plate is cut for the model (crop edge at the plate's pixel size, significant bits;
-   ``preprocess.plate_cropping``) and which tiles of each well become crops;
+1. ``_plan`` (plan the fields): check the bundles, decide how the plate is cut for the model (crop
+   edge at the plate's pixel size, significant bits; ``preprocess.plate_cropping``) and which
+   tiles of each well become crops. The plate map is matched to the imaged wells
+   (``_match_plate_map``) on a helper thread meanwhile, while the first fields are read and
+   inferred; its problems are raised at the next inference batch, before anything is committed;
 2. ``_hash_and_lookup`` (hash the fields and look up the cache): read each field once, hash its
    pixels and look (field hash, member id, crop key) up in a snapshot of the prediction cache;
 3. ``_infer_missing`` (infer what is missing): crop the fields some member has no prediction for
@@ -31,6 +33,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -176,7 +179,6 @@ class _Plan:
 
     name: str
     plate: Plate
-    plate_map: pd.DataFrame                 # the imaged wells' rows, as stored with the run
     bundles: Mapping[Role, Bundle]          # "ensemble" and, optionally, "single_channel"
     cropping: PlateCropping
     crops: Mapping[str, CropPlan]           # well -> its crop plan
@@ -223,14 +225,12 @@ def check_bundles(bundle: Bundle, single_channel_bundle: Bundle | None) -> dict[
     return bundles
 
 
-def _plan(plate: Plate, plate_map: pd.DataFrame, bundle: Bundle, single_channel_bundle: Bundle | None,
-          name: str, options: ScoreOptions, predictors: PredictorCache | None) -> _Plan:
+def _plan(plate: Plate, bundle: Bundle, single_channel_bundle: Bundle | None, name: str, options: ScoreOptions,
+          predictors: PredictorCache | None) -> _Plan:
     bundles = check_bundles(bundle, single_channel_bundle)
     wells = plate.wells()
     if not wells:
         raise NeuroRGError("plate has no imaged wells", path=plate.source)
-    pm = plate_map_for(plate_map, wells, plate=select_plate(plate_map, name, plate.name))
-    pm[PLATE] = name
     cropping = plate_cropping(plate, CropGeometry.from_card(bundle.card), pixel_size_um=options.pixel_size_um,
                               bits=options.bits)
     crops = {w: cropping.plan(len(plate.fields_of(w)), plate.field_shape, options.crops_per_well) for w in wells}
@@ -239,7 +239,15 @@ def _plan(plate: Plate, plate_map: pd.DataFrame, bundle: Bundle, single_channel_
     log.info("crops of %d px on %s fields (pixel size %s, %s), %s", cropping.edge,
              "x".join(map(str, plate.field_shape)), cropping.pixel_size_um, cropping.pixel_size_source,
              cropping.intensity)
-    return _Plan(name, plate, pm, bundles, cropping, crops, position, total, options, predictors)
+    return _Plan(name, plate, bundles, cropping, crops, position, total, options, predictors)
+
+
+def _match_plate_map(plate_map: pd.DataFrame, plate: Plate, name: str) -> pd.DataFrame:
+    """The plate map's rows of the imaged wells, as stored with the run (``platemap.plate_map_for``:
+    raises ``PlateMapError`` listing every problem)."""
+    pm = plate_map_for(plate_map, plate.wells(), plate=select_plate(plate_map, name, plate.name))
+    pm[PLATE] = name
+    return pm
 
 
 # --- steps 2 and 3: hash, look up, infer --------------------------------------------------------
@@ -283,6 +291,7 @@ class _RunState:
     cache commits."""
 
     total: int
+    plate_map: Future[pd.DataFrame]         # matched on another thread while the first fields are read
     commit: PredictionSink | None           # None: new predictions stay in ``unflushed`` for the save
     progress: ProgressCallback | None
     flush_every: int
@@ -308,6 +317,11 @@ class _RunState:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
+    def check_plate_map(self, wait: bool = False) -> None:
+        """Raise the plate map's problems once its check has found them (``wait``: wait for it)."""
+        if wait or self.plate_map.done():
+            self.plate_map.result()
+
     def resolve(self, job: _FieldJob, role: Role, members: Sequence[Member], probs: np.ndarray) -> None:
         """Record one field's new predictions ((n_members, n_crops, 6)) for one bundle role."""
         if not self.unflushed:
@@ -329,6 +343,7 @@ class _RunState:
             return
         if (self.unflushed_fields >= self.flush_every
                 or time.monotonic() - self.unflushed_since >= self.flush_after_s):
+            self.check_plate_map(wait=True)   # nothing is stored for a plate whose map is refused
             self.commit(self.unflushed)
             self.unflushed, self.unflushed_fields = [], 0
 
@@ -460,6 +475,7 @@ def _stream(state: _RunState, role: Role, members: Sequence[Member], sub_bundle:
                     start += k
                     if last:
                         state.resolve(job, role, members, np.concatenate(partial.pop(id(job)), axis=1))
+            state.check_plate_map()
             state.report()
             state.flush_due()
 
@@ -542,15 +558,21 @@ def infer_plate(
     them without ``commit``) stay in the result's ``uncommitted``, for ``save_plate`` to store with
     the run. Parameters as ``run_plate``.
     """
-    plan = _plan(plate, plate_map, bundle, single_channel_bundle, name or plate.name, options, predictors)
-    state = _RunState(total=plan.total_crops, commit=commit, progress=progress, flush_every=options.flush_every,
-                      flush_after_s=options.flush_after_s)
-    cached = frozenset(cached_keys)
-    fields = plate.iter_fields()
-    first = _hash_and_lookup(plan, state, cached, fields)
-    state.report()
-    if first is not None:
-        _infer_missing(plan, state, cached, first, fields)
+    name = name or plate.name
+    with ThreadPoolExecutor(1, thread_name_prefix="neurorg-platemap") as pool:
+        # the plate map is matched to the wells (pandas, ~50 ms) while the first fields are read and
+        # inferred; its problems are raised at the next inference batch, before anything is committed
+        matched = pool.submit(_match_plate_map, plate_map, plate, name)
+        plan = _plan(plate, bundle, single_channel_bundle, name, options, predictors)
+        state = _RunState(total=plan.total_crops, plate_map=matched, commit=commit, progress=progress,
+                          flush_every=options.flush_every, flush_after_s=options.flush_after_s)
+        cached = frozenset(cached_keys)
+        fields = plate.iter_fields()
+        first = _hash_and_lookup(plan, state, cached, fields)
+        state.report()
+        if first is not None:
+            _infer_missing(plan, state, cached, first, fields)
+        pm = matched.result()
     if state.done != plan.total_crops:
         raise NeuroRGError(f"{state.done} of {plan.total_crops} crops were scored; expected all (a field "
                            "was skipped)", path=plate.source)
@@ -560,7 +582,7 @@ def infer_plate(
         channel_map=dict(plate.channel_map),
     )
     return PlateInference(
-        name=plan.name, record=record, plate_map=plan.plate_map,
+        name=plan.name, record=record, plate_map=pm,
         fields=tuple(FieldRecord(j.ref, j.tiles, j.crop_key, j.field_hash, j.channel_stats, not j.missing)
                      for j in state.jobs),
         new_probs=dict(state.new_probs), uncommitted=tuple(state.unflushed), inferred_crops=state.inferred_crops,

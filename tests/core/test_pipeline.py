@@ -266,10 +266,11 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
     store = empty_store
     pm = load_plate_map(plate_dir / "platemap.csv")
     pm = pm[pm[WELL] != "B02"]
-    with pytest.raises(PlateMapError, match="B02"):
-        run_plate(load_plate(plate_dir), pm, bundles["a"], store, name="screen1",
-                  options=ScoreOptions(crops_per_well=CROPS))
-    assert store.list_runs().empty and store.count_predictions() == 0
+    for flush_after_s in (10.0, 0.0):   # 0: a commit is due after the first inference batch
+        with pytest.raises(PlateMapError, match="B02"):
+            run_plate(load_plate(plate_dir), pm, bundles["a"], store, name="screen1",
+                      options=ScoreOptions(crops_per_well=CROPS, backend="keras", flush_after_s=flush_after_s))
+        assert store.list_runs().empty and store.count_predictions() == 0
 
 
 @pytest.mark.slow
