@@ -3,7 +3,8 @@
 Wraps the pipeline's steps (plate-map checks, hashing and cropping on the reader thread, each
 inference call, cache writes, scoring, the store write) with wall-clock timers and scores a
 96-well synthetic screen into a fresh store ``--runs`` times. Reader-thread steps run while
-inference runs, so their times overlap the inference calls'.
+inference runs, so their times overlap the inference calls'; so does the plate-map match
+(``_match_plate_map``, on a helper thread) and ``code_version`` (git, beside inference).
 
 Usage::
 
@@ -56,7 +57,7 @@ def main() -> int:
     args = p.parse_args()
     # the run's named steps (plate_inference: steps 1-3; pipeline: steps 4-5), and the per-field
     # work inside them (on the reader thread while inference runs); each module's own calls are timed
-    steps = {plate_inference: ("_plan", "plate_map_for", "plate_cropping", "hash_field", "field_channel_stats",
+    steps = {plate_inference: ("_plan", "_match_plate_map", "plate_cropping", "hash_field", "field_channel_stats",
                                "crops_from_field"),
              pipeline: ("infer_plate", "_crop_tables", "_channel_scores", "score_wells", "fit_stats", "_check_fit",
                         "code_version", "save_plate")}
