@@ -85,8 +85,9 @@ CACHE_FLUSH_SECONDS = 10.0
 """Default ``flush_after_s``: new predictions are committed to the cache once the oldest of them has
 waited this long. Each commit is a DuckDB transaction (~20 ms of CPU taken from inference, ~45 ms
 of wall time), so commits go by time, not by count: a slow model (the study's B5, seconds per crop)
-loses at most this much work to an interruption, and a fast plate that scores in a few seconds is
-committed once, with its run (``pipeline.run_plate``)."""
+loses at most this much work plus the inference batch in flight to an interruption (the age is
+checked as each batch comes back), and a fast plate that scores in a few seconds is committed once,
+with its run (``pipeline.run_plate``)."""
 
 
 CROPS_PER_BATCH_FACTOR = 8
