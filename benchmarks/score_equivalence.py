@@ -88,7 +88,8 @@ def compare(new: Path, ref: Path, atol: float) -> list[str]:
         drop = [c for c in ("Run_ID",) if c in a.columns]
         a, b = a.drop(columns=drop), b.drop(columns=drop)
         if list(a.columns) != list(b.columns) or len(a) != len(b):
-            problems.append(f"{name}: columns/rows differ: {list(a.columns)} x {len(a)} vs {list(b.columns)} x {len(b)}")
+            problems.append(f"{name}: columns/rows differ: {list(a.columns)} x {len(a)} vs "
+                            f"{list(b.columns)} x {len(b)}")
             continue
         worst = 0.0
         for col in a.columns:
