@@ -3,7 +3,8 @@
 Wraps the pipeline's steps (plate-map checks, hashing and cropping on the reader thread, each
 inference call, cache writes, scoring, the store write) with wall-clock timers and scores a
 96-well synthetic screen into a fresh store ``--runs`` times. Reader-thread steps run while
-inference runs, so their times overlap the inference calls'.
+inference runs, so their times overlap the inference calls'; so does the plate-map match
+(``_match_plate_map``, on a helper thread) and ``code_version`` (git, beside inference).
 
 Usage::
 
@@ -35,7 +36,10 @@ TIMES: dict[str, list[float]] = {}
 
 
 def timed(owner: object, name: str, label: str) -> None:
-    """Replace ``owner.name`` by a wrapper adding each call's seconds to ``TIMES[label]``."""
+    """Replace ``owner.name`` by a wrapper adding each call's seconds to ``TIMES[label]`` (nothing
+    when ``owner`` has no such name: an older checkout timed with this script)."""
+    if not hasattr(owner, name):
+        return
     f = getattr(owner, name)
 
     @functools.wraps(f)
@@ -49,6 +53,27 @@ def timed(owner: object, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
+MARKS: dict[str, float] = {}
+
+
+def mark_inference_span() -> None:
+    """Note the first ``Predictor.submit`` and the last ``Pending.result`` of a run (wall clock):
+    before the first, inference has not started; after the last, only the save is left."""
+    submit, result = inference.Predictor.submit, inference.Pending.result
+
+    def first_submit(self, crops):
+        MARKS.setdefault("first_submit", time.perf_counter())
+        return submit(self, crops)
+
+    def last_result(self):
+        out = result(self)
+        MARKS["last_result"] = time.perf_counter()
+        return out
+
+    inference.Predictor.submit = first_submit
+    inference.Pending.result = last_result
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="bundle folder (default: the demo ensemble)")
@@ -56,13 +81,14 @@ def main() -> int:
     args = p.parse_args()
     # the run's named steps (plate_inference: steps 1-3; pipeline: steps 4-5), and the per-field
     # work inside them (on the reader thread while inference runs); each module's own calls are timed
-    steps = {plate_inference: ("_plan", "plate_map_for", "plate_cropping", "hash_field", "field_channel_stats",
-                               "crops_from_field"),
+    steps = {plate_inference: ("_plan", "plate_map_for", "_match_plate_map", "plate_cropping", "hash_field",
+                               "field_channel_stats", "crops_from_field"),
              pipeline: ("infer_plate", "_crop_tables", "_channel_scores", "score_wells", "fit_stats", "_check_fit",
                         "code_version", "save_plate")}
     for module, names in steps.items():
         for name in names:
             timed(module, name, f"{module.__name__.split('.')[-1]}.{name}")
+    mark_inference_span()
     timed(inference.Pending, "result", "inference: waiting for results")
     for name in ("cached_keys", "put_predictions", "save_run"):
         timed(store.ResultStore, name, f"store.{name}")
@@ -78,11 +104,15 @@ def main() -> int:
         for run in range(args.runs):
             TIMES.clear()
             with store.ResultStore(work / f"run{run}.duckdb") as st:
+                plate = load_plate(folder)
+                MARKS.clear()
                 t0 = time.perf_counter()
-                result = pipeline.run_plate(load_plate(folder), plate_map, bundle, st, name="bench",
-                                            predictors=predictors)
-                total = time.perf_counter() - t0
-            print(f"run {run + 1}: {result.n_crops} crops in {total:.2f} s")
+                result = pipeline.run_plate(plate, plate_map, bundle, st, name="bench", predictors=predictors)
+                t1 = time.perf_counter()
+                total = t1 - t0
+            before, after = MARKS["first_submit"] - t0, t1 - MARKS["last_result"]
+            print(f"run {run + 1}: {result.n_crops} crops in {total:.2f} s = {before:.3f} s before the first "
+                  f"inference batch + {total - before - after:.2f} s inference + {after:.3f} s after its last result")
             for label, seconds in sorted(TIMES.items(), key=lambda kv: -sum(kv[1])):
                 print(f"    {label:42s} {len(seconds):5d} calls {sum(seconds):7.3f} s")
             waited = sum(TIMES.get("inference: waiting for results", []))

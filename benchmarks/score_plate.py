@@ -3,13 +3,17 @@
 Prints
   (a) the fast inference path's raw crops/s (``inference.Predictor``, LiteRT) on the bundle;
   (b) end-to-end scoring of a 96-well (or --wells 384) synthetic screen at 15 crops/well into a fresh
-      result store, in crops/s, and its ratio to (a) (goal >= 80 %);
+      result store, in crops/s, and its ratio to (a) (goal >= 80 %). With ``--rounds N``, (a) and
+      (b) alternate N times (so both see the same machine) and the medians are printed. (b) also
+      gives the process's CPU seconds beside the inference worker threads (reading, hashing,
+      cropping, cache writes, scoring, the store: the work that competes with inference for the
+      cores), a figure that a busy machine changes much less than the wall-clock ratio;
   (c) seconds to re-open the scored plate from the store (open + ``load_plate_results``; goal < 1 s),
       and the time of a fully cached re-score (no inference).
 
 Usage::
 
-    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/score_plate.py [--model data/models/demo/ensemble]
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/score_plate.py [--model data/models/demo/ensemble] [--rounds 5]
     TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/score_plate.py --tiny   # no demo bundle: a random
                                                                      # efficientnet_tiny bundle
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -51,18 +57,40 @@ def tiny_bundle(folder: Path, members: int = 4, input_size: int = 64) -> Bundle:
                        extra={"crop_geometry": {"mode": "tiles", "crop_edge_px": 2 * input_size}})
 
 
-def raw_rate(bundle: Bundle, n_crops: int) -> float:
+def raw_rate(bundle: Bundle, n_crops: int, predictor: Predictor | None = None) -> tuple[float, float]:
     """Crops per second through every member, crops already in memory (after a warm-up), all
-    submitted at once in whole model batches: the best case, with no gap between calls."""
-    predictor = Predictor(bundle)
+    submitted at once in whole model batches: the best case, with no gap between calls; and the
+    process's CPU seconds per crop meanwhile."""
+    predictor = predictor if predictor is not None else Predictor(bundle)
     s = bundle.input_size
     crops = np.random.default_rng(0).random((n_crops, s, s, 3), dtype=np.float32)
     predictor.predict(crops[: predictor.batch_size * 2])  # warm-up
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     step = 4 * predictor.batch_size
     for pending in [predictor.submit(crops[a:a + step]) for a in range(0, n_crops, step)]:
         pending.result()
-    return n_crops / (time.perf_counter() - t0)
+    return n_crops / (time.perf_counter() - t0), (time.process_time() - c0) / n_crops
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def inference_threads_cpu() -> float:
+    """CPU seconds the predictors' worker threads (``neurorg-litert-*``) have used so far, from
+    /proc (Linux; nan elsewhere). The process's CPU minus theirs is the work done beside inference."""
+    import threading
+
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for t in threading.enumerate():
+        if t.name.startswith("neurorg-litert") and t.native_id is not None:
+            try:
+                stat = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return float("nan")
+            total += (int(stat[11]) + int(stat[12])) / tick
+    return total
 
 
 def main() -> int:
@@ -75,6 +103,7 @@ def main() -> int:
     p.add_argument("--wells", type=int, default=96, choices=(96, 384), help="plate format")
     p.add_argument("--layout", default="imagexpress", help="synthetic plate layout (imagexpress: 3 files per field)")
     p.add_argument("--raw-crops", type=int, default=480)
+    p.add_argument("--rounds", type=int, default=1, help="alternate (a) and (b) this many times")
     p.add_argument("--no-header-reuse", action="store_true",
                    help="parse every TIFF header with tifffile (as for files with per-file metadata)")
     args = p.parse_args()
@@ -93,11 +122,8 @@ def main() -> int:
         print(f"bundle {bundle.id}: {bundle.card['architecture']}, {len(bundle.members)} members, "
               f"input {bundle.input_size} px")
         predictors = PredictorCache()   # what the app keeps between plates; built (and converted) untimed
-        predictors.predictor(bundle)
-
-        rate = raw_rate(bundle, args.raw_crops)
-        print(f"(a) raw inference: {rate:.1f} crops/s through {len(bundle.members)} members "
-              f"({rate * len(bundle.members):.1f} crop x member/s)")
+        predictor = predictors.predictor(bundle)
+        print(f"load average before: {load_average()}")
 
         folder = write_synthetic_plates(work / "plates", seed=0, n_wells=args.wells, n_fields=args.fields,
                                         size=args.size, layout=args.layout, kind="screen")[0]
@@ -109,17 +135,33 @@ def main() -> int:
         read_s = time.perf_counter() - t0
         print(f"    reading + hashing the plate's {len(plate.fields)} fields alone: {read_s:.2f} s "
               f"(the CPU the reader thread takes from inference on this machine)")
-        db = work / "bench.duckdb"
-        plate = load_plate(folder)   # fresh: no TIFF header remembered from the pass above
-        n_files = sum(len(plate.files_of(ref)) for ref in plate.fields)
-        with ResultStore(db) as store:
-            t0 = time.perf_counter()
-            result = run_plate(plate, plate_map, bundle, store, name="bench", predictors=predictors)
-            elapsed = time.perf_counter() - t0
-        e2e = result.n_crops / elapsed
-        print(f"(b) end to end: {result.n_wells} wells, {result.n_crops} crops in {elapsed:.2f} s = "
-              f"{e2e:.1f} crops/s, {100 * e2e / rate:.0f} % of raw (goal >= 80 %); "
-              f"{plate.reused_headers} of {n_files} files read through a reused header")
+        ratios, raws, e2es, besides = [], [], [], []
+        for r in range(args.rounds):
+            rate, raw_cpu = raw_rate(bundle, args.raw_crops, predictor)
+            print(f"(a) raw inference: {rate:.1f} crops/s through {len(bundle.members)} members "
+                  f"({rate * len(bundle.members):.1f} crop x member/s), CPU {1e3 * raw_cpu:.2f} ms per crop")
+            db = work / f"bench{r}.duckdb"
+            plate = load_plate(folder)   # fresh: no TIFF header remembered from the pass above
+            n_files = sum(len(plate.files_of(ref)) for ref in plate.fields)
+            with ResultStore(db) as store:
+                c0, i0, t0 = time.process_time(), inference_threads_cpu(), time.perf_counter()
+                result = run_plate(plate, plate_map, bundle, store, name="bench", predictors=predictors)
+                elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+                beside = cpu - (inference_threads_cpu() - i0)
+            e2e = result.n_crops / elapsed
+            ratios.append(100 * e2e / rate)
+            raws.append(rate)
+            e2es.append(e2e)
+            besides.append(beside)
+            print(f"(b) end to end: {result.n_wells} wells, {result.n_crops} crops in {elapsed:.2f} s = "
+                  f"{e2e:.1f} crops/s, {ratios[-1]:.0f} % of raw (goal >= 80 %); CPU {cpu:.2f} s, of it "
+                  f"{beside:.2f} s beside the inference threads; {plate.reused_headers} of {n_files} files "
+                  f"read through a reused header; load {load_average()}")
+        if args.rounds > 1:
+            print(f"medians of {args.rounds} rounds: raw {statistics.median(raws):.0f} crops/s, end to end "
+                  f"{statistics.median(e2es):.0f} crops/s, {statistics.median(ratios):.0f} % of raw "
+                  f"(range {min(ratios):.0f}-{max(ratios):.0f} %); CPU beside the inference threads "
+                  f"{statistics.median(besides):.2f} s (range {min(besides):.2f}-{max(besides):.2f})")
 
         t0 = time.perf_counter()
         with ResultStore(db, read_only=True) as store:
@@ -136,6 +178,7 @@ def main() -> int:
             cached = time.perf_counter() - t0
         print(f"    cached re-score: {cached:.2f} s, {again.cache_hits} fields from the cache, "
               f"{again.inferred_crops} crops inferred")
+        print(f"load average after: {load_average()}")
     return 0
 
 

@@ -27,6 +27,7 @@ import logging
 import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,9 +123,14 @@ def _member_label(member: Member, position: int) -> int:
 def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
                 new_probs: Mapping[tuple[str, str, str], np.ndarray], store: ResultStore) -> pd.DataFrame:
     """The crop-level probability table (``scoring.CROP_PROB_COLUMNS``) of one bundle's members."""
-    parts: list[pd.DataFrame] = []
     scored = [j for j in jobs if j.tiles]
-    for pos, m in enumerate(members):
+    # the well, field and crop columns are the same for every member: built once
+    counts = [len(j.tiles) for j in scored]
+    wells = np.repeat(np.array([j.ref.well for j in scored], dtype=object), counts)
+    fields = np.repeat(np.array([int(j.ref.field) for j in scored], dtype=np.int64), counts)
+    crops = np.fromiter((t for j in scored for t in j.tiles), dtype=np.int64, count=sum(counts))
+    parts: list[np.ndarray] = []
+    for m in members:
         # predictions not computed in this run come from the cache, one query per crop layout
         wanted: dict[str, list[str]] = {}
         for j in scored:
@@ -134,7 +140,7 @@ def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
         for key, hashes in wanted.items():
             for h, p in store.cached_predictions(hashes, m.id, crop_key=key).items():
                 from_cache[(h, key)] = p
-        wells, fields, crops, probs = [], [], [], []
+        probs = []
         for j in scored:
             p = new_probs.get((j.field_hash, m.id, j.crop_key))
             if p is None:
@@ -149,17 +155,16 @@ def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
                     f"cached prediction of member {m.name} for field {j.ref.field} has {p.shape[0]} "
                     f"crops; expected {len(j.tiles)}", well=j.ref.well,
                 )
-            wells += [j.ref.well] * len(j.tiles)
-            fields += [int(j.ref.field)] * len(j.tiles)
-            crops += list(j.tiles)
             probs.append(p)
-        part = pd.DataFrame(np.concatenate(probs, axis=0).astype(np.float64), columns=list(PROB_COLUMNS))
-        part.insert(0, MEMBER, _member_label(m, pos))
-        part.insert(0, CROP, crops)
-        part.insert(0, FIELD, fields)
-        part.insert(0, WELL, wells)
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True)
+        parts.append(np.concatenate(probs, axis=0))
+    n = len(crops)
+    table = pd.DataFrame({WELL: np.tile(wells, len(members)), FIELD: np.tile(fields, len(members)),
+                          CROP: np.tile(crops, len(members)),
+                          MEMBER: np.repeat([_member_label(m, pos) for pos, m in enumerate(members)], n)})
+    probs_all = np.concatenate(parts, axis=0).astype(np.float64)
+    for c, col in enumerate(PROB_COLUMNS):
+        table[col] = probs_all[:, c]
+    return table
 
 
 def _crop_tables(inference: PlateInference, bundles: Mapping[Role, Bundle],
@@ -193,11 +198,12 @@ def _check_fit(bundle: Bundle, stats_now: FitStats) -> ModelFit:
 
 
 def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
-               single_channel_bundle: Bundle | None = None, *, campaign_id: str | None = None) -> RunResult:
+               single_channel_bundle: Bundle | None = None, *, campaign_id: str | None = None,
+               version: str | None = None) -> RunResult:
     """Steps 4-5 of a run: crop tables (this inference's predictions, the rest from the store's
     cache), well scores, the model-fit check and provenance, stored in one transaction with the
     inference's uncommitted predictions (and, for a campaign's plate, its campaign row marked
-    stored: ``campaign_id``).
+    stored: ``campaign_id``). ``version`` is the code version recorded (default ``code_version()``).
 
     Raises
     ------
@@ -237,8 +243,8 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
         params["single_channel_bundle"] = {"id": single_channel_bundle.id,
                                            "members": [m.id for m in single_channel_bundle.members]}
     run = RunRecord(run_id=run_id, plate=inference.name, model_id=bundle.id, bundle_card=bundle.card,
-                    params=params, code_version=code_version(), n_wells=len(well_scores), cache_hits=hits,
-                    cache_misses=len(fields) - hits)
+                    params=params, code_version=version or code_version(), n_wells=len(well_scores),
+                    cache_hits=hits, cache_misses=len(fields) - hits)
     field_table = pd.DataFrame({WELL: [f.ref.well for f in fields], FIELD: [int(f.ref.field) for f in fields],
                                 FIELD_HASH: [f.field_hash for f in fields]})
     store.save_run(plate=inference.record, wells=inference.plate_map[list(PLATE_MAP_COLUMNS)], fields=field_table,
@@ -309,10 +315,29 @@ def run_plate(
         crop, or a field that changed on disk during the run.
     """
     members = [m.id for b in (bundle, single_channel_bundle) if b is not None for m in b.members]
-    inference = infer_plate(plate, plate_map, bundle, cached_keys=store.cached_keys(members), name=name,
-                            options=options, single_channel_bundle=single_channel_bundle, predictors=predictors,
-                            progress=progress, commit=store.put_predictions)
-    return save_plate(store, inference, bundle, single_channel_bundle)
+    with ThreadPoolExecutor(1, thread_name_prefix="neurorg-version") as pool:
+        version = pool.submit(code_version)   # a git subprocess: runs while the plate is inferred
+        inference = infer_plate(plate, plate_map, bundle, cached_keys=store.cached_keys(members), name=name,
+                                options=options, single_channel_bundle=single_channel_bundle,
+                                predictors=predictors, progress=progress, commit=store.put_predictions)
+        try:
+            # the predictions not committed while inference ran go in with the run, in one transaction
+            return save_plate(store, inference, bundle, single_channel_bundle, version=version.result())
+        except Exception:
+            _keep_predictions(store, inference)
+            raise
+
+
+def _keep_predictions(store: ResultStore, inference: PlateInference) -> None:
+    """After a failed save, commit the run's uncommitted predictions to the cache on their own
+    (they are true whatever happened to the run), so scoring again does not recompute them."""
+    if not inference.uncommitted:
+        return
+    try:
+        store.put_predictions(inference.uncommitted)
+    except NeuroRGError as exc:   # e.g. the disk that failed the save: the save's error is the one raised
+        log.warning("could not keep %d new predictions of plate %s in the cache: %s", len(inference.uncommitted),
+                    inference.name, exc)
 
 
 def code_version() -> str:

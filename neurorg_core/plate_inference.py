@@ -8,9 +8,11 @@ would have to cross module boundaries.
 (every field's hash, crops and statistics, the predictions computed), with nothing stored.
 ``pipeline.save_plate`` stores it; ``pipeline.run_plate`` is the two in one process.
 
-1. ``_plan`` (plan the fields): match the plate map to the imaged wells, check the bundles, decide
-   how the plate is cut for the model (crop edge at the plate's pixel size, significant bits;
-   ``preprocess.plate_cropping``) and which tiles of each well become crops;
+1. ``_plan`` (plan the fields): check the bundles, decide how the plate is cut for the model (crop
+   edge at the plate's pixel size, significant bits; ``preprocess.plate_cropping``) and which
+   tiles of each well become crops. The plate map is matched to the imaged wells
+   (``_match_plate_map``) on a helper thread meanwhile, while the first fields are read and
+   inferred; its problems are raised at the next inference batch, before anything is committed;
 2. ``_hash_and_lookup`` (hash the fields and look up the cache): read each field once, hash its
    pixels and look (field hash, member id, crop key) up in a snapshot of the prediction cache;
 3. ``_infer_missing`` (infer what is missing): crop the fields some member has no prediction for
@@ -29,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -72,9 +76,18 @@ CROP_KEY_VERSION = "v2"
 (v2: crops of the model's crop edge, any field size; the intensity's significant bits in the key.)"""
 
 
-CACHE_FLUSH_FIELDS = 64
-"""Default ``flush_every``: new predictions are committed to the cache once at least this many
-fields have them (each commit costs a DuckDB transaction, ~30 ms)."""
+CACHE_FLUSH_FIELDS = 1024
+"""Default ``flush_every``: new predictions are committed to the cache at the latest once this
+many fields have them (bounds what an interruption loses on a fast model, and the memory held)."""
+
+
+CACHE_FLUSH_SECONDS = 10.0
+"""Default ``flush_after_s``: new predictions are committed to the cache once the oldest of them has
+waited this long. Each commit is a DuckDB transaction (~20 ms of CPU taken from inference, ~45 ms
+of wall time), so commits go by time, not by count: a slow model (the study's B5, seconds per crop)
+loses at most this much work plus the inference batch in flight to an interruption (the age is
+checked as each batch comes back), and a fast plate that scores in a few seconds is committed once,
+with its run (``pipeline.run_plate``)."""
 
 
 CROPS_PER_BATCH_FACTOR = 8
@@ -113,8 +126,11 @@ class ScoreOptions:
         within ``BF16_WELL_TOLERANCE`` of float32). bf16 predictions are cached under their own crop
         key, never mixed with float32.
     flush_every : int
-        Fields per commit of new predictions to the cache while inference runs: an interrupted run
-        keeps what was committed.
+        At most this many fields' new predictions wait for a commit to the cache while inference
+        runs: an interrupted run keeps what was committed.
+    flush_after_s : float
+        New predictions are committed once the oldest of them has waited this many seconds
+        (0: after every inference batch).
     """
 
     crops_per_well: int = CROPS_PER_WELL
@@ -124,6 +140,7 @@ class ScoreOptions:
     backend: Backend = "auto"
     flush_every: int = CACHE_FLUSH_FIELDS
     precision: Precision = "float32"
+    flush_after_s: float = CACHE_FLUSH_SECONDS
 
     def __post_init__(self) -> None:
         if not (isinstance(self.crops_per_well, int) and 1 <= self.crops_per_well <= MAX_CROPS_PER_WELL):
@@ -138,6 +155,8 @@ class ScoreOptions:
             raise NeuroRGError("bfloat16 inference runs on the keras backend; LiteRT runs float32")
         if self.flush_every < 1:
             raise NeuroRGError(f"flush_every {self.flush_every!r}; expected at least 1 field per commit")
+        if not (isinstance(self.flush_after_s, (int, float)) and self.flush_after_s >= 0):
+            raise NeuroRGError(f"flush_after_s {self.flush_after_s!r}; expected 0 or more seconds")
 
     @classmethod
     def of_run(cls, params: Mapping[str, Any]) -> ScoreOptions:
@@ -162,7 +181,6 @@ class _Plan:
 
     name: str
     plate: Plate
-    plate_map: pd.DataFrame                 # the imaged wells' rows, as stored with the run
     bundles: Mapping[Role, Bundle]          # "ensemble" and, optionally, "single_channel"
     cropping: PlateCropping
     crops: Mapping[str, CropPlan]           # well -> its crop plan
@@ -209,14 +227,12 @@ def check_bundles(bundle: Bundle, single_channel_bundle: Bundle | None) -> dict[
     return bundles
 
 
-def _plan(plate: Plate, plate_map: pd.DataFrame, bundle: Bundle, single_channel_bundle: Bundle | None,
-          name: str, options: ScoreOptions, predictors: PredictorCache | None) -> _Plan:
+def _plan(plate: Plate, bundle: Bundle, single_channel_bundle: Bundle | None, name: str, options: ScoreOptions,
+          predictors: PredictorCache | None) -> _Plan:
     bundles = check_bundles(bundle, single_channel_bundle)
     wells = plate.wells()
     if not wells:
         raise NeuroRGError("plate has no imaged wells", path=plate.source)
-    pm = plate_map_for(plate_map, wells, plate=select_plate(plate_map, name, plate.name))
-    pm[PLATE] = name
     cropping = plate_cropping(plate, CropGeometry.from_card(bundle.card), pixel_size_um=options.pixel_size_um,
                               bits=options.bits)
     crops = {w: cropping.plan(len(plate.fields_of(w)), plate.field_shape, options.crops_per_well) for w in wells}
@@ -225,7 +241,15 @@ def _plan(plate: Plate, plate_map: pd.DataFrame, bundle: Bundle, single_channel_
     log.info("crops of %d px on %s fields (pixel size %s, %s), %s", cropping.edge,
              "x".join(map(str, plate.field_shape)), cropping.pixel_size_um, cropping.pixel_size_source,
              cropping.intensity)
-    return _Plan(name, plate, pm, bundles, cropping, crops, position, total, options, predictors)
+    return _Plan(name, plate, bundles, cropping, crops, position, total, options, predictors)
+
+
+def _match_plate_map(plate_map: pd.DataFrame, plate: Plate, name: str) -> pd.DataFrame:
+    """The plate map's rows of the imaged wells, as stored with the run (``platemap.plate_map_for``:
+    raises ``PlateMapError`` listing every problem)."""
+    pm = plate_map_for(plate_map, plate.wells(), plate=select_plate(plate_map, name, plate.name))
+    pm[PLATE] = name
+    return pm
 
 
 # --- steps 2 and 3: hash, look up, infer --------------------------------------------------------
@@ -269,15 +293,18 @@ class _RunState:
     cache commits."""
 
     total: int
+    plate_map: Future[pd.DataFrame]         # matched on another thread while the first fields are read
     commit: PredictionSink | None           # None: new predictions stay in ``unflushed`` for the save
     progress: ProgressCallback | None
     flush_every: int
+    flush_after_s: float
     jobs: list[_FieldJob] = dataclasses.field(default_factory=list)
     done: int = 0
     inferred_crops: int = 0
     new_probs: dict[tuple[str, str, str], np.ndarray] = dataclasses.field(default_factory=dict)
     unflushed: list[PredictionRow] = dataclasses.field(default_factory=list)
     unflushed_fields: int = 0
+    unflushed_since: float = 0.0            # time.monotonic() of the oldest uncommitted prediction
 
     def register(self, job: _FieldJob) -> None:
         """Take a job over from the thread that built it (once), and count it if nothing is missing."""
@@ -292,8 +319,15 @@ class _RunState:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
+    def check_plate_map(self, wait: bool = False) -> None:
+        """Raise the plate map's problems once its check has found them (``wait``: wait for it)."""
+        if wait or self.plate_map.done():
+            self.plate_map.result()
+
     def resolve(self, job: _FieldJob, role: Role, members: Sequence[Member], probs: np.ndarray) -> None:
         """Record one field's new predictions ((n_members, n_crops, 6)) for one bundle role."""
+        if not self.unflushed:
+            self.unflushed_since = time.monotonic()
         for m, p in zip(members, probs):
             self.new_probs[(job.field_hash, m.id, job.crop_key)] = p
             self.unflushed.append(PredictionRow(job.field_hash, m.id, job.crop_key, p))
@@ -303,9 +337,15 @@ class _RunState:
         if not job.todo:
             self.done += len(job.tiles)
 
-    def flush(self, at_least: int = 1) -> None:
-        """Commit new predictions to the cache once ``at_least`` fields are waiting."""
-        if self.commit is not None and self.unflushed and self.unflushed_fields >= at_least:
+    def flush_due(self) -> None:
+        """Commit new predictions to the cache once ``flush_every`` fields, or predictions older
+        than ``flush_after_s`` seconds, are waiting. What is left at the end stays in
+        ``unflushed``: ``run_plate`` stores it with the run, in the run's transaction."""
+        if self.commit is None or not self.unflushed:
+            return
+        if (self.unflushed_fields >= self.flush_every
+                or time.monotonic() - self.unflushed_since >= self.flush_after_s):
+            self.check_plate_map(wait=True)   # nothing is stored for a plate whose map is refused
             self.commit(self.unflushed)
             self.unflushed, self.unflushed_fields = [], 0
 
@@ -364,14 +404,19 @@ def _reread(plan: _Plan, jobs: Sequence[_FieldJob], input_size: int) -> Iterator
         yield job, plan.crop(job.ref, pixels, input_size)
 
 
-def _batched(items: Iterable[tuple[_FieldJob, np.ndarray]], size: int,
+def _batched(items: Iterable[tuple[_FieldJob, np.ndarray]], size: int, first: int | None = None,
              ) -> Iterator[tuple[list[tuple[_FieldJob, int, bool]], np.ndarray]]:
     """Regroup ``(job, crops)`` items into batches of exactly ``size`` crops (the last may be
     smaller), so every fixed-size model batch is full: a field's crops may be split over two
-    batches. Keys are ``(job, n_crops in this batch, last part of the job)``."""
+    batches. Keys are ``(job, n_crops in this batch, last part of the job)``.
+
+    With ``first`` (a model batch), the first batches ramp up, ``first``, ``2 * first``, ... up to
+    ``size``, so inference starts after a few fields are read instead of ``size`` crops' worth.
+    """
     keys: list[tuple[_FieldJob, int, bool]] = []
     parts: list[np.ndarray] = []
     n = 0
+    want = min(size, first) if first else size
     for job, crops in items:
         k = len(crops)
         if k == 0:  # a field passing by without inference
@@ -380,14 +425,15 @@ def _batched(items: Iterable[tuple[_FieldJob, np.ndarray]], size: int,
             continue
         start = 0
         while start < k:
-            take = min(k - start, size - n)
+            take = min(k - start, want - n)
             keys.append((job, take, start + take == k))
             parts.append(crops[start:start + take])
             n += take
             start += take
-            if n == size:
+            if n == want:
                 yield keys, np.concatenate(parts)
                 keys, parts, n = [], [], 0
+                want = min(size, 2 * want)
     if keys:
         yield keys, np.concatenate(parts)
 
@@ -415,7 +461,7 @@ def _infer(plan: _Plan, state: _RunState, role: Role, members: Sequence[Member],
 
 def _stream(state: _RunState, role: Role, members: Sequence[Member], sub_bundle: Bundle, predictor: Predictor,
             items: Iterable[tuple[_FieldJob, np.ndarray]]) -> None:
-    batches = _batched(items, CROPS_PER_BATCH_FACTOR * predictor.batch_size)
+    batches = _batched(items, CROPS_PER_BATCH_FACTOR * predictor.batch_size, first=predictor.batch_size)
     partial: dict[int, list[np.ndarray]] = {}
     with closing(predict_stream(batches, sub_bundle, predictor=predictor)) as stream:
         for keys, probs in stream:
@@ -431,8 +477,9 @@ def _stream(state: _RunState, role: Role, members: Sequence[Member], sub_bundle:
                     start += k
                     if last:
                         state.resolve(job, role, members, np.concatenate(partial.pop(id(job)), axis=1))
+            state.check_plate_map()
             state.report()
-            state.flush(at_least=state.flush_every)
+            state.flush_due()
 
 
 # --- the result: what a plate's images yield, before anything is stored -----------------------------
@@ -507,20 +554,27 @@ def infer_plate(
     """Steps 1-3 of a run: plan the fields, hash them against ``cached_keys``, infer what is missing.
 
     ``cached_keys`` is a snapshot of the prediction cache's (field hash, member id, crop key)
-    (``ResultStore.cached_keys``). New predictions go to ``commit`` in batches of
-    ``options.flush_every`` fields as they arrive (``run_plate`` commits them to the store so an
-    interrupted run keeps them), or, without ``commit``, stay in the result's ``uncommitted``.
-    Parameters as ``run_plate``.
+    (``ResultStore.cached_keys``). New predictions go to ``commit`` while inference runs, once
+    ``options.flush_every`` fields or ``options.flush_after_s`` seconds of them are waiting
+    (``run_plate`` commits them to the store so an interrupted run keeps them); the rest (all of
+    them without ``commit``) stay in the result's ``uncommitted``, for ``save_plate`` to store with
+    the run. Parameters as ``run_plate``.
     """
-    plan = _plan(plate, plate_map, bundle, single_channel_bundle, name or plate.name, options, predictors)
-    state = _RunState(total=plan.total_crops, commit=commit, progress=progress, flush_every=options.flush_every)
-    cached = frozenset(cached_keys)
-    fields = plate.iter_fields()
-    first = _hash_and_lookup(plan, state, cached, fields)
-    state.report()
-    if first is not None:
-        _infer_missing(plan, state, cached, first, fields)
-    state.flush()
+    name = name or plate.name
+    with ThreadPoolExecutor(1, thread_name_prefix="neurorg-platemap") as pool:
+        # the plate map is matched to the wells (pandas, ~50 ms) while the first fields are read and
+        # inferred; its problems are raised at the next inference batch, before anything is committed
+        matched = pool.submit(_match_plate_map, plate_map, plate, name)
+        plan = _plan(plate, bundle, single_channel_bundle, name, options, predictors)
+        state = _RunState(total=plan.total_crops, plate_map=matched, commit=commit, progress=progress,
+                          flush_every=options.flush_every, flush_after_s=options.flush_after_s)
+        cached = frozenset(cached_keys)
+        fields = plate.iter_fields()
+        first = _hash_and_lookup(plan, state, cached, fields)
+        state.report()
+        if first is not None:
+            _infer_missing(plan, state, cached, first, fields)
+        pm = matched.result()
     if state.done != plan.total_crops:
         raise NeuroRGError(f"{state.done} of {plan.total_crops} crops were scored; expected all (a field "
                            "was skipped)", path=plate.source)
@@ -530,7 +584,7 @@ def infer_plate(
         channel_map=dict(plate.channel_map),
     )
     return PlateInference(
-        name=plan.name, record=record, plate_map=plan.plate_map,
+        name=plan.name, record=record, plate_map=pm,
         fields=tuple(FieldRecord(j.ref, j.tiles, j.crop_key, j.field_hash, j.channel_stats, not j.missing)
                      for j in state.jobs),
         new_probs=dict(state.new_probs), uncommitted=tuple(state.unflushed), inferred_crops=state.inferred_crops,

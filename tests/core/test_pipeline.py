@@ -76,10 +76,10 @@ def plate_dir(tmp_path_factory, copy_screen_wells) -> Path:
 
 
 def score(folder: Path, bundle, store: ResultStore, backend: str = "keras", crops_per_well: int = CROPS,
-          flush_every: int = 64, **kw) -> RunResult:
+          flush_after_s: float = 10.0, **kw) -> RunResult:
     """Keras backend by default: no LiteRT conversion, so the tests stay short (the fast path is
     covered by ``test_litert_fast_path_scores_like_keras``)."""
-    options = ScoreOptions(crops_per_well=crops_per_well, backend=backend, flush_every=flush_every)
+    options = ScoreOptions(crops_per_well=crops_per_well, backend=backend, flush_after_s=flush_after_s)
     return run_plate(load_plate(folder), load_plate_map(folder / "platemap.csv"), bundle, store,
                      name="screen1", options=options, **kw)
 
@@ -231,8 +231,9 @@ def test_mixed_misses_infer_each_field_with_exactly_its_missing_members(
 def test_failure_mid_run_leaves_earlier_runs_untouched_and_keeps_finished_inference(
     plate_dir, bundles, scored, store
 ) -> None:
-    """15 crops per well (a crop layout not cached yet): three inference batches of 128 crops;
-    the failure comes after the second, so the first batch's fields stay in the cache."""
+    """15 crops per well (a crop layout not cached yet), new predictions committed after every
+    inference batch (``flush_after_s=0``); the failure comes after a few batches, so the fields
+    of the batches before it stay in the cache."""
     first = scored["first"]
     before = snapshot(store)
     n_pred = store.count_predictions()
@@ -242,10 +243,10 @@ def test_failure_mid_run_leaves_earlier_runs_untouched_and_keeps_finished_infere
             raise RuntimeError("injected failure")
 
     with pytest.raises(RuntimeError, match="injected failure"):
-        score(plate_dir, bundles["b"], store, progress=fail_late, flush_every=8, crops_per_well=15)
+        score(plate_dir, bundles["b"], store, progress=fail_late, flush_after_s=0.0, crops_per_well=15)
     assert snapshot(store) == before
     kept_fields = (store.count_predictions() - n_pred) // 2  # both members of bundle b
-    assert 8 <= kept_fields < first.n_fields  # committed in batches as inference produced them
+    assert 1 <= kept_fields < 12 < first.n_fields  # committed in batches as inference produced them
     again = score(plate_dir, bundles["b"], store, crops_per_well=15)
     assert again.inferred_crops == (first.n_fields - kept_fields) * 15 * 2
 
@@ -265,10 +266,11 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
     store = empty_store
     pm = load_plate_map(plate_dir / "platemap.csv")
     pm = pm[pm[WELL] != "B02"]
-    with pytest.raises(PlateMapError, match="B02"):
-        run_plate(load_plate(plate_dir), pm, bundles["a"], store, name="screen1",
-                  options=ScoreOptions(crops_per_well=CROPS))
-    assert store.list_runs().empty and store.count_predictions() == 0
+    for flush_after_s in (10.0, 0.0):   # 0: a commit is due after the first inference batch
+        with pytest.raises(PlateMapError, match="B02"):
+            run_plate(load_plate(plate_dir), pm, bundles["a"], store, name="screen1",
+                      options=ScoreOptions(crops_per_well=CROPS, backend="keras", flush_after_s=flush_after_s))
+        assert store.list_runs().empty and store.count_predictions() == 0
 
 
 @pytest.mark.slow
@@ -364,3 +366,42 @@ def test_a_plate_inferred_in_one_place_and_saved_in_another_gives_the_same_run(p
     ref = store.load_well_scores("screen1")                                   # run_plate's run of the same plate
     pd.testing.assert_frame_equal(mine.drop(columns=[RUN_ID], errors="ignore"),
                                   ref.drop(columns=[RUN_ID], errors="ignore"), check_exact=False, atol=1e-6)
+
+
+def test_new_predictions_are_committed_by_age_and_the_rest_stay_for_the_save(plate_dir, bundles) -> None:
+    """While inference runs, new predictions go to the commit sink once they have waited
+    ``flush_after_s``; what is left at the end stays in ``uncommitted`` (run_plate stores it in the
+    run's transaction, so a plate that scores in a few seconds costs one store transaction)."""
+    from neurorg_core.pipeline import infer_plate
+
+    folder_map = load_plate_map(plate_dir / "platemap.csv")
+    for after, expect_commits in ((3600.0, False), (0.0, True)):
+        commits: list[list] = []
+        inference = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=frozenset(),
+                                name="screen1", commit=lambda rows: commits.append(list(rows)),
+                                options=ScoreOptions(crops_per_well=15, backend="keras", flush_after_s=after))
+        committed = [r for batch in commits for r in batch]
+        assert len(committed) + len(inference.uncommitted) == 2 * len(inference.fields)  # two members
+        keys = {(r.field_hash, r.model_id, r.crop_key) for r in (*committed, *inference.uncommitted)}
+        assert keys == set(inference.new_probs)                                 # each exactly once
+        if expect_commits:    # after every inference batch: the batches ramp up 16, 32, 64, 128, ... crops
+            assert len(commits) >= 3 and not inference.uncommitted
+        else:
+            assert commits == [] and len(inference.uncommitted) == 2 * len(inference.fields)
+
+
+def test_a_run_whose_save_fails_keeps_its_new_predictions_in_the_cache(plate_dir, bundles, tiny_members,
+                                                                       empty_store, tmp_path) -> None:
+    """Predictions held for the run's transaction are committed on their own when the save fails
+    (here: a bundle card whose fit_reference is unreadable), so scoring again infers nothing."""
+    store = empty_store
+    broken = save_bundle(tmp_path / "broken", [tiny_members["fold1"], tiny_members["fold2"]],
+                         [{"name": "fold1", "fold": 1}, {"name": "fold2", "fold": 2}], kind="ensemble",
+                         arch="efficientnet_tiny", input_size=32, extra={**GEOMETRY, "fit_reference": {"n_wells": 1}})
+    assert [m.id for m in broken.members] == [m.id for m in bundles["a"].members]
+    with pytest.raises(NeuroRGError, match="fit_reference lacks 'n_crops'"):
+        score(plate_dir, broken, store, flush_after_s=3600.0)
+    assert store.list_runs().empty
+    assert store.count_predictions() == 2 * N_WELLS     # one field per well, both members
+    again = score(plate_dir, bundles["a"], store)
+    assert again.inferred_crops == 0 and again.cache_hits == N_WELLS

@@ -220,6 +220,34 @@ def test_integer_shrink_matches_the_pillow_box_filter(dtype, side, size):
     np.testing.assert_allclose(crops[0], expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype,bits,shape,edge,size,crops", [
+    (np.uint8, None, (256, 256), 128, 64, 4),      # the demo: 2 x 2 tiles on one 2-px grid, shrunk once
+    (np.uint16, 12, (300, 260), 64, 16, 15),       # clipped 12-bit values, 4 x 4 shrink, a margin
+    (np.uint16, None, (200, 210), 90, 30, 9),      # overlapping tiles off the 3-px grid: tile by tile
+    (np.uint8, None, (520, 700), 64, 32, 3),       # 3 of 80 tiles: too sparse for one region
+])
+def test_integer_shrink_of_several_tiles_is_the_block_mean_of_each_tile(dtype, bits, shape, edge, size, crops):
+    """Each crop is the mean of its tile's k x k blocks of clipped, scaled values, whether the tiles
+    are summed over their common region or one by one; a float64 reference (reshape-mean) agrees to
+    float32 rounding, and the crop equals the same tile cut alone (a one-tile plan) bit for bit."""
+    from neurorg_core.preprocess import CropPlan
+
+    full = np.iinfo(dtype).max
+    field = np.random.default_rng(5).integers(0, full, (*shape, 3), dtype=dtype, endpoint=True)
+    intensity = Intensity(bits) if bits else None
+    top = intensity.full_scale if intensity else full
+    plan = plan_crops(1, shape, edge, crops)
+    got = crops_from_field(field, plan, 0, size, intensity)
+    k = edge // size
+    for crop, t in zip(got, plan.tiles_of(0)):
+        y, x = plan.boxes[t]
+        tile = np.minimum(field[y:y + edge, x:x + edge], top).astype(np.float64) / top
+        expected = tile.reshape(size, k, size, k, 3).mean(axis=(1, 3))
+        np.testing.assert_allclose(crop, expected, rtol=0, atol=2e-7)
+        alone = CropPlan(1, 1, plan.edge, plan.grid, plan.boxes, ((0, t),))
+        np.testing.assert_array_equal(crop, crops_from_field(field, alone, 0, size, intensity)[0])
+
+
 def test_crops_non_integer_resize_keeps_range_and_mean():
     rng = np.random.default_rng(0)
     field = rng.integers(0, 256, (90, 90, 3), dtype=np.uint8)
