@@ -200,9 +200,12 @@ def _duplicate_names(plates: Sequence[CampaignPlate], where: str) -> list[str]:
 
 def campaign_id_for(plates: Sequence[CampaignPlate], bundle: Bundle, options: ScoreOptions) -> str:
     """The default campaign id: a hash of its plates (name, images, plate map), the model and the
-    options, so the same command finds its own campaign again."""
+    options that change results, so the same command finds its own campaign again. When the
+    cache commits (``flush_every``, ``flush_after_s``) is left out: tuning it must not orphan a
+    campaign half done."""
+    chosen = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("flush_every", "flush_after_s")}
     key = json.dumps({"plates": [[p.name, str(p.source.resolve()), str(p.plate_map.resolve())] for p in plates],
-                      "model": bundle.id, "options": dataclasses.asdict(options)}, sort_keys=True, default=str)
+                      "model": bundle.id, "options": chosen}, sort_keys=True, default=str)
     return "campaign-" + hashlib.blake2b(key.encode(), digest_size=5).hexdigest()
 
 

@@ -235,3 +235,14 @@ def test_manifest_without_a_plate_column_lists_what_it_found(tmp_path) -> None:
     with pytest.raises(NeuroRGError, match=r"m.csv: the manifest has no plate or plate_map column \(columns found: "
                                            r"folder, map\)"):
         load_manifest(tmp_path / "m.csv")
+
+
+def test_campaign_id_follows_what_changes_results_not_when_the_cache_commits(manifest) -> None:
+    from neurorg_core.campaign import campaign_id_for
+
+    plates, bundle = load_manifest(manifest), load_bundle(DEMO)
+    base = campaign_id_for(plates, bundle, ScoreOptions())
+    assert campaign_id_for(plates, bundle, ScoreOptions(flush_every=7, flush_after_s=0.5)) == base
+    assert campaign_id_for(plates, bundle, ScoreOptions(readout="p_control")) != base
+    assert campaign_id_for(plates, bundle, ScoreOptions(crops_per_well=5)) != base
+    assert campaign_id_for(plates[:2], bundle, ScoreOptions()) != base
