@@ -13,6 +13,7 @@ Usage::
     git archive 7c97e4a neurorg_core | tar -x -C /tmp/ref      # the old code, anywhere
     python benchmarks/train_compare.py --reference /tmp/ref --folds 1 2 --epochs 20 --work-dir /tmp/demo_plates
     python benchmarks/train_compare.py --reference /tmp/ref --folds 1 --epochs 3 --rounds 2   # time: old new new old
+    python benchmarks/train_compare.py --sides new --folds 1 --epochs 20                      # this checkout only
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def run(repo: Path, work: Path, fold: int, epochs: int, cache: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference", required=True, help="a checkout (folder holding neurorg_core/) of the old code")
+    p.add_argument("--reference", help="a checkout (folder holding neurorg_core/) of the old code")
+    p.add_argument("--sides", nargs="+", choices=("old", "new"), default=["old", "new"],
+                   help="which implementations to run (new alone needs no --reference)")
     p.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--work-dir", default="/tmp/neurorg_train_compare")
@@ -87,7 +90,10 @@ def main() -> None:
     work = Path(args.work_dir)
     render(work)
     print(f"load average before: {os.getloadavg()}", flush=True)
-    sides = (("old", Path(args.reference)), ("new", ROOT))
+    if "old" in args.sides and not args.reference:
+        p.error("--reference is needed to run the old side")
+    sides = tuple((label, repo) for label, repo in (("old", Path(args.reference or ".")), ("new", ROOT))
+                  if label in args.sides)
     for fold in args.folds:
         for label, repo in [side for r in range(args.rounds) for side in (sides if r % 2 == 0 else sides[::-1])]:
             before = os.getloadavg()[0]
