@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
+
+_frozen_for: list[str] = []
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """At each new test file: collect garbage, then freeze what is left (``gc.freeze``) so later
+    collections skip it. After the training and model tests the process holds ~850k long-lived
+    objects (TensorFlow/Keras), and every full collection scanned them: AppTest pages ran 5-8x
+    slower in the whole suite than alone (10-11 s vs 1.1-2.9 s, benchmarks/RESULTS.md). Only what
+    is still alive is frozen, so nothing a test leaves behind escapes collection for long."""
+    module = item.nodeid.split("::")[0]
+    if _frozen_for[-1:] != [module]:
+        _frozen_for.append(module)
+        gc.collect()
+        gc.freeze()
 
 
 @pytest.fixture(scope="session", autouse=True)
