@@ -23,6 +23,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         gc.freeze()
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Hand the frozen objects back before the interpreter exits (left frozen, DuckDB's bindings
+    report its connections as leaked at exit)."""
+    gc.unfreeze()
+    gc.collect()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def litert_conversion_cache(tmp_path_factory: pytest.TempPathFactory):
     """Members converted to LiteRT while testing are cached under pytest's tmp folder (shared by
