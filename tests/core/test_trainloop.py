@@ -206,13 +206,12 @@ def _small_net():
     return keras.Model(inputs, keras.layers.Dense(6, activation="softmax", name="predictions")(x))
 
 
-def test_compiled_bf16_train_step_with_device_augmentation_runs_on_the_cpu():
-    """The GPU configuration (XLA-compiled step, bf16 mixed precision, augmentation inside the step)
-    forced on the CPU: it learns a plain signal, and the best epoch's weights come back float32."""
+def _fit_plain_signal(runtime):
+    """``fit_member`` for 5 epochs on 192 crops whose class is the neuron channel's brightness:
+    (net, source, labels, best weights, history)."""
     import keras
 
-    from neurorg_core.kerasrun import compute_dtypes
-    from neurorg_core.trainloop import Runtime, fit_member, predict_source, training_model
+    from neurorg_core.trainloop import fit_member
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(6), 32)
@@ -221,7 +220,6 @@ def test_compiled_bf16_train_step_with_device_augmentation_runs_on_the_cpu():
     source = CropSource([(crops, labels)])
     keras.utils.set_random_seed(0)
     net = _small_net()
-    runtime = Runtime("tensorflow", "CPU", "bfloat16", True)
 
     def metrics(probs):
         return {"crop_acc": float((probs.argmax(1) == labels).mean()), "loss": 0.0, "well_acc": 0.0}
@@ -230,6 +228,16 @@ def test_compiled_bf16_train_step_with_device_augmentation_runs_on_the_cpu():
         net, source, source, epochs=5, batch_size=16, optimizer=keras.optimizers.Adam(2e-2),
         loss=keras.losses.CategoricalCrossentropy(), augmentation=AUGMENTATION, runtime=runtime, rng=rng,
         seed=0, metrics=metrics, rank=lambda m: (m["crop_acc"], -m["loss"]), report=lambda m: None, name="t")
+    return net, source, labels, weights, history
+
+
+def test_compiled_bf16_train_step_with_device_augmentation_runs_on_the_cpu():
+    """The GPU configuration (XLA-compiled step, bf16 mixed precision, augmentation inside the step)
+    forced on the CPU: it learns a plain signal, and the best epoch's weights come back float32."""
+    from neurorg_core.kerasrun import compute_dtypes
+    from neurorg_core.trainloop import Runtime, predict_source, training_model
+
+    net, source, labels, weights, history = _fit_plain_signal(Runtime("tensorflow", "CPU", "bfloat16", True))
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert max(h["crop_acc"] for h in history) > 0.45                    # it learned (chance: 1/6)
     assert all(w.dtype == np.float32 for w in weights)
@@ -243,26 +251,10 @@ def test_compiled_bf16_train_step_with_device_augmentation_runs_on_the_cpu():
 def test_train_step_with_augmentation_on_the_loader_learns_and_keeps_the_best_epoch():
     """The CPU configuration (float32, no XLA, numpy augmentation on the loader threads): it learns a
     plain signal, validation sees the crops scaled only, and the best epoch's weights come back."""
-    import keras
+    from neurorg_core.trainloop import Runtime, predict_source
 
-    from neurorg_core.trainloop import Runtime, fit_member, predict_source
-
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(6), 32)
-    crops = rng.integers(0, 40, (192, 16, 16, 3), dtype=np.uint8)
-    crops[..., 1] += (labels * 40).astype(np.uint8)[:, None, None]       # class = neuron brightness
-    source = CropSource([(crops, labels)])
-    keras.utils.set_random_seed(0)
-    net = _small_net()
-    runtime = Runtime("tensorflow", "CPU", "float32", False, augment_on="loader")
-
-    def metrics(probs):
-        return {"crop_acc": float((probs.argmax(1) == labels).mean()), "loss": 0.0, "well_acc": 0.0}
-
-    weights, history = fit_member(
-        net, source, source, epochs=5, batch_size=16, optimizer=keras.optimizers.Adam(2e-2),
-        loss=keras.losses.CategoricalCrossentropy(), augmentation=AUGMENTATION, runtime=runtime, rng=rng,
-        seed=0, metrics=metrics, rank=lambda m: (m["crop_acc"], -m["loss"]), report=lambda m: None, name="t")
+    net, source, labels, weights, history = _fit_plain_signal(
+        Runtime("tensorflow", "CPU", "float32", False, augment_on="loader"))
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
     assert max(h["crop_acc"] for h in history) > 0.45                    # it learned (chance: 1/6)
     assert history[-1]["train_loss"] < history[0]["train_loss"]         # the epoch's mean step loss
