@@ -15,7 +15,7 @@ Where the augmentation (``augment.AUGMENTATION``) runs is ``Runtime.augment_on``
 The loop is ``keras.Model.train_on_batch`` (the same compiled train step on all three backends)
 over ``cropcache.BatchLoader`` batches, read ahead on threads into a bounded buffer. Not
 ``keras.Model.fit``: on TensorFlow it wraps a Python generator in ``tf.data.from_generator``, and a
-step then took 2.3x as long on the 2-core CPU (benchmarks/RESULTS.md, "Training loop"). After
+step then took ~2.2x as long on the 2-core CPU (benchmarks/RESULTS.md, "Training loop"). After
 every epoch ``BestEpoch`` scores the validation crops and keeps the best epoch's weights
 (``train.selection_key``), as the loop before it did.
 
