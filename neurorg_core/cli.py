@@ -1,5 +1,8 @@
 """`python -m neurorg_core ...` entry points.
 
+Size (~550 lines): one short handler per sub-command (11 of them) and the argument parser that
+documents every option in one place (``build_parser``); the handlers only parse, call the core and print.
+
 Each sub-command is a thin handler: parse arguments, call the core's public verbs, print. A
 ``NeuroRGError`` (bad input) is printed on one line and the exit status is 2; there is never a
 traceback for bad input.

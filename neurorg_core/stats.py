@@ -1,5 +1,10 @@
 """Screening statistics over per-well tables.
 
+Size (~600 lines): the plate's statistics (rescue %, QC, hit tests, channel correlation) share one
+set of input checks (``check_metric``, ``check_roles``) and the guards against degenerate data
+(``_resolved``, ``_varies``); each function is short and documented, and splitting them by topic
+would scatter those checks. Dose-response fits already live apart (``doseresponse.py``).
+
 Pure functions over numpy arrays and pandas DataFrames (the per-well table of
 ``scoring.score_wells``, with ``Metadata_Role``, ``Metadata_Compound``, ``Metadata_Dose_uM``):
 
