@@ -4,6 +4,7 @@ torch (tests/data/study_b0), byte-level damage to them, and pickles that must ne
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -59,6 +60,25 @@ def test_data_parallel_prefix_and_training_checkpoints_are_unwrapped(study: Path
         sd = read_state_dict(study / "formats" / name)
         assert list(sd) == ["weight", "bias"], name
         np.testing.assert_array_equal(sd["bias"], [0.5, -0.5])
+
+
+def test_a_checkpoint_saved_from_a_gpu_reads_without_one(study: Path, tmp_path: Path) -> None:
+    """The study trained on GPUs, so its storages are recorded at ``cuda:0``; torch.load would need a
+    CUDA build (or map_location). The same fold with its storages relabelled ``cuda:0`` reads to the
+    same arrays here, where torch is not installed at all."""
+    cpu_tag, cuda_tag = b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0"   # BINUNICODE, memoised once
+    fold, gpu_fold = fold_files(study)[0], tmp_path / "gpu_fold"
+    with zipfile.ZipFile(fold) as src, zipfile.ZipFile(gpu_fold, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/data.pkl"):
+                assert data.count(cpu_tag) == 1 and cuda_tag not in data
+                data = data.replace(cpu_tag, cuda_tag)
+            dst.writestr(info, data)
+    cpu, gpu = read_state_dict(fold), read_state_dict(gpu_fold)
+    assert list(gpu) == list(cpu) and len(gpu) == 360
+    for name, array in cpu.items():
+        np.testing.assert_array_equal(gpu[name], array, err_msg=name)
 
 
 @pytest.mark.parametrize("name, words", [
@@ -175,6 +195,18 @@ def test_static_padding_and_scaling_follow_efficientnet_pytorch() -> None:
     b5 = torch_layers("efficientnet_pytorch_b5")
     assert sum(1 for t in b5 if t.prefix.endswith("_depthwise_conv")) == 39   # B5's 39 blocks
     assert b5[-1].shapes == {"weight": (6, 2048), "bias": (6,)}
+
+
+@pytest.mark.parametrize("arch, n_params", [("efficientnet_pytorch_b0", 5_288_548),
+                                            ("efficientnet_pytorch_b5", 30_389_784)])
+def test_the_layout_has_the_published_parameter_count(arch: str, n_params: int) -> None:
+    """With the ImageNet head (1000 classes), the parameters (batch-norm running statistics are
+    buffers, not parameters) add up to the published counts of EfficientNet-B0 and -B5 (torchvision's
+    model tables, the same network as efficientnet_pytorch): an independent check of every width,
+    depth and SE size in the spec that both check_state_dict and the Keras twin follow."""
+    layers = torch_layers(arch, n_classes=1000)
+    assert sum(math.prod(shape) for t in layers for key, shape in t.shapes.items()
+               if not key.startswith("running_")) == n_params
 
 
 def test_mismatched_architecture_and_class_count_are_named(study: Path) -> None:
