@@ -27,10 +27,16 @@ if TYPE_CHECKING:   # annotations only: the CLI imports heavy modules inside eac
     import pandas as pd
 
     from neurorg_core.config import Config
+    from neurorg_core.model import Bundle
     from neurorg_core.pipeline import ScoreOptions
     from neurorg_core.plates import Plate
 
 log = logging.getLogger(__name__)
+
+
+def _members(bundle: Bundle) -> str:
+    n = len(bundle.members)
+    return f"{n} member" + ("" if n == 1 else "s")
 
 
 def _parse_channel_map(text: str | None) -> dict[str, str] | None:
@@ -127,7 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     runtime = TrainRuntime(precision=args.precision, jit_compile={"auto": None, "on": True, "off": False}[args.jit],
                            loader_workers=args.loader_workers, augment_on=args.augment_on)
     bundle = train_bundle(args.plates, Path(args.out), settings, channels=args.channels, runtime=runtime)
-    print(f"model {bundle.id} ({bundle.kind}, {len(bundle.members)} members) written to {bundle.path}")
+    print(f"model {bundle.id} ({bundle.kind}, {_members(bundle)}) written to {bundle.path}")
     for m, entry in zip(bundle.members, bundle.card["members"]):
         v = entry["metrics"]["validation"]
         print(f"  {m.name} ({m.id}): best epoch {entry['best_epoch']}, validation crop acc "
@@ -156,7 +162,7 @@ def _cmd_convert_bundle(args: argparse.Namespace) -> int:
 
     before = load_bundle(args.model)
     after = convert_bundle(before)
-    print(f"model {after.path}: LiteRT files of {len(after.members)} members checked and recorded; "
+    print(f"model {after.path}: LiteRT files of {_members(after)} checked and recorded; "
           f"bundle id {before.id} -> {after.id} (member ids unchanged)")
     return 0
 
@@ -167,7 +173,7 @@ def _cmd_import_study(args: argparse.Namespace) -> int:
     bundle = import_study(args.state_dict, args.normalization, Path(args.out), arch=args.arch,
                           input_size=args.input_size)
     geo = bundle.card["crop_geometry"]
-    print(f"model {bundle.id} ({bundle.card['architecture']}, {len(bundle.members)} members, "
+    print(f"model {bundle.id} ({bundle.card['architecture']}, {_members(bundle)}, "
           f"{bundle.input_size} px whole fields, well call {bundle.card['well_call']}) written to {bundle.path}")
     for m, entry in zip(bundle.members, bundle.card["members"]):
         print(f"  {m.name} ({m.id}) <- {entry['source']['file']} (sha256 {entry['source']['sha256'][:16]})")
@@ -252,7 +258,7 @@ def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map
             print(f"  {done}/{total} crops ({pct} %)", file=sys.stderr, flush=True)
 
     print(f"scoring {plate.name}: {len(plate.wells())} wells, {len(plate.fields)} fields, "
-          f"model {bundle.id} ({len(bundle.members)} members)", file=sys.stderr)
+          f"model {bundle.id} ({_members(bundle)})", file=sys.stderr)
     with ResultStore(db) as store:
         result = run_plate(plate, plate_map, bundle, store, name=args.name or plate.name, options=options,
                            progress=progress)
@@ -304,7 +310,7 @@ def _cmd_score_campaign(args: argparse.Namespace) -> int:
             shown[0] = now
             print(f"  {p.line()}", file=sys.stderr, flush=True)
 
-    print(f"campaign of {len(plates)} plate(s), model {bundle.id} ({len(bundle.members)} members), "
+    print(f"campaign of {len(plates)} plate(s), model {bundle.id} ({_members(bundle)}), "
           f"Ray {'at ' + args.ray_address if args.ray_address else 'local'}", file=sys.stderr)
     with ResultStore(db) as store:
         result = run_campaign(plates, bundle, store, campaign_id=args.campaign, options=options,
