@@ -157,6 +157,25 @@ def test_a_crashed_campaign_resumes_from_its_parquet_files(campaign, manifest, r
 
 
 @pytest.mark.slow   # starts Ray (~10 s) and scores plates
+def test_fields_cached_by_score_are_not_computed_again(ray_local, manifest, reference, tmp_path) -> None:
+    """`score`'s cache rule on the workers: a campaign into a store where `score` already scored the
+    plates (every field cached for every member) stores each plate and infers no crop."""
+    db = tmp_path / "r.duckdb"
+    shutil.copy(reference, db)
+    with ResultStore(db) as s:
+        before = {n: s.latest_run_id(n) for n in NAMES}
+        result = run_campaign(load_manifest(manifest), load_bundle(DEMO), s, campaign_id="cached",
+                              options=ScoreOptions(crops_per_well=1))
+    assert not result.failed and sorted(result.stored) == sorted(NAMES) and not result.skipped
+    assert result.inferred_crops == 0 and result.ray_startup_s > 0           # the workers ran, computed nothing
+    for name in NAMES:
+        info = read_metadata(plate_folder(result.folder, name))
+        assert info is not None and info["inferred_crops"] == 0 and info["total_crops"] > 0
+        assert result.stored[name] != before[name]                            # a new run, from cached predictions
+    _assert_same_wells(db, reference)
+
+
+@pytest.mark.slow   # starts Ray (~10 s) and scores plates
 def test_a_worker_killed_mid_campaign_loses_nothing(ray_local, manifest, reference, tmp_path) -> None:
     """The worker scoring p2 kills its own process (SIGKILL) on its first attempt, after it has read
     the plate's first field; Ray restarts the actor and scores p2 again; every plate is stored."""
@@ -246,3 +265,4 @@ def test_campaign_id_follows_what_changes_results_not_when_the_cache_commits(man
     assert campaign_id_for(plates, bundle, ScoreOptions(readout="p_control")) != base
     assert campaign_id_for(plates, bundle, ScoreOptions(crops_per_well=5)) != base
     assert campaign_id_for(plates[:2], bundle, ScoreOptions()) != base
+
