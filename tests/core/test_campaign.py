@@ -266,3 +266,38 @@ def test_campaign_id_follows_what_changes_results_not_when_the_cache_commits(man
     assert campaign_id_for(plates, bundle, ScoreOptions(crops_per_well=5)) != base
     assert campaign_id_for(plates[:2], bundle, ScoreOptions()) != base
 
+
+def test_progress_counts_crops_and_estimates_time_left() -> None:
+    """The writer's progress on a hand-driven clock (seconds): 4 plates, one already stored; plates
+    not started yet are counted at the mean crops of those known; time left = crops left / crop rate
+    since the workers started. Worked out by hand."""
+    from neurorg_core.campaign import _Progress
+
+    now = [0.0]
+    seen = []
+    tracker = _Progress(4, 0.0, seen.append, clock=lambda: now[0])
+    tracker.plates_done = 1                                  # skipped: stored by an earlier run
+    now[0] = 5.0
+    tracker.start_work()
+    tracker.worker_state({})
+    now[0] = 15.0
+    tracker.worker_state({"a": (10, 40), "b": (0, 0)})      # b has not planned its fields yet
+    now[0] = 25.0
+    tracker.plate_finished("a", 40)
+    now[0] = 35.0
+    tracker.worker_state({"b": (20, 60)})
+    now[0] = 45.0
+    tracker.plate_finished("b", 60)
+    now[0] = 50.0
+    tracker.plate_finished("c", None)                        # failed: its crops never counted
+    got = [(p.plates_done, p.crops_done, p.crops_total, p.elapsed_s, p.seconds_left) for p in seen]
+    assert got == [
+        (1, 0, None, 5.0, None),                             # no plate known: no total, no rate
+        (1, 10, 120, 15.0, pytest.approx(110.0)),            # 40 + 2 unknown x 40; 10 crops in 10 s
+        (2, 40, 120, 25.0, pytest.approx(40.0)),             # 80 left at 2 crops/s
+        (2, 60, 150, 35.0, pytest.approx(45.0)),             # 40 + 60 + 1 unknown x 50; 90 left at 2/s
+        (3, 100, 150, 45.0, pytest.approx(20.0)),            # 50 left at 2.5/s
+        (4, 100, 100, 50.0, pytest.approx(0.0)),
+    ]
+    assert [p.line() for p in seen][::3] == ["plates 1/4, crops 0", "plates 2/4, crops 60/150, ~45 s left"]
+    assert seen[-1].line() == "plates 4/4, crops 100/100, ~0 s left"
