@@ -476,10 +476,12 @@ def _fail(store: ResultStore, campaign_id: str, plate: CampaignPlate, message: s
 class _Progress:
     """The campaign's progress, owned by the writer (this process's thread)."""
 
-    def __init__(self, plates_total: int, started: float, callback: CampaignProgressCallback | None) -> None:
+    def __init__(self, plates_total: int, started: float, callback: CampaignProgressCallback | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.plates_total = plates_total
         self.started = started
         self.callback = callback
+        self.clock = clock                   # seconds; time.monotonic, or a test's own clock
         self.plates_done = 0
         self.finished_crops = 0              # crops of plates finished in this run
         self.known_totals: list[int] = []    # crops per plate, of plates whose plan is known
@@ -487,7 +489,7 @@ class _Progress:
         self.work_started: float | None = None
 
     def start_work(self) -> None:
-        self.work_started = time.monotonic()
+        self.work_started = self.clock()
 
     def plate_finished(self, name: str, total: int | None) -> None:
         self.running.pop(name, None)
@@ -509,7 +511,7 @@ class _Progress:
         unknown = self.plates_total - self.plates_done - len([1 for _, t in self.running.values() if t])
         total = sum(totals) + round(unknown * sum(totals) / len(totals)) if totals else None
         left = None
-        now = time.monotonic()
+        now = self.clock()
         if self.work_started is not None and total and done:
             rate = done / max(now - self.work_started, 1e-6)
             left = max(total - done, 0) / rate

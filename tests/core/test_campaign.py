@@ -157,6 +157,25 @@ def test_a_crashed_campaign_resumes_from_its_parquet_files(campaign, manifest, r
 
 
 @pytest.mark.slow   # starts Ray (~10 s) and scores plates
+def test_fields_cached_by_score_are_not_computed_again(ray_local, manifest, reference, tmp_path) -> None:
+    """`score`'s cache rule on the workers: a campaign into a store where `score` already scored the
+    plates (every field cached for every member) stores each plate and infers no crop."""
+    db = tmp_path / "r.duckdb"
+    shutil.copy(reference, db)
+    with ResultStore(db) as s:
+        before = {n: s.latest_run_id(n) for n in NAMES}
+        result = run_campaign(load_manifest(manifest), load_bundle(DEMO), s, campaign_id="cached",
+                              options=ScoreOptions(crops_per_well=1))
+    assert not result.failed and sorted(result.stored) == sorted(NAMES) and not result.skipped
+    assert result.inferred_crops == 0 and result.ray_startup_s > 0           # the workers ran, computed nothing
+    for name in NAMES:
+        info = read_metadata(plate_folder(result.folder, name))
+        assert info is not None and info["inferred_crops"] == 0 and info["total_crops"] > 0
+        assert result.stored[name] != before[name]                            # a new run, from cached predictions
+    _assert_same_wells(db, reference)
+
+
+@pytest.mark.slow   # starts Ray (~10 s) and scores plates
 def test_a_worker_killed_mid_campaign_loses_nothing(ray_local, manifest, reference, tmp_path) -> None:
     """The worker scoring p2 kills its own process (SIGKILL) on its first attempt, after it has read
     the plate's first field; Ray restarts the actor and scores p2 again; every plate is stored."""
@@ -246,3 +265,39 @@ def test_campaign_id_follows_what_changes_results_not_when_the_cache_commits(man
     assert campaign_id_for(plates, bundle, ScoreOptions(readout="p_control")) != base
     assert campaign_id_for(plates, bundle, ScoreOptions(crops_per_well=5)) != base
     assert campaign_id_for(plates[:2], bundle, ScoreOptions()) != base
+
+
+def test_progress_counts_crops_and_estimates_time_left() -> None:
+    """The writer's progress on a hand-driven clock (seconds): 4 plates, one already stored; plates
+    not started yet are counted at the mean crops of those known; time left = crops left / crop rate
+    since the workers started. Worked out by hand."""
+    from neurorg_core.campaign import _Progress
+
+    now = [0.0]
+    seen = []
+    tracker = _Progress(4, 0.0, seen.append, clock=lambda: now[0])
+    tracker.plates_done = 1                                  # skipped: stored by an earlier run
+    now[0] = 5.0
+    tracker.start_work()
+    tracker.worker_state({})
+    now[0] = 15.0
+    tracker.worker_state({"a": (10, 40), "b": (0, 0)})      # b has not planned its fields yet
+    now[0] = 25.0
+    tracker.plate_finished("a", 40)
+    now[0] = 35.0
+    tracker.worker_state({"b": (20, 60)})
+    now[0] = 45.0
+    tracker.plate_finished("b", 60)
+    now[0] = 50.0
+    tracker.plate_finished("c", None)                        # failed: its crops never counted
+    got = [(p.plates_done, p.crops_done, p.crops_total, p.elapsed_s, p.seconds_left) for p in seen]
+    assert got == [
+        (1, 0, None, 5.0, None),                             # no plate known: no total, no rate
+        (1, 10, 120, 15.0, pytest.approx(110.0)),            # 40 + 2 unknown x 40; 10 crops in 10 s
+        (2, 40, 120, 25.0, pytest.approx(40.0)),             # 80 left at 2 crops/s
+        (2, 60, 150, 35.0, pytest.approx(45.0)),             # 40 + 60 + 1 unknown x 50; 90 left at 2/s
+        (3, 100, 150, 45.0, pytest.approx(20.0)),            # 50 left at 2.5/s
+        (4, 100, 100, 50.0, pytest.approx(0.0)),
+    ]
+    assert [p.line() for p in seen][::3] == ["plates 1/4, crops 0", "plates 2/4, crops 60/150, ~45 s left"]
+    assert seen[-1].line() == "plates 4/4, crops 100/100, ~0 s left"

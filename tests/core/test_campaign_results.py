@@ -18,11 +18,12 @@ from neurorg_core.campaign_results import (
     summarise_campaign,
 )
 from neurorg_core.errors import NeuroRGError
+from neurorg_core.fitcheck import FitCheck, ModelFit
 from neurorg_core.schema import (
     BATCH, COMPOUND, CONVERGED, CROP, DOSE, EC50, EC50_FOLD_RANGE, EC50_GEOMEAN, EC50_LOG10_SD, EC50_MAX,
-    EC50_MIN, FIELD, FIELD_HASH, HIT, HIT_DOSES, HIT_PLATES, INFLAMMATION_SCORE, MEAN_CONTROL, MEAN_DISEASE, MEMBER,
-    N_PLATES_FIT, N_PLATES_HIT, N_PLATES_TESTED, PLATE, PLATE_MAP_COLUMNS, PROB_COLUMNS, RESCUE_PCT, ROLE, SSMD,
-    TRUE_SEVERITY, WELL, Z_PRIME,
+    EC50_MIN, FIELD, FIELD_HASH, HIT, HIT_DOSES, HIT_PLATES, HITS_PROVISIONAL, INFLAMMATION_SCORE, MEAN_CONTROL,
+    MEAN_DISEASE, MEMBER, MODEL_FIT, N_PLATES_FIT, N_PLATES_HIT, N_PLATES_TESTED, PLATE, PLATE_MAP_COLUMNS,
+    PROB_COLUMNS, RESCUE_PCT, ROLE, SSMD, TRUE_SEVERITY, WELL, Z_PRIME,
 )
 from neurorg_core.scoring import score_wells
 from neurorg_core.store import CampaignEntry, PlateRecord, ResultStore, RunRecord
@@ -78,7 +79,8 @@ def _well_scores(shift: float) -> pd.DataFrame:
     return score_wells(crops, plate_map)
 
 
-def _store_plate(store: ResultStore, name: str, scores: pd.DataFrame, campaign: str, model: str) -> None:
+def _store_plate(store: ResultStore, name: str, scores: pd.DataFrame, campaign: str, model: str,
+                 fit: ModelFit = ModelFit("ok")) -> None:
     scores = scores.assign(**{PLATE: name})
     store.save_run(
         plate=PlateRecord(name, f"/nowhere/{name}", "imagexpress", 96, (64, 64), "uint8", {}),
@@ -86,7 +88,11 @@ def _store_plate(store: ResultStore, name: str, scores: pd.DataFrame, campaign: 
         fields=pd.DataFrame({WELL: scores[WELL], FIELD: 1, FIELD_HASH: [f"{name}{w}" for w in scores[WELL]]}),
         well_scores=scores, campaign_id=campaign,
         run=RunRecord(run_id=f"run-{name}", plate=name, model_id=model, bundle_card={"synthetic": True},
-                      params={"readout": "inflammation_score"}, code_version="test"))
+                      params={"readout": "inflammation_score", "model_fit": fit.as_params()}, code_version="test"))
+
+
+POOR_FIT = ModelFit("POOR", (FitCheck("mean intensity", 3.0, "0.5-1.5", False, "brighter than the reference"),))
+"""The model-fit verdict stored with plate "late"'s run ("early"'s is ok)."""
 
 
 @pytest.fixture
@@ -98,7 +104,7 @@ def two_plates(tmp_path) -> ResultStore:
         CampaignEntry("c", 3, "never", "/nowhere/never", "m.csv", "m1", "b1", date(2026, 3, 5)),
     ])
     _store_plate(store, "early", _well_scores(0.0), "c", "m1")
-    _store_plate(store, "late", _well_scores(SHIFT), "c", "m1")
+    _store_plate(store, "late", _well_scores(SHIFT), "c", "m1", fit=POOR_FIT)
     store.mark_campaign_plate("c", "never", "failed", message="no images")
     yield store
     store.close()
@@ -119,6 +125,9 @@ def test_each_plate_is_normalised_on_its_own_controls(two_plates) -> None:
     np.testing.assert_allclose(late[RESCUE_PCT], early[RESCUE_PCT], atol=1e-9)
     assert qc.loc["late", Z_PRIME] == pytest.approx(qc.loc["early", Z_PRIME])
     assert qc.loc["late", SSMD] == pytest.approx(qc.loc["early", SSMD])
+    # each plate's own model-fit verdict is flagged beside its QC, and makes its hits provisional
+    assert (qc.loc["early", MODEL_FIT], qc.loc["late", MODEL_FIT]) == ("ok", "POOR")
+    assert qc.loc["early", HITS_PROVISIONAL] == "" and "brighter than the reference" in qc.loc["late", HITS_PROVISIONAL]
     assert (summary.wells.loc[summary.wells[PLATE] == "late", BATCH] == "b2").all()
     # so the hit calls and EC50s agree across the two plates
     hits = summary.hits.set_index(COMPOUND)

@@ -4,8 +4,10 @@ ground-truth plates of the synthetic screen and one failed plate."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from dashboard_fixtures import running_server, server_env, store_campaign
@@ -51,6 +53,12 @@ def test_campaign_page_renders_in_a_browser(tmp_path: Path, tiny_plate: Path, ti
             assert "Metadata_Plate" in header and "Z_prime" in header
             plates = [line.split(",")[header.split(",").index("Metadata_Plate")] for line in exported.splitlines()[1:]]
             assert plates == ["first", "second"]                                # acquisition order
+            with page.expect_download() as got:
+                page.get_by_role("button", name="Export Parquet").click()
+            table = pd.read_parquet(got.value.path())
+            as_csv = pd.read_csv(io.StringIO(exported))
+            assert table.columns.tolist() == as_csv.columns.tolist()           # the same table as the CSV
+            assert table["Metadata_Plate"].tolist() == ["first", "second"]
             page.screenshot(path=str(tmp_path / "campaign.png"), full_page=True)
             assert (tmp_path / "campaign.png").stat().st_size > 10_000
         finally:

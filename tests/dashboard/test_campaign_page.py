@@ -4,6 +4,7 @@ normalisation, filters, exports."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,15 @@ def test_campaign_filters_and_exports(campaign_store: Path) -> None:
     assert not at.exception
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Export CSV", "Export Parquet"]
+
+
+def test_campaign_filters_by_date_and_model(campaign_store: Path) -> None:
+    at = _open()
+    at.date_input(key="campaign_dates").set_value((date(2026, 3, 5), date(2026, 3, 9))).run()
+    assert not at.exception
+    assert _frame_with(at, Z_PRIME)[PLATE].tolist() == ["second"]           # "first" was acquired on 03-01
+    assert not any("no stored run" in w.value for w in at.warning)          # "broken" has no date
+    at.multiselect(key="campaign_models").set_value([]).run()
+    assert not at.exception
+    assert any("No stored plate matches these filters" in i.value for i in at.info)
+    assert not any(Z_PRIME in df.value.columns for df in at.dataframe)
