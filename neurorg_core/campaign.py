@@ -571,7 +571,12 @@ class _RayPlates:
     def __enter__(self) -> _RayPlates:
         import ray
 
-        if not ray.is_initialized():
+        if ray.is_initialized():
+            running = ray.get_runtime_context().gcs_address
+            if self.address and self.address not in ("auto", running):
+                raise NeuroRGError(f"this process is already connected to Ray at {running}; it cannot also "
+                                   f"use the cluster at {self.address} (give that address, or none)")
+        else:
             env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("NEURORG_")}}
             if self.address:
                 import neurorg_core

@@ -218,6 +218,20 @@ def test_a_plate_whose_map_does_not_match_fails_alone(ray_local, plates, tmp_pat
     assert "B03" in rows.loc["bad", "Message"]
 
 
+def test_another_ray_address_than_the_one_this_process_uses_is_refused(ray_local, manifest, tmp_path, capsys) -> None:
+    """Ray runs in this process already (``ray_local``): an address naming another cluster is an
+    error naming both, not silently ignored."""
+    import ray
+
+    running = ray.get_runtime_context().gcs_address
+    db = tmp_path / "a.duckdb"
+    args = ["score-campaign", "--manifest", str(manifest), "--campaign", "a", *_score_args(db)]
+    assert main([*args, "--ray-address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"already connected to Ray at {running}" in err and "cluster at 127.0.0.1:1" in err
+    assert "Traceback" not in err
+
+
 # --- manifest errors: no Ray needed --------------------------------------------------------------------
 
 @pytest.mark.parametrize("row, expected", [
