@@ -142,6 +142,26 @@ def test_another_programs_duckdb_file_is_refused_and_not_changed(tmp_path: Path)
     con.close()
 
 
+def test_the_cli_names_a_foreign_or_truncated_store_in_one_line(tmp_path: Path, capsys) -> None:
+    """The store's messages reach the command line as one ``error:`` line, exit 2, no traceback."""
+    from neurorg_core.cli import main
+
+    text = tmp_path / "notes.duckdb"
+    text.write_text("plate A: looked fine\n" * 50)
+    _filled_store(tmp_path / "good.duckdb")
+    data = _bytes(tmp_path / "good.duckdb")
+    cut = tmp_path / "cut.duckdb"
+    cut.write_bytes(data[: len(data) // 2])
+    for path, problem in ((text, "is not a DuckDB result store"), (cut, "is damaged")):
+        before = _bytes(path)
+        out = tmp_path / "wells.csv"
+        assert main(["export", "--db", str(path), "--plate", "P1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path.name}: {problem}") and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert _bytes(path) == before and not out.exists()
+
+
 def test_a_folder_that_cannot_be_created_is_named(tmp_path: Path) -> None:
     blocker = tmp_path / "results"
     blocker.write_text("a file where the store's folder should be")

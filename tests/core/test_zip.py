@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import os
+import re
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import zipfile
-from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-import neurorg_core.archive as archive
 from neurorg_core.archive import COMPLETE_MARKER, extract_zip, extract_zip_keyed
+from neurorg_core.config import REPO_ROOT
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.plates import load_plate
 
@@ -109,17 +112,64 @@ def test_member_whose_header_understates_its_size_is_not_trusted(tmp_path):
     assert not (tmp_path / "out").exists()   # at most the declared bytes were written, then removed
 
 
-def test_not_enough_free_disk_space_is_refused_before_extracting(tmp_path, monkeypatch):
-    zpath = tmp_path / "noise.zip"
-    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+_SMALL_DISKS = """
+import json, subprocess, sys
+from pathlib import Path
+from neurorg_core.archive import ZipLimits, extract_zip
+from neurorg_core.errors import NeuroRGError
+
+tmp = Path(sys.argv[1])
+def mount(*args):
+    subprocess.run(["mount", *args], check=True)
+def error_of(fn):
+    try:
+        fn()
+    except NeuroRGError as exc:
+        return str(exc)
+    return None
+small, few = tmp / "small", tmp / "few"
+small.mkdir(); few.mkdir()
+mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small))              # 8 MiB of space
+mount("-t", "tmpfs", "-o", "size=8m,nr_inodes=4", "tmpfs", str(few))    # space, but 4 inodes
+no_spare = ZipLimits(reserve_bytes=0)
+out = {
+    "with_spare": error_of(lambda: extract_zip(tmp / "noise.zip", small / "a")),
+    "fits": error_of(lambda: extract_zip(tmp / "noise.zip", small / "b", limits=no_spare)),
+    "second": error_of(lambda: extract_zip(tmp / "noise.zip", small / "c", limits=no_spare)),
+    "fills_up": error_of(lambda: extract_zip(tmp / "many.zip", few / "out", limits=no_spare)),
+    "small": sorted(p.relative_to(small).as_posix() for p in small.rglob("*")),
+    "few": sorted(p.name for p in few.iterdir()),
+}
+print(json.dumps(out))
+"""
+
+
+def test_free_space_on_a_real_small_disk_is_checked_and_a_disk_that_fills_keeps_nothing(tmp_path):
+    """Real file systems: an 8 MiB tmpfs, and one with 4 inodes (so creating files fails with
+    ENOSPC part-way, although the free bytes passed the check). Mounted in a private mount
+    namespace (``unshare --mount``, plus ``--user --map-root-user`` when not root)."""
+    with zipfile.ZipFile(tmp_path / "noise.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("exp_B02_s1_w1.tif", np.random.default_rng(0).bytes(5 * MiB))
-    usage = namedtuple("usage", "total used free")
-    # the file system's own answer, made small: a real full disk cannot be arranged in a test
-    monkeypatch.setattr(archive.shutil, "disk_usage", lambda p: usage(10 * MiB, 9 * MiB, 1 * MiB))
-    with pytest.raises(NeuroRGError, match=r"noise.zip: the zip expands to 5.0 MiB but .* has only "
-                                           r"1.0 MiB free \(keeping 256.0 MiB spare\)"):
-        extract_zip(zpath, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    with zipfile.ZipFile(tmp_path / "many.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for ch in range(1, 7):
+            zf.writestr(f"exp_B02_s1_w{ch}.tif", np.random.default_rng(ch).bytes(4096))
+    unshare = shutil.which("unshare")
+    assert unshare, "util-linux `unshare` is needed to mount a test filesystem"
+    prefix = [unshare, "--mount"] if os.geteuid() == 0 else [unshare, "--user", "--map-root-user", "--mount"]
+    proc = subprocess.run([*prefix, sys.executable, "-c", _SMALL_DISKS, str(tmp_path)], capture_output=True,
+                          text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert re.match(r"noise.zip: the zip expands to 5.0 MiB but .*small has only 8.0 MiB free "
+                    r"\(keeping 256.0 MiB spare\)", out["with_spare"] or ""), out["with_spare"]
+    assert out["fits"] is None                       # without the spare, 5 MiB fits in 8
+    assert re.match(r"noise.zip: the zip expands to 5.0 MiB but .*small has only 3.0 MiB free",
+                    out["second"] or ""), out["second"]   # the space the first copy took is seen
+    assert out["small"] == ["b", "b/exp_B02_s1_w1.tif"]   # refused ones wrote nothing
+    assert out["fills_up"].startswith("many.zip: the disk filled up while extracting (No space left "
+                                      "on device); nothing kept"), out["fills_up"]
+    assert out["few"] == []                          # the half-done extraction is removed
 
 
 # --- names that are not UTF-8 -------------------------------------------------------------------
