@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from neurorg_core.cache import BoundedCache
+from neurorg_core.cache import BoundedCache, file_version
 from neurorg_core.config import Config, load_config
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.inference import PredictorCache
@@ -256,13 +256,13 @@ def predictors() -> PredictorCache:
 def field_image(source: str, channel_map_json: str, well: str, field_index: int) -> np.ndarray:
     """One field for display: (h, w, 3) native dtype in CHANNELS order, shrunk (by whole-pixel
     striding) to at most ``THUMBNAIL_EDGE`` px, remembered per plate version and the field's files'
-    size and mtime in the server's bounded thumbnail cache."""
+    versions (``cache.file_version``) in the server's bounded thumbnail cache."""
     p = _plate(source, channel_map_json, config().max_pixels)
     refs = [ref for ref in p.fields_of(well) if ref.field == field_index]
     if not refs:
         raise NeuroRGError(f"field {field_index} is not imaged", path=source, well=well)
     try:
-        stamp = tuple((st.st_size, st.st_mtime_ns) for st in (f.stat() for f in p.files_of(refs[0])))
+        stamp = tuple(file_version(f.stat()) for f in p.files_of(refs[0]))
     except OSError:
         stamp = ()
     key = (source, channel_map_json, well, field_index, p.signature, stamp)

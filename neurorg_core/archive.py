@@ -42,6 +42,7 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from neurorg_core.cache import file_version
 from neurorg_core.errors import NeuroRGError, printable
 
 log = logging.getLogger(__name__)
@@ -243,9 +244,10 @@ def extract_zip(zip_path: str | Path, dest: str | Path, *, max_bytes: int | None
 # --- the app's extraction cache ----------------------------------------------------------------
 
 def zip_stamp(zip_path: str | Path) -> str:
-    """A short key of one version of a zip file: its resolved path, size and modification time.
+    """A short key of one version of a zip file: its resolved path and ``cache.file_version``.
 
-    A zip replaced at the same path (copied over, re-exported) gets a new stamp.
+    A zip replaced at the same path (copied over, re-exported, even with its old size and time)
+    gets a new stamp.
     """
     path = Path(zip_path)
     try:
@@ -254,7 +256,7 @@ def zip_stamp(zip_path: str | Path) -> str:
         raise NeuroRGError(f"cannot read the zip ({exc.strerror})", path=path) from exc
     digest = hashlib.blake2b(digest_size=8)
     digest.update(os.fsencode(str(path.resolve())))
-    digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    digest.update(repr(file_version(st)).encode())
     return digest.hexdigest()
 
 
@@ -269,7 +271,7 @@ def extract_zip_keyed(zip_path: str | Path, work_dir: str | Path, *,
     """The extraction of this version of ``zip_path`` under ``work_dir`` (made once, then reused).
 
     The folder is ``work_dir/<zip stem>-<path key>-<zip_stamp>``. It is reused while the zip keeps
-    its size and modification time; when the zip is replaced, the next call extracts the new
+    its version (``zip_stamp``); when the zip is replaced, the next call extracts the new
     version and removes the extractions of the earlier versions of the same path. ``work_dir``
     and everything in it belong to the caller (the app's ``Config().upload_dir / "extracted"``).
     Extraction goes into a hidden temporary sibling that is renamed into place when complete, so a

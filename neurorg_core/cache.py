@@ -8,6 +8,7 @@ and a byte budget, holds it, and passes it where it is used. ``stats()`` says wh
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -17,6 +18,19 @@ from typing import Generic, TypeVar
 from neurorg_core.errors import NeuroRGError
 
 log = logging.getLogger(__name__)
+
+def file_version(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one version of a file (or folder) from another without reading it: size,
+    modification time, change time and inode, from its ``os.stat`` result.
+
+    Size and modification time alone repeat when a file is replaced by one of the same size whose
+    time was set back (``touch -d``, a copy or an unpacked archive keeping times). The change time
+    cannot be set back: writing, replacing, renaming into place and setting the times all set it
+    to now. So a file's bytes never change while this stays the same; every cache keyed by the
+    files a plate was read from (plates, zip extractions, thumbnails, training crops, campaign
+    plates) uses it."""
+    return int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino)
+
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

@@ -43,6 +43,7 @@ from typing import Any
 import pandas as pd
 
 from neurorg_core import campaign_parquet as files
+from neurorg_core.cache import file_version
 from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.inference import PredictorCache
 from neurorg_core.model import Bundle, load_bundle
@@ -217,18 +218,17 @@ def check_campaign_id(campaign_id: str) -> str:
 
 
 def source_stamp(source: Path) -> str:
-    """A key of the images' version: a zip's size and modification time, or every file's path,
-    size and modification time under a folder (stat calls only, no pixels)."""
+    """A key of the images' version: a zip's ``cache.file_version``, or every file's path and
+    version under a folder (stat calls only, no pixels)."""
     h = hashlib.blake2b(digest_size=12)
     if source.is_file():
-        st = source.stat()
-        h.update(f"{source.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"{source.name}|{file_version(source.stat())}".encode())
         return h.hexdigest()
     for root, dirs, names in os.walk(source):
         dirs.sort()
         for n in sorted(names):
-            st = os.stat(os.path.join(root, n))
-            h.update(f"{os.path.relpath(os.path.join(root, n), source)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            path = os.path.join(root, n)
+            h.update(f"{os.path.relpath(path, source)}|{file_version(os.stat(path))}\n".encode())
     return h.hexdigest()
 
 

@@ -9,7 +9,7 @@ A labelled plate's crops are cut once (``cropsets.load_crop_set``) into a cache 
     meta.json    the plate, its fingerprint, the shape, and what the key was made of
 
 The key hashes everything that decides what the crops hold: ``CACHE_VERSION``, the plate's files
-(path, size, modification time of every field's files; a zip's own), its channel map, its class
+(path and ``cache.file_version`` of every field's files; a zip's own), its channel map, its class
 labels, the crop geometry, the plate's tile edge and intensity scaling, the input size and crops
 per well. A changed file, map or geometry is a new key (a new entry); nothing is ever rewritten
 in place. An entry is written into a temporary folder and renamed into place, so a half-written
@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from neurorg_core.cache import file_version
 from neurorg_core.config import Config, load_config
 from neurorg_core.errors import NeuroRGError
 
@@ -206,14 +207,12 @@ def crop_cache_key(plate: Any, cropping: Any, input_size: int, crops_per_well: i
                  cropping.pixel_size_um, int(input_size), int(crops_per_well)):
         h.update(repr(part).encode())
     source = Path(plate.source)
-    if source.is_file():        # a zip: its own size and time (its extraction is new each time)
-        st = source.stat()
-        h.update(repr((str(source.resolve()), st.st_size, st.st_mtime_ns)).encode())
+    if source.is_file():        # a zip: its own version (its extraction is new each time)
+        h.update(repr((str(source.resolve()), file_version(source.stat()))).encode())
     else:
         for ref in plate.fields:
             for f in plate.files_of(ref):
-                st = f.stat()
-                h.update(repr((str(f.resolve()), st.st_size, st.st_mtime_ns)).encode())
+                h.update(repr((str(f.resolve()), file_version(f.stat()))).encode())
     return h.hexdigest()[:20]
 
 

@@ -16,7 +16,7 @@ error raises ``NeuroRGError`` naming the file (and well).
 A ``.zip`` is extracted safely (``archive.extract_plate_zip``). Without ``work_dir`` the
 extraction is a temporary folder owned by the ``Plate``: ``Plate.close()`` (or leaving ``with
 plate:``, or the plate being garbage-collected, or the process ending) removes it. With
-``work_dir`` the extraction is kept there, keyed by the zip's path, size and modification time,
+``work_dir`` the extraction is kept there, keyed by the zip's path and version (``cache.file_version``),
 and belongs to the caller (the app). Either way ``Plate.source`` is the zip, and ``Plate.root``
 the folder the files are read from.
 """
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from neurorg_core.archive import MAX_ZIP_BYTES, ZipLimits, extract_plate_zip
+from neurorg_core.cache import file_version
 from neurorg_core.config import load_config
 from neurorg_core.errors import NeuroRGError, printable
 from neurorg_core.images import with_well
@@ -60,11 +61,10 @@ __all__ = ["FieldRef", "MAX_ZIP_BYTES", "Plate", "ZipLimits", "load_plate"]
 
 
 def _listing_stamp(dirs: list[Path], files: list[Path]) -> tuple[Any, ...]:
-    """The mtime of every listed folder (adding, removing or renaming a file changes its folder's
-    mtime) and the size and mtime of a few files (the first field's, whose header a Plate keeps)."""
-    stats = [(f, f.stat()) for f in files]
-    return (tuple((str(d), d.stat().st_mtime_ns) for d in dirs),
-            tuple((str(f), st.st_size, st.st_mtime_ns) for f, st in stats))
+    """The version (``cache.file_version``) of every listed folder (adding, removing or renaming a
+    file changes its folder's) and of a few files (the first field's, whose header a Plate keeps)."""
+    return (tuple((str(d), file_version(d.stat())) for d in dirs),
+            tuple((str(f), file_version(f.stat())) for f in files))
 
 
 class Plate:
@@ -134,9 +134,8 @@ class Plate:
     def _current_stamp(self) -> tuple[Any, ...] | None:
         dirs, files = self._listing
         try:
-            if self.source.is_file():   # a zip: its version is its size and mtime, and its extraction
-                st = self.source.stat()
-                return ("zip", int(st.st_size), int(st.st_mtime_ns), self.root.is_dir())
+            if self.source.is_file():   # a zip: its version, and its extraction still there
+                return ("zip", file_version(self.source.stat()), self.root.is_dir())
             return _listing_stamp(list(dirs), list(files))
         except OSError:
             return None
@@ -372,7 +371,7 @@ def load_plate(
         Most pixel values one file may decode to (pages x samples x height x width); default
         ``Config().max_pixels``.
     work_dir
-        Where a zip is extracted, keyed by the zip's path, size and mtime and reused while the
+        Where a zip is extracted, keyed by the zip's path and version and reused while the
         zip is unchanged (``archive.extract_zip_keyed``); the caller owns it. Default: a
         temporary folder owned by the returned Plate (``Plate.close()`` removes it).
     plate

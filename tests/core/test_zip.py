@@ -265,6 +265,33 @@ def test_replaced_zip_is_read_again(tmp_path):
     assert not old.root.exists() and len(list(work.iterdir())) == 1
 
 
+def test_a_zip_replaced_with_its_old_size_and_time_is_read_again(tmp_path):
+    """Size and modification time can repeat (same layout, times kept by a copy or set back); the
+    change time (``cache.file_version``) cannot, so the new pixels are read."""
+    def stored_zip(folder: Path, zpath: Path) -> Path:       # uncompressed: same layout, same size
+        with zipfile.ZipFile(zpath, "w", zipfile.ZIP_STORED) as zf:
+            for p in sorted(folder.iterdir()):
+                zf.write(p, f"{folder.name}/{p.name}")
+        return zpath
+
+    zpath = stored_zip(write_plate(tmp_path / "plate"), tmp_path / "plate.zip")
+    before = zpath.stat()
+    work = tmp_path / "work"
+    old = load_plate(zpath, work_dir=work)
+    assert old.read_field(old.fields[0])[0, 0].tolist() == [1, 2, 3]
+    shutil.rmtree(tmp_path / "plate")
+    folder = write_plate(tmp_path / "plate")
+    for f in folder.iterdir():                                 # same files, other pixels
+        tifffile.imwrite(f, tifffile.imread(f) + 100)
+    zpath.write_bytes(stored_zip(folder, tmp_path / "new.zip").read_bytes())   # over the old one
+    os.utime(zpath, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = zpath.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert not old.is_current()
+    new = load_plate(zpath, work_dir=work)
+    assert new.root != old.root and new.read_field(new.fields[0])[0, 0].tolist() == [101, 102, 103]
+
+
 def test_folder_listing_changes_make_a_plate_stale(tmp_path):
     root = write_plate(tmp_path / "p" / "TimePoint_1")
     plate = load_plate(tmp_path / "p")
