@@ -331,17 +331,19 @@ def _with_plate_map(out: pd.DataFrame, pm: pd.DataFrame) -> pd.DataFrame:
 
     When the map holds every scored well (always, in a run: ``platemap.plate_map_for`` checks it)
     its rows are taken by position, which is what the join gives at a fraction of pandas' merge
-    (~10 ms a plate); wells missing from the map go through the merge, which fills them with NaN.
+    (~10 ms a plate); wells missing from the map (filled with NaN) and a map column named like a
+    score column go through the merge, as before.
     """
     meta = [c for c in pm.columns if c != WELL]
     scores = [c for c in out.columns if c not in (WELL, ROW, COL, *meta)]
     rows = pd.Index(pm[WELL]).get_indexer(out[WELL])   # the map's wells are unique (_prepare_plate_map)
-    if (rows >= 0).all():
+    if (rows >= 0).all() and not set(meta) & set(out.columns):
         mapped = pm[meta].iloc[rows].reset_index(drop=True)
         return pd.concat([out[[WELL, ROW, COL]], mapped, out[scores]], axis=1)
     unmapped = sorted(set(out[WELL]) - set(pm[WELL]))
-    log.warning("%d scored well(s) are not in the plate map (e.g. %s); their metadata is missing",
-                len(unmapped), ", ".join(unmapped[:5]))
+    if unmapped:
+        log.warning("%d scored well(s) are not in the plate map (e.g. %s); their metadata is missing",
+                    len(unmapped), ", ".join(unmapped[:5]))
     out = out.merge(pm, on=WELL, how="left", validate="one_to_one")
     return out[[WELL, ROW, COL, *meta, *scores]]
 
