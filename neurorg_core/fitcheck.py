@@ -189,9 +189,7 @@ def fit_stats(wells: pd.DataFrame, crop_probs: pd.DataFrame, field_stats: np.nda
               if len(ctrl) and len(dis) else float("nan"))
 
     # crops: ensemble-mean probabilities -> call, top probability; each member's call against it
-    key = [WELL, FIELD, CROP]
-    members = crop_probs.pivot_table(index=key, columns=MEMBER, values=list(PROB_COLUMNS), aggfunc="first")
-    probs = members.to_numpy(np.float64).reshape(len(members), len(PROB_COLUMNS), -1)  # (n, 6, m)
+    probs = _crops_by_member(crop_probs)   # (n, 6, m)
     mean = probs.mean(axis=2)
     call = mean.argmax(axis=1)
     top = mean.max(axis=1)
@@ -209,6 +207,27 @@ def fit_stats(wells: pd.DataFrame, crop_probs: pd.DataFrame, field_stats: np.nda
         intensity_mean=tuple(float(x) for x in fs[:, 0].mean(axis=0)),
         intensity_sd=tuple(float(x) for x in fs[:, 1].mean(axis=0)),
     )
+
+
+def _crops_by_member(crop_probs: pd.DataFrame) -> np.ndarray:
+    """(n_crops, 6, n_members) class probabilities, crops sorted by (well, field, crop), members
+    ascending; NaN where a crop lacks a member; a repeated (crop, member) row keeps its first values.
+
+    What ``crop_probs.pivot_table(index=[well, field, crop], columns=member, values=P_class*,
+    aggfunc="first")`` gives for finite probabilities, in the same order (so every mean over it is
+    bit-identical), built with numpy: the pivot cost 20-70 ms of the save's CPU per 96-well plate.
+    """
+    codes = [pd.factorize(crop_probs[c], sort=True) for c in (WELL, FIELD, CROP, MEMBER)]
+    well, field_, crop, member = (c for c, _ in codes)
+    n_members = len(codes[3][1])
+    # one integer per (well, field, crop), ordered as the sorted keys are
+    flat = (well.astype(np.int64) * len(codes[1][1]) + field_) * len(codes[2][1]) + crop
+    keys, row = np.unique(flat, return_inverse=True)
+    _, first = np.unique(row.reshape(-1) * n_members + member, return_index=True)   # first of repeats
+    probs = np.full((len(keys), len(PROB_COLUMNS), n_members), np.nan)
+    values = crop_probs[list(PROB_COLUMNS)].to_numpy(np.float64)
+    probs[row[first], :, member[first]] = values[first]
+    return probs
 
 
 def pool_stats(parts: Sequence[FitStats]) -> FitStats:

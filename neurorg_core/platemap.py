@@ -563,6 +563,13 @@ def check_plate_map(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | 
         roles (the message lists them), class labels within 0-5.
     """
     table, problems = _normalize(df.copy())
+    return problems + _match_problems(table, imaged_wells, plate)
+
+
+def _match_problems(table: pd.DataFrame, imaged_wells: Iterable[str], plate: str | None) -> list[str]:
+    """How a normalised map (``_normalize``'s table) matches the imaged wells: ``check_plate_map``'s
+    second half, apart so that ``plate_map_for`` normalises the map once for the check and the result."""
+    problems: list[str] = []
     if WELL not in table.columns:
         return problems
     plates = sorted(set(table[PLATE]) - {""})
@@ -623,10 +630,10 @@ def plate_map_for(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | No
         Every problem ``check_plate_map`` finds.
     """
     wells = list(imaged_wells)
-    problems = check_plate_map(df, wells, plate=plate)
+    table, problems = _normalize(df.copy())   # once: check_plate_map's own normalisation, shared
+    problems += _match_problems(table, wells, plate)
     if problems:
         raise PlateMapError(problems)
-    table, _ = _normalize(df.copy())
     if plate is not None:
         table = table[table[PLATE] == plate]
     imaged = {format_well(*parse_well(w)) for w in wells}

@@ -6,6 +6,7 @@ from neurorg_core.errors import NeuroRGError
 from neurorg_core.schema import (
     CALLED_CLASS,
     CHANNEL_P_CONTROL,
+    CLASS,
     COL,
     COMPOUND,
     CROP,
@@ -118,6 +119,27 @@ def test_plate_map_is_left_joined_on_normalised_wells():
     assert list(out[ROLE].iloc[:2]) == ["control", "treatment"] and pd.isna(out[ROLE].iloc[2])
     assert out[DOSE].iloc[1] == 0.5
     assert list(out.columns[:7]) == [WELL, ROW, COL, PLATE, COMPOUND, DOSE, ROLE]
+
+
+def test_a_map_holding_every_well_gives_what_pandas_merge_gives():
+    """The map's rows are taken by position when it holds every scored well (a run's case): the
+    table, dtypes included, is the left join on the well that score_wells made before (#12)."""
+    rng = np.random.default_rng(3)
+    crop = _random_crop_table(rng, ["B02", "A01", "A02", "B01"], n_members=3, n_fields=2, n_crops=3)
+    plate_map = pd.DataFrame({
+        PLATE: ["P1"] * 5, WELL: ["b1", "A02", "C05", "r01c01", "B02"], COMPOUND: ["", "cmpd-1", "", "", "cmpd-2"],
+        DOSE: [np.nan, 0.5, np.nan, np.nan, 2.0], ROLE: ["disease", "treatment", "empty", "control", "treatment"],
+        CLASS: pd.array([4, pd.NA, pd.NA, 0, pd.NA], dtype="Int64"),
+    })
+    out = score_wells(crop, plate_map)
+    bare = score_wells(crop, None)
+    pm = plate_map.assign(**{WELL: ["B01", "A02", "C05", "A01", "B02"]})
+    want = bare.merge(pm, on=WELL, how="left", validate="one_to_one")
+    meta = [c for c in pm.columns if c != WELL]
+    want = want[[WELL, ROW, COL, *meta, *[c for c in bare.columns if c not in (WELL, ROW, COL)]]]
+    pd.testing.assert_frame_equal(out, want, check_exact=True)
+    assert list(out[ROLE]) == ["control", "treatment", "disease", "treatment"]   # A01 A02 B01 B02
+    assert str(out[CLASS].dtype) == "Int64"
 
 
 def _valid_rows():
