@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Callable
 
 import pytest
+
+from neurorg_core.schema import CHANNELS
 
 _frozen_for: list[str] = []
 
@@ -57,3 +60,42 @@ def crop_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("NEURORG_CROP_CACHE", None)
     else:
         os.environ["NEURORG_CROP_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable:
+    """``tiny_model(seed, channels=CHANNELS, head_seed=None)``: a random-weight efficientnet_tiny
+    at 32 px (``tests/tiny_models.py``), weights rounded to storage precision (float16 kernels) so
+    that the saved member is the model in memory; made once per session for each set of arguments.
+    Without ``head_seed``: scaled normalisation and head (distinct outputs on plate crops); with it:
+    a random head."""
+    made: dict[tuple, object] = {}
+
+    def make(seed: int, channels: tuple[str, ...] = CHANNELS, head_seed: int | None = None):
+        key = (seed, tuple(channels), head_seed)
+        if key not in made:
+            import keras
+
+            from neurorg_core.model import round_weights_to_float16
+            from tests.tiny_models import scaled_model, spread_model
+
+            keras.utils.set_random_seed(seed)
+            model = (scaled_model(tuple(channels)) if head_seed is None
+                     else spread_model(tuple(channels), head_seed))
+            round_weights_to_float16(model)
+            made[key] = model
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_members(tiny_model: Callable) -> dict:
+    """``fold1``, ``fold2``: 3-channel members (scaled); ``microglia``, ``neuron``, ``nucleus``:
+    one single-channel member each (random head). Seeds whose outputs vary from crop to crop.
+    Shared by tests/core and tests/dashboard: a bundle of these members in either reuses the
+    session's LiteRT conversions."""
+    return {"fold1": tiny_model(1), "fold2": tiny_model(2),
+            "microglia": tiny_model(10, ("microglia",), head_seed=0),
+            "neuron": tiny_model(11, ("neuron",), head_seed=1),
+            "nucleus": tiny_model(12, ("nucleus",), head_seed=2)}

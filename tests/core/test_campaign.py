@@ -157,25 +157,6 @@ def test_a_crashed_campaign_resumes_from_its_parquet_files(campaign, manifest, r
 
 
 @pytest.mark.slow   # starts Ray (~10 s) and scores plates
-def test_fields_cached_by_score_are_not_computed_again(ray_local, manifest, reference, tmp_path) -> None:
-    """`score`'s cache rule on the workers: a campaign into a store where `score` already scored the
-    plates (every field cached for every member) stores each plate and infers no crop."""
-    db = tmp_path / "r.duckdb"
-    shutil.copy(reference, db)
-    with ResultStore(db) as s:
-        before = {n: s.latest_run_id(n) for n in NAMES}
-        result = run_campaign(load_manifest(manifest), load_bundle(DEMO), s, campaign_id="cached",
-                              options=ScoreOptions(crops_per_well=1))
-    assert not result.failed and sorted(result.stored) == sorted(NAMES) and not result.skipped
-    assert result.inferred_crops == 0 and result.ray_startup_s > 0           # the workers ran, computed nothing
-    for name in NAMES:
-        info = read_metadata(plate_folder(result.folder, name))
-        assert info is not None and info["inferred_crops"] == 0 and info["total_crops"] > 0
-        assert result.stored[name] != before[name]                            # a new run, from cached predictions
-    _assert_same_wells(db, reference)
-
-
-@pytest.mark.slow   # starts Ray (~10 s) and scores plates
 def test_a_worker_killed_mid_campaign_loses_nothing(ray_local, manifest, reference, tmp_path) -> None:
     """The worker scoring p2 kills its own process (SIGKILL) on its first attempt, after it has read
     the plate's first field; Ray restarts the actor and scores p2 again; every plate is stored."""
@@ -198,24 +179,46 @@ def test_a_worker_killed_mid_campaign_loses_nothing(ray_local, manifest, referen
     _assert_same_wells(tmp_path / "k.duckdb", reference)
 
 
-@pytest.mark.slow   # starts Ray (~10 s) and scores plates
-def test_a_plate_whose_map_does_not_match_fails_alone(ray_local, plates, tmp_path, capsys) -> None:
-    """A plate map missing an imaged well: that plate is marked failed with the reason and its
-    manifest row; the other plate is stored; the command exits 2."""
-    bad = tmp_path / "bad_map.csv"
+@pytest.mark.slow   # starts Ray's workers and scores plates
+def test_fields_cached_by_score_are_not_computed_again_and_a_plate_whose_map_does_not_match_fails_alone(
+        ray_local, plates, reference, tmp_path, capsys) -> None:
+    """Two rules in one campaign, to start its workers once.
+
+    `score`'s cache rule on the workers: into a store where `score` already scored p1-p3 (every
+    field cached for every member), each of them is stored as a new run and no crop is inferred.
+
+    A plate map missing an imaged well: that plate ("bad", a copy of p2's images) is marked failed
+    with the reason and its manifest row; the other plates are stored; the command exits 2."""
+    bad_map = tmp_path / "bad_map.csv"
     pm = pd.read_csv(plates[1] / "platemap.csv")
-    pm[pm[WELL] != "B03"].to_csv(bad, index=False)
+    pm[pm[WELL] != "B03"].to_csv(bad_map, index=False)
+    bad_plate = shutil.copytree(plates[1], tmp_path / "bad_plate")
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"plate,plate_map,name\n{plates[0]},{plates[0] / 'platemap.csv'},good\n{plates[1]},{bad},bad\n")
-    db = tmp_path / "f.duckdb"
-    assert main(["score-campaign", "--manifest", str(manifest), "--campaign", "f", *_score_args(db)]) == 2
-    err = capsys.readouterr().err
-    assert f"error: plate bad: {plates[1]} (row 2): " in err and "B03" in err
+    manifest.write_text("plate,plate_map,name\n" + "".join(f"{p},{p / 'platemap.csv'},{n}\n" for p, n in zip(plates, NAMES))
+                        + f"{bad_plate},{bad_map},bad\n")
+    db = tmp_path / "r.duckdb"
+    shutil.copy(reference, db)
     with ResultStore(db, read_only=True) as s:
-        rows = s.load_campaign("f").set_index(PLATE)
-        assert s.list_plates()[PLATE].tolist() == ["good"]
-    assert rows.loc["good", RUN_STATUS] == "stored" and rows.loc["bad", RUN_STATUS] == "failed"
-    assert "B03" in rows.loc["bad", "Message"]
+        before = {n: s.latest_run_id(n) for n in NAMES}
+    capsys.readouterr()
+    assert main(["score-campaign", "--manifest", str(manifest), "--campaign", "cached", *_score_args(db)]) == 2
+    captured = capsys.readouterr()
+    # the cached plates: stored as new runs, computed from cached predictions on the workers
+    assert "3 plate(s) stored, 0 already stored (skipped), 0 merged from earlier Parquet files, 1 failed; " \
+           "0 crop x member predictions computed" in captured.out
+    assert "s starting Ray and its workers)" in captured.out                 # the workers ran, computed nothing
+    with ResultStore(db, read_only=True) as s:
+        rows = s.load_campaign("cached").set_index(PLATE)
+        assert sorted(s.list_plates()[PLATE]) == sorted(NAMES)              # "bad" was not stored
+    folder = db.parent / "campaigns" / "cached"
+    for name in NAMES:
+        info = read_metadata(plate_folder(folder, name))
+        assert info is not None and info["inferred_crops"] == 0 and info["total_crops"] > 0
+        assert rows.loc[name, RUN_STATUS] == "stored" and rows.loc[name, RUN_ID] != before[name]   # a new run
+    _assert_same_wells(db, reference)
+    # the plate whose map does not match: failed alone, with the reason and its row
+    assert f"error: plate bad: {bad_plate} (row 4): " in captured.err and "B03" in captured.err
+    assert rows.loc["bad", RUN_STATUS] == "failed" and "B03" in rows.loc["bad", "Message"]
 
 
 def test_another_ray_address_than_the_one_this_process_uses_is_refused(ray_local, manifest, tmp_path, capsys) -> None:

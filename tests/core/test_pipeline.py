@@ -17,6 +17,7 @@ import tifffile
 
 from neurorg_core.config import REPO_ROOT
 from neurorg_core.errors import NeuroRGError, PlateMapError
+from neurorg_core.inference import PredictorCache
 from neurorg_core.model import load_bundle, save_bundle
 from neurorg_core.pipeline import RunResult, ScoreOptions, hash_field, run_plate
 from neurorg_core.results import load_plate_results
@@ -75,13 +76,26 @@ def plate_dir(tmp_path_factory, copy_screen_wells) -> Path:
     return out
 
 
+PREDICTORS = PredictorCache()
+"""The module's predictors, kept between runs as the app keeps them per server: a bundle's Keras
+models are built and traced once (~15 s per bundle on a busy 2-core machine), not once per run.
+A predictor made per run and closed after (no cache) is what test_bundle_files, test_cli_score and
+the CLI tests run."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_predictors():
+    yield
+    PREDICTORS.clear()
+
+
 def score(folder: Path, bundle, store: ResultStore, backend: str = "keras", crops_per_well: int = CROPS,
           flush_after_s: float = 10.0, **kw) -> RunResult:
     """Keras backend by default: no LiteRT conversion, so the tests stay short (the fast path is
-    covered by ``test_litert_fast_path_scores_like_keras``)."""
+    covered by ``test_litert_fast_path_scores_like_keras``); predictors from ``PREDICTORS``."""
     options = ScoreOptions(crops_per_well=crops_per_well, backend=backend, flush_after_s=flush_after_s)
     return run_plate(load_plate(folder), load_plate_map(folder / "platemap.csv"), bundle, store,
-                     name="screen1", options=options, **kw)
+                     name="screen1", options=options, predictors=PREDICTORS, **kw)
 
 
 def snapshot(store: ResultStore) -> dict:
@@ -269,13 +283,14 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
     for flush_after_s in (10.0, 0.0):   # 0: a commit is due after the first inference batch
         with pytest.raises(PlateMapError, match="B02"):
             run_plate(load_plate(plate_dir), pm, bundles["a"], store, name="screen1",
-                      options=ScoreOptions(crops_per_well=CROPS, backend="keras", flush_after_s=flush_after_s))
+                      options=ScoreOptions(crops_per_well=CROPS, backend="keras", flush_after_s=flush_after_s),
+                      predictors=PREDICTORS)
         assert store.list_runs().empty and store.count_predictions() == 0
 
 
 @pytest.mark.slow
-def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path, tiny_model) -> None:
-    models = [tiny_model(10 + i, (c,)) for i, c in enumerate(CHANNELS)]
+def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path, tiny_members) -> None:
+    models = [tiny_members[c] for c in CHANNELS]   # the session's single-channel members: built once
     sc = save_bundle(tmp_path / "sc", models, [{"name": c} for c in CHANNELS], kind="single_channel",
                      arch="efficientnet_tiny", input_size=32, extra=GEOMETRY)
     r = score(plate_dir, bundles["a"], store, single_channel_bundle=sc)
@@ -351,7 +366,8 @@ def test_a_plate_inferred_in_one_place_and_saved_in_another_gives_the_same_run(p
 
     folder_map = load_plate_map(plate_dir / "platemap.csv")
     inference = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=frozenset(),
-                            name="screen1", options=ScoreOptions(crops_per_well=CROPS, backend="keras"))
+                            name="screen1", options=ScoreOptions(crops_per_well=CROPS, backend="keras"),
+                            predictors=PREDICTORS)
     assert inference.inferred_crops == inference.total_crops * 2            # two members, nothing cached
     assert len(inference.uncommitted) == 2 * len(inference.fields)         # kept for the save: no sink
     shipped = pickle.loads(pickle.dumps(inference))                          # e.g. from a worker process
@@ -379,7 +395,8 @@ def test_new_predictions_are_committed_by_age_and_the_rest_stay_for_the_save(pla
         commits: list[list] = []
         inference = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=frozenset(),
                                 name="screen1", commit=lambda rows: commits.append(list(rows)),
-                                options=ScoreOptions(crops_per_well=15, backend="keras", flush_after_s=after))
+                                options=ScoreOptions(crops_per_well=15, backend="keras", flush_after_s=after),
+                                predictors=PREDICTORS)
         committed = [r for batch in commits for r in batch]
         assert len(committed) + len(inference.uncommitted) == 2 * len(inference.fields)  # two members
         keys = {(r.field_hash, r.model_id, r.crop_key) for r in (*committed, *inference.uncommitted)}

@@ -4,6 +4,7 @@ end with the plurality well call; plus the CLI and its errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from neurorg_core.cli import main
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.inference import Predictor
+from neurorg_core.inference import Predictor, PredictorCache
 from neurorg_core.model import Bundle, build_model, load_bundle
 from neurorg_core.pipeline import ScoreOptions, hash_field, run_plate
 from neurorg_core.results import load_plate_results
@@ -41,6 +42,15 @@ def imported(study: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     return import_study(fold_files(study), study / "normalize_parameters.pkl",
                         tmp_path_factory.mktemp("bundles") / "study_b0", arch="efficientnet_b0",
                         input_size=INPUT_SIZE)
+
+
+@pytest.fixture(scope="module")
+def predictors():
+    """The imported bundle's Keras predictor, shared by the equivalence test and the scored plate:
+    its four B0 members are built and traced once, not once per test."""
+    cache = PredictorCache()
+    yield cache
+    cache.clear()
 
 
 def _reference_fields(study: Path) -> np.ndarray:
@@ -88,9 +98,10 @@ def test_the_card_says_where_each_member_came_from(imported: Bundle, study: Path
     assert origin["normalization"]["sha256"] == file_sha256(study / "normalize_parameters.pkl")
 
 
-def test_every_member_matches_efficientnet_pytorch_on_every_field(imported: Bundle, study: Path) -> None:
+def test_every_member_matches_efficientnet_pytorch_on_every_field(imported: Bundle, study: Path,
+                                                                   predictors: PredictorCache) -> None:
     ref = reference_probs()
-    got = Predictor(imported, backend="keras").predict(_reference_fields(study))
+    got = predictors.predictor(imported, "keras").predict(_reference_fields(study))
     assert got.shape == ref.shape == (4, 60, 6)
     assert np.abs(got - ref).max() < TOLERANCE
     # the comparison can fail: members differ from each other, wells and fields differ
@@ -101,21 +112,20 @@ def test_every_member_matches_efficientnet_pytorch_on_every_field(imported: Bund
 
 
 @pytest.mark.slow
-def test_litert_runs_an_imported_member_within_tolerance(study: Path, tmp_path: Path) -> None:
-    bundle = import_study(fold_files(study)[:1], study / "normalize_parameters.pkl", tmp_path / "one_fold",
-                          arch="efficientnet_b0", input_size=INPUT_SIZE)
+def test_litert_runs_an_imported_member_within_tolerance(imported: Bundle, study: Path) -> None:
+    bundle = dataclasses.replace(imported, members=imported.members[:1])   # one conversion keeps it short
     got = Predictor(bundle, backend="litert", threads=1).predict(_reference_fields(study))
     assert np.abs(got[0] - reference_probs()[0]).max() < TOLERANCE
 
 
 @pytest.mark.slow
 def test_a_study_npy_plate_scores_end_to_end_with_the_plurality_well_call(
-        imported: Bundle, study: Path, tmp_path: Path) -> None:
+        imported: Bundle, study: Path, tmp_path: Path, predictors: PredictorCache) -> None:
     plate = load_plate(study / "plate")
     assert plate.layout == "npy" and len(plate.wells()) == 12 and len(plate.fields) == 60
     with ResultStore(tmp_path / "store.duckdb") as store:
         result = run_plate(plate, load_plate_map(study / "plate" / "platemap.csv"), imported, store,
-                           options=ScoreOptions(backend="keras"))
+                           options=ScoreOptions(backend="keras"), predictors=predictors)
         assert (result.n_wells, result.n_fields, result.n_crops) == (12, 60, 60)   # one crop per field
         assert result.crop_edge_px == INPUT_SIZE and result.model_fit.verdict == "unchecked"
         res = load_plate_results(store, result.plate, result.run_id)

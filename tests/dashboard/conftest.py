@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -29,12 +30,14 @@ def tiny_plate(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model folder like ``data/models/demo``: ``ensemble/`` (one untrained efficientnet_tiny
-    member, 32 px) and ``single_channel/`` (nucleus, neuron, microglia)."""
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_model: Callable) -> Path:
+    """A model folder like ``data/models/demo``: ``ensemble/`` (one efficientnet_tiny member, 32 px:
+    the session's tiny ``fold1`` from ``tests/conftest.py``, random weights with a scaled head, so
+    its LiteRT conversion, made once by the core tests, is a cache hit for the browser test's
+    server) and ``single_channel/`` (nucleus, neuron, microglia: untrained, constant outputs)."""
     out = tmp_path_factory.mktemp("models")
     geometry = {"crop_geometry": {"mode": "tiles", "crop_edge_px": 32, "pixel_size_um": None}}
-    save_bundle(out / "ensemble", [build_model("efficientnet_tiny", 32)], [{"name": "fold1", "fold": 1}],
+    save_bundle(out / "ensemble", [tiny_model(1)], [{"name": "fold1", "fold": 1}],
                 kind="ensemble", arch="efficientnet_tiny", input_size=32, extra=geometry)
     singles = [build_model("efficientnet_tiny", 32, channels=(c,)) for c in CHANNELS]
     save_bundle(out / "single_channel", singles, [{"name": c} for c in CHANNELS],

@@ -1,5 +1,5 @@
 """Upload -> score -> heatmap -> treatments, driven by widget keys through AppTest with a real
-(tiny, untrained) model bundle and the real pipeline; plus the first-start demo and the
+(tiny, random-weight) model bundle and the real pipeline; plus the first-start demo and the
 single-channel button."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_upload_zip_score_heatmap_treatments_rescore_and_channels(model_env: Pat
     at.switch_page("views/treatments.py").run()
     assert not at.exception and not at.error
     assert at.title[0].value == "Treatments"
-    # An untrained model gives (nearly) the same P(control) everywhere: the page either says the
+    # A random-weight model's P(control) follows no treatment: the page either says the
     # assay window is empty, in plain words, or shows the treatment table; it never fails.
     assert (any("assay window is empty" in i.value for i in at.info)
             or any("Q_welch" in df.value.columns for df in at.dataframe))
