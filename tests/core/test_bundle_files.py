@@ -8,11 +8,8 @@ test reuses them.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from neurorg_core.platemap import load_plate_map  # noqa: E402
 from neurorg_core.plates import load_plate  # noqa: E402
 from neurorg_core.schema import CHANNELS, FIELD_HASH, ROLE  # noqa: E402
 from neurorg_core.store import ResultStore  # noqa: E402
+from tests.private_mount import run_in_private_mount  # noqa: E402
 
 S = 32
 
@@ -206,15 +204,9 @@ def test_a_bundle_in_a_read_only_folder_works_and_converts_elsewhere(plain, seal
     listing = _listing(ro)
     np.save(tmp_path / "crops.npy", _crops(12))
     np.save(tmp_path / "expected.npy", expected)
-    unshare = shutil.which("unshare")
-    assert unshare, "util-linux `unshare` is needed to mount a read-only folder"
-    prefix = [unshare, "--mount"] if os.geteuid() == 0 else [unshare, "--user", "--map-root-user", "--mount"]
     env = {k: v for k, v in os.environ.items() if k != "NEURORG_LITERT_CACHE"}
     env.update(PYTHONPATH=str(REPO_ROOT), NEURORG_DATA_DIR=str(ro / "data"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    proc = subprocess.run([*prefix, sys.executable, "-c", _READ_ONLY, str(tmp_path)], capture_output=True,
-                          text=True, cwd=REPO_ROOT, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_in_private_mount(_READ_ONLY, tmp_path, env=env, timeout=600)
     assert out["shipped_files"] == [str(ro / "sealed" / "litert" / f"{m.id}.tflite") for m in sealed.members]
     assert [Path(p).parent for p in out["converted_files"]] == [tmp_path / "xdg" / "neurorg" / "litert"]
     assert out["shipped_diff"] < 1e-6 and out["converted_diff"] < 1e-5

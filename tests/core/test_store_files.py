@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from neurorg_core.store import PredictionRow, ResultStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_store import save, snapshot  # noqa: E402  (the same fixtures as the store's own tests)
+from tests.private_mount import SCRIPT_HELPERS, run_in_private_mount  # noqa: E402
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -45,34 +45,15 @@ def _bytes(path: Path) -> bytes:
 
 
 def _private_mount(script: str, tmp: Path) -> dict:
-    """Run ``script`` (Python) in a private mount namespace; it prints one JSON line last."""
-    unshare = shutil.which("unshare")
-    assert unshare, "util-linux `unshare` is needed to mount a test filesystem"
-    prefix = [unshare, "--mount"] if os.geteuid() == 0 else [unshare, "--user", "--map-root-user", "--mount"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(Path(__file__).parent)])}
-    proc = subprocess.run([*prefix, sys.executable, "-c", script, str(tmp)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """``run_in_private_mount`` with this folder on the path too (the script imports test_store)."""
+    return run_in_private_mount(script, tmp, env={
+        **os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(Path(__file__).parent)])})
 
 
-_PRELUDE = """
-import json, subprocess, sys
-from pathlib import Path
+_PRELUDE = SCRIPT_HELPERS + """
 import numpy as np
-from neurorg_core.errors import NeuroRGError
 from neurorg_core.store import PredictionRow, ResultStore
 from test_store import save, snapshot
-
-tmp = Path(sys.argv[1])
-def mount(*args):
-    subprocess.run(["mount", *args], check=True)
-def error_of(fn):
-    try:
-        fn()
-    except NeuroRGError as exc:
-        return str(exc)
-    return None
 """
 
 # --- foreign, damaged and unwritable files ----------------------------------------------------

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import gc
 import io
-import json
 import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -21,9 +18,9 @@ import pytest
 import tifffile
 
 from neurorg_core.archive import COMPLETE_MARKER, extract_zip, extract_zip_keyed
-from neurorg_core.config import REPO_ROOT
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.plates import load_plate
+from tests.private_mount import SCRIPT_HELPERS, run_in_private_mount
 
 MiB = 1 << 20
 
@@ -112,21 +109,9 @@ def test_member_whose_header_understates_its_size_is_not_trusted(tmp_path):
     assert not (tmp_path / "out").exists()   # at most the declared bytes were written, then removed
 
 
-_SMALL_DISKS = """
-import json, subprocess, sys
-from pathlib import Path
+_SMALL_DISKS = SCRIPT_HELPERS + """
 from neurorg_core.archive import ZipLimits, extract_zip
-from neurorg_core.errors import NeuroRGError
 
-tmp = Path(sys.argv[1])
-def mount(*args):
-    subprocess.run(["mount", *args], check=True)
-def error_of(fn):
-    try:
-        fn()
-    except NeuroRGError as exc:
-        return str(exc)
-    return None
 small, few = tmp / "small", tmp / "few"
 small.mkdir(); few.mkdir()
 mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small))              # 8 MiB of space
@@ -153,14 +138,7 @@ def test_free_space_on_a_real_small_disk_is_checked_and_a_disk_that_fills_keeps_
     with zipfile.ZipFile(tmp_path / "many.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         for ch in range(1, 7):
             zf.writestr(f"exp_B02_s1_w{ch}.tif", np.random.default_rng(ch).bytes(4096))
-    unshare = shutil.which("unshare")
-    assert unshare, "util-linux `unshare` is needed to mount a test filesystem"
-    prefix = [unshare, "--mount"] if os.geteuid() == 0 else [unshare, "--user", "--map-root-user", "--mount"]
-    proc = subprocess.run([*prefix, sys.executable, "-c", _SMALL_DISKS, str(tmp_path)], capture_output=True,
-                          text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_in_private_mount(_SMALL_DISKS, tmp_path)
     assert re.match(r"noise.zip: the zip expands to 5.0 MiB but .*small has only 8.0 MiB free "
                     r"\(keeping 256.0 MiB spare\)", out["with_spare"] or ""), out["with_spare"]
     assert out["fits"] is None                       # without the spare, 5 MiB fits in 8
