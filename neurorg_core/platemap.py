@@ -562,13 +562,18 @@ def check_plate_map(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | 
         the map, no map well (other than role ``empty``) without images, numeric doses, known
         roles (the message lists them), class labels within 0-5.
     """
+    return _checked(df, imaged_wells, plate)[1]
+
+
+def _checked(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """The normalised map (``_normalize``'s table) and every problem ``check_plate_map`` names: one
+    normalisation serves the check and ``plate_map_for``'s result."""
     table, problems = _normalize(df.copy())
-    return problems + _match_problems(table, imaged_wells, plate)
+    return table, problems + _match_problems(table, imaged_wells, plate)
 
 
 def _match_problems(table: pd.DataFrame, imaged_wells: Iterable[str], plate: str | None) -> list[str]:
-    """How a normalised map (``_normalize``'s table) matches the imaged wells: ``check_plate_map``'s
-    second half, apart so that ``plate_map_for`` normalises the map once for the check and the result."""
+    """How a normalised map matches the imaged wells (``_checked``'s second half)."""
     problems: list[str] = []
     if WELL not in table.columns:
         return problems
@@ -630,8 +635,7 @@ def plate_map_for(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | No
         Every problem ``check_plate_map`` finds.
     """
     wells = list(imaged_wells)
-    table, problems = _normalize(df.copy())   # once: check_plate_map's own normalisation, shared
-    problems += _match_problems(table, wells, plate)
+    table, problems = _checked(df, wells, plate)
     if problems:
         raise PlateMapError(problems)
     if plate is not None:
