@@ -19,6 +19,7 @@ from neurorg_core.errors import NeuroRGError
 
 log = logging.getLogger(__name__)
 
+
 def file_version(st: os.stat_result) -> tuple[int, int, int, int]:
     """What tells one version of a file (or folder) from another without reading it: size,
     modification time, change time and inode, from its ``os.stat`` result.

@@ -433,11 +433,11 @@ def render_field(rng: np.random.Generator, severity: float, plate_effects: Plate
         ``SYNTH_PIXEL_SIZE_UM / magnification``): cells, processes and the plate's blur are that
         many times larger in pixels, and there are that many squared fewer per pixel area. Every
         length the renderer itself sets in pixels scales too (the cells' soft edges, the nucleus's
-        offset in its cell, neurite fragments, paths rounded to whole native pixels, the smallest nucleus and process), so a field
-        at magnification m, averaged over m x m blocks, shows the cells of the native render (each
-        cell's light and path length alike, tests/core/test_synth.py; channel means over 18
-        wells within about 1 %, the cells' random shapes aside). Camera noise stays per pixel
-        (so the averaged field is less noisy).
+        offset in its cell, neurite fragments, paths rounded to whole native pixels, the smallest
+        nucleus and process), so a field at magnification m, averaged over m x m blocks, shows the
+        cells of the native render (each cell's light and path length alike,
+        tests/core/test_synth.py; channel means over 18 wells within about 1 %, the cells' random
+        shapes aside). Camera noise stays per pixel (so the averaged field is less noisy).
 
     Returns
     -------
