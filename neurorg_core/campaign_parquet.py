@@ -42,8 +42,9 @@ from neurorg_core.store import PlateRecord, PredictionRow
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-"""Bump when the files change shape; files of another version are not reused (inferred again)."""
+FORMAT_VERSION = 2
+"""Bump when the files change shape; files of another version are not reused (inferred again).
+2: the engines that ran (``PlateInference.ran_on``)."""
 
 PREDICTIONS_FILE = "predictions.parquet"
 PLATE_MAP_FILE = "plate_map.parquet"
@@ -116,6 +117,7 @@ def read_inference(folder: Path) -> PlateInference:
         inferred_crops=int(info["inferred_crops"]), total_crops=int(info["total_crops"]),
         options=ScoreOptions(**info["options"]), cropping=info["cropping"], intensity=Intensity(**info["intensity"]),
         crop_edge_px=int(info["crop_edge_px"]), members={r: tuple(ids) for r, ids in info["members"].items()},
+        ran_on=tuple(info["ran_on"]),
     )
 
 
@@ -182,6 +184,7 @@ def _fields_table(inference: PlateInference, stamp: str) -> pa.Table:
         "cropping": dict(inference.cropping), "intensity": dataclasses.asdict(inference.intensity),
         "crop_edge_px": int(inference.crop_edge_px),
         "members": {role: list(ids) for role, ids in inference.members.items()},
+        "ran_on": list(inference.ran_on),
     }
     return table.replace_schema_metadata({_META_KEY: json.dumps(info, default=_jsonable).encode()})
 

@@ -272,7 +272,8 @@ def _score_loaded(args: argparse.Namespace, cfg: Config, plate: Plate, plate_map
           f"{' (' + geo['pixel_size_source'] + ')' if geo['pixel_size_source'] else ''}, "
           f"{result.intensity.bits}-bit intensity)")
     print(f"cache hits: {result.cache_hits} fields, misses: {result.cache_misses} "
-          f"({result.inferred_crops} crop x member predictions computed)")
+          f"({result.inferred_crops} crop x member predictions computed"
+          f"{' on ' + ', '.join(res.run['params']['backend_ran']) if result.inferred_crops else ''})")
     print(f"model fit: {result.model_fit.summary()}")
     label = READOUT_LABELS[res.readout]
     print(f"readout: {label}")

@@ -233,7 +233,8 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
         "crop_key_version": CROP_KEY_VERSION,
         "readout": inference.options.readout,
         "precision": inference.options.precision,
-        "backend": inference.options.backend,       # as asked (auto resolves where it runs)
+        "backend": inference.options.backend,       # as asked (a re-score asks alike)
+        "backend_ran": list(inference.ran_on),      # what computed this run's new predictions ([]: all cached)
         "well_call": well_call,
         "crop_geometry": dict(inference.cropping),
         "intensity": inference.intensity.as_params(),

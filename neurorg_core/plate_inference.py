@@ -305,6 +305,7 @@ class _RunState:
     unflushed: list[PredictionRow] = dataclasses.field(default_factory=list)
     unflushed_fields: int = 0
     unflushed_since: float = 0.0            # time.monotonic() of the oldest uncommitted prediction
+    ran_on: set[str] = dataclasses.field(default_factory=set)  # engines that computed predictions
 
     def register(self, job: _FieldJob) -> None:
         """Take a job over from the thread that built it (once), and count it if nothing is missing."""
@@ -469,6 +470,8 @@ def _stream(state: _RunState, role: Role, members: Sequence[Member], sub_bundle:
             if probs.shape != (len(members), n_in, len(PROB_COLUMNS)):
                 raise NeuroRGError(f"inference returned shape {probs.shape}; expected "
                                    f"({len(members)}, {n_in}, {len(PROB_COLUMNS)})", path=sub_bundle.path)
+            if n_in:
+                state.ran_on.add(predictor.backend)
             start = 0
             for job, k, last in keys:
                 state.register(job)
@@ -521,6 +524,9 @@ class PlateInference:
         The plate's intensity scaling and crop edge (pixels).
     members
         Role -> member ids it was inferred with (``save_plate`` checks the bundles it is given).
+    ran_on
+        The engines that computed its new predictions (``Predictor.backend``: what ``auto``
+        resolved to), sorted; empty when every prediction came from the cache.
     """
 
     name: str
@@ -536,6 +542,7 @@ class PlateInference:
     intensity: Intensity
     crop_edge_px: int
     members: Mapping[Role, tuple[str, ...]]
+    ran_on: tuple[str, ...]
 
 
 def infer_plate(
@@ -592,6 +599,7 @@ def infer_plate(
         cropping={**plan.cropping.as_params(), "overlapping_tiles": any(p.overlapping for p in plan.crops.values())},
         intensity=plan.cropping.intensity, crop_edge_px=plan.cropping.edge,
         members={role: tuple(m.id for m in b.members) for role, b in plan.bundles.items()},
+        ran_on=tuple(sorted(state.ran_on)),
     )
 
 

@@ -21,6 +21,7 @@ from neurorg_core.campaign_parquet import WELLS_FILE, read_metadata
 from neurorg_core.campaign import plate_folder
 from neurorg_core.cli import main
 from neurorg_core.config import REPO_ROOT
+from neurorg_core.devices import resolve_backend
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import load_bundle
 from neurorg_core.plate_inference import ScoreOptions
@@ -103,16 +104,19 @@ def test_campaign_well_tables_equal_score_plate_by_plate(campaign, reference, ca
     with ResultStore(campaign["db"], read_only=True) as s:
         rows = s.load_campaign("screen-1")
         runs = s.list_runs()
+        params = [s.load_run(run_id)["params"] for run_id in runs[RUN_ID]]
     assert rows[PLATE].tolist() == ["p2", "p1", "p3"]                  # acquisition order
     assert rows[BATCH].tolist() == ["b1", "b1", "b2"]
     assert [d.date().isoformat() for d in rows[ACQUIRED]] == ["2026-03-01", "2026-03-02", "2026-03-09"]
     assert (rows[RUN_STATUS] == "stored").all() and set(rows[RUN_ID]) == set(runs[RUN_ID])
+    assert all(p["backend_ran"] == [resolve_backend("auto")] for p in params)
     assert len(runs) == 3
     # each plate's Parquet files: a finished write, and the stored well table
     folder = campaign["db"].parent / "campaigns" / "screen-1"
     for name in NAMES:
         info = read_metadata(plate_folder(folder, name))
         assert info is not None and info["inferred_crops"] == info["total_crops"] * 4   # 4 members, none cached
+        assert info["ran_on"] == [resolve_backend("auto")]             # what auto ran on, carried to the store
         pd.testing.assert_frame_equal(pd.read_parquet(plate_folder(folder, name) / WELLS_FILE),
                                       _well_tables(campaign["db"])[name], check_dtype=False)
 

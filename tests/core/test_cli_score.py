@@ -37,7 +37,8 @@ def test_score_prints_summary_and_rerun_hits_the_cache(setup, capsys) -> None:
     assert f"wells scored: {N_WELLS} ({N_WELLS} fields, {N_WELLS * 4} crops of 32 px" in out.out
     assert "model fit: not checked (the model card has no fit_reference" in out.out
     assert "readout: inflammation score (0 = control ... 5 = 20 uM)" in out.out
-    assert f"cache hits: 0 fields, misses: {N_WELLS} ({N_WELLS * 4} crop x member" in out.out
+    assert f"cache hits: 0 fields, misses: {N_WELLS} ({N_WELLS * 4} crop x member predictions computed on keras)" \
+        in out.out
     assert "Z': " in out.out and "hits: " in out.out
     assert f"{N_WELLS * 4}/{N_WELLS * 4} crops (100 %)" in out.err
 

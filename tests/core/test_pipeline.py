@@ -168,6 +168,7 @@ def test_first_run_stores_plate_fields_scores_and_provenance(plate_dir, bundles,
     assert run["params"]["members"] == [m.id for m in bundles["a"].members]
     assert run["params"]["channel_map"] == load_plate(plate_dir).channel_map
     assert run["Code_Version"] and (run["Cache_hits"], run["Cache_misses"]) == (0, n)
+    assert run["params"]["backend"] == "keras" and run["params"]["backend_ran"] == ["keras"]
     assert store.count_predictions() == n * 2
 
     res = load_plate_results(store, "screen1")
@@ -187,6 +188,7 @@ def test_second_run_reads_the_cache_and_runs_no_inference(plate_dir, bundles, sc
     calls: list[tuple[int, int]] = []
     second = score(plate_dir, bundles["a"], store, progress=lambda d, t: calls.append((d, t)))
     assert second.inferred_crops == 0
+    assert store.load_run(second.run_id)["params"]["backend_ran"] == []   # nothing ran: all from the cache
     assert (second.cache_hits, second.cache_misses) == (first.n_fields, 0)
     assert calls == [(first.n_crops, first.n_crops)]
     assert store.list_runs("screen1")[RUN_ID].tolist() == [second.run_id, first.run_id]
@@ -315,6 +317,7 @@ def test_litert_fast_path_scores_like_keras(plate_dir, bundles, tmp_path) -> Non
         score(plate_dir, bundles["one"], a, backend="keras")
         r = score(plate_dir, bundles["one"], b, backend="litert")
         assert r.inferred_crops == r.n_crops
+        assert b.load_run(r.run_id)["params"]["backend_ran"] == ["litert"]
         np.testing.assert_allclose(b.load_well_scores("screen1")[P_CONTROL],
                                    a.load_well_scores("screen1")[P_CONTROL], atol=1e-5)
 

@@ -107,7 +107,8 @@ def test_upload_zip_score_heatmap_treatments_rescore_and_channels(model_env: Pat
     assert not at.exception
     run_id = resources.store().latest_run_id("uploaded plate")
     assert len(resources.store().load_channel_scores(run_id)) == 88
-    assert resources.store().load_run(run_id)["params"]["backend"] == "keras"   # as the scored run chose
+    params = resources.store().load_run(run_id)["params"]
+    assert params["backend"] == "keras" and params["backend_ran"] == ["keras"]   # as the scored run chose
     # Untrained models give constant outputs, so r is undefined: said in words, not a crash.
     assert at.title[0].value == "Channels" and not at.error
 
