@@ -236,18 +236,6 @@ def open_images(path: Path) -> Path:
     return path
 
 
-def map_plates(plate_map: pd.DataFrame) -> list[str]:
-    """The plate names a plate map describes (``Metadata_Plate``), sorted; [] when it names none."""
-    if PLATE not in plate_map.columns:
-        return []
-    return sorted({str(p) for p in plate_map[PLATE].dropna() if str(p).strip()})
-
-
-def map_for_plate(plate_map: pd.DataFrame, plate: str) -> pd.DataFrame:
-    """The rows of a multi-plate map that describe ``plate``."""
-    return plate_map[plate_map[PLATE].astype(str) == plate].reset_index(drop=True)
-
-
 # --- scoring ------------------------------------------------------------------------------
 
 def score(plate: Plate, plate_map: pd.DataFrame, name: str, progress: Progress | None = None,
