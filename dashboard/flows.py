@@ -94,7 +94,9 @@ def ensure_demo(progress: Progress | None = None) -> str:
             )[0]
         plate = resources.plate(folder)
         plate_map = load_plate_map(folder / "platemap.csv")
-        _run(plate, plate_map, ensemble, resources.DEMO_PLATE, progress, None)
+        # the configured readout and backend, as Upload & score offers them (NEURORG_READOUT, NEURORG_BACKEND)
+        _run(plate, plate_map, ensemble, resources.DEMO_PLATE, progress, None,
+             ScoreOptions(readout=cfg.readout, backend=cfg.backend))
     return resources.DEMO_PLATE
 
 
