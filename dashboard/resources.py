@@ -31,7 +31,7 @@ from neurorg_core.inference import PredictorCache
 from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
 from neurorg_core.results import PlateResults
-from neurorg_core.schema import BUNDLE_PATH, MODEL_ID, N_RUNS, PLATE, RUN_ID
+from neurorg_core.schema import BUNDLE_PATH, MODEL_ID, N_RUNS, PLATE, RUN_ID, RUN_PARAMETERS
 from neurorg_core.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ def runs_table(plate_name: str | None = None) -> pd.DataFrame:
         if runs.empty:
             return runs
         params = [json.dumps(db.load_run(r)["params"], sort_keys=True) for r in runs[RUN_ID]]
-    return runs.assign(Parameters=params)
+    return runs.assign(**{RUN_PARAMETERS: params})
 
 
 def plates_table() -> pd.DataFrame:

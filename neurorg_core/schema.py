@@ -142,6 +142,7 @@ RUN_ID: Final = "Run_Id"
 RUN_CREATED: Final = "Created"          # UTC timestamp
 RUN_STATUS: Final = "Status"
 CODE_VERSION: Final = "Code_Version"
+RUN_PARAMETERS: Final = "Parameters"   # a run's parameters as JSON (the app's runs table)
 CACHE_HITS: Final = "Cache_hits"        # fields whose crop predictions came from the store
 CACHE_MISSES: Final = "Cache_misses"    # fields that went through inference
 N_WELLS: Final = "N_wells"
