@@ -94,7 +94,9 @@ def ensure_demo(progress: Progress | None = None) -> str:
             )[0]
         plate = resources.plate(folder)
         plate_map = load_plate_map(folder / "platemap.csv")
-        _run(plate, plate_map, ensemble, resources.DEMO_PLATE, progress, None)
+        # the configured readout and backend, as Upload & score offers them (NEURORG_READOUT, NEURORG_BACKEND)
+        _run(plate, plate_map, ensemble, resources.DEMO_PLATE, progress, None,
+             ScoreOptions(readout=cfg.readout, backend=cfg.backend))
     return resources.DEMO_PLATE
 
 
@@ -234,18 +236,6 @@ def open_images(path: Path) -> Path:
     """What to read a plate from for ``path`` on the server: the folder, or the zip itself
     (``resources.plate`` extracts it once per zip version, and again when the zip is replaced)."""
     return path
-
-
-def map_plates(plate_map: pd.DataFrame) -> list[str]:
-    """The plate names a plate map describes (``Metadata_Plate``), sorted; [] when it names none."""
-    if PLATE not in plate_map.columns:
-        return []
-    return sorted({str(p) for p in plate_map[PLATE].dropna() if str(p).strip()})
-
-
-def map_for_plate(plate_map: pd.DataFrame, plate: str) -> pd.DataFrame:
-    """The rows of a multi-plate map that describe ``plate``."""
-    return plate_map[plate_map[PLATE].astype(str) == plate].reset_index(drop=True)
 
 
 # --- scoring ------------------------------------------------------------------------------

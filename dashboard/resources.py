@@ -31,7 +31,7 @@ from neurorg_core.inference import PredictorCache
 from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
 from neurorg_core.results import PlateResults
-from neurorg_core.schema import BUNDLE_PATH, MODEL_ID, N_RUNS, PLATE, RUN_ID
+from neurorg_core.schema import BUNDLE_PATH, MODEL_ID, N_RUNS, PLATE, RUN_ID, RUN_PARAMETERS
 from neurorg_core.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -213,14 +213,19 @@ def plate_results(plate_name: str) -> PlateResults:
         If the plate has no stored run.
     """
     run_id = store().latest_run_id(plate_name)
-    return _plate_results(str(config().db_path), plate_name, run_id)
+    cfg = config()
+    return _plate_results(str(cfg.db_path), plate_name, run_id, cfg.hit_rescue_pct, cfg.hit_fdr)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _plate_results(db_path: str, plate_name: str, run_id: str) -> PlateResults:
+def _plate_results(db_path: str, plate_name: str, run_id: str, hit_rescue_pct: float,
+                   hit_fdr: float) -> PlateResults:
+    """Keyed by the hit thresholds too (``Config.hit_rule``, passed in): hits called with other
+    thresholds are not served from memory."""
     from neurorg_core.results import load_plate_results
+    from neurorg_core.stats import HitRule
 
-    return load_plate_results(_store(db_path), plate_name, run_id, hits=config().hit_rule)
+    return load_plate_results(_store(db_path), plate_name, run_id, hits=HitRule(hit_rescue_pct, hit_fdr))
 
 
 THUMBNAIL_EDGE = 512
@@ -288,7 +293,7 @@ def runs_table(plate_name: str | None = None) -> pd.DataFrame:
         if runs.empty:
             return runs
         params = [json.dumps(db.load_run(r)["params"], sort_keys=True) for r in runs[RUN_ID]]
-    return runs.assign(Parameters=params)
+    return runs.assign(**{RUN_PARAMETERS: params})
 
 
 def plates_table() -> pd.DataFrame:
@@ -330,11 +335,14 @@ def campaign_results(campaign_id: str):
 
     rows = store().load_campaign(campaign_id)
     runs = tuple(sorted(rows.loc[rows[RUN_STATUS] == "stored", RUN_ID]))
-    return _campaign_results(str(config().db_path), campaign_id, runs)
+    cfg = config()
+    return _campaign_results(str(cfg.db_path), campaign_id, runs, cfg.hit_rescue_pct, cfg.hit_fdr)
 
 
 @st.cache_data(show_spinner="Reading the campaign's plates ...", max_entries=8)
-def _campaign_results(db_path: str, campaign_id: str, runs: tuple[str, ...]):
+def _campaign_results(db_path: str, campaign_id: str, runs: tuple[str, ...], hit_rescue_pct: float,
+                      hit_fdr: float):
     from neurorg_core.campaign_results import load_campaign_results
+    from neurorg_core.stats import HitRule
 
-    return load_campaign_results(_store(db_path), campaign_id, hits=config().hit_rule)
+    return load_campaign_results(_store(db_path), campaign_id, hits=HitRule(hit_rescue_pct, hit_fdr))

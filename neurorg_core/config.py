@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from neurorg_core.errors import NeuroRGError
+
+if TYPE_CHECKING:   # stats imports scipy: only when asked
+    from neurorg_core.stats import HitRule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,8 +55,9 @@ class Config:
 
     Environment overrides: ``NEURORG_DATA_DIR``, ``NEURORG_MODEL_DIR``, ``NEURORG_DB``,
     ``NEURORG_LITERT_CACHE``, ``NEURORG_CROP_CACHE``, ``NEURORG_CROP_CACHE_GB``, ``NEURORG_MAX_PIXELS``,
-    ``NEURORG_READOUT``, ``NEURORG_BACKEND``, ``NEURORG_HIT_RESCUE_PCT``, ``NEURORG_HIT_FDR``; read by the dashboard only: ``NEURORG_PREDICTOR_CACHE_MB``, ``NEURORG_IMAGE_CACHE_MB``, ``NEURORG_PASSWORD``, ``NEURORG_SERVER_ROOTS``,
-    ``NEURORG_SESSION_HOURS``.
+    ``NEURORG_READOUT``, ``NEURORG_BACKEND``, ``NEURORG_HIT_RESCUE_PCT``, ``NEURORG_HIT_FDR``; read by the
+    dashboard only: ``NEURORG_PREDICTOR_CACHE_MB``, ``NEURORG_IMAGE_CACHE_MB``, ``NEURORG_PASSWORD``,
+    ``NEURORG_SERVER_ROOTS``, ``NEURORG_SESSION_HOURS``.
     """
 
     data_dir: Path = field(default_factory=lambda: _env_path("NEURORG_DATA_DIR", REPO_ROOT / "data"))
@@ -112,7 +117,7 @@ class Config:
             object.__setattr__(self, "server_roots", (self.data_dir,))
 
     @property
-    def hit_rule(self):
+    def hit_rule(self) -> HitRule:
         """``stats.HitRule`` from ``hit_rescue_pct`` and ``hit_fdr`` (checked there)."""
         from neurorg_core.stats import HitRule  # statistics imports scipy: only when asked
 

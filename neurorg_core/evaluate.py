@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from neurorg_core.model import Bundle
 from neurorg_core.preprocess import CropGeometry
 from neurorg_core.schema import N_CLASSES
 from neurorg_core.scoring import aggregate_wells
+
+if TYPE_CHECKING:   # inference imports the LiteRT interpreter: only when evaluating
+    from neurorg_core.inference import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +228,7 @@ def _plate_wells(cs: CropSet) -> np.ndarray:
 
 # --- evaluating a bundle --------------------------------------------------------------------
 
-def evaluate_bundle(plates: Sequence[str | Path], bundle: Bundle, *, predictor: Any = None,
+def evaluate_bundle(plates: Sequence[str | Path], bundle: Bundle, *, predictor: Predictor | None = None,
                     sets: Sequence[CropSet] | None = None) -> EvaluationReport:
     """Crop / well accuracy, confusion matrices, Cohen's kappa and McNemar for a bundle.
 

@@ -621,6 +621,12 @@ def select_plate(df: pd.DataFrame, *candidates: str | None) -> str | None:
     return next((c for c in candidates if c is not None and c in plates), None)
 
 
+def plate_rows(df: pd.DataFrame, plate: str) -> pd.DataFrame:
+    """The rows of a (normalised) multi-plate map that describe ``plate`` (``Metadata_Plate``); the
+    one place a map is reduced to one of its plates (``plate_map_for``, the app's plate choice)."""
+    return df[df[PLATE] == plate].reset_index(drop=True)
+
+
 def plate_map_for(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | None = None) -> pd.DataFrame:
     """The plate map as a run stores it: one row per imaged well, in plate order.
 
@@ -639,7 +645,7 @@ def plate_map_for(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | No
     if problems:
         raise PlateMapError(problems)
     if plate is not None:
-        table = table[table[PLATE] == plate]
+        table = plate_rows(table, plate)
     imaged = {format_well(*parse_well(w)) for w in wells}
     table = table[table[WELL].isin(imaged)].copy()
     table[ROW] = table[ROW].astype(int)

@@ -7,7 +7,7 @@ strings out: import them from here.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 # --- the assay -------------------------------------------------------------------------------
 CHANNELS: Final = ("nucleus", "neuron", "microglia")
@@ -24,8 +24,10 @@ CLASS_NAMES: Final = tuple(f"{c:g} uM" for c in CONCENTRATIONS_UM)
 ROLES: Final = ("control", "disease", "treatment", "empty")
 Role = Literal["control", "disease", "treatment", "empty"]
 
-LAYOUTS: Final = ("imagexpress", "operetta", "tiff", "npy")
 Layout = Literal["imagexpress", "operetta", "tiff", "npy"]
+LAYOUTS: Final[tuple[str, ...]] = get_args(Layout)
+"""The built-in layouts, in the order their patterns are tried: one list, ``Layout``'s
+(``layouts.BUILTIN_LAYOUTS`` is checked against it on import)."""
 
 PLATE_FORMATS: Final = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
 """Wells -> (rows, columns)."""
@@ -140,6 +142,7 @@ RUN_ID: Final = "Run_Id"
 RUN_CREATED: Final = "Created"          # UTC timestamp
 RUN_STATUS: Final = "Status"
 CODE_VERSION: Final = "Code_Version"
+RUN_PARAMETERS: Final = "Parameters"   # a run's parameters as JSON (the app's runs table)
 CACHE_HITS: Final = "Cache_hits"        # fields whose crop predictions came from the store
 CACHE_MISSES: Final = "Cache_misses"    # fields that went through inference
 N_WELLS: Final = "N_wells"

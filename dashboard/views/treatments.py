@@ -18,7 +18,7 @@ if res.treatments.empty:
 
 label = READOUT_LABELS[res.readout]
 st.metric("Hits (compound x dose)", f"{res.n_hits} of {len(res.treatments)}",
-          help="rescue >= 50 % and Benjamini-Hochberg q (Welch) <= 0.05, on the " + label)
+          help=f"{res.hit_rule.describe()}, on the {label} (NEURORG_HIT_RESCUE_PCT, NEURORG_HIT_FDR)")
 if res.hits_provisional:
     st.warning(f"**Hits are provisional**: {res.hits_provisional}.")
 components.hits_table_with_download(res.treatments, file_name=f"{res.plate}_treatments.csv", key="treatments")

@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import auth, components, flows, resources
 from neurorg_core.devices import BACKENDS
 from neurorg_core.errors import NeuroRGError, PlateMapError
-from neurorg_core.platemap import check_plate_map, load_plate_map
+from neurorg_core.platemap import check_plate_map, load_plate_map, map_plates, plate_rows
 from neurorg_core.pipeline import ScoreOptions
 from neurorg_core.schema import CHANNELS, READOUT_LABELS, READOUTS
 
@@ -128,12 +128,12 @@ except PlateMapError as exc:
 except NeuroRGError as exc:
     st.error(components.plain(exc))
     st.stop()
-map_plates = flows.map_plates(plate_map)
+plates_in_map = map_plates(plate_map)
 map_plate = None
-if len(map_plates) > 1:
-    map_plate = st.selectbox("The map describes several plates: which one is this?", map_plates,
+if len(plates_in_map) > 1:
+    map_plate = st.selectbox("The map describes several plates: which one is this?", plates_in_map,
                              key="map_plate")
-    plate_map = flows.map_for_plate(plate_map, map_plate)
+    plate_map = plate_rows(plate_map, map_plate)
 problems = check_plate_map(plate_map, plate.wells(), plate=map_plate)
 if problems:
     st.warning("Plate map vs images:\n" + "\n".join(f"- {components.plain(p)}" for p in problems))

@@ -8,7 +8,7 @@ writes them. Built in, in the order patterns are tried:
 (``layouts.tiff``), ``npy`` (``layouts.npy``).
 
 Adding an instrument is adding one spec: write its module next to these, add it to
-``BUILTIN_LAYOUTS`` and to ``schema.LAYOUTS`` (checked below), and test it (docs/ARCHITECTURE.md,
+``BUILTIN_LAYOUTS`` and to ``schema.Layout`` (``schema.LAYOUTS`` is read from it; checked below), and test it (docs/ARCHITECTURE.md,
 "Adding an instrument layout"). A script or test may also ``register_layout(spec)`` at run time
 (``registered_layout(spec)`` for a ``with`` block); ``synth`` then writes it in this process only
 (``n_workers=1``).

@@ -8,6 +8,7 @@ nothing but its ``LayoutSpec``.
 from __future__ import annotations
 
 import re
+import typing
 from types import MappingProxyType
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from neurorg_core import schema
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.layouts import (
     BUILTIN_LAYOUTS,
@@ -123,6 +125,7 @@ def test_worker_processes_write_only_built_in_layouts(toy, tmp_path):
 def test_registry_guards_its_names():
     assert layout_names()[:len(LAYOUTS)] == LAYOUTS   # schema.LAYOUTS is the built-ins' list
     assert tuple(s.name for s in BUILTIN_LAYOUTS) == LAYOUTS
+    assert typing.get_args(schema.Layout) == LAYOUTS   # the type and the list are one (a new layout: one edit)
     with registered_layout(TOY):
         with pytest.raises(NeuroRGError, match="'toyscope' is already registered"):
             register_layout(TOY)

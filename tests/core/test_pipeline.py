@@ -425,3 +425,34 @@ def test_a_run_whose_save_fails_keeps_its_new_predictions_in_the_cache(plate_dir
     assert store.count_predictions() == 2 * N_WELLS     # one field per well, both members
     again = score(plate_dir, bundles["a"], store)
     assert again.inferred_crops == 0 and again.cache_hits == N_WELLS
+
+
+def test_the_run_state_is_changed_only_on_the_calling_thread(plate_dir, bundles) -> None:
+    """Fields are read (and hashed and cropped) on the reader thread while inference runs, but the
+    run's state has one owner: progress reports and cache commits happen on the thread that called
+    ``infer_plate``, never on the reader (#12: "the run state has one owning thread")."""
+    import threading
+
+    from neurorg_core.pipeline import infer_plate
+
+    caller = threading.get_ident()
+    plate = load_plate(plate_dir)
+    readers: list[int] = []
+    read = plate.read_field
+
+    def read_field(ref):
+        readers.append(threading.get_ident())
+        return read(ref)
+
+    plate.read_field = read_field   # type: ignore[method-assign]
+    progress: list[int] = []
+    commits: list[int] = []
+    inference = infer_plate(plate, load_plate_map(plate_dir / "platemap.csv"), bundles["a"], cached_keys=frozenset(),
+                            name="screen1", progress=lambda done, total: progress.append(threading.get_ident()),
+                            commit=lambda rows: commits.append(threading.get_ident()),
+                            options=ScoreOptions(crops_per_well=CROPS, backend="keras", flush_after_s=0.0),
+                            predictors=PREDICTORS)
+    assert inference.inferred_crops == 2 * N_WELLS * CROPS
+    assert len(readers) == N_WELLS and set(readers) - {caller}       # the reader thread read fields
+    assert len(progress) >= 2 and set(progress) == {caller}
+    assert commits and set(commits) == {caller}

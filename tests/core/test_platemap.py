@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from neurorg_core.errors import PlateMapError
-from neurorg_core.platemap import OUTPUT_COLUMNS, check_plate_map, load_plate_map
+from neurorg_core.platemap import OUTPUT_COLUMNS, check_plate_map, load_plate_map, map_plates, plate_rows
 from neurorg_core.schema import CLASS, COL, COMPOUND, DOSE, PLATE, ROLE, ROW, WELL
 
 
@@ -130,6 +130,18 @@ def test_check_with_several_plates():
     assert "holds plates P1, P2" in " ".join(check_plate_map(raw, ["A01"]))
     assert check_plate_map(raw, ["A01"], plate="P2") == []
     assert "plate 'P3' is not in the map" in " ".join(check_plate_map(raw, ["A01"], plate="P3"))
+
+
+def test_multi_plate_maps_are_split_by_plate(tmp_path):
+    """The app's plate choice lists and reduces a map with the same functions the pipeline uses
+    (one home for "which plate of a multi-plate map": #12)."""
+    path = tmp_path / "map.csv"
+    pd.DataFrame({"plate": [" P1", "P1 ", "P2"], "well": ["A01", "A02", "A01"],
+                  "role": ["control", "disease", "control"]}).to_csv(path, index=False)
+    pm = load_plate_map(path)
+    assert map_plates(pm) == ["P1", "P2"]
+    assert list(plate_rows(pm, "P1")[WELL]) == ["A01", "A02"] and list(plate_rows(pm, "P2")[WELL]) == ["A01"]
+    assert map_plates(pm.drop(columns=PLATE)) == []
 
 
 # --- dose columns by name and unit ----------------------------------------------------------

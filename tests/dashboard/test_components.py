@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dashboard import components, flows
-from neurorg_core.schema import COL, COMPOUND, DOSE, P_CONTROL, PLATE, ROLE, ROW, WELL
+from neurorg_core.schema import COL, COMPOUND, DOSE, P_CONTROL, ROLE, ROW, WELL
 from neurorg_core.wells import parse_well
 
 
@@ -62,13 +62,6 @@ def test_plate_summary_table_is_readable() -> None:
     table = dict(components.plate_summary_table(summary).to_numpy().tolist())
     assert table["Plate format"] == "384 wells" and table["Wells imaged"] == "2 (B02 .. C03)"
     assert table["Fields per well"] == "3, 4" and table["Field size (px)"] == "1080 x 1080"
-
-
-def test_multi_plate_maps_are_split_by_plate() -> None:
-    pm = pd.DataFrame({PLATE: ["P1", "P1", "P2"], WELL: ["A01", "A02", "A01"]})
-    assert flows.map_plates(pm) == ["P1", "P2"]
-    assert list(flows.map_for_plate(pm, "P2")[WELL]) == ["A01"]
-    assert flows.map_plates(pm.drop(columns=PLATE)) == []
 
 
 def test_demo_recipe_follows_the_model_card_and_env(tiny_models, monkeypatch: pytest.MonkeyPatch) -> None:

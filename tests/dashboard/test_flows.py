@@ -157,11 +157,15 @@ def test_first_start_renders_and_scores_the_synthetic_demo(model_env: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURORG_DEMO_FIELDS", "1")
     monkeypatch.setenv("NEURORG_DEMO_SIZE", "64")
+    monkeypatch.setenv("NEURORG_READOUT", "p_control")
     at = AppTest.from_file(str(APP), default_timeout=240).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("First start" in i.value and "SYNTHETIC" in i.value for i in at.info)
     assert any("SYNTHETIC" in w.value for w in at.warning)
     assert resources.plate_names() == [resources.DEMO_PLATE]
+    # scored with the configured readout and backend (NEURORG_READOUT, NEURORG_BACKEND), as Upload & score is
+    params = resources.store().load_run(resources.store().latest_run_id(resources.DEMO_PLATE))["params"]
+    assert params["readout"] == "p_control" and params["backend"] == "keras"
     demo = model_env / "data" / "demo" / "plate_01"
     assert (demo / "ground_truth.csv").is_file() and (demo / "platemap.csv").is_file()
     # Next start opens it from the store: nothing is rendered or scored again.

@@ -324,3 +324,19 @@ def test_hits_are_provisional_when_the_model_fit_is_poor(app_env: Path, tiny_pla
     assert dose["layout"]["yaxis"]["title"]["text"] == "P(control)"
     at.switch_page("views/plate.py").run()
     assert any("Model fit: POOR" in e.value for e in at.error)
+
+
+def test_treatments_page_calls_hits_with_the_configured_rule(truth_store: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hit thresholds are settings (``NEURORG_HIT_RESCUE_PCT``, ``NEURORG_HIT_FDR``): the hits, the
+    metric and its help follow them, also for a run already read with other thresholds (#12)."""
+    at = _open("treatments")
+    hits = next(m for m in at.metric if m.label.startswith("Hits"))
+    assert "rescue >= 50 %" in hits.help and not hits.value.startswith("0 of")
+    monkeypatch.setenv("NEURORG_HIT_RESCUE_PCT", "1000")   # no rescue reaches 1000 %: no hits
+    monkeypatch.setenv("NEURORG_HIT_FDR", "0.2")
+    at = _open("treatments")
+    hits = next(m for m in at.metric if m.label.startswith("Hits"))
+    table = _frame_with(at, "Q_welch")
+    assert hits.value == f"0 of {len(table)}" and not table["Hit"].any()
+    assert "rescue >= 1000 %" in hits.help and "<= 0.2" in hits.help

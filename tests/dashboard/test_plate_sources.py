@@ -104,3 +104,23 @@ def test_synthetic_zip_is_recognised(app_env: Path, tmp_path: Path, with_truth: 
     extra = {"plate/ground_truth.csv": b"Metadata_Well\nB02\n"} if with_truth else {}
     zpath = zip_folder(write_plate(tmp_path / "plate"), tmp_path / "p.zip", extra)
     assert is_synthetic_plate(zpath) is with_truth
+
+
+def test_field_images_are_kept_shrunk_and_within_the_image_cache_budget(app_env: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's field-image cache holds display-size copies (at most ``THUMBNAIL_EDGE`` px), not the
+    raw 16-bit fields, and no more bytes than ``NEURORG_IMAGE_CACHE_MB`` (#12)."""
+    root = tmp_path / "big"
+    root.mkdir()
+    for well in ("B02", "B03"):
+        for ch in (1, 2, 3):
+            tifffile.imwrite(root / f"exp_{well}_s1_w{ch}.tif", np.full((1030, 1030), 1000 * ch, np.uint16))
+    monkeypatch.setenv("NEURORG_IMAGE_CACHE_MB", "1.01")   # a budget no other test uses: its own cache
+    cmap = json.dumps({}, sort_keys=True)
+    first = resources.field_image(str(root), cmap, "B02", 1)
+    assert first.shape == (344, 344, 3) and first.dtype == np.uint16      # every 3rd pixel of 1030
+    assert max(first.shape[:2]) <= resources.THUMBNAIL_EDGE and first[0, 0].tolist() == [1000, 2000, 3000]
+    resources.field_image(str(root), cmap, "B03", 1)                     # 2 x 710 kB > 1.01 MB
+    stats = resources._thumbnails(1.01).stats()
+    assert stats.max_bytes == int(1.01 * 2**20) and stats.bytes <= stats.max_bytes
+    assert stats.entries == 1 and stats.evictions == 1
