@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from neurorg_core.devices import AUGMENT_CHOICES, BACKENDS, PRECISIONS
 from neurorg_core.errors import NeuroRGError
-from neurorg_core.schema import (CHANNELS, CROPS_PER_WELL, EXPORT_TABLES, LAYOUTS, MAX_CROPS_PER_WELL,
+from neurorg_core.schema import (CHANNELS, CROPS_PER_WELL, EXPORT_TABLES, MAX_CROPS_PER_WELL,
                                  READOUT_LABELS, READOUTS, RESCUE_PCT)
 
 if TYPE_CHECKING:   # annotations only: the CLI imports heavy modules inside each handler
@@ -371,6 +371,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from neurorg_core.layouts import layout_names
+
     p = argparse.ArgumentParser(prog="python -m neurorg_core", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -382,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wells", type=int, choices=(96, 384), default=96)
     s.add_argument("--fields", type=int, default=4, help="fields (sites) per well")
     s.add_argument("--size", type=int, default=512, help="field edge, pixels")
-    s.add_argument("--layout", choices=[x for x in LAYOUTS], default="imagexpress")
+    s.add_argument("--layout", choices=layout_names(), default="imagexpress",   # registered ones too
+                   help="the instrument's file layout (one spec each: neurorg_core/layouts/)")
     s.add_argument("--kind", choices=("training", "screen"), default="training")
     s.add_argument("--bit-depth", type=int, choices=(8, 12, 16), default=8,
                    help="12-bit camera data in 16-bit files (v * 4095 / 255), or 16-bit = 257 x 8-bit")

@@ -52,7 +52,7 @@ from neurorg_core.layouts import (
     layout_spec,
 )
 from neurorg_core.pixelsize import PixelSize, check_pixel_size
-from neurorg_core.schema import CHANNELS, Layout
+from neurorg_core.schema import CHANNELS
 from neurorg_core.wells import format_well, parse_well, plate_format_for
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Plate:
         self.source = source
         self.root = root
         self.spec = spec
-        self.layout: Layout = spec.name   # type: ignore[assignment]  (a registered layout's name too)
+        self.layout: str = spec.name      # a built-in or registered layout's name
         self.channel_ids = listing.channel_ids
         self.channel_map = dict(channel_map)
         self.dtype = np.dtype(listing.dtype)

@@ -7,7 +7,7 @@ strings out: import them from here.
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Final, Literal
 
 # --- the assay -------------------------------------------------------------------------------
 CHANNELS: Final = ("nucleus", "neuron", "microglia")
@@ -24,10 +24,7 @@ CLASS_NAMES: Final = tuple(f"{c:g} uM" for c in CONCENTRATIONS_UM)
 ROLES: Final = ("control", "disease", "treatment", "empty")
 Role = Literal["control", "disease", "treatment", "empty"]
 
-Layout = Literal["imagexpress", "operetta", "tiff", "npy"]
-LAYOUTS: Final[tuple[str, ...]] = get_args(Layout)
-"""The built-in layouts, in the order their patterns are tried: one list, ``Layout``'s
-(``layouts.BUILTIN_LAYOUTS`` is checked against it on import)."""
+# Layout names live in one place: the layout registry (``layouts.layout_names``, ``BUILTIN_LAYOUTS``).
 
 PLATE_FORMATS: Final = {96: (8, 12), 384: (16, 24), 1536: (32, 48)}
 """Wells -> (rows, columns)."""
@@ -148,7 +145,7 @@ CACHE_MISSES: Final = "Cache_misses"    # fields that went through inference
 N_WELLS: Final = "N_wells"
 SOURCE: Final = "Source"                # the plate's image folder
 PLATE_FORMAT: Final = "Plate_format"    # 96 | 384 | 1536
-PLATE_LAYOUT: Final = "Layout"          # one of LAYOUTS
+PLATE_LAYOUT: Final = "Layout"          # a layout name (layouts.layout_names)
 FIELD_HEIGHT: Final = "Field_height"    # pixels
 FIELD_WIDTH: Final = "Field_width"      # pixels
 PIXEL_TYPE: Final = "Pixel_type"        # uint8 | uint16

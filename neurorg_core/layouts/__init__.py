@@ -7,9 +7,9 @@ writes them. Built in, in the order patterns are tried:
 ``imagexpress`` (``layouts.imagexpress``), ``operetta`` (``layouts.operetta``), ``tiff``
 (``layouts.tiff``), ``npy`` (``layouts.npy``).
 
-Adding an instrument is adding one spec: write its module next to these, add it to
-``BUILTIN_LAYOUTS`` and to ``schema.Layout`` (``schema.LAYOUTS`` is read from it; checked below), and test it (docs/ARCHITECTURE.md,
-"Adding an instrument layout"). A script or test may also ``register_layout(spec)`` at run time
+Adding an instrument is adding one spec: write its module next to these, list it in
+``BUILTIN_LAYOUTS`` (the one list of layout names: the CLI, the store and the app read it from
+here), and test it (docs/ARCHITECTURE.md, "Adding an instrument layout"). A script or test may also ``register_layout(spec)`` at run time
 (``registered_layout(spec)`` for a ``with`` block); ``synth`` then writes it in this process only
 (``n_workers=1``).
 
@@ -42,7 +42,6 @@ from neurorg_core.layouts.npy import NPY
 from neurorg_core.layouts.operetta import OPERETTA
 from neurorg_core.layouts.storage import MultiChannelLayout, PerChannelLayout
 from neurorg_core.layouts.tiff import TIFF
-from neurorg_core.schema import LAYOUTS
 
 __all__ = ["BUILTIN_LAYOUTS", "FieldReader", "FieldRef", "FileKey", "LayoutSpec", "Listing",
            "MultiChannelLayout", "PerChannelLayout", "PlateGeometry", "Source", "WriteTarget",
@@ -51,10 +50,6 @@ __all__ = ["BUILTIN_LAYOUTS", "FieldReader", "FieldRef", "FileKey", "LayoutSpec"
 
 BUILTIN_LAYOUTS: tuple[LayoutSpec, ...] = (IMAGEXPRESS, OPERETTA, TIFF, NPY)
 """The layouts NeuroRG ships, in the order their patterns are tried."""
-
-if tuple(spec.name for spec in BUILTIN_LAYOUTS) != LAYOUTS:   # one list of names: schema's is checked here
-    raise RuntimeError(f"schema.LAYOUTS {LAYOUTS} differs from the built-in layouts "
-                       f"{tuple(spec.name for spec in BUILTIN_LAYOUTS)}; keep them in step")
 
 
 class _Registry:
@@ -114,7 +109,7 @@ def registered_layout(spec: LayoutSpec) -> Iterator[LayoutSpec]:
 
 
 def layout_names() -> tuple[str, ...]:
-    """Names of every known layout: the built-ins (``schema.LAYOUTS``), then registered ones."""
+    """Names of every known layout: the built-ins (``BUILTIN_LAYOUTS``' order), then registered ones."""
     return tuple(spec.name for spec in _REGISTRY.specs)
 
 

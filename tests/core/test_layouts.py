@@ -8,7 +8,6 @@ nothing but its ``LayoutSpec``.
 from __future__ import annotations
 
 import re
-import typing
 from types import MappingProxyType
 
 import numpy as np
@@ -16,7 +15,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from neurorg_core import schema
+from neurorg_core.cli import build_parser
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.layouts import (
     BUILTIN_LAYOUTS,
@@ -33,7 +32,7 @@ from neurorg_core.layouts import (
 from neurorg_core.layouts.tiff import resolution_tags
 from neurorg_core.pixelsize import file_pixel_size
 from neurorg_core.plates import load_plate
-from neurorg_core.schema import CHANNELS, LAYOUTS, TRUE_SEVERITY, WELL
+from neurorg_core.schema import CHANNELS, TRUE_SEVERITY, WELL
 from neurorg_core.synth import SYNTH_PIXEL_SIZE_UM, plate_effects_for, render_well, write_synthetic_plates
 from neurorg_core.wells import parse_well
 
@@ -123,12 +122,14 @@ def test_worker_processes_write_only_built_in_layouts(toy, tmp_path):
 
 
 def test_registry_guards_its_names():
-    assert layout_names()[:len(LAYOUTS)] == LAYOUTS   # schema.LAYOUTS is the built-ins' list
-    assert tuple(s.name for s in BUILTIN_LAYOUTS) == LAYOUTS
-    assert typing.get_args(schema.Layout) == LAYOUTS   # the type and the list are one (a new layout: one edit)
+    builtins = tuple(s.name for s in BUILTIN_LAYOUTS)   # the one list of names (a new layout: one entry)
+    assert layout_names() == builtins == ("imagexpress", "operetta", "tiff", "npy")
+    assert build_parser().parse_args(["synth", "--out", "x", "--layout", "operetta"]).layout == "operetta"
     with registered_layout(TOY):
         with pytest.raises(NeuroRGError, match="'toyscope' is already registered"):
             register_layout(TOY)
+        assert layout_names() == (*builtins, "toyscope")
+        assert build_parser().parse_args(["synth", "--out", "x", "--layout", "toyscope"]).layout == "toyscope"
     with pytest.raises(NeuroRGError, match="built-in layout 'tiff' cannot be unregistered"):
         unregister_layout("tiff")
     assert layout_spec("tiff").name == "tiff"
