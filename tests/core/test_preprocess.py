@@ -277,3 +277,20 @@ def test_field_channel_stats_by_hand():
     st = field_channel_stats(field)
     np.testing.assert_allclose(st[0], [0.0, 1.0, 0.25])
     np.testing.assert_allclose(st[1], [0.0, 0.0, np.sqrt(0.25 * 0.75)])
+
+
+@pytest.mark.parametrize(("dtype", "bits"), [(np.uint8, None), (np.uint16, 12), (np.uint16, None)])
+def test_field_channel_stats_equal_numpy_mean_and_std_bit_for_bit(dtype, bits):
+    # the fused computation must give exactly what each channel's float64 mean / std gave before
+    # (stored fit statistics and the model-fit verdict are compared between runs)
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    field = rng.gamma(2.0, top / 30, (37, 50, 3)).clip(0, top).astype(dtype)   # some above 12 bits: clipped
+    intensity = Intensity(bits) if bits else None
+    st = field_channel_stats(field, intensity)
+    full = intensity.full_scale if intensity else top
+    for c in range(3):
+        x = field[::4, ::4, c].astype(np.float32) * np.float32(1.0 / full)
+        x = np.minimum(x, np.float32(1.0))
+        assert st[0, c] == x.mean(dtype=np.float64)
+        assert st[1, c] == x.std(dtype=np.float64)
