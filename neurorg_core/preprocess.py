@@ -574,22 +574,28 @@ def _block_sums(block: np.ndarray, k: int, largest: int) -> np.ndarray:
     """Exact sums of the k x k pixel blocks of an (H, W, C) integer image (H, W multiples of k):
     (H / k, W / k, C), in an unsigned type that holds ``largest``.
 
-    Rows are summed as whole strided rows; then, on each row flattened to W * C values, k copies
-    shifted by a pixel are added (long contiguous runs), and every k-th pixel taken. Summing the
-    k neighbours of a channel-last image directly runs numpy over runs of C (3) values, 3-4x slower.
+    Rows are summed as whole strided rows (one ``np.add`` with the wider type, no separate cast).
+    The k neighbours along a row are then added with the axes given as (row, channel, column)
+    and ``order="C"``, so each inner loop runs over the W / k columns of one channel: numpy's
+    default (memory) order would run it over the C (3) values of one pixel, 3-4x slower. This
+    replaces shifted copies of each row plus a fancy-index ``take``: 30-40 % less CPU for k = 2
+    (256 px and 2160 px fields), the same for k = 4 (busy machine). Integer sums are exact, so the
+    result is the same whatever the order.
     """
     h, w, c = block.shape
     acc = np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
-    rows = block[0::k].astype(acc)
-    for dy in range(1, k):
+    if k == 1:
+        return block.astype(acc)
+    rows = np.add(block[0::k], block[1::k], dtype=acc)
+    for dy in range(2, k):
         rows += block[dy::k]
-    flat = rows.reshape(h // k, w * c)
-    n = (w - k + 1) * c              # first values of every run of k pixels
-    sums = flat[:, :n].copy()
-    for dx in range(1, k):
-        sums += flat[:, dx * c:dx * c + n]
-    take = (np.arange(w // k)[:, None] * (k * c) + np.arange(c)).ravel()
-    return sums.take(take, axis=1).reshape(h // k, w // k, c)
+    neighbours = rows.reshape(h // k, w // k, k, c).transpose(0, 3, 1, 2)   # (row, channel, column, dx)
+    out = np.empty((h // k, w // k, c), acc)
+    planar = out.transpose(0, 2, 1)
+    np.add(neighbours[..., 0], neighbours[..., 1], out=planar, order="C")
+    for dx in range(2, k):
+        np.add(planar, neighbours[..., dx], out=planar, order="C")
+    return out
 
 
 # --- intensity statistics for the model-fit check ------------------------------------------------
