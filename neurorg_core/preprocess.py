@@ -1,6 +1,6 @@
 """From a field's pixels to the model's crops: intensity scaling, tiling, resizing.
 
-Size (~575 lines): crop geometry, intensity detection and tiling are one contract with the model
+Size (~630 lines): crop geometry, intensity detection and tiling are one contract with the model
 card (training and scoring must cut crops identically), so they stay in one module.
 
 Pure numpy, with Pillow's C resampler for non-integer resizing. It runs for every field of every
@@ -573,21 +573,16 @@ def _shrink_regions(boxes: Sequence[tuple[int, int]], side: int, k: int,
 
 
 def _block_sums(block: np.ndarray, k: int, largest: int) -> np.ndarray:
-    """Exact sums of the k x k pixel blocks of an (H, W, C) integer image (H, W multiples of k):
-    (H / k, W / k, C), in an unsigned type that holds ``largest``.
+    """Exact sums of the k x k pixel blocks of an (H, W, C) integer image (H, W multiples of k,
+    k >= 2): (H / k, W / k, C), in an unsigned type that holds ``largest``.
 
-    Rows are summed as whole strided rows (one ``np.add`` with the wider type, no separate cast).
-    The k neighbours along a row are then added with the axes given as (row, channel, column)
-    and ``order="C"``, so each inner loop runs over the W / k columns of one channel: numpy's
-    default (memory) order would run it over the C (3) values of one pixel, 3-4x slower. This
-    replaces shifted copies of each row plus a fancy-index ``take``: 30-40 % less CPU for k = 2
-    (256 px and 2160 px fields), the same for k = 4 (busy machine). Integer sums are exact, so the
-    result is the same whatever the order.
+    Rows are summed as whole strided rows, in one ``np.add`` into the wider type. The k neighbours
+    along a row are added with the axes as (row, channel, column) and ``order="C"``, so each inner
+    loop runs over the W / k columns of one channel (numpy's memory order would run it over the 3
+    values of one pixel, 3-4x slower). Integer sums are exact, so any order gives the same result.
     """
     h, w, c = block.shape
     acc = np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
-    if k == 1:
-        return block.astype(acc)
     rows = np.add(block[0::k], block[1::k], dtype=acc)
     for dy in range(2, k):
         rows += block[dy::k]
