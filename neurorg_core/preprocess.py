@@ -616,7 +616,7 @@ def field_channel_stats(field: np.ndarray, intensity: Intensity | None = None) -
         raise NeuroRGError(f"field has shape {field.shape}; expected (H, W, {len(CHANNELS)})")
     sub = field[::FIELD_STATS_STRIDE, ::FIELD_STATS_STRIDE]
     x = np.empty((field.shape[2], sub.shape[0], sub.shape[1]), np.float32)
-    np.copyto(x, np.moveaxis(sub, -1, 0), casting="unsafe")
+    np.copyto(x, np.moveaxis(sub, -1, 0))
     x *= np.float32(1.0 / _full_scale(field.dtype, intensity))
     np.minimum(x, 1.0, out=x)
     n = sub.shape[0] * sub.shape[1]
