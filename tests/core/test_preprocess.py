@@ -277,3 +277,45 @@ def test_field_channel_stats_by_hand():
     st = field_channel_stats(field)
     np.testing.assert_allclose(st[0], [0.0, 1.0, 0.25])
     np.testing.assert_allclose(st[1], [0.0, 0.0, np.sqrt(0.25 * 0.75)])
+
+
+@pytest.mark.parametrize(("dtype", "bits"), [(np.uint8, None), (np.uint16, 12), (np.uint16, None)])
+def test_field_channel_stats_equal_numpy_mean_and_std_bit_for_bit(dtype, bits):
+    # the fused computation must give exactly what each channel's float64 mean / std gave before
+    # (stored fit statistics and the model-fit verdict are compared between runs)
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    field = rng.gamma(2.0, top / 30, (37, 50, 3)).clip(0, top).astype(dtype)   # some above 12 bits: clipped
+    intensity = Intensity(bits) if bits else None
+    st = field_channel_stats(field, intensity)
+    full = intensity.full_scale if intensity else top
+    for c in range(3):
+        x = field[::4, ::4, c].astype(np.float32) * np.float32(1.0 / full)
+        x = np.minimum(x, np.float32(1.0))
+        assert st[0, c] == x.mean(dtype=np.float64)
+        assert st[1, c] == x.std(dtype=np.float64)
+
+
+@pytest.mark.parametrize("dtype,bits,edge,size", [
+    (np.uint8, None, 128, 64),     # the demo: k = 2, uint16 sums
+    (np.uint16, 12, 96, 32),       # k = 3, clipped 12-bit values
+    (np.uint16, None, 64, 32),     # k = 2 on full 16-bit values: uint32 sums
+    (np.uint16, 14, 128, 32),      # k = 4
+])
+def test_integer_shrink_is_the_exact_block_sum_times_one_scale(dtype, bits, edge, size):
+    """Crops cut by integer shrinking are bit for bit float32(exact k x k integer sum) x
+    float32(1 / (k * k * full scale)): cached predictions are keyed on what a crop holds, so any
+    faster summing must give these very values."""
+    full = np.iinfo(dtype).max
+    shape = (2 * edge + 6, 2 * edge + 2)
+    field = np.random.default_rng(11).integers(0, full, (*shape, 3), dtype=dtype, endpoint=True)
+    intensity = Intensity(bits) if bits else None
+    top = intensity.full_scale if intensity else full
+    plan = plan_crops(1, shape, edge, 4)
+    got = crops_from_field(field, plan, 0, size, intensity)
+    k = edge // size
+    for crop, t in zip(got, plan.tiles_of(0)):
+        y, x = plan.boxes[t]
+        tile = np.minimum(field[y:y + edge, x:x + edge], top).astype(np.int64)
+        sums = tile.reshape(size, k, size, k, 3).sum(axis=(1, 3))
+        np.testing.assert_array_equal(crop, sums.astype(np.float32) * np.float32(1.0 / (k * k * top)))
