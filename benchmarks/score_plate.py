@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from neurorg_core.config import load_config  # noqa: E402
 from neurorg_core.inference import Predictor, PredictorCache  # noqa: E402
 from neurorg_core.model import Bundle, build_model, load_bundle, save_bundle  # noqa: E402
-from neurorg_core.pipeline import hash_field, run_plate  # noqa: E402
+from neurorg_core.pipeline import ScoreOptions, hash_field, run_plate  # noqa: E402
 from neurorg_core.results import load_plate_results  # noqa: E402
 from neurorg_core.platemap import load_plate_map  # noqa: E402
 from neurorg_core.plates import load_plate  # noqa: E402
@@ -102,12 +102,20 @@ def main() -> int:
     p.add_argument("--fields", type=int, default=4, help="fields per well")
     p.add_argument("--wells", type=int, default=96, choices=(96, 384), help="plate format")
     p.add_argument("--layout", default="imagexpress", help="synthetic plate layout (imagexpress: 3 files per field)")
-    p.add_argument("--raw-crops", type=int, default=480)
+    p.add_argument("--raw-crops", type=int,
+                   help="crops for (a) (default: as many as the plate has, so (a) and (b) time windows of "
+                        "about the same length: this machine's speed drifts by +-25 %% within a minute)")
     p.add_argument("--rounds", type=int, default=1, help="alternate (a) and (b) this many times")
+    p.add_argument("--switch-interval-ms", type=float,
+                   help="sys.setswitchinterval for the run, ms (Python's default 5): how long a thread may "
+                        "hold the GIL while another waits for it")
     p.add_argument("--no-header-reuse", action="store_true",
                    help="parse every TIFF header with tifffile (as for files with per-file metadata)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
+    print(f"GIL switch interval {1000 * sys.getswitchinterval():g} ms")
     if args.no_header_reuse:
         from neurorg_core import tiffreuse
 
@@ -129,6 +137,7 @@ def main() -> int:
                                         size=args.size, layout=args.layout, kind="screen")[0]
         plate = load_plate(folder)
         plate_map = load_plate_map(folder / "platemap.csv")
+        plate_crops = len(plate.wells()) * ScoreOptions().crops_per_well
         t0 = time.perf_counter()
         for _, pixels in plate.iter_fields():
             hash_field(pixels)
@@ -137,7 +146,7 @@ def main() -> int:
               f"(the CPU the reader thread takes from inference on this machine)")
         ratios, raws, e2es, besides = [], [], [], []
         for r in range(args.rounds):
-            rate, raw_cpu = raw_rate(bundle, args.raw_crops, predictor)
+            rate, raw_cpu = raw_rate(bundle, args.raw_crops or plate_crops, predictor)
             print(f"(a) raw inference: {rate:.1f} crops/s through {len(bundle.members)} members "
                   f"({rate * len(bundle.members):.1f} crop x member/s), CPU {1e3 * raw_cpu:.2f} ms per crop")
             db = work / f"bench{r}.duckdb"
