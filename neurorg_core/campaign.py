@@ -1,6 +1,6 @@
 """Score a screening campaign: many plates read, cropped and inferred on Ray, stored by one writer.
 
-Size (~630 lines): the manifest checks (every row's problems named by file and row) and the Ray
+Size (~640 lines): the manifest checks (every row's problems named by file and row) and the Ray
 actors' fault handling are most of it; both serve the one campaign run, so they stay together.
 
 ``run_campaign`` is a list of named steps:

@@ -1,6 +1,6 @@
 """Batched prediction for a model bundle: the LiteRT fast path and the streaming helper.
 
-Size (~570 lines): the LiteRT conversion, its verification against the card's hashes and the
+Size (~590 lines): the LiteRT conversion, its verification against the card's hashes and the
 predictors that run it belong together (a converted file is never used unchecked); the streaming
 helper and the predictor cache are short.
 

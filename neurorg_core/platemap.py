@@ -1,6 +1,6 @@
 """Plate maps: which compound, dose and role each well has (pycytominer ``Metadata_*`` columns).
 
-Size (~630 lines): most of it is recognising how labs spell columns, wells, roles and dose units
+Size (~650 lines): most of it is recognising how labs spell columns, wells, roles and dose units
 (CSV, TSV, .xlsx) and reporting every problem of a file at once; it has one job.
 
 ``load_plate_map(path)`` reads a CSV or TSV (delimiter sniffed) or an Excel ``.xlsx`` workbook, maps

@@ -1,6 +1,6 @@
 """The synthetic neuroinflammation assay: rendered plates with known ground truth.
 
-Size (~840 lines): the simulation's cell rendering, the plate design and ground truth are one model
+Size (~870 lines): the simulation's cell rendering, the plate design and ground truth are one model
 of the assay; the file layouts it writes are the layouts' own specs (``layouts/``).
 
 This is a *simulation*, not microscopy. It imitates the NeuroRG co-culture assay closely enough to
