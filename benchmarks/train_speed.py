@@ -10,9 +10,11 @@ Random uint8 crops are written once into a crop-cache entry (``cropcache.CropCac
    in numpy (``augment.LoaderAugment``: the CPU's path), still no model;
 3. **loader + augmentation on the device**: uint8 batches through ``trainloop.FluorescenceAugment``
    (compiled as the train step is: the GPU's path), still no model;
-4. **train**: ``keras.Model.fit`` of the real member as ``train.TrainRuntime`` sets it up on this
-   machine (precision, jit, where the augmentation runs; ``--augment-on`` overrides) for
-   ``--steps`` steps after a warm-up epoch that traces / compiles the step.
+4. **train**: the real member's compiled train step (``trainloop.training_step`` and
+   ``train_steps``: ``keras.Model.train_on_batch`` over the loader's batches, as ``train`` runs it)
+   as ``train.TrainRuntime`` sets it up on this machine (precision, jit, where the augmentation
+   runs; ``--augment-on`` overrides) for ``--steps`` steps after 2 warm-up steps that trace /
+   compile the step.
 
 The backend is Keras's (``KERAS_BACKEND=tensorflow|jax|torch``); the device is what it sees
 (``devices.describe_device``). Nothing here is asserted: it prints numbers.

@@ -150,6 +150,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     predictor = Predictor(bundle, backend=_backend(args), precision=args.precision)
     report = evaluate_bundle(args.plates, bundle, predictor=predictor)
     print(format_report(report))
+    print(f"inference: {predictor.backend} ({predictor.precision}, batch {predictor.batch_size})")
     if args.json:
         Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
         print(f"full report (confusion matrices, kappa) written to {args.json}")

@@ -37,12 +37,40 @@ class CropSet:
     fingerprint: str          # content hash of the plate's first field and plate map (identity)
     source: Path
     crops: np.ndarray         # uint8 (n, s, s, 3), CHANNELS order; np.memmap from load_crop_set
+                              # (CropRows, rows of one, after subset)
     labels: np.ndarray        # int64 (n,), class 0..5
     wells: np.ndarray         # str (n,), "A01"
 
     def subset(self, mask: np.ndarray) -> "CropSet":
-        return CropSet(self.plate, self.fingerprint, self.source, self.crops[mask], self.labels[mask],
-                       self.wells[mask])
+        """The crops where ``mask`` is true; a memory-mapped set stays on disk (``CropRows``)."""
+        rows = np.flatnonzero(mask)
+        crops = CropRows(self.crops, rows) if isinstance(self.crops, (np.memmap, CropRows)) else self.crops[rows]
+        return CropSet(self.plate, self.fingerprint, self.source, crops, self.labels[rows], self.wells[rows])
+
+
+class CropRows:
+    """Some rows of a crop array (a crop cache memory map), uncopied: indexing reads only the rows
+    asked for. ``CropSet.subset`` holds one for a memory-mapped set, so a single plate split into
+    training and validation wells (``train.split_wells``) still streams from disk
+    (``cropcache.CropSource`` reads it as it reads a memory map)."""
+
+    def __init__(self, base: Any, rows: np.ndarray) -> None:
+        self.base = base
+        self.rows = np.asarray(rows, np.int64)
+        self.shape: tuple[int, ...] = (len(self.rows), *base.shape[1:])
+        self.dtype = base.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Rows by index, slice, index array or mask (rows only: take a crop's pixels from the result)."""
+        return np.asarray(self.base[self.rows[key]])
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = np.asarray(self.base[self.rows])
+        return out if dtype is None else out.astype(dtype)
 
 
 def find_plate_map(folder: str | Path) -> Path:

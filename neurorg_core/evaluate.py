@@ -246,7 +246,8 @@ def evaluate_bundle(plates: Sequence[str | Path], bundle: Bundle, *, predictor: 
     bundle
         The bundle to evaluate.
     predictor
-        An ``inference.Predictor`` of ``bundle`` (default: a LiteRT one).
+        An ``inference.Predictor`` of ``bundle`` (default: ``backend="auto"``: Keras on a GPU
+        when the Keras backend sees one, LiteRT otherwise).
     sets
         Already-loaded crops, cut with the bundle's crop geometry.
 

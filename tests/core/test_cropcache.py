@@ -197,3 +197,40 @@ def test_a_dataset_bigger_than_the_memory_allowed_streams_through_the_loader(tmp
     assert int(pixel_sum) == int((np.arange(n) % 251).sum())     # every crop came through, once
     assert int(label_sum) == int(sum((i // 10) % 6 for i in range(n)))
     assert int(buffer) == 5 * 256 * 64 * 64 * 3 < cap
+
+
+LIMITED_SPLIT = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    from neurorg_core.cropcache import BatchLoader, CropCache, CropSource
+    from neurorg_core.cropsets import CropSet
+
+    cap = int(sys.argv[2])
+    vm_data = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmData"))
+    resource.setrlimit(resource.RLIMIT_DATA, (vm_data + cap, vm_data + cap))
+    entry = CropCache(sys.argv[1], 2**40).lookup("big", "k")
+    whole = CropSet("big", "f", sys.argv[1], entry.crops, entry.labels, entry.wells)
+    train = whole.subset(np.char.endswith(entry.wells.astype(str), "3") == False)   # wells W..3 held out
+    loader = BatchLoader(CropSource([(train.crops, train.labels)]), 256, workers=2, prefetch=4)
+    order = np.random.default_rng(1).permutation(len(train.labels))
+    pixel_sum = n = 0
+    for x, y in loader.batches(order):
+        pixel_sum += int(x[:, 5, 7, 2].astype(np.int64).sum())
+        n += len(x)
+    print("streamed", n, pixel_sum)
+""")
+
+
+def test_one_plate_split_into_training_and_validation_wells_still_streams(tmp_path):
+    """A single plate's training wells (``CropSet.subset``, as ``train.split_wells`` takes them) read
+    from a 221 MB cache entry by a process whose heap may grow by 96 MB at most: no copy of the rows."""
+    n = 18_000
+    cap = 96 * 2**20
+    CropCache(tmp_path, 2**40).write("big", "k", _chunks(n), _labels(n), {})
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OPENBLAS_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+    out = subprocess.run([sys.executable, "-c", LIMITED_SPLIT, str(tmp_path), str(cap)], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kept = [i for i in range(n) if not str(i // 10).endswith("3")]
+    assert out.stdout.split() == ["streamed", str(len(kept)), str(sum(i % 251 for i in kept))]
+    assert 0.8 * n < len(kept) < n

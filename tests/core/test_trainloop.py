@@ -263,3 +263,15 @@ def test_train_step_with_augmentation_on_the_loader_learns_and_keeps_the_best_ep
     probs = predict_source(net, source, float_input=True)
     assert float((probs.argmax(1) == labels).mean()) == pytest.approx(best, abs=1e-6)   # best epoch restored
     assert not net.compiled                                               # the saved network stays uncompiled
+
+
+def test_a_seed_gives_the_same_training_whatever_the_loader_threads():
+    """Seeding stays as it was: the CPU configuration trained twice with the same seed, once with one
+    loader thread and once with three, gives the same per-epoch losses and the same best weights."""
+    from neurorg_core.trainloop import Runtime
+
+    one = _fit_plain_signal(Runtime("tensorflow", "CPU", "float32", False, loader_workers=1, augment_on="loader"))
+    three = _fit_plain_signal(Runtime("tensorflow", "CPU", "float32", False, loader_workers=3, augment_on="loader"))
+    assert [h["train_loss"] for h in one[4]] == [h["train_loss"] for h in three[4]]
+    for a, b in zip(one[3], three[3]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
