@@ -97,6 +97,20 @@ def _has_device_nodes() -> bool:
     return any(glob.glob(pattern) for pattern in DEVICE_NODES)
 
 
+def unseen_accelerator_note() -> str | None:
+    """Why a machine with an accelerator's device files runs on the CPU, or None when it has none.
+
+    The usual cause is the CPU install's Keras backend (``tensorflow-cpu``) on a GPU machine, or
+    ``KERAS_BACKEND`` not set after the GPU install: ``auto`` then picks LiteRT, which must not
+    pass unnoticed (README, "On a GPU")."""
+    nodes = sorted(p for pattern in DEVICE_NODES for p in glob.glob(pattern))
+    if not nodes:
+        return None
+    return (f"accelerator device files exist ({', '.join(nodes[:3])}) but Keras's {keras_backend()} backend sees "
+            "no GPU, so everything runs on the CPU; for the GPU: pip install -r requirements-gpu.txt and "
+            "export KERAS_BACKEND=jax (README, 'On a GPU')")
+
+
 def _capability_bf16(major: int | None) -> bool:
     return major is not None and major >= 8
 
@@ -163,7 +177,10 @@ def visible_accelerators() -> tuple[Accelerator, ...]:
         raise NeuroRGError(f"KERAS_BACKEND={backend!r}; expected one of {', '.join(_QUERIES)}")
     if not _has_device_nodes():
         return ()
-    return tuple(_QUERIES[backend]())
+    found = tuple(_QUERIES[backend]())
+    if not found:
+        log.warning(unseen_accelerator_note())
+    return found
 
 
 def check_backend(backend: str) -> str:
@@ -269,4 +286,5 @@ def accelerator_batch_size(input_size: int, accelerator: Accelerator) -> int:
 def describe_device(accelerators: Sequence[Accelerator]) -> str:
     """One line for logs, benchmarks and cards: the Keras backend and the device it runs on."""
     where = "; ".join(a.describe() for a in accelerators) or f"CPU ({os.cpu_count()} cores)"
-    return f"keras {keras_backend()} on {where}"
+    note = None if accelerators else unseen_accelerator_note()
+    return f"keras {keras_backend()} on {where}" + (f" ({note})" if note else "")

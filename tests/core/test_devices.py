@@ -88,6 +88,26 @@ def test_no_accelerator_device_node_means_no_gpu_and_no_import():
         assert out == ["()", "False", "False"]
 
 
+def test_a_gpu_machine_whose_keras_backend_sees_no_gpu_says_so(monkeypatch, tmp_path, caplog):
+    """The CPU install (or KERAS_BACKEND unset) on a GPU machine: ``auto`` runs LiteRT on the CPU,
+    and the log and the device line say why (a device file stands in for /dev/nvidia0; the
+    CPU build of TensorFlow is really asked, and sees no GPU)."""
+    from neurorg_core import devices
+
+    monkeypatch.setattr(devices, "DEVICE_NODES", (str(tmp_path / "nvidia[0-9]*"),))
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert devices.describe_device(()).startswith("keras tensorflow on CPU (")
+    assert devices.unseen_accelerator_note() is None and "device files" not in devices.describe_device(())
+    node = tmp_path / "nvidia0"
+    node.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="neurorg_core.devices"):
+        assert devices.visible_accelerators() == ()
+        assert resolve_backend("auto") == "litert"
+    assert f"accelerator device files exist ({node}) but Keras's tensorflow backend sees no GPU" in caplog.text
+    line = devices.describe_device(())
+    assert "sees no GPU" in line and "requirements-gpu.txt" in line and "KERAS_BACKEND=jax" in line
+
+
 def test_unknown_keras_backend_is_named(monkeypatch):
     from neurorg_core.devices import visible_accelerators
 
