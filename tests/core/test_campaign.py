@@ -25,9 +25,9 @@ from neurorg_core.devices import resolve_backend
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import load_bundle
 from neurorg_core.plate_inference import ScoreOptions
-from neurorg_core.schema import (ACQUIRED, BATCH, PLATE, ROLE, RUN_ID, RUN_STATUS, WELL)
+from neurorg_core.schema import ACQUIRED, BATCH, PLATE, RUN_ID, RUN_STATUS, WELL
 from neurorg_core.store import ResultStore
-from neurorg_core.synth import build_plate_table, write_synthetic_plates
+from tests.campaign_plates import screen_plates
 
 DEMO = REPO_ROOT / "data" / "models" / "demo" / "ensemble"
 NAMES = ("p1", "p2", "p3")
@@ -46,11 +46,7 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("campaign_plates")
-    table = build_plate_table(11, 1, 96, "screen")
-    wells = table.loc[(table[ROLE] != "empty") & table[WELL].str[0].isin(list("ABCD")), WELL].tolist()
-    return write_synthetic_plates(root, seed=11, n_plates=3, n_wells=96, n_fields=1, size=128, kind="screen",
-                                  wells=wells)
+    return screen_plates(tmp_path_factory.mktemp("campaign_plates"), seed=11, n_plates=3, rows="ABCD")
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from neurorg_core.cli import main
 from neurorg_core.config import REPO_ROOT
 from neurorg_core.model import load_bundle
 from neurorg_core.plate_inference import ScoreOptions
-from neurorg_core.schema import ROLE, RUN_STATUS, WELL
+from neurorg_core.schema import RUN_STATUS
 from neurorg_core.store import ResultStore
-from neurorg_core.synth import build_plate_table, write_synthetic_plates
+from tests.campaign_plates import screen_plates
 
 DEMO = REPO_ROOT / "data" / "models" / "demo" / "ensemble"
 
@@ -43,11 +43,7 @@ this machine has no GPU, so no inference runs on one here)."""
 
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("campaign_ray_plates")
-    table = build_plate_table(13, 1, 96, "screen")
-    wells = table.loc[(table[ROLE] != "empty") & table[WELL].str[0].isin(list("AB")), WELL].tolist()
-    return write_synthetic_plates(root, seed=13, n_plates=2, n_wells=96, n_fields=1, size=128, kind="screen",
-                                  wells=wells)
+    return screen_plates(tmp_path_factory.mktemp("campaign_ray_plates"), seed=13, n_plates=2, rows="AB")
 
 
 def _no_ray_here() -> None:
