@@ -32,6 +32,7 @@ from neurorg_core.model import Bundle, load_bundle
 from neurorg_core.plates import Plate, load_plate
 from neurorg_core.results import PlateResults
 from neurorg_core.schema import BUNDLE_PATH, MODEL_ID, N_RUNS, PLATE, RUN_ID, RUN_PARAMETERS
+from neurorg_core.stats import HitRule
 from neurorg_core.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -214,18 +215,16 @@ def plate_results(plate_name: str) -> PlateResults:
     """
     run_id = store().latest_run_id(plate_name)
     cfg = config()
-    return _plate_results(str(cfg.db_path), plate_name, run_id, cfg.hit_rescue_pct, cfg.hit_fdr)
+    return _plate_results(str(cfg.db_path), plate_name, run_id, cfg.hit_rule)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _plate_results(db_path: str, plate_name: str, run_id: str, hit_rescue_pct: float,
-                   hit_fdr: float) -> PlateResults:
-    """Keyed by the hit thresholds too (``Config.hit_rule``, passed in): hits called with other
+def _plate_results(db_path: str, plate_name: str, run_id: str, hits: HitRule) -> PlateResults:
+    """Keyed by the hit rule too (``Config.hit_rule``, passed in): hits called with other
     thresholds are not served from memory."""
     from neurorg_core.results import load_plate_results
-    from neurorg_core.stats import HitRule
 
-    return load_plate_results(_store(db_path), plate_name, run_id, hits=HitRule(hit_rescue_pct, hit_fdr))
+    return load_plate_results(_store(db_path), plate_name, run_id, hits=hits)
 
 
 THUMBNAIL_EDGE = 512
@@ -335,14 +334,11 @@ def campaign_results(campaign_id: str):
 
     rows = store().load_campaign(campaign_id)
     runs = tuple(sorted(rows.loc[rows[RUN_STATUS] == "stored", RUN_ID]))
-    cfg = config()
-    return _campaign_results(str(cfg.db_path), campaign_id, runs, cfg.hit_rescue_pct, cfg.hit_fdr)
+    return _campaign_results(str(config().db_path), campaign_id, runs, config().hit_rule)
 
 
 @st.cache_data(show_spinner="Reading the campaign's plates ...", max_entries=8)
-def _campaign_results(db_path: str, campaign_id: str, runs: tuple[str, ...], hit_rescue_pct: float,
-                      hit_fdr: float):
+def _campaign_results(db_path: str, campaign_id: str, runs: tuple[str, ...], hits: HitRule):
     from neurorg_core.campaign_results import load_campaign_results
-    from neurorg_core.stats import HitRule
 
-    return load_campaign_results(_store(db_path), campaign_id, hits=HitRule(hit_rescue_pct, hit_fdr))
+    return load_campaign_results(_store(db_path), campaign_id, hits=hits)
