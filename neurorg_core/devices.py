@@ -93,8 +93,9 @@ def keras_backend() -> str:
         return "tensorflow"
 
 
-def _has_device_nodes() -> bool:
-    return any(glob.glob(pattern) for pattern in DEVICE_NODES)
+def _device_nodes() -> list[str]:
+    """The accelerator device files present (``DEVICE_NODES``), sorted."""
+    return sorted(p for pattern in DEVICE_NODES for p in glob.glob(pattern))
 
 
 def unseen_accelerator_note() -> str | None:
@@ -103,7 +104,7 @@ def unseen_accelerator_note() -> str | None:
     The usual cause is the CPU install's Keras backend (``tensorflow-cpu``) on a GPU machine, or
     ``KERAS_BACKEND`` not set after the GPU install: ``auto`` then picks LiteRT, which must not
     pass unnoticed (README, "On a GPU")."""
-    nodes = sorted(p for pattern in DEVICE_NODES for p in glob.glob(pattern))
+    nodes = _device_nodes()
     if not nodes:
         return None
     return (f"accelerator device files exist ({', '.join(nodes[:3])}) but Keras's {keras_backend()} backend sees "
@@ -175,7 +176,7 @@ def visible_accelerators() -> tuple[Accelerator, ...]:
     backend = keras_backend()
     if backend not in _QUERIES:
         raise NeuroRGError(f"KERAS_BACKEND={backend!r}; expected one of {', '.join(_QUERIES)}")
-    if not _has_device_nodes():
+    if not _device_nodes():
         return ()
     found = tuple(_QUERIES[backend]())
     if not found:
