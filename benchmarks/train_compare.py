@@ -14,7 +14,7 @@ Usage::
     python benchmarks/train_compare.py --reference /tmp/ref --folds 1 2 --epochs 20 --work-dir /tmp/demo_plates
     python benchmarks/train_compare.py --reference /tmp/ref --folds 1 --epochs 3 --rounds 2   # time: old new new old
     python benchmarks/train_compare.py --sides new --folds 1 --epochs 20                      # this checkout only
-    python benchmarks/train_compare.py --reference /tmp/ref --seed 1 --unseen-seed 31      # another seed; +300 wells each
+    python benchmarks/train_compare.py --reference /tmp/ref --seed 1 --unseen-seed 31   # other seed, +300 wells each
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ writes them. Built in, in the order patterns are tried:
 
 Adding an instrument is adding one spec: write its module next to these, list it in
 ``BUILTIN_LAYOUTS`` (the one list of layout names: the CLI, the store and the app read it from
-here), and test it (docs/ARCHITECTURE.md, "Adding an instrument layout"). A script or test may also ``register_layout(spec)`` at run time
-(``registered_layout(spec)`` for a ``with`` block); ``synth`` then writes it in this process only
-(``n_workers=1``).
+here), and test it (docs/ARCHITECTURE.md, "Adding an instrument layout"). A script or test may
+also ``register_layout(spec)`` at run time (``registered_layout(spec)`` for a ``with`` block);
+``synth`` then writes it in this process only (``n_workers=1``).
 
 The registry is the one mutable module-level object of this package: it is changed only through
 ``register_layout`` / ``unregister_layout`` (under a lock), and read as an immutable snapshot.

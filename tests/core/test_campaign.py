@@ -194,8 +194,8 @@ def test_fields_cached_by_score_are_not_computed_again_and_a_plate_whose_map_doe
     pm[pm[WELL] != "B03"].to_csv(bad_map, index=False)
     bad_plate = shutil.copytree(plates[1], tmp_path / "bad_plate")
     manifest = tmp_path / "m.csv"
-    manifest.write_text("plate,plate_map,name\n" + "".join(f"{p},{p / 'platemap.csv'},{n}\n" for p, n in zip(plates, NAMES))
-                        + f"{bad_plate},{bad_map},bad\n")
+    rows = "".join(f"{p},{p / 'platemap.csv'},{n}\n" for p, n in zip(plates, NAMES))
+    manifest.write_text("plate,plate_map,name\n" + rows + f"{bad_plate},{bad_map},bad\n")
     db = tmp_path / "r.duckdb"
     shutil.copy(reference, db)
     with ResultStore(db, read_only=True) as s:
