@@ -45,15 +45,11 @@ from neurorg_core.schema import (
     CALLED_CLASS,
     CHANNELS,
     CONTROL_CLASS,
-    CROP,
-    FIELD,
     INFLAMMATION_SCORE,
-    MEMBER,
     N_CLASSES,
-    PROB_COLUMNS,
     ROLE,
-    WELL,
 )
+from neurorg_core.scoring import CropProbs
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +158,7 @@ def _weighted(values: Sequence[float], weights: Sequence[float]) -> float:
     return float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else float("nan")
 
 
-def fit_stats(wells: pd.DataFrame, crop_probs: pd.DataFrame, field_stats: np.ndarray) -> FitStats:
+def fit_stats(wells: pd.DataFrame, crops: CropProbs, field_stats: np.ndarray) -> FitStats:
     """The fit statistics of one scored plate.
 
     Parameters
@@ -170,9 +166,9 @@ def fit_stats(wells: pd.DataFrame, crop_probs: pd.DataFrame, field_stats: np.nda
     wells
         ``scoring.score_wells`` table with ``Metadata_Role``, ``Called_class`` and
         ``Inflammation_score``.
-    crop_probs
-        Crop-level table of the ensemble (``Metadata_Well``, ``Metadata_Field``,
-        ``Metadata_Crop``, ``Model_Member``, ``P_class0..5``).
+    crops
+        The ensemble's crop probabilities (``scoring.CropProbs``; ``CropProbs.from_table`` of a
+        crop table).
     field_stats
         (n_fields, 2, 3): each field's per-channel mean and SD (``preprocess.field_channel_stats``).
     """
@@ -189,7 +185,7 @@ def fit_stats(wells: pd.DataFrame, crop_probs: pd.DataFrame, field_stats: np.nda
               if len(ctrl) and len(dis) else float("nan"))
 
     # crops: ensemble-mean probabilities -> call, top probability; each member's call against it
-    probs = _crops_by_member(crop_probs)   # (n, 6, m)
+    probs = np.ascontiguousarray(crops.probs.transpose(1, 2, 0))   # (n, 6, m)
     mean = probs.mean(axis=2)
     call = mean.argmax(axis=1)
     top = mean.max(axis=1)
@@ -207,27 +203,6 @@ def fit_stats(wells: pd.DataFrame, crop_probs: pd.DataFrame, field_stats: np.nda
         intensity_mean=tuple(float(x) for x in fs[:, 0].mean(axis=0)),
         intensity_sd=tuple(float(x) for x in fs[:, 1].mean(axis=0)),
     )
-
-
-def _crops_by_member(crop_probs: pd.DataFrame) -> np.ndarray:
-    """(n_crops, 6, n_members) class probabilities, crops sorted by (well, field, crop), members
-    ascending; NaN where a crop lacks a member; a repeated (crop, member) row keeps its first values.
-
-    What ``crop_probs.pivot_table(index=[well, field, crop], columns=member, values=P_class*,
-    aggfunc="first")`` gives for finite probabilities, in the same order (so every mean over it is
-    bit-identical), built with numpy: the pivot cost 20-70 ms of the save's CPU per 96-well plate.
-    """
-    codes = [pd.factorize(crop_probs[c], sort=True) for c in (WELL, FIELD, CROP, MEMBER)]
-    well, field_, crop, member = (c for c, _ in codes)
-    n_members = len(codes[3][1])
-    # one integer per (well, field, crop), ordered as the sorted keys are
-    flat = (well.astype(np.int64) * len(codes[1][1]) + field_) * len(codes[2][1]) + crop
-    keys, row = np.unique(flat, return_inverse=True)
-    _, first = np.unique(row.reshape(-1) * n_members + member, return_index=True)   # first of repeats
-    probs = np.full((len(keys), len(PROB_COLUMNS), n_members), np.nan)
-    values = crop_probs[list(PROB_COLUMNS)].to_numpy(np.float64)
-    probs[row[first], :, member[first]] = values[first]
-    return probs
 
 
 def pool_stats(parts: Sequence[FitStats]) -> FitStats:

@@ -3,9 +3,9 @@
 ``run_plate`` is five named steps. Steps 1-3 (plan the fields, hash them against the cache, infer
 what is missing) are ``plate_inference.infer_plate``; steps 4-5 are here:
 
-4. ``_crop_tables`` (build the crop tables): every crop's probabilities per member, from this run
-   or the cache;
-5. ``save_plate`` (save the run): well scores (``scoring.score_wells``), the model-fit check
+4. ``_all_crop_probs`` (build the crop tables): every crop's probabilities per member, from this
+   run or the cache, as arrays (``scoring.CropProbs``);
+5. ``save_plate`` (save the run): well scores (``scoring.score_crops``), the model-fit check
    (``fitcheck``), provenance, all in one store transaction.
 
 ``infer_plate`` returns plain data with nothing stored, so a plate can be inferred in one process
@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from neurorg_core import scoring
 from neurorg_core.config import REPO_ROOT
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.fitcheck import FitStats, ModelFit, check_model_fit, fit_stats
@@ -55,17 +54,15 @@ from neurorg_core.plates import Plate
 from neurorg_core.preprocess import Intensity
 from neurorg_core.schema import (
     CHANNEL_P_CONTROL,
-    CROP,
     DEFAULT_WELL_CALL,
     FIELD,
     FIELD_HASH,
     MEMBER,
     PLATE,
     PLATE_MAP_COLUMNS,
-    PROB_COLUMNS,
     WELL,
 )
-from neurorg_core.scoring import score_channels, score_wells
+from neurorg_core.scoring import CropProbs, score_channels, score_crops
 from neurorg_core.store import ResultStore, RunRecord, utc_now
 
 log = logging.getLogger(__name__)
@@ -113,18 +110,19 @@ class RunResult:
     intensity: Intensity
 
 
-# --- step 4: the crop tables ---------------------------------------------------------------------
+# --- step 4: the crop tables (as arrays) -------------------------------------------------------
 
 def _member_label(member: Member, position: int) -> int:
     """The ``Model_Member`` value: the fold for ensemble members, else 1-based position."""
     return int(member.fold) if member.fold is not None else position + 1
 
 
-def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
-                new_probs: Mapping[tuple[str, str, str], np.ndarray], store: ResultStore) -> pd.DataFrame:
-    """The crop-level probability table (``scoring.CROP_PROB_COLUMNS``) of one bundle's members."""
+def _crop_probs(jobs: Sequence[FieldRecord], members: Sequence[Member],
+                new_probs: Mapping[tuple[str, str, str], np.ndarray], store: ResultStore) -> CropProbs:
+    """Every crop's class probabilities from each of one bundle's members (``scoring.CropProbs``):
+    this run's predictions, the rest from the store's cache."""
     scored = [j for j in jobs if j.tiles]
-    # the well, field and crop columns are the same for every member: built once
+    # the well, field and crop of each crop are the same for every member: built once
     counts = [len(j.tiles) for j in scored]
     wells = np.repeat(np.array([j.ref.well for j in scored], dtype=object), counts)
     fields = np.repeat(np.array([int(j.ref.field) for j in scored], dtype=np.int64), counts)
@@ -157,28 +155,22 @@ def _crop_table(jobs: Sequence[FieldRecord], members: Sequence[Member],
                 )
             probs.append(p)
         parts.append(np.concatenate(probs, axis=0))
-    n = len(crops)
-    table = pd.DataFrame({WELL: np.tile(wells, len(members)), FIELD: np.tile(fields, len(members)),
-                          CROP: np.tile(crops, len(members)),
-                          MEMBER: np.repeat([_member_label(m, pos) for pos, m in enumerate(members)], n)})
-    probs_all = np.concatenate(parts, axis=0).astype(np.float64)
-    for c, col in enumerate(PROB_COLUMNS):
-        table[col] = probs_all[:, c]
-    return table
+    labels = [_member_label(m, pos) for pos, m in enumerate(members)]
+    return CropProbs.from_arrays(wells, fields, crops, labels, np.stack(parts))
 
 
-def _crop_tables(inference: PlateInference, bundles: Mapping[Role, Bundle],
-                 store: ResultStore) -> dict[Role, pd.DataFrame]:
-    return {role: _crop_table(inference.fields, b.members, inference.new_probs, store)
+def _all_crop_probs(inference: PlateInference, bundles: Mapping[Role, Bundle],
+                    store: ResultStore) -> dict[Role, CropProbs]:
+    return {role: _crop_probs(inference.fields, b.members, inference.new_probs, store)
             for role, b in bundles.items()}
 
 
 # --- step 5: scores and the stored run -----------------------------------------------------------
 
-def _channel_scores(bundles: Mapping[Role, Bundle], tables: Mapping[Role, pd.DataFrame]) -> pd.DataFrame | None:
+def _channel_scores(bundles: Mapping[Role, Bundle], crops: Mapping[Role, CropProbs]) -> pd.DataFrame | None:
     if "single_channel" not in bundles:
         return None
-    table = tables["single_channel"]
+    table = crops["single_channel"].table()
     by_channel = {m.channels[0]: table[table[MEMBER] == _member_label(m, i)]
                   for i, m in enumerate(bundles["single_channel"].members)}
     scores = score_channels(by_channel)
@@ -215,13 +207,12 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
     if given != dict(inference.members):
         raise NeuroRGError(f"plate {inference.name} was inferred with members {dict(inference.members)}; "
                            f"the models given have {given}")
-    tables = _crop_tables(inference, bundles, store)
+    crops = _all_crop_probs(inference, bundles, store)
     well_call = bundle.card.get("well_call", DEFAULT_WELL_CALL)
-    well_scores = score_wells(tables["ensemble"], inference.plate_map, well_call=well_call)
+    well_scores = score_crops(crops["ensemble"], inference.plate_map, well_call=well_call)
     well_scores[PLATE] = inference.name
     fields = inference.fields
-    stats_now = fit_stats(scoring.with_inflammation_score(well_scores), tables["ensemble"],
-                          np.stack([f.channel_stats for f in fields]))
+    stats_now = fit_stats(well_scores, crops["ensemble"], np.stack([f.channel_stats for f in fields]))
     fit = _check_fit(bundle, stats_now)
     hits = sum(1 for f in fields if f.cached)
     run_id = f"{utc_now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -250,7 +241,7 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
                                 FIELD_HASH: [f.field_hash for f in fields]})
     store.save_run(plate=inference.record, wells=inference.plate_map[list(PLATE_MAP_COLUMNS)], fields=field_table,
                    well_scores=well_scores, run=run, predictions=inference.uncommitted,
-                   channel_scores=_channel_scores(bundles, tables), campaign_id=campaign_id)
+                   channel_scores=_channel_scores(bundles, crops), campaign_id=campaign_id)
     result = RunResult(
         run_id=run_id, plate=inference.name, n_wells=len(well_scores), n_fields=len(fields),
         n_crops=inference.total_crops, cache_hits=hits, cache_misses=len(fields) - hits,

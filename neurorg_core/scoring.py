@@ -22,7 +22,7 @@ called class, crop votes), which the model card's well accuracy (``evaluate.scor
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,26 +94,7 @@ def check_crop_probs(crop_probs: pd.DataFrame) -> pd.DataFrame:
     if df[WELL].dtype != "str" or any(w != s for w, s in spelled.items()):
         df[WELL] = df[WELL].map(spelled)   # skipped when it changes nothing (a run's table): ~4 ms
     probs = df[list(PROB_COLUMNS)].to_numpy(dtype=np.float64)
-
-    bad = ~np.isfinite(probs).all(axis=1) | (probs < -PROB_SUM_TOLERANCE).any(axis=1) | (
-        probs > 1 + PROB_SUM_TOLERANCE
-    ).any(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise NeuroRGError(
-            f"{int(bad.sum())} crop row(s) have class probabilities missing or outside [0, 1], "
-            f"e.g. {np.round(probs[i], 4).tolist()}; expected softmax outputs",
-            well=df[WELL].iloc[i],
-        )
-    sums = probs.sum(axis=1)
-    off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
-    if off.any():
-        i = int(np.flatnonzero(off)[0])
-        raise NeuroRGError(
-            f"{int(off.sum())} crop row(s) have class probabilities summing to {sums[i]:.4f} "
-            f"(field {df[FIELD].iloc[i]}, crop {df[CROP].iloc[i]}); expected 1 +/- {PROB_SUM_TOLERANCE}",
-            well=df[WELL].iloc[i],
-        )
+    _check_prob_values(probs, df[WELL].to_numpy(), df[FIELD].to_numpy(), df[CROP].to_numpy())
     if any(df[c].dtype != np.float64 for c in PROB_COLUMNS):
         df[list(PROB_COLUMNS)] = probs   # as float64 (a run's table is already: ~2 ms saved there)
 
@@ -137,6 +118,88 @@ def check_crop_probs(crop_probs: pd.DataFrame) -> pd.DataFrame:
             well=well,
         )
     return df
+
+
+def _check_prob_values(probs: np.ndarray, wells: np.ndarray, fields: np.ndarray, crops: np.ndarray) -> None:
+    """Raise unless every row of ``probs`` (rows, 6) is a softmax: finite, in [0, 1], summing to 1.
+    The message names the first bad row's well (and field and crop)."""
+    bad = ~np.isfinite(probs).all(axis=1) | (probs < -PROB_SUM_TOLERANCE).any(axis=1) | (
+        probs > 1 + PROB_SUM_TOLERANCE
+    ).any(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise NeuroRGError(
+            f"{int(bad.sum())} crop row(s) have class probabilities missing or outside [0, 1], "
+            f"e.g. {np.round(probs[i], 4).tolist()}; expected softmax outputs",
+            well=wells[i],
+        )
+    sums = probs.sum(axis=1)
+    off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise NeuroRGError(
+            f"{int(off.sum())} crop row(s) have class probabilities summing to {sums[i]:.4f} "
+            f"(field {fields[i]}, crop {crops[i]}); expected 1 +/- {PROB_SUM_TOLERANCE}",
+            well=wells[i],
+        )
+
+
+@dataclass(frozen=True)
+class CropProbs:
+    """One model's crop-level class probabilities as arrays: the crop table (``CROP_PROB_COLUMNS``)
+    with its members side by side, crops in (well, field, crop) order, members ascending.
+
+    ``score_crops`` and ``fitcheck.fit_stats`` read it. A run builds it straight from inference
+    (``from_arrays``; no per-row pandas: building, validating and sorting the crop table cost a
+    96-well plate's save ~20 ms); ``score_wells`` builds it from a crop table (``from_table``).
+    """
+
+    wells: np.ndarray          # (n,) well names, spelled A01
+    fields: np.ndarray         # (n,) int field of each crop
+    crops: np.ndarray          # (n,) int crop (tile) index within its field
+    members: tuple[Hashable, ...]   # the ``Model_Member`` labels (fold numbers in a run), ascending
+    probs: np.ndarray          # (m, n, 6) float64: member k's softmax of crop i
+
+    @classmethod
+    def from_arrays(cls, wells: np.ndarray, fields: np.ndarray, crops: np.ndarray, members: Sequence[Hashable],
+                    probs: np.ndarray) -> CropProbs:
+        """Crops in any order, members in any order (``probs`` (m, n, 6)), one row per distinct
+        (well, field, crop) and wells spelled ``A01`` (as a run's fields are): sorted into
+        ``CropProbs`` order and the probabilities checked (``check_crop_probs``'s rule)."""
+        p = np.asarray(probs, dtype=np.float64)
+        labels = list(members)
+        if p.ndim != 3 or p.shape[0] != len(labels) or p.shape[2] != N_CLASSES or p.shape[1] == 0 or \
+                not len(wells) == len(fields) == len(crops) == p.shape[1]:
+            raise NeuroRGError(f"crop probabilities of shape {p.shape} for {len(labels)} member(s) and "
+                               f"{len(wells)} crops; expected (members, crops >= 1, {N_CLASSES})")
+        names, codes = np.unique(np.asarray(wells), return_inverse=True)
+        order = np.lexsort((np.asarray(crops), np.asarray(fields), codes.reshape(-1)))
+        by_member = sorted(range(len(labels)), key=labels.__getitem__)
+        p = p[by_member][:, order]
+        w, f, c = names[codes.reshape(-1)[order]], np.asarray(fields)[order], np.asarray(crops)[order]
+        _check_prob_values(p.reshape(-1, N_CLASSES), np.tile(w, len(labels)), np.tile(f, len(labels)),
+                           np.tile(c, len(labels)))
+        return cls(w, f, c, tuple(labels[k] for k in by_member), p)
+
+    @classmethod
+    def from_table(cls, crop_probs: pd.DataFrame) -> CropProbs:
+        """A crop table, checked (``check_crop_probs``)."""
+        df = check_crop_probs(crop_probs).sort_values([WELL, FIELD, CROP, MEMBER], kind="stable")
+        n_members = int(df[MEMBER].nunique())
+        probs = df[list(PROB_COLUMNS)].to_numpy(np.float64).reshape(-1, n_members, N_CLASSES).transpose(1, 0, 2)
+        first = df.iloc[::n_members]
+        return cls(first[WELL].to_numpy(), first[FIELD].to_numpy(), first[CROP].to_numpy(),
+                   tuple(df[MEMBER].iloc[:n_members]), probs)
+
+    def table(self) -> pd.DataFrame:
+        """The crop table (``CROP_PROB_COLUMNS``): one row per member and crop, member by member."""
+        m, n = len(self.members), len(self.wells)
+        table = pd.DataFrame({WELL: np.tile(self.wells, m), FIELD: np.tile(self.fields, m),
+                              CROP: np.tile(self.crops, m), MEMBER: np.repeat(self.members, n)})
+        flat = self.probs.reshape(-1, N_CLASSES)
+        for k, col in enumerate(PROB_COLUMNS):
+            table[col] = flat[:, k]
+        return table
 
 
 def _prepare_plate_map(plate_map: pd.DataFrame) -> pd.DataFrame:
@@ -290,19 +353,22 @@ def score_wells(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None,
         column, repeats a well or holds several plates.
     """
     check_well_call(well_call)
-    df = check_crop_probs(crop_probs)
-    probs = list(PROB_COLUMNS)
+    return score_crops(CropProbs.from_table(crop_probs), plate_map, well_call)
 
-    # one row per crop with its members side by side -> the shared per-well aggregation
-    df = df.sort_values([WELL, FIELD, CROP, MEMBER], kind="stable")
-    n_members = int(df[MEMBER].nunique())
-    stacked = df[probs].to_numpy(np.float64).reshape(-1, n_members, N_CLASSES).transpose(1, 0, 2)
-    agg = aggregate_wells(stacked, df[WELL].to_numpy()[::n_members])
-    out = _well_table(agg, n_members, well_call)
+
+def score_crops(crops: CropProbs, plate_map: pd.DataFrame | None,
+                well_call: WellCall = DEFAULT_WELL_CALL) -> pd.DataFrame:
+    """``score_wells`` of crop probabilities already as arrays (a run's): the same table.
+
+    The crops' members side by side go through the shared per-well aggregation (``aggregate_wells``).
+    """
+    check_well_call(well_call)
+    agg = aggregate_wells(crops.probs, crops.wells)
+    out = _well_table(agg, len(crops.members), well_call)
     if plate_map is not None:
         out = _with_plate_map(out, _prepare_plate_map(plate_map))
     out = out.sort_values([ROW, COL], kind="stable").reset_index(drop=True)
-    log.info("scored %d wells from %d crop rows (%d members)", len(out), len(df), df[MEMBER].nunique())
+    log.info("scored %d wells from %d crops (%d members)", len(out), len(crops.wells), len(crops.members))
     return out
 
 

@@ -1,10 +1,13 @@
-"""The fit check's crop statistics: the numpy crop-by-member array against pandas' pivot table, which
-``fit_stats`` used until it was replaced for speed (issue #12)."""
+"""The fit check's crop statistics against pandas' pivot table, which ``fit_stats`` used until it
+was replaced for speed (issue #12), and ``scoring.CropProbs`` against the crop table it stands for."""
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from neurorg_core.fitcheck import _crops_by_member, fit_stats
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.fitcheck import fit_stats
+from neurorg_core.scoring import CropProbs
 from neurorg_core.schema import (
     CALLED_CLASS,
     CROP,
@@ -32,36 +35,57 @@ def _pivot(table: pd.DataFrame) -> np.ndarray:
     return members.to_numpy(np.float64).reshape(len(members), len(PROB_COLUMNS), -1)
 
 
-def _awkward(table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Shuffled, one crop lacking a member, one (crop, member) row repeated later with other values."""
-    lacking = (table[WELL] == "B03") & (table[FIELD] == 1) & (table[CROP] == 2) & (table[MEMBER] == 2)
-    repeat = table[(table[WELL] == "A02") & (table[FIELD] == 2) & (table[CROP] == 0) & (table[MEMBER] == 3)].copy()
-    repeat[list(PROB_COLUMNS)] = np.eye(N_CLASSES)[[5]]
-    shuffled = table[~lacking].sample(frac=1.0, random_state=int(rng.integers(1 << 31)))
-    return pd.concat([shuffled, repeat], ignore_index=True)
+def _shuffled(table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    return table.sample(frac=1.0, random_state=int(rng.integers(1 << 31))).reset_index(drop=True)
 
 
-def test_crops_by_member_equals_the_pivot_table_on_a_shuffled_table_with_a_missing_member() -> None:
+def test_crop_probs_from_a_shuffled_table_equal_the_pivot_table() -> None:
     rng = np.random.default_rng(7)
     table = _crop_table(rng)
-    awkward = _awkward(table, rng)
-    for t in (table, awkward):
-        got, want = _crops_by_member(t), _pivot(t)
-        assert got.shape == want.shape == (24, N_CLASSES, 3)
-        np.testing.assert_array_equal(got, want)   # NaN in the same places, every value bit-identical
-    got = _crops_by_member(awkward)
-    assert np.isnan(got).sum() == N_CLASSES          # the crop lacking member 2, every class
-    first = table[(table[WELL] == "A02") & (table[FIELD] == 2) & (table[CROP] == 0) & (table[MEMBER] == 3)]
-    row = 8 + 4 + 0   # sorted: A01 (8 crops) < A02 < B03; in A02, field 2 after field 1's 4 crops
-    np.testing.assert_array_equal(got[row, :, 2], first[list(PROB_COLUMNS)].to_numpy()[0])   # not the repeat
+    for t in (table, _shuffled(table, rng)):
+        crops = CropProbs.from_table(t)
+        want = _pivot(t)   # (crops, classes, members), crops sorted by (well, field, crop), members ascending
+        assert crops.members == (1, 2, 3)
+        np.testing.assert_array_equal(crops.probs.transpose(1, 2, 0), want)
+        assert list(crops.wells[:8]) == ["A01"] * 8 and list(crops.fields[:8]) == [1] * 4 + [2] * 4
+        assert list(crops.crops[:4]) == [0, 1, 2, 3]
+
+
+def test_crop_probs_from_arrays_sort_crops_and_members_like_the_table() -> None:
+    rng = np.random.default_rng(5)
+    table = _crop_table(rng)
+    from_table = CropProbs.from_table(table)
+    # the same crops, members given as 3, 1, 2 and crops in table order (not sorted)
+    one = table[table[MEMBER] == 3]
+    probs = np.stack([table[table[MEMBER] == m][list(PROB_COLUMNS)].to_numpy() for m in (3, 1, 2)])
+    got = CropProbs.from_arrays(one[WELL].to_numpy(), one[FIELD].to_numpy(), one[CROP].to_numpy(), [3, 1, 2], probs)
+    assert got.members == from_table.members
+    for a, b in ((got.wells, from_table.wells), (got.fields, from_table.fields), (got.crops, from_table.crops),
+                 (got.probs, from_table.probs)):
+        np.testing.assert_array_equal(a, b)
+    back = got.table().sort_values([WELL, FIELD, CROP, MEMBER]).reset_index(drop=True)
+    want = table.sort_values([WELL, FIELD, CROP, MEMBER]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(back[want.columns], want, check_dtype=False)
+
+
+def test_crop_probs_from_arrays_refuse_a_broken_model_output_naming_the_well() -> None:
+    rng = np.random.default_rng(3)
+    one = _crop_table(rng)
+    one = one[one[MEMBER] == 1]
+    probs = one[list(PROB_COLUMNS)].to_numpy()[None].copy()
+    probs[0, 5, :] = np.nan   # row 5: well A01, field 1, crop 1
+    with pytest.raises(NeuroRGError, match="well A01: .*missing or outside"):
+        CropProbs.from_arrays(one[WELL].to_numpy(), one[FIELD].to_numpy(), one[CROP].to_numpy(), [1], probs)
+    with pytest.raises(NeuroRGError, match="expected \\(members, crops >= 1, 6\\)"):
+        CropProbs.from_arrays(one[WELL].to_numpy(), one[FIELD].to_numpy(), one[CROP].to_numpy(), [1, 2], probs)
 
 
 def test_fit_stats_crop_statistics_are_unchanged_by_the_numpy_path() -> None:
     rng = np.random.default_rng(11)
-    table = _awkward(_crop_table(rng), rng)
+    table = _shuffled(_crop_table(rng), rng)
     wells = pd.DataFrame({WELL: ["A01", "A02", "B03"], ROLE: ["control", "disease", "treatment"],
                           CALLED_CLASS: [0, 4, 2], INFLAMMATION_SCORE: [0.2, 3.9, 2.1]})
-    stats = fit_stats(wells, table, np.ones((6, 2, 3)))
+    stats = fit_stats(wells, CropProbs.from_table(table), np.ones((6, 2, 3)))
     # the same statistics worked from the pivot table
     probs = _pivot(table)
     mean = probs.mean(axis=2)
