@@ -5,7 +5,7 @@ what is missing) are ``plate_inference.infer_plate``; steps 4-5 are here:
 
 4. ``_all_crop_probs`` (build the crop tables): every crop's probabilities per member, from this
    run or the cache, as arrays (``scoring.CropProbs``);
-5. ``save_plate`` (save the run): well scores (``scoring.score_crops``), the model-fit check
+5. ``save_plate`` (save the run): well scores (``scoring.score_crop_probs``), the model-fit check
    (``fitcheck``), provenance, all in one store transaction.
 
 ``infer_plate`` returns plain data with nothing stored, so a plate can be inferred in one process
@@ -62,7 +62,7 @@ from neurorg_core.schema import (
     PLATE_MAP_COLUMNS,
     WELL,
 )
-from neurorg_core.scoring import CropProbs, score_channels, score_crops
+from neurorg_core.scoring import CropProbs, score_channels, score_crop_probs
 from neurorg_core.store import ResultStore, RunRecord, utc_now
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def save_plate(store: ResultStore, inference: PlateInference, bundle: Bundle,
                            f"the models given have {given}")
     crops = _all_crop_probs(inference, bundles, store)
     well_call = bundle.card.get("well_call", DEFAULT_WELL_CALL)
-    well_scores = score_crops(crops["ensemble"], inference.plate_map, well_call=well_call)
+    well_scores = score_crop_probs(crops["ensemble"], inference.plate_map, well_call=well_call)
     well_scores[PLATE] = inference.name
     fields = inference.fields
     stats_now = fit_stats(well_scores, crops["ensemble"], np.stack([f.channel_stats for f in fields]))

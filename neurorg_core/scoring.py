@@ -149,7 +149,7 @@ class CropProbs:
     """One model's crop-level class probabilities as arrays: the crop table (``CROP_PROB_COLUMNS``)
     with its members side by side, crops in (well, field, crop) order, members ascending.
 
-    ``score_crops`` and ``fitcheck.fit_stats`` read it. A run builds it straight from inference
+    ``score_crop_probs`` and ``fitcheck.fit_stats`` read it. A run builds it straight from inference
     (``from_arrays``; no per-row pandas: building, validating and sorting the crop table cost a
     96-well plate's save ~20 ms); ``score_wells`` builds it from a crop table (``from_table``).
     """
@@ -353,10 +353,10 @@ def score_wells(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None,
         column, repeats a well or holds several plates.
     """
     check_well_call(well_call)
-    return score_crops(CropProbs.from_table(crop_probs), plate_map, well_call)
+    return score_crop_probs(CropProbs.from_table(crop_probs), plate_map, well_call)
 
 
-def score_crops(crops: CropProbs, plate_map: pd.DataFrame | None,
+def score_crop_probs(crops: CropProbs, plate_map: pd.DataFrame | None,
                 well_call: WellCall = DEFAULT_WELL_CALL) -> pd.DataFrame:
     """``score_wells`` of crop probabilities already as arrays (a run's): the same table.
 
