@@ -235,9 +235,14 @@ def _plan(plate: Plate, bundle: Bundle, single_channel_bundle: Bundle | None, na
         raise NeuroRGError("plate has no imaged wells", path=plate.source)
     cropping = plate_cropping(plate, CropGeometry.from_card(bundle.card), pixel_size_um=options.pixel_size_um,
                               bits=options.bits)
-    crops = {w: cropping.plan(len(plate.fields_of(w)), plate.field_shape, options.crops_per_well) for w in wells}
-    position = {ref: i for w in wells for i, ref in enumerate(plate.fields_of(w))}
-    total = sum(len(crops[ref.well].tiles_of(position[ref])) for ref in plate.fields)
+    by_well = {w: plate.fields_of(w) for w in wells}
+    plans: dict[int, CropPlan] = {}   # a well's plan depends only on its number of fields: made once per count
+    for refs in by_well.values():
+        if len(refs) not in plans:
+            plans[len(refs)] = cropping.plan(len(refs), plate.field_shape, options.crops_per_well)
+    crops = {w: plans[len(refs)] for w, refs in by_well.items()}
+    position = {ref: i for refs in by_well.values() for i, ref in enumerate(refs)}
+    total = sum(len(crops[w].tiles) for w in wells)
     log.info("crops of %d px on %s fields (pixel size %s, %s), %s", cropping.edge,
              "x".join(map(str, plate.field_shape)), cropping.pixel_size_um, cropping.pixel_size_source,
              cropping.intensity)
