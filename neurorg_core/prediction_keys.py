@@ -5,15 +5,15 @@ member's prediction of the field (``plate_inference``). ``ResultStore.cached_key
 these questions at once, at the head of the run, with a ``CachedKeys`` snapshot. The snapshot holds
 no Python object per key: each cached field hash is a 128-bit fingerprint (its MD5, computed by
 DuckDB's ``md5_number`` in the store and by ``field_fingerprint`` here, bit for bit the same) in two
-sorted ``uint64`` arrays per (member id, crop key), looked up with ``np.searchsorted``. So a store
-holding 200 plates' predictions (~300,000 keys) makes a snapshot of ~4.5 MB that is built in numpy
-and pickles as a few arrays (a campaign sends it to every Ray worker).
+sorted ``uint64`` arrays per (member id, crop key), found by bisection. A store holding 200 plates'
+predictions (~280,000 keys) makes a snapshot of ~4.5 MB, built in numpy, that pickles as a few
+arrays (a campaign sends it to every Ray worker); ``benchmarks/cache_lookup.py`` times it.
 
 Exact in the direction that matters: a key that was cached when the snapshot was taken is always
 found. A key that was not cached is found only if its field hash has the same 128-bit MD5 as a
 cached field hash of the same member and crop key: the field hashes are themselves 128 bits of
-SHA-256 of the pixels, so that is as likely as two different fields hashing equal (about 1e-29 for
-a store of a million fields). A key added to the store after the snapshot is not in it.
+SHA-256 of the pixels, so that is as likely as two different fields hashing equal (~3e-30 for a
+1,000-field plate against a million cached fields: 1e9 pairs / 2^128). A key added to the store after the snapshot is not in it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import numpy as np
 
 __all__ = ["CachedKeys", "field_fingerprint"]
 
+_LOW_BITS = (1 << 64) - 1
+
 
 def field_fingerprint(field_hash: str) -> tuple[int, int]:
     """The 128-bit fingerprint of a field hash (any string) as (high, low) 64-bit halves.
@@ -35,9 +37,8 @@ def field_fingerprint(field_hash: str) -> tuple[int, int]:
     ``md5_number(Field_Hash)``, whose ``>> 64`` is ``high`` and whose low 64 bits are ``low``
     (``ResultStore.cached_keys`` computes it so in SQL).
     """
-    digest = hashlib.md5(field_hash.encode("utf-8")).digest()
-    high, low = int.from_bytes(digest[8:], "little"), int.from_bytes(digest[:8], "little")
-    return high, low
+    number = int.from_bytes(hashlib.md5(field_hash.encode("utf-8")).digest(), "little")
+    return number >> 64, number & _LOW_BITS
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,14 +48,14 @@ class _Group:
     high: np.ndarray   # uint64, sorted
     low: np.ndarray    # uint64, low[i] belongs to high[i]
 
-    def __contains__(self, fingerprint: tuple[int, int]) -> bool:
-        high, low = fingerprint
-        # bisect over a memoryview reads the uint64s as Python ints: ~1 us, against ~5 us for a
+    def holds(self, high: int, low: int) -> bool:
+        """Whether the fingerprint (high, low) is one of this group's."""
+        # bisect over a memoryview reads the uint64s as Python ints: ~0.5 us, against ~5 us for a
         # scalar np.searchsorted (one lookup per field and member, on the run's reader thread)
-        highs, lows = memoryview(self.high), memoryview(self.low)
+        highs = memoryview(self.high)
         i = bisect.bisect_left(highs, high)
         while i < len(highs) and highs[i] == high:   # equal highs: ~never more than one
-            if lows[i] == low:
+            if memoryview(self.low)[i] == low:
                 return True
             i += 1
         return False
@@ -110,7 +111,7 @@ class CachedKeys:
             return False
         field_hash, member_id, crop_key = key
         group = self.groups.get((member_id, crop_key))
-        return group is not None and isinstance(field_hash, str) and field_fingerprint(field_hash) in group
+        return group is not None and isinstance(field_hash, str) and group.holds(*field_fingerprint(field_hash))
 
     def __len__(self) -> int:
         return sum(len(g.high) for g in self.groups.values())
