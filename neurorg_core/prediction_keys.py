@@ -41,6 +41,13 @@ def field_fingerprint(field_hash: str) -> tuple[int, int]:
     return number >> 64, number & _LOW_BITS
 
 
+def _frozen(values: np.ndarray) -> np.ndarray:
+    """A read-only contiguous copy (threads share the snapshot; nothing may change it)."""
+    out = values.copy()
+    out.flags.writeable = False
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class _Group:
     """The fingerprints of one (member id, crop key): ``high`` sorted, ``low`` aligned with it."""
@@ -91,7 +98,7 @@ class CachedKeys:
         for g, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
             if end > start:
                 m, k = divmod(g, len(crop_keys))
-                groups[(members[m], crop_keys[k])] = _Group(high[start:end].copy(), low[start:end].copy())
+                groups[(members[m], crop_keys[k])] = _Group(_frozen(high[start:end]), _frozen(low[start:end]))
         return cls(groups)
 
     @classmethod

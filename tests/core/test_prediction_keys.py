@@ -49,3 +49,4 @@ def test_fingerprints_sharing_their_high_half_are_told_apart_by_the_low_half() -
     assert group.holds(5, 9) and group.holds(5, 2) and group.holds(7, 1)
     assert not any(group.holds(*fp) for fp in [(5, 3), (5, 1), (6, 9), (2**64 - 1, 0), (0, 0)])
     assert snap.groups[("m", "j")].holds(5, 3) and len(snap) == 4
+    assert not group.high.flags.writeable and not group.low.flags.writeable   # shared by threads: read-only
