@@ -51,6 +51,7 @@ from neurorg_core.pipeline import RunResult, save_plate
 from neurorg_core.plate_inference import ScoreOptions, infer_plate
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.plates import load_plate
+from neurorg_core.prediction_keys import CachedKeys
 from neurorg_core.schema import RUN_ID, RUN_STATUS, PLATE, MODEL_ID
 from neurorg_core.store import CampaignEntry, ResultStore
 
@@ -538,7 +539,7 @@ class PlateWorker:
     def progress(self) -> tuple[str, int, int]:
         return self._state
 
-    def infer(self, job: _Job, cached_keys: frozenset, options: ScoreOptions, channel_map: dict[str, str] | None,
+    def infer(self, job: _Job, cached_keys: CachedKeys, options: ScoreOptions, channel_map: dict[str, str] | None,
               hook: WorkerHook | None) -> dict[str, bytes] | str:
         name = job.plate.name
 
@@ -604,13 +605,13 @@ class _RayPlates:
         if self.owns_ray:
             ray.shutdown()
 
-    def infer(self, jobs: Sequence[_Job], cached_keys: set, options: ScoreOptions,
+    def infer(self, jobs: Sequence[_Job], cached_keys: CachedKeys, options: ScoreOptions,
               channel_map: dict[str, str] | None, hook: WorkerHook | None, tracker: _Progress):
         """Yield ``(plate, files or error message)`` as plates finish; every worker keeps a plate."""
         import ray
         from ray.exceptions import RayError, RayTaskError
 
-        cached = ray.put(frozenset(cached_keys))
+        cached = ray.put(cached_keys)   # once for every worker: a few numpy arrays, ~16 bytes a key
         queue = list(jobs)
         idle = list(self.actors)
         running: dict[Any, tuple[_Job, Any]] = {}

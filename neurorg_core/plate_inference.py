@@ -47,6 +47,7 @@ from neurorg_core.inference import Predictor, PredictorCache, predict_stream
 from neurorg_core.model import Bundle, Member, check_bundle_kind
 from neurorg_core.platemap import plate_map_for, select_plate
 from neurorg_core.plates import FieldRef, Plate
+from neurorg_core.prediction_keys import CachedKeys
 from neurorg_core.preprocess import (
     CropGeometry,
     CropPlan,
@@ -274,7 +275,7 @@ class _FieldJob:
     registered: bool = False
 
 
-def _make_job(plan: _Plan, cached: frozenset[tuple[str, str, str]], ref: FieldRef, pixels: np.ndarray) -> _FieldJob:
+def _make_job(plan: _Plan, cached: CachedKeys, ref: FieldRef, pixels: np.ndarray) -> _FieldJob:
     """Hash a field and note which members lack a cached prediction for it (pure)."""
     key = plan.crop_key(ref)
     h = hash_field(pixels)
@@ -356,7 +357,7 @@ class _RunState:
             self.unflushed, self.unflushed_fields = [], 0
 
 
-def _hash_and_lookup(plan: _Plan, state: _RunState, cached: frozenset[tuple[str, str, str]],
+def _hash_and_lookup(plan: _Plan, state: _RunState, cached: CachedKeys,
                      fields: Iterator[tuple[FieldRef, np.ndarray]]) -> tuple[_FieldJob, np.ndarray] | None:
     """Read and hash fields on this thread until the first one some member must infer; return it
     (with its pixels), or None when every field is cached. The fields after it stay unread in
@@ -369,7 +370,7 @@ def _hash_and_lookup(plan: _Plan, state: _RunState, cached: frozenset[tuple[str,
     return None
 
 
-def _infer_missing(plan: _Plan, state: _RunState, cached: frozenset[tuple[str, str, str]],
+def _infer_missing(plan: _Plan, state: _RunState, cached: CachedKeys,
                    first: tuple[_FieldJob, np.ndarray], fields: Iterator[tuple[FieldRef, np.ndarray]]) -> None:
     """Infer the first miss's members over the rest of the plate (read on the reader thread), then
     any field that lacked other members (rare: part of a plate scored before by a changed member)."""
@@ -555,7 +556,7 @@ def infer_plate(
     plate_map: pd.DataFrame,
     bundle: Bundle,
     *,
-    cached_keys: frozenset[tuple[str, str, str]] | set[tuple[str, str, str]],
+    cached_keys: CachedKeys,
     name: str | None = None,
     options: ScoreOptions = ScoreOptions(),
     single_channel_bundle: Bundle | None = None,
@@ -566,7 +567,8 @@ def infer_plate(
     """Steps 1-3 of a run: plan the fields, hash them against ``cached_keys``, infer what is missing.
 
     ``cached_keys`` is a snapshot of the prediction cache's (field hash, member id, crop key)
-    (``ResultStore.cached_keys``). New predictions go to ``commit`` while inference runs, once
+    (``ResultStore.cached_keys``, or ``CachedKeys()`` for none): a field is inferred for every member
+    whose key is not in it. New predictions go to ``commit`` while inference runs, once
     ``options.flush_every`` fields or ``options.flush_after_s`` seconds of them are waiting
     (``run_plate`` commits them to the store so an interrupted run keeps them); the rest (all of
     them without ``commit``) stay in the result's ``uncommitted``, for ``save_plate`` to store with
@@ -580,7 +582,7 @@ def infer_plate(
         plan = _plan(plate, bundle, single_channel_bundle, name, options, predictors)
         state = _RunState(total=plan.total_crops, plate_map=matched, commit=commit, progress=progress,
                           flush_every=options.flush_every, flush_after_s=options.flush_after_s)
-        cached = frozenset(cached_keys)
+        cached = cached_keys   # immutable: the reader thread shares it
         fields = plate.iter_fields()
         first = _hash_and_lookup(plan, state, cached, fields)
         state.report()

@@ -23,6 +23,7 @@ from neurorg_core.pipeline import RunResult, ScoreOptions, hash_field, run_plate
 from neurorg_core.results import load_plate_results
 from neurorg_core.platemap import load_plate_map
 from neurorg_core.plates import load_plate
+from neurorg_core.prediction_keys import CachedKeys
 from neurorg_core.schema import (
     CHANNEL_P_CONTROL,
     CHANNELS,
@@ -368,7 +369,7 @@ def test_a_plate_inferred_in_one_place_and_saved_in_another_gives_the_same_run(p
     from neurorg_core.pipeline import infer_plate, save_plate
 
     folder_map = load_plate_map(plate_dir / "platemap.csv")
-    inference = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=frozenset(),
+    inference = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=CachedKeys(),
                             name="screen1", options=ScoreOptions(crops_per_well=CROPS, backend="keras"),
                             predictors=PREDICTORS)
     assert inference.inferred_crops == inference.total_crops * 2            # two members, nothing cached
@@ -387,6 +388,24 @@ def test_a_plate_inferred_in_one_place_and_saved_in_another_gives_the_same_run(p
                                   ref.drop(columns=[RUN_ID], errors="ignore"), check_exact=False, atol=1e-6)
 
 
+def test_infer_plate_infers_exactly_the_keys_missing_from_its_snapshot(plate_dir, bundles, store) -> None:
+    """The store holds every field of the plate for both members of bundle "a". A snapshot of both
+    members' keys: nothing is inferred, every field is cached. A snapshot of fold 2's keys only
+    (``cached_keys`` of one member): fold 1, and only fold 1, is inferred for every field."""
+    from neurorg_core.pipeline import infer_plate
+
+    folder_map = load_plate_map(plate_dir / "platemap.csv")
+    fold1, fold2 = (m.id for m in bundles["a"].members)
+    options = ScoreOptions(crops_per_well=CROPS, backend="keras")
+    full = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=store.cached_keys([fold1, fold2]),
+                       name="screen1", options=options, predictors=PREDICTORS)
+    assert full.inferred_crops == 0 and full.new_probs == {} and all(f.cached for f in full.fields)
+    half = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=store.cached_keys([fold2]),
+                       name="screen1", options=options, predictors=PREDICTORS)
+    assert half.inferred_crops == half.total_crops and not any(f.cached for f in half.fields)
+    assert {m for _, m, _ in half.new_probs} == {fold1} and len(half.new_probs) == len(half.fields)
+
+
 def test_new_predictions_are_committed_by_age_and_the_rest_stay_for_the_save(plate_dir, bundles) -> None:
     """While inference runs, new predictions go to the commit sink once they have waited
     ``flush_after_s``; what is left at the end stays in ``uncommitted`` (run_plate stores it in the
@@ -396,7 +415,7 @@ def test_new_predictions_are_committed_by_age_and_the_rest_stay_for_the_save(pla
     folder_map = load_plate_map(plate_dir / "platemap.csv")
     for after, expect_commits in ((3600.0, False), (0.0, True)):
         commits: list[list] = []
-        inference = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=frozenset(),
+        inference = infer_plate(load_plate(plate_dir), folder_map, bundles["a"], cached_keys=CachedKeys(),
                                 name="screen1", commit=lambda rows: commits.append(list(rows)),
                                 options=ScoreOptions(crops_per_well=15, backend="keras", flush_after_s=after),
                                 predictors=PREDICTORS)
@@ -447,7 +466,7 @@ def test_the_run_state_is_changed_only_on_the_calling_thread(plate_dir, bundles)
     plate.read_field = read_field   # type: ignore[method-assign]
     progress: list[int] = []
     commits: list[int] = []
-    inference = infer_plate(plate, load_plate_map(plate_dir / "platemap.csv"), bundles["a"], cached_keys=frozenset(),
+    inference = infer_plate(plate, load_plate_map(plate_dir / "platemap.csv"), bundles["a"], cached_keys=CachedKeys(),
                             name="screen1", progress=lambda done, total: progress.append(threading.get_ident()),
                             commit=lambda rows: commits.append(threading.get_ident()),
                             options=ScoreOptions(crops_per_well=CROPS, backend="keras", flush_after_s=0.0),

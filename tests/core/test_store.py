@@ -180,12 +180,61 @@ def test_prediction_cache_round_trip_is_exact(store: ResultStore) -> None:
     np.testing.assert_array_equal(got["h2"], b)
     np.testing.assert_array_equal(store.cached_predictions(["h1"], "m2")["h1"], b)
     assert store.cached_predictions(["h1"], "m1", crop_key="g3:0") == {}
-    assert store.cached_keys(["m2"]) == {("h1", "m2", "g2:0,1")}
+    m2 = store.cached_keys(["m2"])
+    assert len(m2) == 1 and ("h1", "m2", "g2:0,1") in m2 and ("h1", "m1", "g2:0,1") not in m2
     # a second write of the same key keeps the first (content-addressed, immutable)
     store.put_predictions([PredictionRow("h1", "m1", "g2:0,1", b[:2])])
     np.testing.assert_array_equal(store.cached_predictions(["h1"], "m1")["h1"], a)
     with pytest.raises(NeuroRGError, match=r"shape \(15, 5\)"):
         store.put_predictions([PredictionRow("h9", "m1", "k", a[:, :5])])
+
+
+def test_cached_keys_hold_exactly_the_stored_keys_of_the_members_asked_for(store: ResultStore) -> None:
+    """The snapshot a run tests its fields against: every stored key of the members asked for is
+    in it, and nothing else: not another member's key, not another crop key's, not a hash that
+    shares a prefix or differs in one character, not a key stored after the snapshot was taken.
+    Field hashes are any strings (tests and older stores use "h1"; real ones are 32 hex chars)."""
+    probs = np.full((2, 6), 1 / 6, np.float32)
+    hexa = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    hashes = [hexa, hexa[:-1] + "1", hexa[:16] + "0" * 16, "h1", "h10", "h", "", "é-field", hexa * 2]
+    members, keys = ["m1", "m2", "m3"], ["g2:0,1", "g2:0,1,2", "whole"]
+    stored = {(h, m, k) for i, h in enumerate(hashes) for j, m in enumerate(members) for n, k in enumerate(keys)
+              if (i + j + n) % 3}   # two thirds of every (member, crop key): each hash in some, not in others
+    store.put_predictions([PredictionRow(h, m, k, probs) for h, m, k in sorted(stored)])
+    snap = store.cached_keys(["m1", "m2"])
+    every = [(h, m, k) for h in (*hashes, "h2", hexa.upper(), hexa[:-1]) for m in members for k in (*keys, "g3:0")]
+    wrong = [key for key in every if (key in snap) != (key in stored and key[1] != "m3")]
+    assert wrong == []
+    assert len(snap) == sum(m != "m3" for _, m, _ in stored)
+    assert len(store.cached_keys(["m3", "m9"])) == sum(m == "m3" for _, m, _ in stored)
+    assert len(store.cached_keys([])) == 0 and len(store.cached_keys(["m9"])) == 0
+    missing = next(key for key in every if key not in stored and key[1] == "m1" and key[2] in keys)
+    store.put_predictions([PredictionRow(*missing, probs)])
+    assert missing not in snap and missing in store.cached_keys(["m1"])   # a snapshot: later keys are not in it
+    assert ("h1", "m1") not in snap and "h1" not in snap and (1, "m1", "whole") not in snap
+
+
+def test_cached_keys_of_a_large_store_agree_with_the_set_of_its_rows_and_pickle_small(store: ResultStore) -> None:
+    """20,000 random 32-hex field hashes over 4 members and 3 crop keys: membership agrees with a
+    Python set of the rows for every stored key and for 20,000 keys that were not stored (same
+    members and crop keys, other hashes); the snapshot pickles in ~16 bytes a key."""
+    import pickle
+
+    rng = np.random.default_rng(5)
+    probs = np.full((1, 6), 1 / 6, np.float32)
+    members, keys = ["ma", "mb", "mc", "md"], ["g2:0,1", "g2:0,1,2,3", "v2/b8/e128g2x2:0,1,2"]
+
+    def key(i: int) -> tuple[str, str, str]:
+        return (rng.bytes(16).hex(), members[i % 4], keys[i % 3])
+    rows = [key(i) for i in range(20_000)]
+    store.put_predictions([PredictionRow(h, m, k, probs) for h, m, k in rows])
+    snap = pickle.loads(pickle.dumps(store.cached_keys(members[:3])))   # as a campaign ships it to its workers
+    assert len(snap) == sum(m != "md" for _, m, _ in rows)
+    assert all((r in snap) == (r[1] != "md") for r in rows)
+    rows_set = set(rows)
+    others = [key(i) for i in range(20_000)] + [(h, members[(i + 1) % 3], k) for i, (h, _, k) in enumerate(rows)]
+    assert not any(r in snap for r in others if r not in rows_set)
+    assert len(pickle.dumps(snap)) < 20 * len(snap)
 
 
 def test_delete_run_and_plate(store: ResultStore) -> None:
