@@ -46,6 +46,7 @@ import logging
 import math
 import re
 import zipfile
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from io import StringIO
@@ -213,7 +214,7 @@ def _parse_dose(text: str) -> tuple[float, float | None] | None:
     return None
 
 
-def _doses(raw: pd.Series, units: pd.Series | None, spec: _DoseSpec,
+def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
            line: list[int]) -> tuple[np.ndarray, list[str]]:
     """Dose cells -> µM (NaN for blank) and the problems, naming the column, line and value."""
     out = np.full(len(raw), np.nan)
@@ -227,7 +228,7 @@ def _doses(raw: pd.Series, units: pd.Series | None, spec: _DoseSpec,
             continue
         value, factor = parsed
         if factor is None and units is not None:
-            unit = units.iloc[i]
+            unit = units[i]
             factor = unit_to_um(unit) if unit else None
             if not unit:
                 no_unit.append(f"line {ln}")
@@ -264,18 +265,21 @@ def _doses(raw: pd.Series, units: pd.Series | None, spec: _DoseSpec,
 
 def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]]:
     """Map input spellings to schema names; the dose column; problems for a missing well column,
-    ambiguous or dose-like columns that cannot be understood."""
+    ambiguous or dose-like columns that cannot be understood. Of two columns meaning the same, the
+    second is dropped (its problem is reported), so every schema name is one column."""
     lookup = {alias: target for target, aliases in COLUMN_ALIASES for alias in aliases}
     mapping: dict[Any, str] = {}
     problems: list[str] = []
     spec, dose_problems = _dose_columns(df.columns)
-    for col in df.columns:
+    second: list[int] = []
+    for i, col in enumerate(df.columns):
         target = lookup.get(str(col).strip().lower())
         if target is None:
             continue
         clash = [c for c, t in mapping.items() if t == target]
         if clash:
             problems.append(f"columns {clash[0]!r} and {col!r} both mean {target}; keep one")
+            second.append(i)
             continue
         mapping[col] = target
     problems += dose_problems
@@ -288,22 +292,24 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
             f"no well column; expected {WELL} (or well / Well); columns found: "
             f"{', '.join(map(str, df.columns)) or 'none'}"
         )
+    if second:
+        df = df.iloc[:, [i for i in range(len(df.columns)) if i not in second]]
     return df.rename(columns=mapping), spec, problems
 
 
-def _text(series: pd.Series) -> pd.Series:
-    """Cells as stripped text; missing values (None, NaN, <NA>) become ""."""
-    return series.map(lambda v: "" if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
-                      else str(v).strip())
+def _text(series: pd.Series) -> list[str]:
+    """Cells as stripped text; missing values (None, NaN, <NA>) become "". A list: plate maps are a
+    few hundred rows, where pandas' per-call overhead costs more than the Python loop."""
+    return ["" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else str(v).strip()
+            for v in series.tolist()]
 
 
 def _drop_blank_rows(df: pd.DataFrame, line: list[int]) -> tuple[pd.DataFrame, list[int]]:
     """Rows with at least one non-blank cell, and their line numbers."""
     if df.empty or len(df.columns) == 0:
         return df.reset_index(drop=True), line
-    filled = np.zeros(len(df), bool)
-    for col in range(len(df.columns)):
-        filled |= (_text(df.iloc[:, col]) != "").to_numpy()
+    cells = [_text(df.iloc[:, col]) for col in range(len(df.columns))]
+    filled = np.fromiter((any(row) for row in zip(*cells)), bool, count=len(df))
     skipped = len(df) - int(filled.sum())
     if skipped:
         log.info("plate map: %d blank row(s) skipped", skipped)
@@ -319,8 +325,7 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
     if WELL not in df.columns:
         return df, problems
     n = len(df)
-    out = pd.DataFrame(index=range(n))
-    out[PLATE] = _text(df[PLATE]).to_numpy() if PLATE in df.columns else ""
+    plates = _text(df[PLATE]) if PLATE in df.columns else [""] * n
 
     parsed: list[tuple[int, int] | None] = []
     bad_wells = []
@@ -332,19 +337,15 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
             bad_wells.append(f"line {ln}: {text!r}")
     if bad_wells:
         problems.append(f"unknown well name(s) (expected e.g. A01, A1, r01c01): {_listed(bad_wells)}")
-    out[WELL] = [format_well(*rc) if rc else "" for rc in parsed]
-    out[ROW] = pd.array([rc[0] if rc else pd.NA for rc in parsed], dtype="Int64")
-    out[COL] = pd.array([rc[1] if rc else pd.NA for rc in parsed], dtype="Int64")
-
-    out[COMPOUND] = _text(df[COMPOUND]).to_numpy() if COMPOUND in df.columns else ""
+    wells = [format_well(*rc) if rc else "" for rc in parsed]
+    compounds = _text(df[COMPOUND]) if COMPOUND in df.columns else [""] * n
 
     if spec is not None and DOSE in df.columns:
         units = _text(df[_UNIT_COLUMN]) if _UNIT_COLUMN in df.columns else None
         dose, dose_problems = _doses(_text(df[DOSE]), units, spec, line)
         problems += dose_problems
-        out[DOSE] = dose
     else:
-        out[DOSE] = np.nan
+        dose = np.full(n, np.nan)
 
     classes: list[object] = [pd.NA] * n
     if CLASS in df.columns:
@@ -362,9 +363,8 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
                 bad.append(f"line {ln}: {v!r}")
         if bad:
             problems.append(f"class label(s) outside 0-{N_CLASSES - 1}: {_listed(bad)}")
-    out[CLASS] = pd.array(classes, dtype="Int64")
 
-    raw_roles = _text(df[ROLE]).str.lower() if ROLE in df.columns else pd.Series([""] * n)
+    raw_roles = [r.lower() for r in _text(df[ROLE])] if ROLE in df.columns else [""] * n
     roles, bad_roles, blank = [], [], []
     for i, (ln, role) in enumerate(zip(line, raw_roles)):
         if role == "":
@@ -372,7 +372,7 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
             if cls is not pd.NA:
                 role = ("control" if cls == CONTROL_CLASS
                         else "disease" if cls == DISEASE_CLASS else "treatment")
-            elif out.at[i, COMPOUND] != "":
+            elif compounds[i] != "":
                 role = "treatment"
             else:
                 blank.append(f"line {ln}")
@@ -386,13 +386,19 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
             f"no role, class or compound, so the role is unknown (allowed: {', '.join(ROLES)}): "
             f"{_listed(blank)}"
         )
-    out[ROLE] = roles
 
-    good = out[WELL] != ""
-    dup = out[good].duplicated([PLATE, WELL], keep=False)
-    if dup.any():
-        dups = sorted(set(out[good][dup][WELL]))
+    seen = Counter((p, w) for p, w in zip(plates, wells) if w)
+    dups = sorted({w for (_, w), k in seen.items() if k > 1})
+    if dups:
         problems.append(f"duplicate well(s): {_listed(dups)}")
+    # object arrays, as pandas' own text columns were: the same column types for an empty map too
+    out = pd.DataFrame({
+        PLATE: np.array(plates, object), WELL: np.array(wells, object),
+        ROW: pd.array([rc[0] if rc else pd.NA for rc in parsed], dtype="Int64"),
+        COL: pd.array([rc[1] if rc else pd.NA for rc in parsed], dtype="Int64"),
+        COMPOUND: np.array(compounds, object), DOSE: dose, ROLE: np.array(roles, object),
+        CLASS: pd.array(classes, dtype="Int64"),
+    }, index=range(n))
     return out[list(OUTPUT_COLUMNS)], problems
 
 
@@ -647,7 +653,12 @@ def plate_map_for(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | No
     if plate is not None:
         table = plate_rows(table, plate)
     imaged = {format_well(*parse_well(w)) for w in wells}
-    table = table[table[WELL].isin(imaged)].copy()
-    table[ROW] = table[ROW].astype(int)
-    table[COL] = table[COL].astype(int)
-    return table.sort_values([ROW, COL]).reset_index(drop=True)
+    rows, cols = table[ROW].tolist(), table[COL].tolist()
+    # imaged wells in plate order (a stable sort, as sort_values on two columns), in Python: a few
+    # hundred rows, where pandas' per-call overhead is most of the cost
+    order = sorted((i for i, w in enumerate(table[WELL].tolist()) if w in imaged),
+                   key=lambda i: (rows[i], cols[i]))
+    table = table.take(order).reset_index(drop=True)
+    table[ROW] = np.array([rows[i] for i in order], np.int64)
+    table[COL] = np.array([cols[i] for i in order], np.int64)
+    return table

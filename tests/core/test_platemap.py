@@ -103,6 +103,16 @@ def test_two_columns_meaning_the_same(tmp_path):
         load_plate_map(write(tmp_path, "well,Metadata_Well\nA01,A01\n"))
 
 
+@pytest.mark.parametrize("first,second", [("Role", "Metadata_Role"), ("compound", "Metadata_Compound"),
+                                          ("plate", "Metadata_Plate")])
+def test_two_text_columns_meaning_the_same_are_named_not_a_traceback(tmp_path, first, second):
+    # the second column is dropped and named in the message (these once raised AttributeError /
+    # ValueError from pandas, with two columns under one schema name)
+    with pytest.raises(PlateMapError, match=f"'{first}' and '{second}' both mean") as err:
+        load_plate_map(write(tmp_path, f"well,{first},{second}\nA01,control,control\n"))
+    assert "map.csv" in str(err.value)
+
+
 def test_check_against_images(tmp_path):
     df = load_plate_map(write(tmp_path, (
         "Metadata_Well,Metadata_Role\nB02,control\nB03,disease\nB04,treatment\nH12,empty\n"

@@ -279,13 +279,17 @@ def test_field_channel_stats_by_hand():
     np.testing.assert_allclose(st[1], [0.0, 0.0, np.sqrt(0.25 * 0.75)])
 
 
-@pytest.mark.parametrize(("dtype", "bits"), [(np.uint8, None), (np.uint16, 12), (np.uint16, None)])
-def test_field_channel_stats_equal_numpy_mean_and_std_bit_for_bit(dtype, bits):
+@pytest.mark.parametrize(("dtype", "bits", "shape"), [
+    (np.uint8, None, (37, 50)), (np.uint16, 12, (37, 50)), (np.uint16, None, (37, 50)),
+    (np.uint8, 8, (256, 256)),        # the demo's fields
+    (np.uint16, 14, (1100, 1030)),    # a 275 x 258 sample per channel: longer than numpy's 8192-value buffer
+])
+def test_field_channel_stats_equal_numpy_mean_and_std_bit_for_bit(dtype, bits, shape):
     # the fused computation must give exactly what each channel's float64 mean / std gave before
     # (stored fit statistics and the model-fit verdict are compared between runs)
     rng = np.random.default_rng(3)
     top = np.iinfo(dtype).max
-    field = rng.gamma(2.0, top / 30, (37, 50, 3)).clip(0, top).astype(dtype)   # some above 12 bits: clipped
+    field = rng.gamma(2.0, top / 30, (*shape, 3)).clip(0, top).astype(dtype)   # some above 12/14 bits: clipped
     intensity = Intensity(bits) if bits else None
     st = field_channel_stats(field, intensity)
     full = intensity.full_scale if intensity else top
