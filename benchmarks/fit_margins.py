@@ -15,17 +15,22 @@ scored one or more ways with the demo ensemble into a temporary DuckDB store:
   case: the same render as "given"), and the 2x screen scored with the native 0.65 um given by the
   user (the same render as "from the files");
 * other misuse, cheap on plates already rendered: each screen scored with nucleus and microglia
-  swapped, and each 512 px x 1 training plate given the 2x pixel size (cells seen at half scale).
+  swapped, and each 512 px x 1 training plate given the 2x pixel size (cells seen at half scale);
+* small plates (2 wells per class, 12 wells, as the slow tests score): 256 px x 4 scored right, and
+  2x npy plates with their pixel size given (right) and unknown (wrong scale): a plate statistic
+  over fewer crops is noisier.
 
 Usage::
 
-    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/fit_margins.py [--seeds 3] [--scale-seeds 14]
+    TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/fit_margins.py [--seeds 3] [--scale-seeds 14] [--small-seeds 8]
         [--first-seed 9101] [--work DIR] [--markdown results.md]
 
 ``--seeds`` plates per right geometry (and per screen), ``--scale-seeds`` 2x npy plates (each
-scored right and at the wrong scale). Seeds are consumed in order from ``--first-seed``; the run
-prints the range it used. Seeds 7001-8299 were used by ``screen_accuracy`` runs, 9101 up by the
-run that set the limits (README, science table): check limits on a range nobody tuned on.
+scored right and at the wrong scale), ``--small-seeds`` seeds of each small plate. Seeds are
+consumed in order from ``--first-seed``; the run prints the range it used. Seeds 7001-8299 were
+used by ``screen_accuracy`` runs, 9101-9141 and 9201-9216 by the runs that set the limits
+(``benchmarks/results/fit_margins_seeds9101.md``, ``..._seeds9201_small.md``): check limits on a
+range nobody tuned on (9301 up was the first held-out check).
 """
 
 from __future__ import annotations
@@ -52,14 +57,18 @@ from neurorg_core import fitcheck  # noqa: E402
 from neurorg_core.config import REPO_ROOT  # noqa: E402
 from neurorg_core.fitcheck import FitStats  # noqa: E402
 from neurorg_core.model import load_bundle  # noqa: E402
-from neurorg_core.schema import CALLED_CLASS, CLASS, WELL  # noqa: E402
+from neurorg_core.demo import DemoRecipe  # noqa: E402
+from neurorg_core.schema import CALLED_CLASS, CLASS, N_CLASSES, WELL  # noqa: E402
 from neurorg_core.store import ResultStore  # noqa: E402
-from neurorg_core.synth import SYNTH_PIXEL_SIZE_UM  # noqa: E402
+from neurorg_core.synth import SYNTH_PIXEL_SIZE_UM, build_plate_table, write_synthetic_plates  # noqa: E402
 
 RIGHT, WRONG_SCALE, SWAPPED, HALF_SCALE = "right", "wrong scale", "channels swapped", "half scale"
-CLASSES = (RIGHT, WRONG_SCALE, SWAPPED, HALF_SCALE)
+SMALL = ", 12 wells"
+CLASSES = (RIGHT, WRONG_SCALE, RIGHT + SMALL, WRONG_SCALE + SMALL, SWAPPED, HALF_SCALE)
 SWAP = {"nucleus": "w3", "neuron": "w2", "microglia": "w1"}
 SCREEN_2X = Geometry("screen 2x magnification, 512 px x 1 field", 512, 1, 2.0)
+SMALL_PER_CLASS = 2
+"""Wells per class of the small plates (12 wells: what the slow tests score; class ``SMALL``)."""
 CHECKS = ("control_called_control", "window", "confidence_delta", "disagreement")
 """The checks tabulated in full (``confidence_delta``: mean top-class probability minus the
 reference's for the plate's class mix; the intensity checks are listed by their extremes)."""
@@ -82,7 +91,8 @@ class Plan:
     geometry: Geometry
     kind: str
     scorings: tuple[Scoring, ...]
-    scale_seeds: bool = False        # counted by --scale-seeds instead of --seeds
+    count: str = "seeds"             # the option that says how many seeds: seeds, scale_seeds, small_seeds
+    per_class: int | None = None     # a small plate: this many wells of each class (else the whole plate)
 
 
 @dataclass
@@ -106,20 +116,36 @@ def plans() -> tuple[Plan, ...]:
           for g in TRAINING[:6]),
         Plan(given_2x, "training",
              (Scoring("pixel size given", RIGHT, given_2x.pixel_size),
-              Scoring("pixel size unknown", WRONG_SCALE, None)), scale_seeds=True),
+              Scoring("pixel size unknown", WRONG_SCALE, None)), "scale_seeds"),
         *(Plan(g, "screen", (right, Scoring("nucleus and microglia swapped", SWAPPED, None, SWAP))) for g in SCREENS),
         Plan(SCREEN_2X, "screen", (Scoring("pixel size from the files", RIGHT),
                                    Scoring("given the native 0.65 um", WRONG_SCALE, SYNTH_PIXEL_SIZE_UM))),
+        Plan(TRAINING[0], "training", (right,), "small_seeds", SMALL_PER_CLASS),
+        Plan(given_2x, "training", (Scoring("pixel size given", RIGHT, given_2x.pixel_size),
+                                    Scoring("pixel size unknown", WRONG_SCALE, None)), "small_seeds", SMALL_PER_CLASS),
     )
 
 
-def plate_label(g: Geometry, s: Scoring) -> str:
-    return f"{g.label.split(', pixel size')[0]}, {s.label}" if s.label else g.label
+def render_small(work: Path, g: Geometry, seed: int, per_class: int) -> Path:
+    """A small training plate: the first ``per_class`` wells of each class of the seed's plate map."""
+    folder = work / f"small{per_class}_{g.size}x{g.fields}_m{g.magnification:g}_{g.layout}_s{seed}"
+    params = DemoRecipe().synth_params()
+    table = build_plate_table(seed, 1, 96, "training", params)
+    wells = [w for k in range(N_CLASSES) for w in table.loc[table[CLASS] == k, WELL].iloc[:per_class]]
+    write_synthetic_plates(folder, seed=seed, n_fields=g.fields, size=g.size, layout=g.layout, kind="training",
+                           params=params, n_workers=2, magnification=g.magnification, wells=wells)
+    return folder / "plate_01"
+
+
+def plate_label(g: Geometry, s: Scoring, per_class: int | None = None) -> str:
+    label = f"{g.label.split(', pixel size')[0]}, {s.label}" if s.label else g.label
+    return f"{per_class * N_CLASSES} wells: {label}" if per_class else label
 
 
 def score_plate(store: ResultStore, bundle, reference: FitStats, folder: Path, g: Geometry, s: Scoring,
-                seed: int) -> Plate:
-    result, res = score(store, bundle, folder, f"{plate_label(g, s)}-{seed}", pixel_size=s.pixel_size,
+                seed: int, per_class: int | None = None) -> Plate:
+    label = plate_label(g, s, per_class)
+    result, res = score(store, bundle, folder, f"{label}-{seed}", pixel_size=s.pixel_size,
                         channels=s.channels)
     # the truth beside the images (a screen's plate map has no class; its control and disease wells do)
     truth = pd.read_csv(folder / "ground_truth.csv")[[WELL, CLASS]]
@@ -134,20 +160,21 @@ def score_plate(store: ResultStore, bundle, reference: FitStats, folder: Path, g
     values["confidence_delta"] = stats.confidence - expected
     passed["confidence_delta"] = passed.pop("confidence", None)
     values.pop("confidence", None)
-    return Plate(plate_label(g, s), s.truth, seed, float((w[CALLED_CLASS] == w[CLASS].astype(int)).mean()),
-                 len(w), fit.verdict, values, passed)
+    acc = float((w[CALLED_CLASS] == w[CLASS].astype(int)).mean())
+    return Plate(label, s.truth + (SMALL if per_class else ""), seed, acc, len(w), fit.verdict, values, passed)
 
 
-def run(bundle, work: Path, seeds: int, scale_seeds: int, first_seed: int, keep: bool) -> list[Plate]:
+def run(bundle, work: Path, counts: dict[str, int], first_seed: int, keep: bool) -> list[Plate]:
     reference = FitStats.from_dict(bundle.card["fit_reference"])
     seed: Iterator[int] = iter(range(first_seed, first_seed + 10_000))
     out: list[Plate] = []
     with ResultStore(work / "results.duckdb") as store:
         for plan in plans():
-            for s in [next(seed) for _ in range(scale_seeds if plan.scale_seeds else seeds)]:
-                folder = render(work, plan.geometry, s, plan.kind)
+            for s in [next(seed) for _ in range(counts[plan.count])]:
+                folder = (render_small(work, plan.geometry, s, plan.per_class) if plan.per_class
+                          else render(work, plan.geometry, s, plan.kind))
                 for scoring in plan.scorings:
-                    out.append(score_plate(store, bundle, reference, folder, plan.geometry, scoring, s))
+                    out.append(score_plate(store, bundle, reference, folder, plan.geometry, scoring, s, plan.per_class))
                     p = out[-1]
                     print(f"{p.seed} {p.label} [{p.truth}]: {p.well_acc:.1%} of {p.n_wells} wells, {p.verdict}, "
                           + ", ".join(f"{k} {v:.3f}" for k, v in p.values.items() if k in CHECKS), flush=True)
@@ -271,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="plates per right geometry and per screen")
     ap.add_argument("--scale-seeds", type=int, default=14,
                     help="2x npy plates, each scored with its pixel size given and unknown")
+    ap.add_argument("--small-seeds", type=int, default=8,
+                    help=f"small plates ({SMALL_PER_CLASS} wells per class) at 256 px x 4 and 2x (given, unknown)")
     ap.add_argument("--first-seed", type=int, default=9101)
     ap.add_argument("--work", help="keep rendered plates here (default: a temporary folder, emptied as it goes)")
     ap.add_argument("--markdown", help="also write the tables to this file")
@@ -282,12 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fit-margins-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        plates = run(bundle, work, args.seeds, args.scale_seeds, args.first_seed, keep=bool(args.work))
+        counts = {"seeds": args.seeds, "scale_seeds": args.scale_seeds, "small_seeds": args.small_seeds}
+        plates = run(bundle, work, counts, args.first_seed, keep=bool(args.work))
     seeds = sorted({p.seed for p in plates})
     header = (f"Model {bundle.id}; limits now: disagreement {fitcheck.DISAGREEMENT_RANGE}, window >= "
               f"{fitcheck.MIN_WINDOW_SHARE}, confidence +/- {fitcheck.CONFIDENCE_TOLERANCE}, controls called "
               f"control >= {fitcheck.MIN_CONTROL_CALLED_CONTROL}. Seeds {seeds[0]}-{seeds[-1]} (--seeds "
-              f"{args.seeds} --scale-seeds {args.scale_seeds}); {time.perf_counter() - t0:.0f} s.")
+              f"{args.seeds} --scale-seeds {args.scale_seeds} --small-seeds {args.small_seeds}); "
+              f"{time.perf_counter() - t0:.0f} s.")
     table = markdown(plates, header)
     print()
     print(table)
