@@ -27,7 +27,9 @@ trained on, scored at its own crop geometry):
 Each check has its tolerance below; the verdict is ``POOR`` when any check fails, ``ok`` when all
 that could be computed pass, and ``unchecked`` when the card has no reference. The tolerances
 were set on a few plates per failure mode (wrong scale, swapped channels, 12-bit data as 16-bit)
-and validated on fresh seeds by ``benchmarks/screen_accuracy.py`` (README, science table).
+and validated on fresh seeds by ``benchmarks/screen_accuracy.py`` (README, science table); the
+disagreement limit was reset on every check's measured values over ~80 fresh plates right and at
+the wrong scale (``benchmarks/fit_margins.py``, ``benchmarks/results/fit_margins_seeds*.md``).
 """
 
 from __future__ import annotations
@@ -63,9 +65,19 @@ MIN_WINDOW_SHARE = 0.6
 (correct scale: 0.9-1.0; swapped nucleus/microglia: ~0; half the trained scale: 0.35)."""
 CONFIDENCE_TOLERANCE = 0.1
 """Largest |mean top-class probability - reference| (correct plates within 0.04)."""
-DISAGREEMENT_RANGE = (0.5, 1.5)
-"""Allowed ratio of member disagreement to the reference (correct plates 0.9-1.1; a 2x magnified
-plate scored as native 1.75)."""
+DISAGREEMENT_RANGE = (0.5, 1.3)
+"""Allowed ratio of member disagreement to the reference. Measured with the demo ensemble by
+``benchmarks/fit_margins.py`` (seeds 9101-9141 and 9201-9216, where the limit was chosen): plates
+scored right 0.911-1.076 over 41 plates of 60-96 wells (training plates in 7 geometries, 1x and 2x,
+and screens) and 0.790-1.122 over 16 plates of 12 wells; wrong scale (2x plates scored as native:
+pixel size unknown, or the native size given) 1.500-1.818 over 17 plates of 60-96 wells and
+1.383-1.671 over 8 of 12 wells. The limit was 1.5 until a 60-well plate at 1.458 (seed 8213) and two
+12-well plates at 1.383 and 1.455 passed. Held out (seeds 9301-9357, the same plates): right
+0.872-1.145 (41 plates) and 0.706-1.198 (16 of 12 wells), none flagged; wrong scale 1.489-1.836
+(17), all flagged, and 1.277-1.698 (8 of 12 wells), one missed at 1.277. So on 60-96 wells 1.3 sits
+~0.15 above every right plate and ~0.19 below every wrong one; on 12 wells the classes nearly touch
+(1.198 / 1.277) and the check is weaker. Channel swaps give 1.28-1.54 (the window catches them);
+no right plate came under 0.70."""
 INTENSITY_RANGE = (0.4, 2.5)
 """Allowed ratio of a channel's mean (and SD) intensity to the training crops' (plates' own gain
 and offset move it by 0.6-1.4; 12-bit data read as 16-bit by 1/16)."""
