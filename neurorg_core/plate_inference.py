@@ -282,7 +282,8 @@ def _make_job(plan: _Plan, cached: CachedKeys, ref: FieldRef, pixels: np.ndarray
     tiles = plan.tiles(ref)
     missing: dict[Role, tuple[Member, ...]] = {}
     for role, b in plan.bundles.items():
-        lacking = tuple(m for m in b.members if (h, m.id, key) not in cached)
+        held = cached.held(h, [m.id for m in b.members], key)
+        lacking = tuple(m for m, ok in zip(b.members, held) if not ok)
         if tiles and lacking:
             missing[role] = lacking
     return _FieldJob(ref, tiles, key, h, missing, field_channel_stats(pixels, plan.cropping.intensity),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,6 +119,15 @@ class CachedKeys:
         field_hash, member_id, crop_key = key
         group = self.groups.get((member_id, crop_key))
         return group is not None and isinstance(field_hash, str) and group.holds(*field_fingerprint(field_hash))
+
+    def held(self, field_hash: str, member_ids: Sequence[str], crop_key: str) -> list[bool]:
+        """For each member id, whether ``(field_hash, member_id, crop_key) in self``: the field hash's
+        fingerprint is computed once for all members (a run asks this once per field)."""
+        groups = [self.groups.get((m, crop_key)) for m in member_ids]
+        if not any(g is not None for g in groups):
+            return [False] * len(groups)
+        high, low = field_fingerprint(field_hash)
+        return [g is not None and g.holds(high, low) for g in groups]
 
     def __len__(self) -> int:
         return sum(len(g.high) for g in self.groups.values())

@@ -38,6 +38,17 @@ def test_keys_in_hand_are_found_and_no_others() -> None:
     assert len(CachedKeys()) == 0 and ("h1", "m1", "g2:0,1") not in CachedKeys() and len(CachedKeys.of([])) == 0
 
 
+def test_held_answers_for_every_member_what_in_answers_for_each() -> None:
+    keys = [(h, m, k) for h in STRINGS for m in ("m1", "m2") for k in ("g2:0,1", "g2:0,1,2") if (h, m) != ("", "m2")]
+    snap = CachedKeys.of(keys)
+    members = ["m2", "m3", "m1"]
+    for h in [*STRINGS, "h2", "H1"]:
+        for k in ("g2:0,1", "g2:0,1,2", "g3"):
+            assert snap.held(h, members, k) == [(h, m, k) in snap for m in members]
+    assert snap.held("", members, "g2:0,1") == [False, False, True]
+    assert CachedKeys().held("h1", members, "g2:0,1") == [False, False, False]
+
+
 def test_fingerprints_sharing_their_high_half_are_told_apart_by_the_low_half() -> None:
     """Two field hashes whose fingerprints share the high 64 bits (never met in practice, but the
     lookup must still compare all 128): each is found, a third with the same high half is not."""
