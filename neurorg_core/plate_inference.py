@@ -583,12 +583,11 @@ def infer_plate(
         plan = _plan(plate, bundle, single_channel_bundle, name, options, predictors)
         state = _RunState(total=plan.total_crops, plate_map=matched, commit=commit, progress=progress,
                           flush_every=options.flush_every, flush_after_s=options.flush_after_s)
-        cached = cached_keys   # immutable: the reader thread shares it
         fields = plate.iter_fields()
-        first = _hash_and_lookup(plan, state, cached, fields)
+        first = _hash_and_lookup(plan, state, cached_keys, fields)   # immutable: the reader thread shares it
         state.report()
         if first is not None:
-            _infer_missing(plan, state, cached, first, fields)
+            _infer_missing(plan, state, cached_keys, first, fields)
         pm = matched.result()
     if state.done != plan.total_crops:
         raise NeuroRGError(f"{state.done} of {plan.total_crops} crops were scored; expected all (a field "

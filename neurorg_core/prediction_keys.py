@@ -13,7 +13,8 @@ Exact in the direction that matters: a key that was cached when the snapshot was
 found. A key that was not cached is found only if its field hash has the same 128-bit MD5 as a
 cached field hash of the same member and crop key: the field hashes are themselves 128 bits of
 SHA-256 of the pixels, so that is as likely as two different fields hashing equal (~3e-30 for a
-1,000-field plate against a million cached fields: 1e9 pairs / 2^128). A key added to the store after the snapshot is not in it.
+1,000-field plate against a million cached fields: 1e9 pairs / 2^128). A key added to the store
+after the snapshot is not in it.
 """
 
 from __future__ import annotations
@@ -117,8 +118,7 @@ class CachedKeys:
         if not (isinstance(key, tuple) and len(key) == 3):
             return False
         field_hash, member_id, crop_key = key
-        group = self.groups.get((member_id, crop_key))
-        return group is not None and isinstance(field_hash, str) and group.holds(*field_fingerprint(field_hash))
+        return isinstance(field_hash, str) and self.held(field_hash, [member_id], crop_key)[0]
 
     def held(self, field_hash: str, member_ids: Sequence[str], crop_key: str) -> list[bool]:
         """For each member id, whether ``(field_hash, member_id, crop_key) in self``: the field hash's

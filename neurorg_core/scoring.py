@@ -122,7 +122,8 @@ def check_crop_probs(crop_probs: pd.DataFrame) -> pd.DataFrame:
 
 def _check_prob_values(probs: np.ndarray, wells: np.ndarray, fields: np.ndarray, crops: np.ndarray) -> None:
     """Raise unless every row of ``probs`` (rows, 6) is a softmax: finite, in [0, 1], summing to 1.
-    The message names the first bad row's well (and field and crop)."""
+    The message names the first bad row's well (and field and crop): row i is crop ``i % len(wells)``
+    (members' rows one after another, as ``CropProbs.probs`` reshaped)."""
     bad = ~np.isfinite(probs).all(axis=1) | (probs < -PROB_SUM_TOLERANCE).any(axis=1) | (
         probs > 1 + PROB_SUM_TOLERANCE
     ).any(axis=1)
@@ -131,7 +132,7 @@ def _check_prob_values(probs: np.ndarray, wells: np.ndarray, fields: np.ndarray,
         raise NeuroRGError(
             f"{int(bad.sum())} crop row(s) have class probabilities missing or outside [0, 1], "
             f"e.g. {np.round(probs[i], 4).tolist()}; expected softmax outputs",
-            well=wells[i],
+            well=wells[i % len(wells)],
         )
     sums = probs.sum(axis=1)
     off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
@@ -139,8 +140,8 @@ def _check_prob_values(probs: np.ndarray, wells: np.ndarray, fields: np.ndarray,
         i = int(np.flatnonzero(off)[0])
         raise NeuroRGError(
             f"{int(off.sum())} crop row(s) have class probabilities summing to {sums[i]:.4f} "
-            f"(field {fields[i]}, crop {crops[i]}); expected 1 +/- {PROB_SUM_TOLERANCE}",
-            well=wells[i],
+            f"(field {fields[i % len(wells)]}, crop {crops[i % len(wells)]}); expected 1 +/- {PROB_SUM_TOLERANCE}",
+            well=wells[i % len(wells)],
         )
 
 
@@ -177,8 +178,7 @@ class CropProbs:
         by_member = sorted(range(len(labels)), key=labels.__getitem__)
         p = p[by_member][:, order]
         w, f, c = names[codes.reshape(-1)[order]], np.asarray(fields)[order], np.asarray(crops)[order]
-        _check_prob_values(p.reshape(-1, N_CLASSES), np.tile(w, len(labels)), np.tile(f, len(labels)),
-                           np.tile(c, len(labels)))
+        _check_prob_values(p.reshape(-1, N_CLASSES), w, f, c)
         return cls(w, f, c, tuple(labels[k] for k in by_member), p)
 
     @classmethod
