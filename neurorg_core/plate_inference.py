@@ -11,8 +11,9 @@ would have to cross module boundaries.
 1. ``_plan`` (plan the fields): check the bundles, decide how the plate is cut for the model (crop
    edge at the plate's pixel size, significant bits; ``preprocess.plate_cropping``) and which
    tiles of each well become crops. The plate map is matched to the imaged wells
-   (``_match_plate_map``) on a helper thread meanwhile, while the first fields are read and
-   inferred; its problems are raised at the next inference batch, before anything is committed;
+   (``_match_plate_map``) on a helper thread once the first inference batch is back, so that its
+   pandas work overlaps inference instead of delaying the first batch; its problems are raised at
+   the next inference batch (or the first commit), before anything is committed;
 2. ``_hash_and_lookup`` (hash the fields and look up the cache): read each field once, hash its
    pixels and look (field hash, member id, crop key) up in a snapshot of the prediction cache;
 3. ``_infer_missing`` (infer what is missing): crop the fields some member has no prediction for
@@ -35,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,7 +302,8 @@ class _RunState:
     cache commits."""
 
     total: int
-    plate_map: Future[pd.DataFrame]         # matched on another thread while the first fields are read
+    match_plate_map: Callable[[], pd.DataFrame]   # run once on ``helper`` (``start_plate_map``)
+    helper: ThreadPoolExecutor
     commit: PredictionSink | None           # None: new predictions stay in ``unflushed`` for the save
     progress: ProgressCallback | None
     flush_every: int
@@ -313,6 +316,7 @@ class _RunState:
     unflushed_fields: int = 0
     unflushed_since: float = 0.0            # time.monotonic() of the oldest uncommitted prediction
     ran_on: set[str] = dataclasses.field(default_factory=set)  # engines that computed predictions
+    plate_map: Future[pd.DataFrame] | None = None
 
     def register(self, job: _FieldJob) -> None:
         """Take a job over from the thread that built it (once), and count it if nothing is missing."""
@@ -327,9 +331,20 @@ class _RunState:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
+    def start_plate_map(self) -> Future[pd.DataFrame]:
+        """Match the plate map to the wells on the helper thread (started on the first call). The
+        run starts it once inference is under way: its ~15 ms of pandas hold the GIL, and at the
+        start of a run they would delay reading the fields of the first inference batch."""
+        if self.plate_map is None:
+            self.plate_map = self.helper.submit(self.match_plate_map)
+        return self.plate_map
+
     def check_plate_map(self, wait: bool = False) -> None:
-        """Raise the plate map's problems once its check has found them (``wait``: wait for it)."""
-        if wait or self.plate_map.done():
+        """Raise the plate map's problems once its check has found them (``wait``: start the
+        check if need be and wait for it)."""
+        if wait:
+            self.start_plate_map().result()
+        elif self.plate_map is not None and self.plate_map.done():
             self.plate_map.result()
 
     def resolve(self, job: _FieldJob, role: Role, members: Sequence[Member], probs: np.ndarray) -> None:
@@ -470,7 +485,7 @@ def _infer(plan: _Plan, state: _RunState, role: Role, members: Sequence[Member],
 def _stream(state: _RunState, role: Role, members: Sequence[Member], sub_bundle: Bundle, predictor: Predictor,
             items: Iterable[tuple[_FieldJob, np.ndarray]]) -> None:
     batches = _batched(items, CROPS_PER_BATCH_FACTOR * predictor.batch_size, first=predictor.batch_size)
-    partial: dict[int, list[np.ndarray]] = {}
+    pieces: dict[int, list[np.ndarray]] = {}
     with closing(predict_stream(batches, sub_bundle, predictor=predictor)) as stream:
         for keys, probs in stream:
             n_in = sum(k for _, k, _ in keys)
@@ -483,10 +498,11 @@ def _stream(state: _RunState, role: Role, members: Sequence[Member], sub_bundle:
             for job, k, last in keys:
                 state.register(job)
                 if k:
-                    partial.setdefault(id(job), []).append(probs[:, start:start + k])
+                    pieces.setdefault(id(job), []).append(probs[:, start:start + k])
                     start += k
                     if last:
-                        state.resolve(job, role, members, np.concatenate(partial.pop(id(job)), axis=1))
+                        state.resolve(job, role, members, np.concatenate(pieces.pop(id(job)), axis=1))
+            state.start_plate_map()   # from the first result on: inference is under way
             state.check_plate_map()
             state.report()
             state.flush_due()
@@ -577,18 +593,18 @@ def infer_plate(
     """
     name = name or plate.name
     with ThreadPoolExecutor(1, thread_name_prefix="neurorg-platemap") as pool:
-        # the plate map is matched to the wells (pandas, ~50 ms) while the first fields are read and
-        # inferred; its problems are raised at the next inference batch, before anything is committed
-        matched = pool.submit(_match_plate_map, plate_map, plate, name)
+        # the plate map is matched to the wells on the pool's thread once inference runs (a fully
+        # cached plate: at the end); its problems are raised before anything is committed
         plan = _plan(plate, bundle, single_channel_bundle, name, options, predictors)
-        state = _RunState(total=plan.total_crops, plate_map=matched, commit=commit, progress=progress,
+        state = _RunState(total=plan.total_crops, match_plate_map=partial(_match_plate_map, plate_map, plate, name),
+                          helper=pool, commit=commit, progress=progress,
                           flush_every=options.flush_every, flush_after_s=options.flush_after_s)
         fields = plate.iter_fields()
         first = _hash_and_lookup(plan, state, cached_keys, fields)   # immutable: the reader thread shares it
         state.report()
         if first is not None:
             _infer_missing(plan, state, cached_keys, first, fields)
-        pm = matched.result()
+        pm = state.start_plate_map().result()
     if state.done != plan.total_crops:
         raise NeuroRGError(f"{state.done} of {plan.total_crops} crops were scored; expected all (a field "
                            "was skipped)", path=plate.source)

@@ -291,6 +291,17 @@ def test_plate_map_lacking_an_imaged_well_is_refused(plate_dir, bundles, empty_s
         assert store.list_runs().empty and store.count_predictions() == 0
 
 
+def test_plate_map_lacking_an_imaged_well_is_refused_on_a_fully_cached_plate(plate_dir, bundles, store) -> None:
+    """A cached plate runs no inference batch, so the plate map is matched at the end of the
+    run: still refused, naming the well, and nothing stored."""
+    before = snapshot(store)
+    pm = load_plate_map(plate_dir / "platemap.csv")
+    with pytest.raises(PlateMapError, match="B02"):
+        run_plate(load_plate(plate_dir), pm[pm[WELL] != "B02"], bundles["a"], store, name="screen1",
+                  options=ScoreOptions(crops_per_well=CROPS, backend="keras"), predictors=PREDICTORS)
+    assert snapshot(store) == before
+
+
 @pytest.mark.slow
 def test_single_channel_bundle_scores_are_stored(plate_dir, bundles, store, tmp_path, tiny_members) -> None:
     models = [tiny_members[c] for c in CHANNELS]   # the session's single-channel members: built once
