@@ -1,6 +1,6 @@
 """Steps 1-3 of scoring a plate: plan the fields, hash them against the cache, infer what is missing.
 
-Size (~620 lines): the three steps share one run state (``_RunState``, owned by the calling thread)
+Size (~640 lines): the three steps share one run state (``_RunState``, owned by the calling thread)
 and the batching that keeps a fixed-size model batch full across fields; split apart, that state
 would have to cross module boundaries.
 
