@@ -30,7 +30,8 @@ scored right and at the wrong scale), ``--small-seeds`` seeds of each small plat
 consumed in order from ``--first-seed``; the run prints the range it used. Seeds 7001-8299 were
 used by ``screen_accuracy`` runs, 9101-9141 and 9201-9216 by the runs that set the limits
 (``benchmarks/results/fit_margins_seeds9101.md``, ``..._seeds9201_small.md``): check limits on a
-range nobody tuned on (9301 up was the first held-out check).
+range nobody tuned on (9301-9357 was the first held-out check, 9401-9424 the second, small plates only;
+start past 9424).
 """
 
 from __future__ import annotations
