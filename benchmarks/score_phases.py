@@ -83,8 +83,8 @@ def main() -> int:
     # work inside them (on the reader thread while inference runs); each module's own calls are timed
     steps = {plate_inference: ("_plan", "plate_map_for", "_match_plate_map", "plate_cropping", "hash_field",
                                "field_channel_stats", "crops_from_field"),
-             pipeline: ("infer_plate", "_all_crop_probs", "_channel_scores", "score_crop_probs", "fit_stats", "_check_fit",
-                        "code_version", "save_plate")}
+             pipeline: ("infer_plate", "_all_crop_probs", "_channel_scores", "score_crop_probs", "fit_stats",
+                        "_check_fit", "code_version", "save_plate")}
     for module, names in steps.items():
         for name in names:
             timed(module, name, f"{module.__name__.split('.')[-1]}.{name}")

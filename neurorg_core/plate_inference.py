@@ -239,10 +239,9 @@ def _plan(plate: Plate, bundle: Bundle, single_channel_bundle: Bundle | None, na
     cropping = plate_cropping(plate, CropGeometry.from_card(bundle.card), pixel_size_um=options.pixel_size_um,
                               bits=options.bits)
     by_well = {w: plate.fields_of(w) for w in wells}
-    plans: dict[int, CropPlan] = {}   # a well's plan depends only on its number of fields: made once per count
-    for refs in by_well.values():
-        if len(refs) not in plans:
-            plans[len(refs)] = cropping.plan(len(refs), plate.field_shape, options.crops_per_well)
+    # a well's plan depends only on its number of fields: made once per count
+    plans = {n: cropping.plan(n, plate.field_shape, options.crops_per_well)
+             for n in sorted({len(refs) for refs in by_well.values()})}
     crops = {w: plans[len(refs)] for w, refs in by_well.items()}
     position = {ref: i for refs in by_well.values() for i, ref in enumerate(refs)}
     total = sum(len(crops[w].tiles) for w in wells)

@@ -357,7 +357,7 @@ def score_wells(crop_probs: pd.DataFrame, plate_map: pd.DataFrame | None,
 
 
 def score_crop_probs(crops: CropProbs, plate_map: pd.DataFrame | None,
-                well_call: WellCall = DEFAULT_WELL_CALL) -> pd.DataFrame:
+                     well_call: WellCall = DEFAULT_WELL_CALL) -> pd.DataFrame:
     """``score_wells`` of crop probabilities already as arrays (a run's): the same table.
 
     The crops' members side by side go through the shared per-well aggregation (``aggregate_wells``).
