@@ -10,8 +10,9 @@ This is the only module that speaks SQL.
 (or several for reading only). So that the CLI and the app can use one store at once, a
 ``ResultStore`` keeps the file open only while one of its methods runs: the method opens it
 (waiting up to ``lock_timeout_s`` while another process finishes its own operation), does its
-reads or its single transaction, and closes it. Every operation is short (the longest is one
-run's ``save_run``), so a waiting process waits milliseconds, and a long scoring run never holds
+reads or its single transaction, and closes it (after a write, a background thread closes it
+a few milliseconds after the write returned; see ``ResultStore``). Every operation is short (the
+longest is one run's ``save_run``), so a waiting process waits milliseconds, and a long scoring run never holds
 the file between its commits. Within a process, overlapping operations share one connection and
 each takes its own ``cursor()`` (safe across threads, e.g. Streamlit sessions); ``session()``
 keeps the file open across a group of quick reads to pay for one open instead of several.
@@ -253,10 +254,11 @@ DEFAULT_LOCK_TIMEOUT_S = 10.0
 
 
 def _is_busy_error(exc: duckdb.Error) -> bool:
-    """Another process holds the file's lock, or this process has it open in the other mode."""
+    """Another process holds the file's lock, this process has it open in the other mode, or
+    another store of this process has it attached (until that store's operation ends)."""
     text = str(exc).lower()
     return ("lock" in text and ("conflicting" in text or "could not set" in text)) or (
-        "different configuration" in text)
+        "different configuration" in text) or "unique file handle conflict" in text
 
 
 def _describe(exc: BaseException) -> str:
@@ -289,6 +291,12 @@ class ResultStore:
     file, each for milliseconds at a time. Operations that overlap in one process share the
     attachment; ``session()`` keeps the file attached across a group of quick reads.
 
+    After a write, detaching also checkpoints DuckDB's write-ahead log into the file (20-60 ms,
+    growing with the store). The write is durable once committed, so that detach runs on a
+    short-lived thread (``neurorg-store-release``) and the write returns at its commit; an
+    operation that starts before it ran reuses the attachment. Python waits for that thread at
+    exit, and ``release()`` detaches at once (before handing the file to another program).
+
     Parameters
     ----------
     path
@@ -318,6 +326,7 @@ class ResultStore:
         self._engine: duckdb.DuckDBPyConnection | None = None   # in-memory; the file is attached to it
         self._attached = False
         self._users = 0
+        self._wrote = False   # a transaction committed since the file was attached: detach later
         if read_only and not self.path.is_file():
             raise NeuroRGError("no result store here; score a plate first", path=self.path)
         if read_only:
@@ -403,6 +412,7 @@ class ResultStore:
         held. A connection broken by a failure (a full disk can invalidate it) is dropped, and the
         next operation makes a new one."""
         self._attached = False
+        self._wrote = False
         engine = self._engine
         assert engine is not None
         try:
@@ -433,7 +443,17 @@ class ResultStore:
             with self._lock:
                 self._users -= 1
                 if self._users == 0 and self._attached:
-                    self._detach()
+                    if self._wrote:   # its checkpoint runs after the write returns
+                        threading.Thread(target=self.release, name="neurorg-store-release", daemon=False).start()
+                    else:
+                        self._detach()
+
+    def release(self) -> None:
+        """Detach the file now unless an operation is using it (after a write, this otherwise
+        happens on a background thread a few milliseconds after the write returned)."""
+        with self._lock:
+            if self._users == 0 and self._attached:
+                self._detach()
 
     @contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -465,6 +485,7 @@ class ResultStore:
                     log.debug("rollback on %s: %s", self.path, exc)
                 raise
             cur.execute("COMMIT")   # a failed commit (full disk) is rolled back by DuckDB itself
+            self._wrote = True
 
     def close(self) -> None:
         """Close the in-memory connection (a later operation opens a new one). The file itself is

@@ -366,12 +366,20 @@ def test_a_closed_store_opens_again_on_its_next_operation(tmp_path: Path) -> Non
     assert sorted(ResultStore(tmp_path / "r.duckdb", read_only=True).list_runs()[RUN_ID]) == ["run-a", "run-b"]
 
 
+def _join_release_threads() -> None:
+    for t in threading.enumerate():
+        if t.name == "neurorg-store-release":
+            t.join()
+
+
 def test_the_file_is_free_between_operations_and_held_in_a_session(tmp_path: Path) -> None:
-    """Another process can open the file for writing right after any operation of this store,
-    and cannot while a session holds it (this process's own store keeps working either way)."""
+    """Another process can open the file for writing once an operation of this store is over
+    (after a write, once its background release has run), and cannot while a session holds it
+    (this process's own store keeps working either way)."""
     path = tmp_path / "r.duckdb"
     store = ResultStore(path)
     save(store, "run-a", 0.9)
+    _join_release_threads()
     code = ("import duckdb, sys\n"
             "try:\n"
             "    duckdb.connect(sys.argv[1]).close()\n"
@@ -387,5 +395,81 @@ def test_the_file_is_free_between_operations_and_held_in_a_session(tmp_path: Pat
         assert store.list_runs()[RUN_ID].tolist() == ["run-a"]
         assert other_process_opens() == 3
         save(store, "run-b", 0.8)                    # nested operations share the attachment
+    _join_release_threads()
     assert other_process_opens() == 0
     assert sorted(store.list_runs()[RUN_ID]) == ["run-a", "run-b"]
+
+
+def test_a_write_returns_at_its_commit_and_the_file_is_checkpointed_and_released_after(
+        tmp_path: Path, monkeypatch) -> None:
+    """The checkpoint of a write (its DETACH) runs on a thread after the write returned: an
+    operation before that thread runs reuses the attachment, and once it has run the file is
+    released and the data are in the file itself (no write-ahead log left)."""
+    import types
+
+    import neurorg_core.store as store_module
+
+    path = tmp_path / "r.duckdb"
+    store = ResultStore(path)
+    held: list[threading.Thread] = []
+
+    class HeldThread(threading.Thread):
+        def start(self) -> None:   # run later, by the test
+            held.append(self)
+
+    monkeypatch.setattr(store_module, "threading", types.SimpleNamespace(Thread=HeldThread, Lock=threading.Lock))
+    save(store, "run-a", 0.9)
+    assert [t.name for t in held] == ["neurorg-store-release"]
+    assert store._attached and Path(f"{path}.wal").exists()   # committed to the log, not yet released
+    assert store.list_runs()[RUN_ID].tolist() == ["run-a"]     # reuses the attachment
+    assert store._attached
+    for t in held:
+        threading.Thread.start(t)
+        t.join()
+    assert not store._attached
+    assert not Path(f"{path}.wal").exists()
+    con = duckdb.connect(str(path), read_only=True)   # another program can open it
+    assert con.execute(f'SELECT "{RUN_ID}" FROM runs').fetchall() == [("run-a",)]
+    con.close()
+    store.release()                                   # nothing attached: harmless
+
+
+def test_a_write_is_durable_at_its_return_even_if_the_process_dies_at_once(tmp_path: Path) -> None:
+    """A process killed right after a write returned (before its background checkpoint) keeps
+    the write: DuckDB's log holds it and the next open replays it; a process that exits
+    normally checkpoints first (Python waits for the release thread)."""
+    tests = Path(__file__).parent
+    for ending, wal_left in (("os._exit(0)", True), ("", False)):
+        path = tmp_path / f"r{len(ending)}.duckdb"
+        code = ("import os, sys\n"
+                f"sys.path[:0] = [{str(REPO_ROOT)!r}, {str(tests)!r}]\n"
+                "from test_store import save\n"
+                "from neurorg_core.store import ResultStore\n"
+                "save(ResultStore(sys.argv[1]), 'run-a', 0.9)\n"
+                f"{ending}\n")
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert Path(f"{path}.wal").exists() is wal_left
+        assert ResultStore(path, read_only=True).list_runs()[RUN_ID].tolist() == ["run-a"]
+
+
+def test_a_second_store_of_one_process_waits_for_the_first(tmp_path: Path) -> None:
+    """Two ResultStore objects of one process on one file take turns: the second waits while the
+    first holds it (a session, or a write's release) instead of failing."""
+    path = tmp_path / "r.duckdb"
+    first = ResultStore(path)
+    save(first, "run-a", 0.9)
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with first.session():
+            held.set()
+            done.wait(0.5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    second = ResultStore(path, read_only=True, lock_timeout_s=30)
+    assert second.list_runs()[RUN_ID].tolist() == ["run-a"]   # once the first let go
+    t.join()
