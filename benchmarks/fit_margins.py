@@ -30,8 +30,8 @@ scored right and at the wrong scale), ``--small-seeds`` seeds of each small plat
 consumed in order from ``--first-seed``; the run prints the range it used. Seeds 7001-8299 were
 used by ``screen_accuracy`` runs, 9101-9141 and 9201-9216 by the runs that set the limits
 (``benchmarks/results/fit_margins_seeds9101.md``, ``..._seeds9201_small.md``): check limits on a
-range nobody tuned on (9301-9357 was the first held-out check, 9401-9424 the second, small plates only;
-start past 9424).
+range nobody tuned on (9301-9357 was the first held-out check, 9401-9424 the second, small plates only,
+9501-9572 the check of the joint disagreement-and-confidence rule; start past 9572).
 """
 
 from __future__ import annotations
@@ -211,20 +211,23 @@ def range_table(plates: list[Plate]) -> list[str]:
 
 
 def _value(p: Plate, name: str) -> float | tuple[float, float]:
-    if name == "disagreement+window":
-        return p.values.get("disagreement", np.nan), p.values.get("window", np.nan)
+    if "+" in name:   # a pair of checks
+        return tuple(p.values.get(part, np.nan) for part in name.split("+"))
     return p.values.get(name, np.nan)
 
 
 def fails_under(p: Plate, name: str, ok) -> bool:
-    """Whether check ``name`` (or the pair ``disagreement+window``) fails the candidate ``ok(value)``."""
+    """Whether check ``name`` (or a pair such as ``disagreement+window``) fails the candidate ``ok(value)``."""
     value = _value(p, name)
     return bool(np.all(np.isfinite(value))) and not ok(value)
 
 
 def verdict_under(p: Plate, name: str, ok) -> bool:
     """POOR when ``name`` fails under the candidate test ``ok(value)`` or any other check failed."""
-    others = any(v is False for k, v in p.passed.items() if k not in name.split("+"))
+    parts = set(name.split("+"))
+    if {"disagreement", "confidence_delta"} <= parts:   # the candidate replaces today's joint check too
+        parts.add("disagreement_with_low_confidence")
+    others = any(v is False for k, v in p.passed.items() if k not in parts)
     return others or fails_under(p, name, ok)
 
 
@@ -240,6 +243,13 @@ def candidate_table(plates: list[Plate]) -> list[str]:
     both = [(hi, w) for hi in (1.30, 1.35, 1.40, 1.50) for w in (0.80, 0.85, 0.90)]
     candidates += [("disagreement+window", f"ratio <= {hi:.2f} and share >= {w:.2f}",
                     lambda v, hi=hi, w=w: lo <= v[0] <= hi and v[1] >= w) for hi, w in both]
+    # today's disagreement and confidence limits, and POOR as well when both signs point the same way
+    # together: members disagree more than usual and crops are less confident than expected
+    hi_now, tol_now = fitcheck.DISAGREEMENT_RANGE[1], fitcheck.CONFIDENCE_TOLERANCE
+    joint = [(d, c) for d in (1.10, 1.15, 1.20) for c in (0.03, 0.035, 0.04, 0.05)]
+    candidates += [("disagreement+confidence_delta", f"and not (ratio >= {d:.2f} and delta <= -{c:.3f})",
+                    lambda v, d=d, c=c: (lo <= v[0] <= hi_now and abs(v[1]) <= tol_now
+                                         and not (v[0] >= d and v[1] <= -c))) for d, c in joint]
     groups = {t: [p for p in plates if p.truth == t] for t in CLASSES}
     groups = {t: g for t, g in groups.items() if g}
     head = " | ".join(f"{t}: POOR / n (by this check alone)" for t in groups)

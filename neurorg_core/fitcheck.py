@@ -20,6 +20,10 @@ trained on, scored at its own crop geometry):
     Share of (member, crop) pairs where a member's call differs from the ensemble's, against the
     reference for the same class mix: members trained on other plates disagree more on images
     unlike any of them.
+``disagreement_with_low_confidence``
+    Both of the last two leaning the same way at once: members disagree more than usual and the
+    crops are less confident than expected, each still inside its own limit (a 12-well plate at
+    the wrong scale can look like that).
 ``intensity_<channel>``
     Mean and SD of each channel's scaled intensities against the training crops' (the model's own
     normalisation): a bit depth or gain far from training shows here first.
@@ -78,6 +82,19 @@ pixel size unknown, or the native size given) 1.500-1.818 over 17 plates of 60-9
 ~0.15 above every right plate and ~0.19 below every wrong one; on 12 wells the classes nearly touch
 (1.198 / 1.277) and the check is weaker. Channel swaps give 1.28-1.54 (the window catches them);
 no right plate came under 0.70."""
+JOINT_DISAGREEMENT = 1.2
+JOINT_CONFIDENCE_DROP = 0.035
+"""POOR also when members disagree at least ``JOINT_DISAGREEMENT`` x the reference *and* the crops'
+mean top-class probability is at least ``JOINT_CONFIDENCE_DROP`` below the reference's, together
+(check ``disagreement_with_low_confidence``): two signs of unfamiliar images that each stay inside
+their own limit. Chosen on the 218 plates of ``benchmarks/results/fit_margins_seeds9101-9401*``:
+the 4 wrong-scale plates the single limits let through (at their time) sat at 1.277-1.500 x and
+-0.047 to -0.073, the 138 right plates at most 1.198 x and at least -0.029, and none of them beyond
+both (the nearest: 1.145 x at -0.026, 1.120 x at -0.029). Chosen before the fresh check (seeds
+9501-9572, ``benchmarks/results/fit_margins_seeds9501_small.md``): 72 right 12-well plates at
+0.748-1.190 x and -0.038 to +0.034, none flagged (the nearest, seed 9531, 1.168 x at -0.038: a
+limit of 1.10 or 1.15 x would have flagged it); 36 wrong-scale plates at 1.438-1.909 x, all POOR by
+the single limit already, so none of them tested the joint rule."""
 INTENSITY_RANGE = (0.4, 2.5)
 """Allowed ratio of a channel's mean (and SD) intensity to the training crops' (plates' own gain
 and offset move it by 0.6-1.4; 12-bit data read as 16-bit by 1/16)."""
@@ -344,6 +361,14 @@ def check_model_fit(stats: FitStats, reference: FitStats | None, *,
                                bool(lo <= ratio <= hi),
                                f"ensemble members disagree on {stats.disagreement:.1%} of crop calls, "
                                f"{ratio:.2f} x the {exp_dis:.1%} expected"))
+        if np.isfinite(exp_conf):
+            drop = exp_conf - stats.confidence
+            checks.append(FitCheck(
+                "disagreement_with_low_confidence", ratio,
+                f"not >= {JOINT_DISAGREEMENT:g} x together with confidence >= {JOINT_CONFIDENCE_DROP:g} low",
+                not bool(ratio >= JOINT_DISAGREEMENT and drop >= JOINT_CONFIDENCE_DROP),
+                f"members disagree {ratio:.2f} x the expected and the crops are {drop:.3f} less confident "
+                "than expected, together (as on plates scored at the wrong scale)"))
 
     lo, hi = INTENSITY_RANGE
     for c, name in enumerate(CHANNELS):

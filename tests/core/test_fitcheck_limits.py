@@ -52,3 +52,31 @@ def test_a_right_plate_at_the_top_of_the_measured_range_stays_ok() -> None:
     assert fit.verdict == "ok", fit.summary()
     (dis,) = [c for c in fit.checks if c.name == "disagreement"]
     assert dis.passed is True and dis.value == pytest.approx(1.2)
+
+
+def _less_confident(stats: FitStats, drop: float) -> FitStats:
+    """``stats`` with every class's crop confidence ``drop`` lower (so the plate's is ``drop`` below
+    the reference's for its class mix)."""
+    return replace(stats, confidence_by_class=tuple(c - drop for c in stats.confidence_by_class))
+
+
+def test_disagreement_and_low_confidence_together_are_poor_though_each_is_within_its_limit() -> None:
+    """Seed 9353's 12-well 2x plate scored without its pixel size passed every single limit:
+    members disagreeing 1.277 x the reference and crops 0.047 less confident than expected. The
+    two together say POOR (``disagreement_with_low_confidence``); either alone does not."""
+    fit = _check(_less_confident(_plate(1.277, 0.90), 0.047))
+    assert fit.verdict == "POOR", fit.summary()
+    failed = [c for c in fit.checks if c.passed is False]
+    assert [c.name for c in failed] == ["disagreement_with_low_confidence"]
+    assert "1.28 x" in fit.summary() and "0.047 less confident" in fit.summary()
+    assert _check(_plate(1.277, 0.90)).verdict == "ok"                          # disagreement alone
+    assert _check(_less_confident(_plate(1.0, 0.90), 0.047)).verdict == "ok"    # low confidence alone
+
+
+@pytest.mark.parametrize(("ratio", "drop"), [(1.198, 0.017), (1.145, 0.026), (1.120, 0.029), (1.168, 0.038)])
+def test_the_right_plates_nearest_the_joint_limit_stay_ok(ratio: float, drop: float) -> None:
+    """The right plates measured nearest to the joint limit stay ok (seeds 9101-9424: the highest
+    disagreement, and the lowest confidence at a high disagreement; seed 9531, fresh: 1.168 x with
+    crops 0.038 less confident)."""
+    fit = _check(_less_confident(_plate(ratio, 0.966), drop))
+    assert fit.verdict == "ok", fit.summary()
