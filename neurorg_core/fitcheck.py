@@ -347,11 +347,11 @@ def check_model_fit(stats: FitStats, reference: FitStats | None, *,
 
     weights = stats.crop_share_by_class
     exp_conf = _weighted(reference.confidence_by_class, weights)
+    drop = exp_conf - stats.confidence   # how much less confident than expected (NaN without a reference)
     if np.isfinite(exp_conf):
-        diff = stats.confidence - exp_conf
         checks.append(FitCheck("confidence", stats.confidence,
                                f"{exp_conf:.2f} +/- {CONFIDENCE_TOLERANCE:.2f}",
-                               bool(abs(diff) <= CONFIDENCE_TOLERANCE),
+                               bool(abs(drop) <= CONFIDENCE_TOLERANCE),
                                f"crop confidence {stats.confidence:.2f}, expected {exp_conf:.2f} for these calls"))
     exp_dis = _weighted(reference.disagreement_by_class, weights)
     if np.isfinite(exp_dis) and exp_dis > 0:
@@ -362,7 +362,6 @@ def check_model_fit(stats: FitStats, reference: FitStats | None, *,
                                f"ensemble members disagree on {stats.disagreement:.1%} of crop calls, "
                                f"{ratio:.2f} x the {exp_dis:.1%} expected"))
         if np.isfinite(exp_conf):
-            drop = exp_conf - stats.confidence
             checks.append(FitCheck(
                 "disagreement_with_low_confidence", ratio,
                 f"not >= {JOINT_DISAGREEMENT:g} x together with confidence >= {JOINT_CONFIDENCE_DROP:g} low",

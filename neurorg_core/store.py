@@ -12,10 +12,11 @@ This is the only module that speaks SQL.
 (waiting up to ``lock_timeout_s`` while another process finishes its own operation), does its
 reads or its single transaction, and closes it (after a write, a background thread closes it
 a few milliseconds after the write returned; see ``ResultStore``). Every operation is short (the
-longest is one run's ``save_run``), so a waiting process waits milliseconds, and a long scoring run never holds
-the file between its commits. Within a process, overlapping operations share one connection and
-each takes its own ``cursor()`` (safe across threads, e.g. Streamlit sessions); ``session()``
-keeps the file open across a group of quick reads to pay for one open instead of several.
+longest is one run's ``save_run``), so a waiting process waits milliseconds, and a long scoring
+run never holds the file between its commits. Within a process, overlapping operations share one
+connection and each takes its own ``cursor()`` (safe across threads, e.g. Streamlit sessions);
+``session()`` keeps the file open across a group of quick reads to pay for one open instead of
+several.
 
 **Bad files.** A file that is not DuckDB, is truncated (shorter than its own header says), is
 another program's DuckDB database, cannot be created or written, or sits on a full disk gives
