@@ -1,6 +1,6 @@
 """The result store: a DuckDB file holding plates, cached crop predictions and scored runs.
 
-Size (~970 lines): the only module that speaks SQL, by design (STYLE.md): one class, its table
+Size (~1000 lines): the only module that speaks SQL, by design (STYLE.md): one class, its table
 definitions (plates, runs, the prediction cache, campaigns), the per-operation attach rule and the
 checks on bad files.
 
