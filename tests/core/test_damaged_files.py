@@ -1,0 +1,73 @@
+"""Image files damaged the way transfers damage them: truncated copies. A truncated file must be
+refused, naming the file and well, by ``Plate.check_files`` (so `inspect` never calls such a plate
+scoreable) and by every read, never decoded into silently wrong pixels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from neurorg_core import cli
+from neurorg_core.errors import NeuroRGError
+from neurorg_core.plates import FieldRef, load_plate
+
+WELLS = ("B02", "B03")
+
+
+def write_plate(folder: Path, dtype=np.uint16, **imwrite) -> Path:
+    """A 2-well, 2-site, 3-channel ImageXpress plate of random 48 x 40 images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    top = 4095 if dtype == np.uint16 else 255
+    for well in WELLS:
+        for site in (1, 2):
+            for ch in (1, 2, 3):
+                img = rng.integers(0, top, (48, 40), dtype=dtype, endpoint=True)
+                tifffile.imwrite(folder / f"exp_{well}_s{site}_w{ch}.tif", img, **imwrite)
+    return folder
+
+
+def truncate(path: Path, n_bytes: int) -> None:
+    path.write_bytes(path.read_bytes()[:-n_bytes])
+
+
+@pytest.mark.parametrize("imwrite, cut", [
+    ({}, 500),                                       # uncompressed: decoding would fail, but only if tried
+    ({"compression": "lzw"}, 1),                     # LZW missing its end code decodes whole
+    ({"compression": "zstd", "tile": (16, 16)}, 200),
+])
+def test_check_files_finds_a_truncated_file_of_a_kind_already_decoded(tmp_path, imwrite, cut):
+    root = write_plate(tmp_path / "p", **imwrite)
+    truncate(root / "exp_B03_s2_w2.tif", cut)       # a late field: its kind was decoded in B02 s1
+    problems = load_plate(root).check_files()
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("exp_B03_s2_w2.tif, well B03: image is truncated")
+
+
+def test_truncated_jpeg_tiff_is_refused_not_decoded_to_grey(tmp_path):
+    root = write_plate(tmp_path / "p", dtype=np.uint8, compression="jpeg")
+    truncate(root / "exp_B03_s1_w1.tif", 2000)       # libjpeg fills the missing rows with 128
+    plate = load_plate(root)
+    with pytest.raises(NeuroRGError, match="exp_B03_s1_w1.tif, well B03: image is truncated"):
+        plate.read_field(FieldRef("B03", 2, 3, 1))
+    assert len(plate.check_files()) == 1
+
+
+def test_inspect_refuses_a_plate_with_a_truncated_png(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NEURORG_MODEL_DIR", str(tmp_path / "no_models"))
+    root = tmp_path / "png"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for well in WELLS:
+        for site in (1, 2):
+            Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(root / f"{well}_s{site}.png")
+    truncate(root / "B03_s2.png", 300)
+    assert cli.main(["inspect", str(root)]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["scoreable"] is False and len(report["file_problems"]) == 1
+    assert report["file_problems"][0].startswith("B03_s2.png, well B03: image is truncated")
