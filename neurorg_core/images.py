@@ -116,10 +116,30 @@ def _check_png_complete(path: Path) -> None:
                        "(an interrupted copy?); copy the file again", path=path)
 
 
-def check_tiff_complete(tif: tifffile.TiffFile, path: Path) -> None:
-    """Refuse a TIFF whose pixel data runs past the end of the file (a truncated copy), from the
-    strip / tile offsets and byte counts in its header. Decoders do not all notice: a truncated
-    JPEG decodes to grey rows and an LZW strip without its end code decodes whole."""
+BRIGHTNESS_PHOTOMETRICS = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB,
+                           tifffile.PHOTOMETRIC.YCBCR)
+"""TIFF photometric interpretations whose decoded values are brightness (tifffile converts JPEG's
+YCbCr to RGB). Others (MinIsWhite: 0 is white; Palette: colour indices; CMYK, CIELab, ...) decode
+to numbers that are not, and are refused rather than read as fluorescence."""
+
+
+def check_tiff_file(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse a TIFF whose pixels the header shows cannot be read faithfully, nothing decoded:
+    pixel data running past the end of the file (a truncated copy: decoders do not all notice,
+    a truncated JPEG decodes to grey rows and an LZW strip without its end code decodes whole),
+    or a photometric interpretation whose values are not brightness."""
+    page = tif.pages.first
+    photometric = int(getattr(page, "photometric", tifffile.PHOTOMETRIC.MINISBLACK))
+    if photometric not in BRIGHTNESS_PHOTOMETRICS:
+        try:
+            name = tifffile.PHOTOMETRIC(photometric).name
+        except ValueError:
+            name = f"code {photometric}"
+        raise NeuroRGError(
+            f"photometric interpretation {name} stores values that are not brightness (MINISWHITE: "
+            "0 is white; PALETTE: colour indices); expected MINISBLACK grey or RGB. Export the "
+            "field as plain grey levels", path=path,
+        )
     size = tif.filehandle.size
     try:
         end = max((o + n for page in tif.pages for o, n in zip(page.dataoffsets, page.databytecounts)),
@@ -173,7 +193,7 @@ def image_header(path: Path) -> ImageHeader:
             header = tiff_header(tif)
         except DECODE_ERRORS as exc:
             raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
-        check_tiff_complete(tif, path)
+        check_tiff_file(tif, path)
         return header
 
 
@@ -329,7 +349,7 @@ def read_tiff(path: Path, max_pixels: int, *,
         except DECODE_ERRORS as exc:
             raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
         check_header(path, header, max_pixels)
-        check_tiff_complete(tif, path)
+        check_tiff_file(tif, path)
         try:
             img = _tiff_source(tif).asarray().reshape(header.shape)
         except DECODE_ERRORS as exc:

@@ -71,3 +71,21 @@ def test_inspect_refuses_a_plate_with_a_truncated_png(tmp_path, capsys, monkeypa
     report = json.loads(capsys.readouterr().out)
     assert report["scoreable"] is False and len(report["file_problems"]) == 1
     assert report["file_problems"][0].startswith("B03_s2.png, well B03: image is truncated")
+
+
+# --- pixels whose values do not mean brightness --------------------------------------------------
+
+@pytest.mark.parametrize("photometric, what", [("miniswhite", "MINISWHITE"), ("palette", "PALETTE")])
+def test_inverted_or_palette_tiff_is_refused_not_read_as_brightness(tmp_path, photometric, what):
+    # MinIsWhite stores 0 as white and a palette image stores colour indices: decoding gives the
+    # raw numbers, so reading them as fluorescence would silently invert or scramble the field
+    root = write_plate(tmp_path / "p", dtype=np.uint8)
+    img = tifffile.imread(root / "exp_B03_s2_w2.tif")
+    kw = {"colormap": np.zeros((3, 256), np.uint16)} if photometric == "palette" else {}
+    tifffile.imwrite(root / "exp_B03_s2_w2.tif", img, photometric=photometric, **kw)
+    plate = load_plate(root)
+    problems = plate.check_files()
+    assert len(problems) == 1 and problems[0].startswith("exp_B03_s2_w2.tif, well B03: ")
+    assert what in problems[0]
+    with pytest.raises(NeuroRGError, match=f"exp_B03_s2_w2.tif, well B03: .*{what}"):
+        plate.read_field(FieldRef("B03", 2, 3, 2))
