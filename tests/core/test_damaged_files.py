@@ -89,3 +89,22 @@ def test_inverted_or_palette_tiff_is_refused_not_read_as_brightness(tmp_path, ph
     assert what in problems[0]
     with pytest.raises(NeuroRGError, match=f"exp_B03_s2_w2.tif, well B03: .*{what}"):
         plate.read_field(FieldRef("B03", 2, 3, 2))
+
+
+# --- zips ----------------------------------------------------------------------------------------
+
+def test_zip_holding_one_path_twice_is_refused_naming_the_member(tmp_path):
+    # zipfile and some archivers append a second entry of the same name; extracting it would keep
+    # whichever copy comes last, silently
+    import warnings
+    import zipfile
+
+    root = write_plate(tmp_path / "p")
+    zpath = tmp_path / "dup.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(zpath, "w") as zf:
+        warnings.simplefilter("ignore")   # zipfile's "Duplicate name" warning
+        zf.writestr("p\\exp_B03_s1_w2.tif", b"II*\0 an older, broken copy")
+        for path in sorted(root.iterdir()):
+            zf.write(path, f"p/{path.name}")
+    with pytest.raises(NeuroRGError, match=r"dup.zip: .*'p/exp_B03_s1_w2.tif' twice"):
+        load_plate(zpath)
