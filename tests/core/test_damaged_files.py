@@ -108,3 +108,20 @@ def test_zip_holding_one_path_twice_is_refused_naming_the_member(tmp_path):
             zf.write(path, f"p/{path.name}")
     with pytest.raises(NeuroRGError, match=r"dup.zip: .*'p/exp_B03_s1_w2.tif' twice"):
         load_plate(zpath)
+
+
+# --- two plates given as one ---------------------------------------------------------------------
+
+def test_imagexpress_files_of_two_plates_are_not_merged_into_one(tmp_path):
+    # two plates' exports whose wells do not collide (B02-B03 and C02-C03) in one zip: the file
+    # names' plate prefixes differ, and reading them as one 4-well plate would be silent
+    import zipfile
+
+    root = write_plate(tmp_path / "one")
+    zpath = tmp_path / "plates.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for path in sorted(root.iterdir()):
+            zf.write(path, f"PlateA/{path.name.replace('exp_', 'PlateA_')}")
+            zf.write(path, f"PlateB/{path.name.replace('exp_', 'PlateB_').replace('_B0', '_C0')}")
+    with pytest.raises(NeuroRGError, match=r"PlateB_C02_s1_w1.tif: files of 2 plates found together \(name prefixes 'PlateA', 'PlateB'"):
+        load_plate(zpath)
