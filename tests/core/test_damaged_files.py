@@ -125,3 +125,34 @@ def test_imagexpress_files_of_two_plates_are_not_merged_into_one(tmp_path):
             zf.write(path, f"PlateB/{path.name.replace('exp_', 'PlateB_').replace('_B0', '_C0')}")
     with pytest.raises(NeuroRGError, match=r"PlateB_C02_s1_w1.tif: files of 2 plates found together \(name prefixes 'PlateA', 'PlateB'"):
         load_plate(zpath)
+
+
+# --- a field at another bit depth in a 16-bit plate ----------------------------------------------
+
+def test_a_field_above_the_detected_bit_depth_is_refused_not_clipped(tmp_path, copy_screen_wells,
+                                                                      tiny_ensemble_files):
+    # 12-bit camera data in 16-bit files; one field the bit-depth sample does not read holds data
+    # scaled to 16 bits. Scaled by 4095 it would be clipped to white, silently
+    from neurorg_core.pipeline import ScoreOptions, run_plate
+    from neurorg_core.model import load_bundle
+    from neurorg_core.platemap import load_plate_map
+    from neurorg_core.preprocess import INTENSITY_SAMPLE_FIELDS, sample_field_indices
+    from neurorg_core.schema import ROLE
+    from neurorg_core.store import ResultStore
+
+    root = tmp_path / "p"
+    keep = copy_screen_wells(root, lambda pm: pm[pm[ROLE] != "empty"].head(INTENSITY_SAMPLE_FIELDS + 2))
+    keep.to_csv(root / "platemap.csv", index=False)
+    for path in root.glob("*.tif"):
+        tifffile.imwrite(path, tifffile.imread(path).astype(np.uint16) * 16, photometric="rgb")  # <= 4080
+    plate = load_plate(root)
+    unsampled = sorted(set(range(len(plate.fields))) - set(sample_field_indices(len(plate.fields))))
+    victim = plate.fields[unsampled[0]]
+    path = plate.files_of(victim)[0]
+    tifffile.imwrite(path, tifffile.imread(path) * 16, photometric="rgb")   # 16-bit scale
+    with ResultStore(tmp_path / "r.duckdb") as store, pytest.raises(NeuroRGError) as info:
+        run_plate(load_plate(root), load_plate_map(root / "platemap.csv"), load_bundle(tiny_ensemble_files),
+                  store, name="p", options=ScoreOptions(crops_per_well=4, backend="keras"))
+    message = str(info.value)
+    assert message.startswith(f"{path.name}, well {victim.well}: ") and "12-bit" in message
+    assert "--bit-depth" in message
