@@ -156,3 +156,19 @@ def test_a_field_above_the_detected_bit_depth_is_refused_not_clipped(tmp_path, c
     message = str(info.value)
     assert message.startswith(f"{path.name}, well {victim.well}: ") and "12-bit" in message
     assert "--bit-depth" in message
+
+
+def test_a_zip_inside_the_zip_is_named(tmp_path):
+    import zipfile
+
+    root = write_plate(tmp_path / "p")
+    inner = tmp_path / "plate 1.zip"
+    with zipfile.ZipFile(inner, "w") as zf:
+        for path in sorted(root.iterdir()):
+            zf.write(path, f"p/{path.name}")
+    outer = tmp_path / "sent.zip"
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.write(inner, "plate 1.zip")
+        zf.writestr("__MACOSX/._plate 1.zip", b"\0\5\26\7")
+    with pytest.raises(NeuroRGError, match=r"sent.zip: .*'plate 1.zip' is a zip inside the zip"):
+        load_plate(outer)
