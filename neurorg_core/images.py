@@ -120,7 +120,8 @@ BRIGHTNESS_PHOTOMETRICS = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC
                            tifffile.PHOTOMETRIC.YCBCR)
 """TIFF photometric interpretations whose decoded values are brightness (tifffile converts JPEG's
 YCbCr to RGB). Others (MinIsWhite: 0 is white; Palette: colour indices; CMYK, CIELab, ...) decode
-to numbers that are not, and are refused rather than read as fluorescence."""
+to numbers that are not, and are refused rather than read as fluorescence. A file without the
+tag is read as MINISBLACK, as libtiff does (tifffile would say MINISWHITE)."""
 
 
 def check_tiff_file(tif: tifffile.TiffFile, path: Path) -> None:
@@ -129,7 +130,8 @@ def check_tiff_file(tif: tifffile.TiffFile, path: Path) -> None:
     a truncated JPEG decodes to grey rows and an LZW strip without its end code decodes whole),
     or a photometric interpretation whose values are not brightness."""
     page = tif.pages.first
-    photometric = int(getattr(page, "photometric", tifffile.PHOTOMETRIC.MINISBLACK))
+    tag = page.tags.get(262) if isinstance(page, tifffile.TiffPage) else None   # PhotometricInterpretation
+    photometric = int(tag.value) if tag is not None else int(tifffile.PHOTOMETRIC.MINISBLACK)
     if photometric not in BRIGHTNESS_PHOTOMETRICS:
         try:
             name = tifffile.PHOTOMETRIC(photometric).name

@@ -172,3 +172,20 @@ def test_a_zip_inside_the_zip_is_named(tmp_path):
         zf.writestr("__MACOSX/._plate 1.zip", b"\0\5\26\7")
     with pytest.raises(NeuroRGError, match=r"sent.zip: .*'plate 1.zip' is a zip inside the zip"):
         load_plate(outer)
+
+
+def test_tiff_without_a_photometric_tag_reads_as_grey(tmp_path):
+    # some writers leave the tag out; libtiff then assumes min-is-black, and so do we
+    import struct
+
+    root = write_plate(tmp_path / "p")
+    path = root / "exp_B03_s2_w2.tif"
+    expected = tifffile.imread(path)
+    with tifffile.TiffFile(path) as tif:
+        where = tif.pages.first.tags["PhotometricInterpretation"].offset
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, where, 65000)   # the entry becomes an unknown private tag
+    path.write_bytes(bytes(data))
+    plate = load_plate(root)
+    assert plate.check_files() == []
+    np.testing.assert_array_equal(plate.read_field(FieldRef("B03", 2, 3, 2))[..., 1], expected)
