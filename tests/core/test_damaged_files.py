@@ -65,7 +65,8 @@ def test_inspect_refuses_a_plate_with_a_truncated_png(tmp_path, capsys, monkeypa
     rng = np.random.default_rng(1)
     for well in WELLS:
         for site in (1, 2):
-            Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(root / f"{well}_s{site}.png")
+            pixels = rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"{well}_s{site}.png")
     truncate(root / "B03_s2.png", 300)
     assert cli.main(["inspect", str(root)]) == 2
     report = json.loads(capsys.readouterr().out)
@@ -123,7 +124,8 @@ def test_imagexpress_files_of_two_plates_are_not_merged_into_one(tmp_path):
         for path in sorted(root.iterdir()):
             zf.write(path, f"PlateA/{path.name.replace('exp_', 'PlateA_')}")
             zf.write(path, f"PlateB/{path.name.replace('exp_', 'PlateB_').replace('_B0', '_C0')}")
-    with pytest.raises(NeuroRGError, match=r"PlateB_C02_s1_w1.tif: files of 2 plates found together \(name prefixes 'PlateA', 'PlateB'"):
+    expected = r"PlateB_C02_s1_w1.tif: files of 2 plates found together \(name prefixes 'PlateA', 'PlateB'"
+    with pytest.raises(NeuroRGError, match=expected):
         load_plate(zpath)
 
 
@@ -133,8 +135,8 @@ def test_a_field_above_the_detected_bit_depth_is_refused_not_clipped(tmp_path, c
                                                                       tiny_ensemble_files):
     # 12-bit camera data in 16-bit files; one field the bit-depth sample does not read holds data
     # scaled to 16 bits. Scaled by 4095 it would be clipped to white, silently
-    from neurorg_core.pipeline import ScoreOptions, run_plate
     from neurorg_core.model import load_bundle
+    from neurorg_core.pipeline import ScoreOptions, run_plate
     from neurorg_core.platemap import load_plate_map
     from neurorg_core.preprocess import INTENSITY_SAMPLE_FIELDS, sample_field_indices
     from neurorg_core.schema import ROLE
