@@ -118,6 +118,15 @@ def _check_members(zf: zipfile.ZipFile, zip_path: Path, dest: Path,
     files = [i for i in infos if not i.is_dir()]
     if not files:
         raise NeuroRGError("the zip is empty; expected the plate's image files", path=zip_path)
+    seen: set[str] = set()
+    for i in files:   # a second entry of one path would silently replace the first on extraction
+        name = i.filename.replace("\\", "/")
+        if name in seen:
+            raise NeuroRGError(
+                f"refusing the whole zip, nothing extracted: it holds {printable(name)!r} twice (two "
+                "entries for one path, e.g. a file added again); re-create the zip", path=zip_path,
+            )
+        seen.add(name)
     total = sum(i.file_size for i in files)
     packed = sum(i.compress_size for i in files)
     if total > limits.max_bytes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -92,8 +93,64 @@ def png_header(path: Path) -> ImageHeader:
             path=path,
         )
     shape, dtype = shapes[mode]
+    _check_png_complete(path)
     axes = "YX" if len(shape) == 2 else "YXS"
     return ImageHeader(shape=shape, dtype=np.dtype(dtype), axes=axes, kind=("png", mode, shape))
+
+
+def _check_png_complete(path: Path) -> None:
+    """Refuse a PNG that ends before its IEND chunk (a truncated copy), walking the chunk list:
+    a few reads, nothing decoded."""
+    try:
+        with open(path, "rb") as f:
+            size, at = os.fstat(f.fileno()).st_size, 8
+            while at + 8 <= size:
+                f.seek(at)
+                length, kind = struct.unpack(">I4s", f.read(8))
+                if kind == b"IEND":
+                    return
+                at += 12 + length   # length, type, data, CRC
+    except OSError as exc:
+        raise NeuroRGError(f"not a readable PNG image ({exc})", path=path) from exc
+    raise NeuroRGError(f"image is truncated: the file ends at byte {size} before the PNG's end "
+                       "(an interrupted copy?); copy the file again", path=path)
+
+
+BRIGHTNESS_PHOTOMETRICS = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB,
+                           tifffile.PHOTOMETRIC.YCBCR)
+"""TIFF photometric interpretations whose decoded values are brightness (tifffile converts JPEG's
+YCbCr to RGB). Others (MinIsWhite: 0 is white; Palette: colour indices; CMYK, CIELab, ...) decode
+to numbers that are not, and are refused rather than read as fluorescence. A file without the
+tag is read as MINISBLACK, as libtiff does (tifffile would say MINISWHITE)."""
+
+
+def check_tiff_file(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse a TIFF whose pixels the header shows cannot be read faithfully, nothing decoded:
+    pixel data running past the end of the file (a truncated copy: decoders do not all notice,
+    a truncated JPEG decodes to grey rows and an LZW strip without its end code decodes whole),
+    or a photometric interpretation whose values are not brightness."""
+    page = tif.pages.first
+    tag = page.tags.get(262) if isinstance(page, tifffile.TiffPage) else None   # PhotometricInterpretation
+    photometric = int(tag.value) if tag is not None else int(tifffile.PHOTOMETRIC.MINISBLACK)
+    if photometric not in BRIGHTNESS_PHOTOMETRICS:
+        try:
+            name = tifffile.PHOTOMETRIC(photometric).name
+        except ValueError:
+            name = f"code {photometric}"
+        raise NeuroRGError(
+            f"photometric interpretation {name} stores values that are not brightness (MINISWHITE: "
+            "0 is white; PALETTE: colour indices); expected MINISBLACK grey or RGB. Export the "
+            "field as plain grey levels", path=path,
+        )
+    size = tif.filehandle.size
+    try:
+        end = max((o + n for page in tif.pages for o, n in zip(page.dataoffsets, page.databytecounts)),
+                  default=0)
+    except DECODE_ERRORS as exc:
+        raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
+    if end > size:
+        raise NeuroRGError(f"image is truncated: its pixel data runs to byte {end} but the file ends at "
+                           f"byte {size} (an interrupted copy?); copy the file again", path=path)
 
 
 def _tiff_source(tif: tifffile.TiffFile) -> Any:
@@ -130,10 +187,16 @@ def image_header(path: Path) -> ImageHeader:
     if path.suffix.lower() == ".png":
         return png_header(path)
     try:
-        with tifffile.TiffFile(path) as tif:
-            return tiff_header(tif)
+        tif = tifffile.TiffFile(path)
     except DECODE_ERRORS as exc:
         raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
+    with tif:
+        try:
+            header = tiff_header(tif)
+        except DECODE_ERRORS as exc:
+            raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
+        check_tiff_file(tif, path)
+        return header
 
 
 def header_of(path: Path, well: str) -> ImageHeader:
@@ -288,6 +351,7 @@ def read_tiff(path: Path, max_pixels: int, *,
         except DECODE_ERRORS as exc:
             raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
         check_header(path, header, max_pixels)
+        check_tiff_file(tif, path)
         try:
             img = _tiff_source(tif).asarray().reshape(header.shape)
         except DECODE_ERRORS as exc:

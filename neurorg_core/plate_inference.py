@@ -55,6 +55,7 @@ from neurorg_core.preprocess import (
     CropPlan,
     Intensity,
     PlateCropping,
+    channels_over_full_scale,
     crops_from_field,
     field_channel_stats,
     plate_cropping,
@@ -278,6 +279,7 @@ class _FieldJob:
 
 def _make_job(plan: _Plan, cached: CachedKeys, ref: FieldRef, pixels: np.ndarray) -> _FieldJob:
     """Hash a field and note which members lack a cached prediction for it (pure)."""
+    _check_full_scale(plan, ref, pixels)
     key = plan.crop_key(ref)
     h = hash_field(pixels)
     tiles = plan.tiles(ref)
@@ -289,6 +291,22 @@ def _make_job(plan: _Plan, cached: CachedKeys, ref: FieldRef, pixels: np.ndarray
             missing[role] = lacking
     return _FieldJob(ref, tiles, key, h, missing, field_channel_stats(pixels, plan.cropping.intensity),
                      todo=set(missing))
+
+
+def _check_full_scale(plan: _Plan, ref: FieldRef, pixels: np.ndarray) -> None:
+    """Refuse a field whose values go above the plate's intensity full scale, naming its file."""
+    intensity = plan.cropping.intensity
+    over = channels_over_full_scale(pixels, intensity)
+    if over:
+        files = plan.plate.files_of(ref)
+        c, peak = next(iter(over.items()))
+        raise NeuroRGError(
+            f"field {ref.field} has values up to {peak}, above the {intensity.bits}-bit full scale "
+            f"({intensity.full_scale}) the plate is scaled by ({intensity.source}); scaled so it would "
+            "be clipped to white. The plate's files are not all at one bit depth: give the bit depth "
+            "that holds every field (CLI --bit-depth 16, the app's bit-depth field) or re-export this "
+            "field", path=files[c] if len(files) > c else files[0], well=ref.well,
+        )
 
 
 PredictionSink = Callable[[Sequence[PredictionRow]], Any]

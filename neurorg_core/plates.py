@@ -219,9 +219,9 @@ class Plate:
         Returns
         -------
         list of str
-            One line per problem (unreadable file, a stack, too many pixels, wrong size, wrong
-            bit depth, wrong channel count, undecodable pixels), each naming the file and well;
-            empty when the plate can be read.
+            One line per problem (unreadable or truncated file, a stack, too many pixels, wrong
+            size, wrong bit depth, wrong channel count, values that are not brightness,
+            undecodable pixels), each naming the file and well; empty when the plate can be read.
         """
         problems: list[str] = []
         if not self._reader.checks_files:

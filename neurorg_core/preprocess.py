@@ -600,6 +600,18 @@ FIELD_STATS_STRIDE = 4
 means to well under 1 %)."""
 
 
+def channels_over_full_scale(field: np.ndarray, intensity: Intensity) -> dict[int, int]:
+    """Channel index -> its largest value, for the channels of an (H, W, C) field whose values go
+    above ``intensity``'s full scale (read on every ``FIELD_STATS_STRIDE``-th row and column);
+    empty when none do. Such a field was written at another bit depth than the fields the plate's
+    bit depth was detected from (or than the user gave): scaling would clip it to white."""
+    full = intensity.full_scale
+    if full >= _DTYPE_FULL_SCALE[field.dtype]:
+        return {}
+    peaks = field[::FIELD_STATS_STRIDE, ::FIELD_STATS_STRIDE].max(axis=(0, 1))
+    return {c: int(v) for c, v in enumerate(peaks) if v > full}
+
+
 def field_channel_stats(field: np.ndarray, intensity: Intensity | None = None) -> np.ndarray:
     """Per-channel mean and SD of a field's scaled intensities, (2, 3): rows mean, SD.
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from neurorg_core.errors import NeuroRGError
+from neurorg_core.errors import NeuroRGError, printable
 from neurorg_core.images import IMAGE_SUFFIXES
 from neurorg_core.layouts.base import (
     FieldReader,
@@ -161,8 +161,11 @@ def detect_layout(where: Path, files: list[Path]) -> tuple[LayoutSpec, list[Hit]
     if not found:
         images = [p.name for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         if not images:
+            zips = [p.name for p in files if p.suffix.lower() == ".zip"]
+            inner = (f"; {printable(zips[0])!r} is a zip inside the zip or folder, not opened: unzip it "
+                     "and give its plate" if zips else "")
             raise NeuroRGError(
-                f"no image files found (searched subfolders; {len(files)} other files); "
+                f"no image files found (searched subfolders; {len(files)} other files){inner}; "
                 f"expected {expected_names()}", path=where,
             )
         raise NeuroRGError(

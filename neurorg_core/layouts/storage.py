@@ -24,7 +24,7 @@ from types import MappingProxyType
 import numpy as np
 import tifffile
 
-from neurorg_core.errors import NeuroRGError
+from neurorg_core.errors import NeuroRGError, printable
 from neurorg_core.images import (
     ImageHeader,
     channel_axis,
@@ -149,6 +149,25 @@ class PerChannelReader(FieldReader):
         return header
 
 
+def _check_one_plate(root: Path, hits: list[Hit]) -> None:
+    """Refuse files whose names carry two plate names (an ImageXpress ``<plate>_<well>_...``
+    prefix): two plates' exports in one folder or zip, which would otherwise be read as one plate
+    when their wells do not collide."""
+    first: dict[str, Path] = {}
+    for path, m in hits:
+        prefix = m.groupdict().get("prefix")
+        if prefix is not None:
+            first.setdefault(prefix, path)
+    if len(first) > 1:
+        names = sorted(first, key=natural_key)
+        shown = ", ".join(repr(printable(n)) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+        examples = " and ".join(str(first[n].relative_to(root)) for n in names[:2])
+        raise NeuroRGError(
+            f"files of {len(names)} plates found together (name prefixes {shown}; e.g. {examples}); "
+            "give one plate's folder or zip at a time", path=first[names[1]],
+        )
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class PerChannelLayout(LayoutSpec):
     """A layout of one 2-D image per channel per field.
@@ -166,6 +185,7 @@ class PerChannelLayout(LayoutSpec):
     file_name: Callable[[str, FieldRef, str], str]
 
     def _files_by_field(self, root: Path, hits: list[Hit]) -> dict[FieldRef, dict[str, Path]]:
+        _check_one_plate(root, hits)
         keyed = [(path, parse_name(path, self.parse, m)) for path, m in hits]
         planes = sorted({key.plane for _, key in keyed})
         if len(planes) > 1:
