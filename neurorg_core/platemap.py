@@ -387,6 +387,15 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
             f"{_listed(blank)}"
         )
 
+    spellings: dict[str, set[str]] = {}
+    for p in plates:
+        if p:
+            spellings.setdefault(_plate_key(p), set()).add(p)
+    clashes = [" / ".join(map(repr, sorted(names))) for names in spellings.values() if len(names) > 1]
+    if clashes:
+        problems.append(f"plate names that differ only in case or spaces (write each plate one way): "
+                        f"{_listed(clashes)}")
+
     seen = Counter((p, w) for p, w in zip(plates, wells) if w)
     dups = sorted({w for (_, w), k in seen.items() if k > 1})
     if dups:
@@ -609,6 +618,11 @@ def _match_problems(table: pd.DataFrame, imaged_wells: Iterable[str], plate: str
     return problems
 
 
+def _plate_key(name: object) -> str:
+    """A plate name as compared with a folder's: case and runs of spaces ignored."""
+    return " ".join(str(name).split()).casefold()
+
+
 def map_plates(df: pd.DataFrame) -> list[str]:
     """The plate names a plate map describes (``Metadata_Plate``), sorted; [] when it names none."""
     if PLATE not in df.columns:
@@ -617,14 +631,24 @@ def map_plates(df: pd.DataFrame) -> list[str]:
 
 
 def select_plate(df: pd.DataFrame, *candidates: str | None) -> str | None:
-    """Which plate of a multi-plate map applies: the first candidate name the map holds (callers
-    give the name the run is stored under, then the images' folder name). ``None`` when the map
+    """Which plate of a multi-plate map applies: the first candidate name the map holds, compared
+    as written, else ignoring case and spaces (``plate_01`` finds ``Plate_01``) (callers give the
+    name the run is stored under, then the images' folder name). ``None`` when the map
     describes at most one plate (nothing to choose) or names none of the candidates (then
     ``check_plate_map`` reports that the map holds several plates)."""
     plates = map_plates(df)
     if len(plates) <= 1:
         return None
-    return next((c for c in candidates if c is not None and c in plates), None)
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        if candidate in plates:
+            return candidate
+        same = [p for p in plates if _plate_key(p) == _plate_key(candidate)]
+        if len(same) == 1:
+            log.info("plate map: plate %r is the map's %r (case and spaces ignored)", candidate, same[0])
+            return same[0]
+    return None
 
 
 def plate_rows(df: pd.DataFrame, plate: str) -> pd.DataFrame:
