@@ -67,13 +67,16 @@ from neurorg_core.wells import format_well, parse_well
 log = logging.getLogger(__name__)
 
 COLUMN_ALIASES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (WELL, ("metadata_well", "well", "wells", "well_name", "wellname", "well_id", "metadata_wellname")),
+    (WELL, ("metadata_well", "well", "wells", "well_name", "wellname", "well_id", "metadata_wellname",
+            "well_position")),
     (PLATE, ("metadata_plate", "plate", "plate_id", "plate_name", "barcode", "metadata_barcode")),
-    (COMPOUND, ("metadata_compound", "compound", "compound_name", "metadata_compound_name", "drug")),
-    (ROLE, ("metadata_role", "role", "well_role", "metadata_control_type", "control_type")),
+    (COMPOUND, ("metadata_compound", "compound", "compound_name", "metadata_compound_name", "drug",
+                "compound_id", "drug_name")),
+    (ROLE, ("metadata_role", "role", "well_role", "metadata_control_type", "control_type", "well_type")),
     (CLASS, ("metadata_class", "class", "class_label", "label", "metadata_label")),
 )
-"""Schema column -> accepted input spellings (compared after strip + lower-case). Dose columns are
+"""Schema column -> accepted input spellings (compared as ``_column_key`` writes a name: lower case,
+runs of spaces, ``-`` and ``.`` as one ``_``, so ``Well Name`` is ``well_name``). Dose columns are
 recognised by name and unit instead (see the module docstring and ``DOSE_UNITS_UM``)."""
 
 DOSE_UNITS_UM: Mapping[str, float] = MappingProxyType({
@@ -263,6 +266,11 @@ def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
 
 # --- columns and rows -----------------------------------------------------------------------
 
+def _column_key(name: object) -> str:
+    """A column name as ``COLUMN_ALIASES`` spells it: ``" Well Name "`` -> ``"well_name"``."""
+    return re.sub(r"[\s\-.]+", "_", str(name).strip().lower()).strip("_")
+
+
 def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]]:
     """Map input spellings to schema names; the dose column; problems for a missing well column,
     ambiguous or dose-like columns that cannot be understood. Of two columns meaning the same, the
@@ -273,7 +281,7 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
     spec, dose_problems = _dose_columns(df.columns)
     second: list[int] = []
     for i, col in enumerate(df.columns):
-        target = lookup.get(str(col).strip().lower())
+        target = lookup.get(_column_key(col))
         if target is None:
             continue
         clash = [c for c, t in mapping.items() if t == target]
@@ -292,6 +300,13 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
             f"no well column; expected {WELL} (or well / Well); columns found: "
             f"{', '.join(map(str, df.columns)) or 'none'}"
         )
+    unused = [str(c) for i, c in enumerate(df.columns)
+              if c not in mapping and i not in second and not str(c).startswith("column ")
+              and _dose_header(c) is None]   # a dose-like column not used is a problem already
+    if unused:
+        log.warning("plate map: column(s) not used: %s (the columns read are well, plate, compound, "
+                    "dose, dose unit, role and class, by name; rename a column to be read)",
+                    ", ".join(map(repr, unused)))
     if second:
         df = df.iloc[:, [i for i in range(len(df.columns)) if i not in second]]
     return df.rename(columns=mapping), spec, problems

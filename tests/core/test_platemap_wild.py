@@ -36,3 +36,25 @@ def test_plate_names_that_differ_only_in_case_within_one_map_are_a_problem(tmp_p
     with pytest.raises(PlateMapError) as err:
         load_plate_map(write(tmp_path, "Plate,Well,Role\nPlate_01,A01,control\nplate_01,A02,disease\n"))
     assert "'Plate_01'" in str(err.value) and "'plate_01'" in str(err.value) and "case" in str(err.value)
+
+
+# --- column names as lab software writes them -------------------------------------------------
+
+@pytest.mark.parametrize("plate, well, compound, role", [
+    ("Plate ID", "Well ID", "Compound Name", "Well Role"),
+    ("Plate Name", "Well Name", "Compound-Name", "Control Type"),
+    ("Metadata Plate", "Metadata Well", "Metadata Compound", "Metadata Role"),
+    ("plate", "Well Position", "compound id", "well type"),
+])
+def test_column_names_with_spaces_and_hyphens_are_the_aliases(tmp_path, plate, well, compound, role):
+    pm = load_plate_map(write(tmp_path, f"{plate},{well},{compound},Dose (uM),{role}\n"
+                                        "P1,A01,Cmpd X,0.5,treatment\nP1,A02,,,control\n"))
+    assert pm[WELL].tolist() == ["A01", "A02"] and pm[PLATE].tolist() == ["P1", "P1"]
+    assert pm[COMPOUND].tolist() == ["Cmpd X", ""] and pm[ROLE].tolist() == ["treatment", "control"]
+
+
+def test_columns_that_are_not_used_are_named_in_the_log(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="neurorg_core.platemap")
+    pm = load_plate_map(write(tmp_path, "Well,Treatment,Dose (uM),Role,Notes\nA01,Cmpd X,0.5,treatment,ok\n"))
+    assert pm[COMPOUND].tolist() == [""]
+    assert "'Treatment'" in caplog.text and "'Notes'" in caplog.text and "not used" in caplog.text
