@@ -428,12 +428,36 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
 
 # --- reading files --------------------------------------------------------------------------
 
+def _is_comment(row: list[str]) -> bool:
+    """A row whose first non-blank cell starts with ``#``."""
+    first = next((c.strip() for c in row if c.strip()), "")
+    return first.startswith("#")
+
+
+def _header_index(rows: list[list[str]]) -> int | None:
+    """The header row: the first that names a well column (title and comment rows above it are
+    skipped), else the first non-blank row (whose columns the "no well column" problem lists)."""
+    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
+    filled = [i for i, r in enumerate(rows) if any(c.strip() for c in r) and not _is_comment(r)]
+    named = next((i for i in filled if any(_column_key(c) in wells for c in rows[i])), None)
+    return named if named is not None else (filled[0] if filled else None)
+
+
 def _table(rows: list[list[str]], lines: list[int], path: Path) -> tuple[pd.DataFrame, list[int]]:
-    """Header (first non-blank row) + data rows -> a table of text, with each row's line."""
-    start = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), None)
+    """Header (``_header_index``) + data rows -> a table of text, with each row's line. Comment
+    rows (``#`` ...) are skipped wherever they are, and said."""
+    start = _header_index(rows)
     if start is None:
         raise PlateMapError(["the plate map is empty; expected a header line and one row per well"],
                             path=path)
+    if any(c.strip() for r in rows[:start] for c in r):
+        log.info("plate map %s: header on line %d (the lines above it skipped)", path.name, lines[start])
+    comments = [i for i in range(start + 1, len(rows)) if _is_comment(rows[i])]
+    if comments:
+        log.info("plate map %s: comment line(s) skipped: %s", path.name,
+                 _listed([f"line {lines[i]}" for i in comments]))
+        keep = [i for i in range(len(rows)) if i not in set(comments)]
+        rows, lines = [rows[i] for i in keep], [lines[i] for i in keep]
     header = [c.strip() for c in rows[start]]
     while header and header[-1] == "" and all(len(r) < len(header) or not r[len(header) - 1].strip()
                                               for r in rows[start + 1:]):

@@ -4,6 +4,7 @@ read through the public paths (``load_plate_map``, ``select_plate``, ``plate_map
 import logging
 
 import numpy as np
+import openpyxl
 import pandas as pd
 import pytest
 
@@ -58,3 +59,39 @@ def test_columns_that_are_not_used_are_named_in_the_log(tmp_path, caplog):
     pm = load_plate_map(write(tmp_path, "Well,Treatment,Dose (uM),Role,Notes\nA01,Cmpd X,0.5,treatment,ok\n"))
     assert pm[COMPOUND].tolist() == [""]
     assert "'Treatment'" in caplog.text and "'Notes'" in caplog.text and "not used" in caplog.text
+
+
+# --- title rows, comment rows ------------------------------------------------------------------
+
+def test_title_and_comment_rows_above_the_header_are_skipped(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="neurorg_core.platemap")
+    pm = load_plate_map(write(tmp_path, (
+        "Plate map: experiment 12 (LPS 20 uM),,\n"
+        "# made by J. Doe 2024-01-05,,\n"
+        ",,\n"
+        "Well,Compound,Role\n"
+        "A01,,control\n"
+        "# A02 left out: bubble\n"
+        "A03,,disease\n")))
+    assert pm[WELL].tolist() == ["A01", "A03"]
+    assert "line 4" in caplog.text          # the header line found, said
+    assert "line 6" in caplog.text          # the comment line skipped, said
+
+
+def test_xlsx_title_row_above_the_header(tmp_path):
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Plate map - experiment 12"])
+    sheet.append([])
+    sheet.append(["Well", "Compound", "Dose (uM)", "Role"])
+    sheet.append(["A01", None, None, "control"])
+    sheet.append(["A02", "X", 1.5, "treatment"])
+    path = tmp_path / "map.xlsx"
+    book.save(path)
+    pm = load_plate_map(path)
+    assert pm[WELL].tolist() == ["A01", "A02"] and pm[DOSE].iloc[1] == 1.5
+
+
+def test_a_map_without_a_well_header_still_names_the_columns_of_its_first_row(tmp_path):
+    with pytest.raises(PlateMapError, match="no well column.*Position, Role"):
+        load_plate_map(write(tmp_path, "Position,Role\nA01,control\n"))
