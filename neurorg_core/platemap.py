@@ -24,14 +24,18 @@ row. A column that looks like a dose but cannot be understood (an unknown unit s
 extra words such as ``Dose group``, text values) is a problem naming the column and the value: a
 dose column is never silently dropped.
 
-Rows. Rows whose every cell is blank (Excel's trailing rows, spacer rows) are skipped wherever they
-are; a row with a well and nothing else is kept (and then needs a role). Problems name the line
-(CSV) or the sheet row (Excel) as a spreadsheet shows it.
+Rows. The header is the first row that names a well column (title and comment rows above it are
+skipped), else the first non-blank row. Rows whose every cell is blank (Excel's trailing rows,
+spacer rows) and comment rows (first cell ``# ...``) are skipped wherever they are; a row with a
+well and nothing else is kept (and then needs a role). Problems name the line (CSV) or the sheet
+row (Excel) as a spreadsheet shows it.
 
 Excel. The sheet read is the first one named like a plate map (``Plate map``, ``platemap``,
-``Plate layout``, ``Layout``, ``Map``; case, spaces, ``_`` and ``-`` ignored), else the workbook's
-first sheet; its first non-blank row is the header. Cells are read as values (a formula's last
-computed value, as Excel saved it). Old binary ``.xls`` files are refused: save as ``.xlsx`` or CSV.
+``Plate layout``, ``Layout``, ``Map``; case, spaces, ``_`` and ``-`` ignored), else the first whose
+rows name a well column, else the workbook's first sheet (a warning names other sheets that hold a
+map too). Cells are read as values (a formula's last computed value, as Excel saved it; a formula
+with no saved value is a problem); a merged range gives its value to every cell it covers. Old
+binary ``.xls`` files are refused: save as ``.xlsx`` or CSV.
 
 A blank or absent role is derived from the class label when there is one: class 0 -> control,
 class 5 -> disease, other classes -> treatment (training plates carry class labels only).
@@ -428,10 +432,14 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
 
 # --- reading files --------------------------------------------------------------------------
 
+_EXCEL_ERROR = re.compile(r"#(N/A|REF!|VALUE!|DIV/0!|NAME\?|NUM!|NULL!|SPILL!|CALC!)", re.IGNORECASE)
+
+
 def _is_comment(row: list[str]) -> bool:
-    """A row whose first non-blank cell starts with ``#``."""
+    """A row whose first non-blank cell starts with ``#`` (but is not an Excel error value such as
+    ``#N/A``, which is a problem of its row)."""
     first = next((c.strip() for c in row if c.strip()), "")
-    return first.startswith("#")
+    return first.startswith("#") and not _EXCEL_ERROR.fullmatch(first)
 
 
 def _header_index(rows: list[list[str]]) -> int | None:
@@ -515,11 +523,55 @@ def _cell_text(value: object) -> str:
     return str(value)
 
 
-def _pick_sheet(names: list[str]) -> str:
+def _pick_sheet(sheets: dict[str, list[list[str]]], path: Path) -> str:
+    """The sheet named like a plate map, else the first whose rows name a well column, else the
+    first sheet; the choice is logged, as a warning when another sheet holds a map too."""
     def key(name: str) -> str:
         return re.sub(r"[\s_\-]+", "", name).lower()
+    names = list(sheets)
+    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
+    maps = [n for n in names if any(_column_key(c) in wells for r in sheets[n] for c in r)]
     preferred = [n for n in names if key(n) in PLATE_MAP_SHEET_NAMES]
-    return preferred[0] if preferred else names[0]
+    sheet = (preferred or maps or names)[0]
+    others = [n for n in maps if n != sheet]
+    if others:
+        log.warning("plate map %s: reading sheet %r; sheet(s) %s hold a plate map too and are not read "
+                    "(one plate map per workbook, or one sheet with a plate column)", path.name, sheet,
+                    ", ".join(map(repr, others)))
+    elif len(names) > 1:
+        log.info("plate map %s: reading sheet %r (of %s)", path.name, sheet, ", ".join(names))
+    return sheet
+
+
+def _sheet_rows(sheet: Any) -> list[list[str]]:
+    """A worksheet's cells as text; a merged range gives its value to every cell it covers."""
+    values = [list(row) for row in sheet.iter_rows(values_only=True)]
+    for merged in sheet.merged_cells.ranges:
+        top = values[merged.min_row - 1][merged.min_col - 1]
+        for r in range(merged.min_row - 1, min(merged.max_row, len(values))):
+            for c in range(merged.min_col - 1, min(merged.max_col, len(values[r]))):
+                values[r][c] = top
+    return [[_cell_text(v) for v in row] for row in values]
+
+
+def _unsaved_formulas(path: Path, sheet: str, rows: list[list[str]]) -> list[str]:
+    """Cells of ``sheet`` holding a formula but no saved value (a workbook written by a program
+    that does not compute formulas, e.g. openpyxl or pandas): ``data_only`` reads them blank."""
+    import openpyxl
+    from openpyxl.utils import get_column_letter
+
+    book = openpyxl.load_workbook(path, read_only=True, data_only=False)
+    try:
+        found = []
+        for r, row in enumerate(book[sheet].iter_rows(values_only=True)):
+            for c, value in enumerate(row):
+                text = value if isinstance(value, str) else getattr(value, "text", None)
+                blank = r >= len(rows) or c >= len(rows[r]) or rows[r][c] == ""
+                if isinstance(text, str) and text.startswith("=") and blank:
+                    found.append(f"{get_column_letter(c + 1)}{r + 1}: {text}")
+        return found
+    finally:
+        book.close()
 
 
 def _read_excel(path: Path) -> tuple[pd.DataFrame, list[int]]:
@@ -528,24 +580,25 @@ def _read_excel(path: Path) -> tuple[pd.DataFrame, list[int]]:
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        # not read_only: merged cells are known only to a full worksheet (plate maps are small)
+        book = openpyxl.load_workbook(path, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:
         raise PlateMapError([f"cannot read the Excel workbook ({exc}); expected an .xlsx file, or "
                              "save the plate map as CSV"], path=path) from exc
     try:
-        names = list(book.sheetnames)
-        if not names:
+        if not book.sheetnames:
             raise PlateMapError(["the workbook has no sheet"], path=path)
-        sheet = _pick_sheet(names)
-        if len(names) > 1:
-            log.info("plate map %s: reading sheet %r (of %s)", path.name, sheet, ", ".join(names))
-        rows, lines = [], []
-        for number, row in enumerate(book[sheet].iter_rows(values_only=True), start=1):
-            rows.append([_cell_text(v) for v in row])
-            lines.append(number)
+        sheets = {name: _sheet_rows(book[name]) for name in book.sheetnames}
     finally:
         book.close()
-    table, data_lines = _table(rows, lines, path)
+    sheet = _pick_sheet(sheets, path)
+    rows = sheets[sheet]
+    unsaved = _unsaved_formulas(path, sheet, rows)
+    if unsaved:
+        raise PlateMapError([f"sheet {sheet!r}: formula(s) without a saved value (the workbook was "
+                             "written by a program that does not compute formulas); open and save "
+                             f"it in Excel, or write the values: {_listed(unsaved)}"], path=path)
+    table, data_lines = _table(rows, list(range(1, len(rows) + 1)), path)
     return table, data_lines
 
 

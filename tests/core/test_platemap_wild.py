@@ -95,3 +95,61 @@ def test_xlsx_title_row_above_the_header(tmp_path):
 def test_a_map_without_a_well_header_still_names_the_columns_of_its_first_row(tmp_path):
     with pytest.raises(PlateMapError, match="no well column.*Position, Role"):
         load_plate_map(write(tmp_path, "Position,Role\nA01,control\n"))
+
+
+# --- Excel as labs keep it -----------------------------------------------------------------------
+
+def test_xlsx_merged_cells_give_their_value_to_every_well_they_cover(tmp_path):
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Well", "Compound", "Dose (uM)", "Role"])
+    for well, dose in [("B02", 0.1), ("B03", 1), ("B04", 10)]:
+        sheet.append([well, "Cmpd X", dose, "treatment"])
+    sheet.merge_cells("B2:B4")      # one compound name across three wells
+    sheet.merge_cells("D2:D4")
+    path = tmp_path / "merged.xlsx"
+    book.save(path)
+    pm = load_plate_map(path)
+    assert pm[COMPOUND].tolist() == ["Cmpd X"] * 3 and pm[ROLE].tolist() == ["treatment"] * 3
+    np.testing.assert_allclose(pm[DOSE], [0.1, 1, 10])
+
+
+def test_xlsx_formula_without_a_saved_value_is_a_problem_not_a_blank(tmp_path):
+    book = openpyxl.Workbook()      # openpyxl (like pandas) writes formulas without computing them
+    sheet = book.active
+    sheet.append(["Well", "Compound", "Dose (uM)", "Role"])
+    sheet.append(["B02", "Cmpd X", 20, "treatment"])
+    sheet.append(["B03", "Cmpd X", "=C2/10", "treatment"])
+    path = tmp_path / "formula.xlsx"
+    book.save(path)
+    with pytest.raises(PlateMapError) as err:
+        load_plate_map(path)
+    assert "formula.xlsx" in str(err.value) and "C3" in str(err.value) and "=C2/10" in str(err.value)
+
+
+def test_xlsx_reads_the_sheet_that_holds_the_map_not_a_notes_sheet_before_it(tmp_path, caplog):
+    book = openpyxl.Workbook()
+    book.active.title = "Notes"
+    book.active.append(["LPS batch 7, cells p12"])
+    plate = book.create_sheet("Plate 1")
+    plate.append(["Well", "Role"])
+    plate.append(["B02", "control"])
+    other = book.create_sheet("Plate 2")
+    other.append(["Well", "Role"])
+    other.append(["C03", "disease"])
+    path = tmp_path / "book.xlsx"
+    book.save(path)
+    assert load_plate_map(path)[WELL].tolist() == ["B02"]
+    assert "'Plate 1'" in caplog.text and "'Plate 2'" in caplog.text     # the choice is said
+
+
+def test_xlsx_error_value_in_the_well_column_is_a_problem_not_a_comment(tmp_path):
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Well", "Role"])
+    sheet.append(["B02", "control"])
+    sheet.append(["#N/A", "disease"])    # a lookup formula that found nothing, as Excel saved it
+    path = tmp_path / "lookup.xlsx"
+    book.save(path)
+    with pytest.raises(PlateMapError, match=r"lookup.xlsx: unknown well name.*line 3: '#N/A'"):
+        load_plate_map(path)
