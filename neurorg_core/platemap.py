@@ -484,12 +484,51 @@ def _table(rows: list[list[str]], lines: list[int], path: Path) -> tuple[pd.Data
     return pd.DataFrame(data, columns=names, dtype=object), data_lines
 
 
+def _looks_like_text(text: str) -> bool:
+    """No control characters but tab and line ends, and a header line mostly ASCII (column names
+    are): what bytes decoded by a guessed encoding must look like to be taken as a plate map."""
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+        return False
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    return sum(c.isascii() for c in first) >= len(first) / 2
+
+
+def _decode(path: Path) -> str:
+    """A text plate map's characters: UTF-8 (with or without a byte-order mark), UTF-16 with its
+    byte-order mark (Excel's "Unicode Text"), else Windows-1252 (Excel's "CSV" on Windows, where µ
+    is one byte), which a warning names."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PlateMapError([f"cannot read the plate map ({exc.strerror})"], path=path) from exc
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = raw.decode("utf-16")
+        except UnicodeDecodeError:
+            text = ""
+        if text and _looks_like_text(text):
+            return text
+        raise PlateMapError(["cannot read the plate map: it starts like UTF-16 text but is not; "
+                             "expected a CSV or TSV file (UTF-8, UTF-16 or Windows-1252) or .xlsx"], path=path)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        utf8_problem = str(exc)
+    try:
+        text = raw.decode("cp1252")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or not _looks_like_text(text):
+        raise PlateMapError([f"cannot read the plate map as UTF-8 text ({utf8_problem}), nor as "
+                             "Windows-1252; expected a CSV or TSV file or .xlsx"], path=path)
+    log.warning("plate map %s is not UTF-8; read as Windows-1252 (Excel's CSV on Windows). If names "
+                "look wrong, save it as 'CSV UTF-8'", path.name)
+    return text
+
+
 def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
     """A CSV / TSV / semicolon-separated plate map as text cells, with each row's line number."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlateMapError([f"cannot read the plate map as UTF-8 text ({exc})"], path=path) from exc
+    text = _decode(path)
     if not text.strip():
         raise PlateMapError(["the plate map is empty; expected a header line and one row per well"],
                             path=path)

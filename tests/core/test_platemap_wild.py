@@ -153,3 +153,22 @@ def test_xlsx_error_value_in_the_well_column_is_a_problem_not_a_comment(tmp_path
     book.save(path)
     with pytest.raises(PlateMapError, match=r"lookup.xlsx: unknown well name.*line 3: '#N/A'"):
         load_plate_map(path)
+
+
+# --- encodings Excel saves text in ---------------------------------------------------------------
+
+def test_utf16_unicode_text_from_excel_is_read(tmp_path):
+    # Excel's "Unicode Text (*.txt)": UTF-16 with a byte-order mark, tab-separated
+    path = write(tmp_path, "\ufeffWell\tCompound\tDose (µM)\tRole\r\nB02\tCmpd µ-1\t0.5\ttreatment\r\n"
+                           "B03\t\t\tcontrol\r\n", name="map.txt", encoding="utf-16-le")
+    pm = load_plate_map(path)
+    assert pm[WELL].tolist() == ["B02", "B03"] and pm[COMPOUND].iloc[0] == "Cmpd µ-1"
+    assert pm[DOSE].iloc[0] == 0.5
+
+
+def test_windows_latin_csv_with_micro_sign_is_read_and_says_so(tmp_path, caplog):
+    # Excel's "CSV" on Windows: cp1252, where µ is one byte (0xB5), not UTF-8
+    path = write(tmp_path, "Well,Compound,Dose (µM),Role\nB02,Café-1,0.5,treatment\n", encoding="cp1252")
+    pm = load_plate_map(path)
+    assert pm[DOSE].iloc[0] == 0.5 and pm[COMPOUND].iloc[0] == "Café-1"
+    assert "map.csv" in caplog.text and "Windows-1252" in caplog.text
