@@ -20,9 +20,11 @@ its unit: in brackets (``Dose (µM)``, ``Concentration [nM]``) or as the last wo
 (``DOSE_UNITS_UM``); values are converted to µM. A dose column without a unit (``Dose``,
 ``Concentration``) is taken as µM, and a warning says so. A cell may carry its own unit
 (``500 nM``), and a separate unit column (``Dose unit``, ``Concentration Units``) may give one per
-row. A column that looks like a dose but cannot be understood (an unknown unit such as ``mg/mL``,
-extra words such as ``Dose group``, text values) is a problem naming the column and the value: a
-dose column is never silently dropped.
+row. In a semicolon-separated file (European Excel) ``1,5`` is 1.5; in a tab-separated one too,
+unless three digits follow the comma (``1,500``: a thousands separator?), which is a problem, as is
+any comma in a number of a comma-separated file. A column that looks like a dose but cannot be
+understood (an unknown unit such as ``mg/mL``, extra words such as ``Dose group``, text values) is
+a problem naming the column and the value: a dose column is never silently dropped.
 
 Rows. The header is the first row that names a well column (title and comment rows above it are
 skipped), else the first non-blank row. Rows whose every cell is blank (Excel's trailing rows,
@@ -56,7 +58,7 @@ from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -104,6 +106,11 @@ _UNIT_WORDS = frozenset({"unit", "units"})
 _UNIT_COLUMN = "__dose_unit"
 _CELL_WITH_UNIT = re.compile(r"^([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*(\D.*)$")
 _UNITS_SHOWN = "pM, nM, µM (uM), mM, M, or their mol/L forms"
+_COMMA_NUMBER = re.compile(r"^([-+]?\d+),(\d+)(\s*[^\d.,\s].*)?$")
+DecimalComma = Literal["no", "yes", "unless_thousands"]
+"""How a file's dose cells treat ``1,5``: an error (comma-separated files: ambiguous), a decimal
+comma (semicolon-separated: European Excel), or a decimal comma unless three digits follow it
+(tab-separated: ``1,500`` could be either)."""
 
 
 def _listed(items: list[str]) -> str:
@@ -221,15 +228,32 @@ def _parse_dose(text: str) -> tuple[float, float | None] | None:
     return None
 
 
+def _decimal_point(text: str, decimal_comma: DecimalComma) -> str | None:
+    """A dose cell with a decimal comma (``1,5``, ``2,5 nM``) written with a point, when the file's
+    separator makes the comma a decimal comma; the cell unchanged when it has no such comma; None
+    when the comma could as well be a thousands separator."""
+    m = _COMMA_NUMBER.match(text)
+    if m is None:
+        return text
+    if decimal_comma == "yes" or (decimal_comma == "unless_thousands" and len(m.group(2)) != 3):
+        return f"{m.group(1)}.{m.group(2)}{m.group(3) or ''}"
+    return None
+
+
 def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
-           line: list[int]) -> tuple[np.ndarray, list[str]]:
+           line: list[int], decimal_comma: DecimalComma = "no") -> tuple[np.ndarray, list[str]]:
     """Dose cells -> µM (NaN for blank) and the problems, naming the column, line and value."""
     out = np.full(len(raw), np.nan)
-    bad, neg, no_unit, bad_unit, assumed = [], [], [], [], 0
+    bad, neg, no_unit, bad_unit, comma, assumed, decimal = [], [], [], [], [], 0, 0
     for i, (ln, text) in enumerate(zip(line, raw)):
         if text == "":
             continue
-        parsed = _parse_dose(text)
+        number = _decimal_point(text, decimal_comma)
+        if number is None:
+            comma.append(f"line {ln}: {text!r}")
+            continue
+        decimal += number != text
+        parsed = _parse_dose(number)
         if parsed is None or not math.isfinite(parsed[0]):
             bad.append(f"line {ln}: {text!r}")
             continue
@@ -253,10 +277,16 @@ def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
     if assumed:
         log.warning("plate map: column %r names no unit; its doses are taken as µM (%d value(s); name "
                     "the unit to be explicit, e.g. 'Dose (nM)')", col, assumed)
+    if decimal:
+        log.info("plate map: column %r: %d dose(s) with a decimal comma (1,5 = 1.5)", col, decimal)
     problems = []
     if bad:
         problems.append(f"column {col!r}: non-numeric dose(s) (expected a number, e.g. 0.5, or a "
                         f"number with its unit, e.g. '500 nM', or blank): {_listed(bad)}")
+    if comma:
+        problems.append(f"column {col!r}: is the comma in these doses a decimal comma or a thousands "
+                        "separator? write 1.5 or 1500 (or save the file semicolon-separated, as "
+                        f"European Excel does, where 1,5 is read as 1.5): {_listed(comma)}")
     if neg:
         problems.append(f"column {col!r}: negative dose(s): {_listed(neg)}")
     if no_unit:
@@ -335,9 +365,11 @@ def _drop_blank_rows(df: pd.DataFrame, line: list[int]) -> tuple[pd.DataFrame, l
     return df[filled].reset_index(drop=True), [ln for ln, keep in zip(line, filled) if keep]
 
 
-def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.DataFrame, list[str]]:
+def _normalize(df: pd.DataFrame, line: list[int] | None = None,
+               decimal_comma: DecimalComma = "no") -> tuple[pd.DataFrame, list[str]]:
     """Raw table -> schema table plus every content problem (rows named as in a spreadsheet:
-    ``line`` gives each row's line; default header on line 1, rows from line 2)."""
+    ``line`` gives each row's line; default header on line 1, rows from line 2; ``decimal_comma``:
+    how the file's separator reads ``1,5``)."""
     line = list(line) if line is not None else [i + 2 for i in range(len(df))]
     df, line = _drop_blank_rows(df, line)
     df, spec, problems = _rename(df)
@@ -361,7 +393,7 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
 
     if spec is not None and DOSE in df.columns:
         units = _text(df[_UNIT_COLUMN]) if _UNIT_COLUMN in df.columns else None
-        dose, dose_problems = _doses(_text(df[DOSE]), units, spec, line)
+        dose, dose_problems = _doses(_text(df[DOSE]), units, spec, line, decimal_comma)
         problems += dose_problems
     else:
         dose = np.full(n, np.nan)
@@ -526,8 +558,9 @@ def _decode(path: Path) -> str:
     return text
 
 
-def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
-    """A CSV / TSV / semicolon-separated plate map as text cells, with each row's line number."""
+def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int], DecimalComma]:
+    """A CSV / TSV / semicolon-separated plate map as text cells, with each row's line number and
+    how its separator reads a decimal comma."""
     text = _decode(path)
     if not text.strip():
         raise PlateMapError(["the plate map is empty; expected a header line and one row per well"],
@@ -546,7 +579,8 @@ def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
             lines.append(reader.line_num)
     except csv.Error as exc:
         raise PlateMapError([f"malformed plate map (line {reader.line_num}: {exc})"], path=path) from exc
-    return _table(rows, lines, path)
+    decimal_comma: DecimalComma = {";": "yes", "\t": "unless_thousands"}.get(delimiter, "no")
+    return (*_table(rows, lines, path), decimal_comma)
 
 
 def _cell_text(value: object) -> str:
@@ -641,7 +675,7 @@ def _read_excel(path: Path) -> tuple[pd.DataFrame, list[int]]:
     return table, data_lines
 
 
-def _read_any(path: Path) -> tuple[pd.DataFrame, list[int]]:
+def _read_any(path: Path) -> tuple[pd.DataFrame, list[int], DecimalComma]:
     suffix = path.suffix.lower()
     if suffix == ".xls":
         raise PlateMapError(["old binary .xls workbooks are not read; save the plate map as .xlsx "
@@ -652,7 +686,7 @@ def _read_any(path: Path) -> tuple[pd.DataFrame, list[int]]:
     except OSError as exc:
         raise PlateMapError([f"cannot read the plate map ({exc.strerror})"], path=path) from exc
     if suffix in EXCEL_SUFFIXES or is_zip:
-        return _read_excel(path)
+        return (*_read_excel(path), "no")   # Excel numbers are numbers; text "1,5" stays ambiguous
     return _read_text_table(path)
 
 
@@ -681,8 +715,8 @@ def load_plate_map(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise PlateMapError(["no such plate map file"], path=path)
-    table, lines = _read_any(path)
-    df, problems = _normalize(table, lines)
+    table, lines, decimal_comma = _read_any(path)
+    df, problems = _normalize(table, lines, decimal_comma)
     if problems:
         raise PlateMapError(problems, path=path)
     log.info("plate map %s: %d wells", path.name, len(df))

@@ -172,3 +172,26 @@ def test_windows_latin_csv_with_micro_sign_is_read_and_says_so(tmp_path, caplog)
     pm = load_plate_map(path)
     assert pm[DOSE].iloc[0] == 0.5 and pm[COMPOUND].iloc[0] == "Café-1"
     assert "map.csv" in caplog.text and "Windows-1252" in caplog.text
+
+
+# --- decimal commas (European Excel) --------------------------------------------------------------
+
+def test_semicolon_csv_with_decimal_commas_from_european_excel(tmp_path):
+    pm = load_plate_map(write(tmp_path, (
+        "Well;Compound;Dose (µM);Role\nB02;Cmpd X;0,005;treatment\nB03;Cmpd X;1,5;treatment\n"
+        "B04;Cmpd X;20;treatment\nB05;Cmpd X;2,5 nM;treatment\nB06;Cmpd X;1,000;treatment\n")))
+    np.testing.assert_allclose(pm[DOSE], [0.005, 1.5, 20.0, 0.0025, 1.0])   # never 15, never 1000
+
+
+def test_tab_separated_decimal_commas_are_read_unless_they_could_be_thousands(tmp_path):
+    pm = load_plate_map(write(tmp_path, "Well\tCompound\tDose (uM)\tRole\nB02\tX\t0,5\ttreatment\n",
+                              name="map.tsv"))
+    assert pm[DOSE].tolist() == [0.5]
+    with pytest.raises(PlateMapError, match=r"decimal comma or a thousands separator.*line 2: '1,500'"):
+        load_plate_map(write(tmp_path, "Well\tCompound\tDose (nM)\tRole\nB02\tX\t1,500\ttreatment\n",
+                             name="amb.tsv"))
+
+
+def test_decimal_comma_in_a_comma_separated_file_is_a_problem_with_a_hint(tmp_path):
+    with pytest.raises(PlateMapError, match=r"decimal comma or a thousands separator.*line 2: '1,5'"):
+        load_plate_map(write(tmp_path, 'Well,Compound,Dose (uM),Role\nB02,X,"1,5",treatment\n'))
