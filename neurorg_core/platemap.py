@@ -26,6 +26,8 @@ any comma in a number of a comma-separated file. A column that looks like a dose
 understood (an unknown unit such as ``mg/mL``, extra words such as ``Dose group``, text values) is
 a problem naming the column and the value: a dose column is never silently dropped.
 
+``-``, ``NA``, ``N/A``, ``none`` (``_NO_VALUE``) in a dose, compound or class cell mean blank.
+
 Rows. The header is the first row that names a well column (title and comment rows above it are
 skipped), else the first non-blank row. Rows whose every cell is blank (Excel's trailing rows,
 spacer rows) and comment rows (first cell ``# ...``) are skipped wherever they are; a row with a
@@ -106,6 +108,8 @@ _UNIT_WORDS = frozenset({"unit", "units"})
 _UNIT_COLUMN = "__dose_unit"
 _CELL_WITH_UNIT = re.compile(r"^([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*(\D.*)$")
 _UNITS_SHOWN = "pM, nM, µM (uM), mM, M, or their mol/L forms"
+_NO_VALUE = frozenset({"-", "--", "\u2013", "\u2014", "na", "n/a", "n.a.", "nan", "none", "null"})
+"""What labs (and R / pandas exports) write for "no dose", "no compound" (compared in lower case)."""
 _COMMA_NUMBER = re.compile(r"^([-+]?\d+),(\d+)(\s*[^\d.,\s].*)?$")
 DecimalComma = Literal["no", "yes", "unless_thousands"]
 """How a file's dose cells treat ``1,5``: an error (comma-separated files: ambiguous), a decimal
@@ -246,7 +250,7 @@ def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
     out = np.full(len(raw), np.nan)
     bad, neg, no_unit, bad_unit, comma, assumed, decimal = [], [], [], [], [], 0, 0
     for i, (ln, text) in enumerate(zip(line, raw)):
-        if text == "":
+        if text == "" or text.lower() in _NO_VALUE:
             continue
         number = _decimal_point(text, decimal_comma)
         if number is None:
@@ -389,7 +393,8 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
     if bad_wells:
         problems.append(f"unknown well name(s) (expected e.g. A01, A1, r01c01): {_listed(bad_wells)}")
     wells = [format_well(*rc) if rc else "" for rc in parsed]
-    compounds = _text(df[COMPOUND]) if COMPOUND in df.columns else [""] * n
+    compounds = ([c if c.lower() not in _NO_VALUE else "" for c in _text(df[COMPOUND])]
+                 if COMPOUND in df.columns else [""] * n)
 
     if spec is not None and DOSE in df.columns:
         units = _text(df[_UNIT_COLUMN]) if _UNIT_COLUMN in df.columns else None
@@ -402,7 +407,7 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
     if CLASS in df.columns:
         bad = []
         for i, (ln, v) in enumerate(zip(line, _text(df[CLASS]))):
-            if v == "":
+            if v == "" or v.lower() in _NO_VALUE:
                 continue
             try:
                 num = float(v)

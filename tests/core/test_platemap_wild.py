@@ -195,3 +195,16 @@ def test_tab_separated_decimal_commas_are_read_unless_they_could_be_thousands(tm
 def test_decimal_comma_in_a_comma_separated_file_is_a_problem_with_a_hint(tmp_path):
     with pytest.raises(PlateMapError, match=r"decimal comma or a thousands separator.*line 2: '1,5'"):
         load_plate_map(write(tmp_path, 'Well,Compound,Dose (uM),Role\nB02,X,"1,5",treatment\n'))
+
+
+# --- how labs write "nothing" ------------------------------------------------------------------
+
+def test_na_dash_and_none_mean_no_dose_and_no_compound(tmp_path):
+    pm = load_plate_map(write(tmp_path, (
+        "Well,Compound,Dose (uM),Role\nB02,-,-,control\nB03,NA,N/A,disease\nB04,none,n/a,control\n"
+        "B05,Cmpd X,0.5,treatment\nB06,,NaN,disease\n")))
+    assert pm[COMPOUND].tolist() == ["", "", "", "Cmpd X", ""]
+    assert pm[DOSE].isna().tolist() == [True, True, True, False, True]
+    # a well with only "-" for compound and no role has no role: not a treatment of compound "-"
+    with pytest.raises(PlateMapError, match=r"no role, class or compound.*line 2"):
+        load_plate_map(write(tmp_path, "Well,Compound,Role\nB02,-,\n", name="norole.csv"))
