@@ -94,6 +94,14 @@ DOSE_UNITS_UM: Mapping[str, float] = MappingProxyType({
 })
 """Concentration unit (lower case, µ/μ written u, no spaces) -> µM per unit."""
 
+ROLE_ALIASES: Mapping[str, str] = MappingProxyType({
+    "ctrl": "control", "ctl": "control", "controls": "control",
+    "treated": "treatment", "compound": "treatment", "cmpd": "treatment", "test": "treatment",
+})
+"""Role spellings (lower case) that can mean one role only. Words that could mean either control or
+disease in this assay (``DMSO``, ``vehicle``, ``untreated``, ``LPS``, ``blank``, ``negative control``)
+are problems whose message says what each role means."""
+
 OUTPUT_COLUMNS = PLATE_MAP_COLUMNS
 """What ``load_plate_map`` returns (``schema.PLATE_MAP_COLUMNS``)."""
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
@@ -420,9 +428,11 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
         if bad:
             problems.append(f"class label(s) outside 0-{N_CLASSES - 1}: {_listed(bad)}")
 
-    raw_roles = [r.lower() for r in _text(df[ROLE])] if ROLE in df.columns else [""] * n
+    typed_roles = _text(df[ROLE]) if ROLE in df.columns else [""] * n
     roles, bad_roles, blank = [], [], []
-    for i, (ln, role) in enumerate(zip(line, raw_roles)):
+    for i, (ln, typed) in enumerate(zip(line, typed_roles)):
+        role = " ".join(typed.lower().split())
+        role = ROLE_ALIASES.get(role, role)
         if role == "":
             cls = classes[i]
             if cls is not pd.NA:
@@ -433,10 +443,13 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
             else:
                 blank.append(f"line {ln}")
         elif role not in ROLES:
-            bad_roles.append(f"line {ln}: {role!r}")
+            bad_roles.append(f"line {ln}: {typed!r}")
         roles.append(role)
     if bad_roles:
-        problems.append(f"unknown role(s) (allowed: {', '.join(ROLES)}): {_listed(bad_roles)}")
+        problems.append(f"unknown role(s) (allowed: {', '.join(ROLES)}: control = unstimulated cells, "
+                        "the 100 % rescue reference; disease = stimulated cells without compound, 0 %; "
+                        "treatment = stimulated cells with a compound; empty = no cells, not in the statistics; a vehicle "
+                        f"or DMSO well is control or disease by its stimulus): {_listed(bad_roles)}")
     if blank:
         problems.append(
             f"no role, class or compound, so the role is unknown (allowed: {', '.join(ROLES)}): "

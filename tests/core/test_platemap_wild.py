@@ -208,3 +208,21 @@ def test_na_dash_and_none_mean_no_dose_and_no_compound(tmp_path):
     # a well with only "-" for compound and no role has no role: not a treatment of compound "-"
     with pytest.raises(PlateMapError, match=r"no role, class or compound.*line 2"):
         load_plate_map(write(tmp_path, "Well,Compound,Role\nB02,-,\n", name="norole.csv"))
+
+
+# --- role spellings ------------------------------------------------------------------------------
+
+def test_plain_role_spellings_are_the_roles(tmp_path):
+    pm = load_plate_map(write(tmp_path, (
+        "Well,Compound,Role\nB02,,Ctrl\nB03,,CTL\nB04,Cmpd X,Treated\nB05,Cmpd X,compound\n"
+        "B06,, Control \nB07,,Disease\n")))
+    assert pm[ROLE].tolist() == ["control", "control", "treatment", "treatment", "control", "disease"]
+
+
+@pytest.mark.parametrize("typed", ["DMSO", "Vehicle", "untreated", "LPS", "blank", "Negative control"])
+def test_roles_that_could_mean_control_or_disease_are_problems_that_explain_the_roles(tmp_path, typed):
+    with pytest.raises(PlateMapError) as err:
+        load_plate_map(write(tmp_path, f"Well,Compound,Role\nB02,,{typed}\nB03,,disease\n"))
+    text = str(err.value)
+    assert f"line 2: {typed!r}" in text                       # as typed, not lower-cased
+    assert "unstimulated" in text and "stimulated" in text    # what control and disease mean here
