@@ -448,8 +448,9 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
     if bad_roles:
         problems.append(f"unknown role(s) (allowed: {', '.join(ROLES)}: control = unstimulated cells, "
                         "the 100 % rescue reference; disease = stimulated cells without compound, 0 %; "
-                        "treatment = stimulated cells with a compound; empty = no cells, not in the statistics; a vehicle "
-                        f"or DMSO well is control or disease by its stimulus): {_listed(bad_roles)}")
+                        "treatment = stimulated cells with a compound; empty = no cells, not in the "
+                        "statistics; a vehicle or DMSO well is control or disease by its stimulus): "
+                        f"{_listed(bad_roles)}")
     if blank:
         problems.append(
             f"no role, class or compound, so the role is unknown (allowed: {', '.join(ROLES)}): "
