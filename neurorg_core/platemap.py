@@ -19,7 +19,8 @@ its unit: in brackets (``Dose (µM)``, ``Concentration [nM]``) or as the last wo
 ``conc_mM``, ``Metadata_Dose_uM``). Units: pM, nM, µM / uM, mM, M and their ``mol/L`` and word forms
 (``DOSE_UNITS_UM``); values are converted to µM. A dose column without a unit (``Dose``,
 ``Concentration``) is taken as µM, and a warning says so. A cell may carry its own unit
-(``500 nM``), and a separate unit column (``Dose unit``, ``Concentration Units``) may give one per
+(``500 nM``), and a separate unit column (``Dose unit``, ``Concentration Units``, a plain ``Unit``
+beside a dose column) may give one per
 row. In a semicolon-separated file (European Excel) ``1,5`` is 1.5; in a tab-separated one too,
 unless three digits follow the comma (``1,500``: a thousands separator?), which is a problem, as is
 any comma in a number of a comma-separated file. A column that looks like a dose but cannot be
@@ -209,6 +210,8 @@ def _dose_columns(columns: Iterable[object]) -> tuple[_DoseSpec | None, list[str
             units.append(str(col))
         else:
             doses.append((str(col), header))
+    if doses and not units:   # a plain "Unit" column beside a dose column is its unit
+        units = [str(c) for c in columns if _column_key(c) in ("unit", "units", "metadata_unit")]
     if len(doses) > 1:
         problems.append(f"columns {doses[0][0]!r} and {doses[1][0]!r} both mean {DOSE}; keep one")
     if len(units) > 1:

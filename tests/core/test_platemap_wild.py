@@ -226,3 +226,17 @@ def test_roles_that_could_mean_control_or_disease_are_problems_that_explain_the_
     text = str(err.value)
     assert f"line 2: {typed!r}" in text                       # as typed, not lower-cased
     assert "unstimulated" in text and "stimulated" in text    # what control and disease mean here
+
+
+# --- a unit column named plainly ---------------------------------------------------------------
+
+@pytest.mark.parametrize("unit_header", ["Unit", "units", "Dose unit"])
+def test_a_unit_column_beside_the_dose_gives_each_row_its_unit(tmp_path, unit_header):
+    pm = load_plate_map(write(tmp_path, f"Well,Compound,Dose,{unit_header},Role\n"
+                                        "B02,X,10,uM,treatment\nB03,X,100,nM,treatment\n"))
+    np.testing.assert_allclose(pm[DOSE], [10.0, 0.1])      # not 100 µM
+
+
+def test_a_unit_column_without_a_dose_column_is_not_taken_for_one(tmp_path):
+    pm = load_plate_map(write(tmp_path, "Well,Role,Unit\nB02,control,lab 3\n"))
+    assert pm[WELL].tolist() == ["B02"]
