@@ -20,10 +20,9 @@ its unit: in brackets (``Dose (µM)``, ``Concentration [nM]``) or as the last wo
 (``DOSE_UNITS_UM``); values are converted to µM. A dose column without a unit (``Dose``,
 ``Concentration``) is taken as µM, and a warning says so. A cell may carry its own unit
 (``500 nM``), and a separate unit column (``Dose unit``, ``Concentration Units``, a plain ``Unit``
-beside a dose column) may give one per
-row. In a semicolon-separated file (European Excel) ``1,5`` is 1.5; in a tab-separated one too,
-unless three digits follow the comma (``1,500``: a thousands separator?), which is a problem, as is
-any comma in a number of a comma-separated file. A column that looks like a dose but cannot be
+beside a dose column) may give one per row. In a semicolon-separated file (European Excel) ``1,5``
+is 1.5; in a tab-separated one too, unless three digits follow the comma (``1,500``: a thousands
+separator?), which is a problem, as is any comma in a number of a comma-separated file. A column that looks like a dose but cannot be
 understood (an unknown unit such as ``mg/mL``, extra words such as ``Dose group``, text values) is
 a problem naming the column and the value: a dose column is never silently dropped.
 
