@@ -350,6 +350,7 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
         )
     unused = [str(c) for i, c in enumerate(df.columns)
               if c not in mapping and i not in second and not str(c).startswith("column ")
+              and c not in OUTPUT_COLUMNS   # Metadata_Row / _Col of a map loaded before
               and _dose_header(c) is None]   # a dose-like column not used is a problem already
     if unused:
         log.warning("plate map: column(s) not used: %s (the columns read are well, plate, compound, "

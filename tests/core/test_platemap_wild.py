@@ -240,3 +240,11 @@ def test_a_unit_column_beside_the_dose_gives_each_row_its_unit(tmp_path, unit_he
 def test_a_unit_column_without_a_dose_column_is_not_taken_for_one(tmp_path):
     pm = load_plate_map(write(tmp_path, "Well,Role,Unit\nB02,control,lab 3\n"))
     assert pm[WELL].tolist() == ["B02"]
+
+
+def test_a_loaded_map_matched_to_its_plate_warns_about_nothing(tmp_path, caplog):
+    pm = load_plate_map(write(tmp_path, "Well,Role\nB02,control\nB03,disease\n"))
+    caplog.clear()
+    caplog.set_level(logging.WARNING, logger="neurorg_core.platemap")
+    assert plate_map_for(pm, ["B02", "B03"])[WELL].tolist() == ["B02", "B03"]
+    assert caplog.text == ""
