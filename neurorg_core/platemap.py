@@ -742,7 +742,9 @@ def load_plate_map(path: str | Path) -> pd.DataFrame:
     if problems:
         raise PlateMapError(problems, path=path)
     log.info("plate map %s: %d wells", path.name, len(df))
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["source"] = str(path)   # so that problems found later (plate_map_for) name the file
+    return df
 
 
 def check_plate_map(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | None = None) -> list[str]:
@@ -855,12 +857,13 @@ def plate_map_for(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | No
     Raises
     ------
     PlateMapError
-        Every problem ``check_plate_map`` finds.
+        Every problem ``check_plate_map`` finds, naming the file a ``load_plate_map`` table came
+        from (its ``attrs["source"]``).
     """
     wells = list(imaged_wells)
     table, problems = _checked(df, wells, plate)
     if problems:
-        raise PlateMapError(problems)
+        raise PlateMapError(problems, path=df.attrs.get("source"))
     if plate is not None:
         table = plate_rows(table, plate)
     imaged = {format_well(*parse_well(w)) for w in wells}

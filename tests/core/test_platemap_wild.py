@@ -248,3 +248,12 @@ def test_a_loaded_map_matched_to_its_plate_warns_about_nothing(tmp_path, caplog)
     caplog.set_level(logging.WARNING, logger="neurorg_core.platemap")
     assert plate_map_for(pm, ["B02", "B03"])[WELL].tolist() == ["B02", "B03"]
     assert caplog.text == ""
+
+
+# --- a map that does not match the plate names its file --------------------------------------------
+
+def test_a_map_that_does_not_match_the_imaged_wells_names_its_file(tmp_path):
+    pm = load_plate_map(write(tmp_path, "Well,Role\nB02,control\nB03,disease\n", name="layout_07.csv"))
+    with pytest.raises(PlateMapError) as err:
+        plate_map_for(pm, ["B02", "B03", "B04"])
+    assert str(err.value).startswith("layout_07.csv: imaged well(s) not in the plate map: B04")
