@@ -54,7 +54,6 @@ import logging
 import math
 import re
 import zipfile
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from io import StringIO
@@ -469,8 +468,12 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
         problems.append(f"plate names that differ only in case or spaces (write each plate one way): "
                         f"{_listed(clashes)}")
 
-    seen = Counter((p, w) for p, w in zip(plates, wells) if w)
-    dups = sorted({w for (_, w), k in seen.items() if k > 1})
+    where: dict[tuple[str, str], list[int]] = {}
+    for ln, p, w in zip(line, plates, wells):
+        if w:
+            where.setdefault((p, w), []).append(ln)
+    dups = [f"{p + ' ' if p else ''}{w} (lines {', '.join(map(str, lns))})"
+            for (p, w), lns in sorted(where.items()) if len(lns) > 1]
     if dups:
         problems.append(f"duplicate well(s): {_listed(dups)}")
     # object arrays, as pandas' own text columns were: the same column types for an empty map too
@@ -593,7 +596,8 @@ def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int], DecimalComma]
     except csv.Error:
         first = sample.strip().splitlines()[0]
         delimiter = "\t" if "\t" in first else ";" if ";" in first else ","
-    reader = csv.reader(StringIO(text), delimiter=delimiter, skipinitialspace=True, strict=True)
+    # newline=None: lines may end in \r\n, \n or \r alone (Excel's "CSV (Macintosh)")
+    reader = csv.reader(StringIO(text, newline=None), delimiter=delimiter, skipinitialspace=True, strict=True)
     rows, lines = [], []
     try:
         for row in reader:
@@ -613,6 +617,8 @@ def _cell_text(value: object) -> str:
         return str(value).upper()
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, dt.datetime) and value.time() == dt.time():
+        return value.date().isoformat()   # a date cell (Excel stores dates as date-times)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     return str(value)

@@ -1,6 +1,7 @@
 """Plate maps as labs really write them (adversarial cases): each test is a file a lab would write,
 read through the public paths (``load_plate_map``, ``select_plate``, ``plate_map_for``)."""
 
+import datetime as dt
 import logging
 
 import numpy as np
@@ -257,3 +258,27 @@ def test_a_map_that_does_not_match_the_imaged_wells_names_its_file(tmp_path):
     with pytest.raises(PlateMapError) as err:
         plate_map_for(pm, ["B02", "B03", "B04"])
     assert str(err.value).startswith("layout_07.csv: imaged well(s) not in the plate map: B04")
+
+
+def test_old_mac_csv_with_carriage_returns_only(tmp_path):
+    # Excel's "CSV (Macintosh)": lines end in \r alone
+    pm = load_plate_map(write(tmp_path, "Well,Role\rB02,control\rB03,disease\r"))
+    assert pm[WELL].tolist() == ["B02", "B03"]
+
+
+def test_xlsx_dates_as_plate_names_read_as_the_date(tmp_path):
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Plate", "Well", "Role"])
+    sheet.append([dt.datetime(2024, 1, 5), "B02", "control"])
+    sheet.append([dt.datetime(2024, 1, 6), "B02", "disease"])
+    path = tmp_path / "dates.xlsx"
+    book.save(path)
+    pm = load_plate_map(path)
+    assert pm[PLATE].tolist() == ["2024-01-05", "2024-01-06"]
+    assert select_plate(pm, "2024-01-06") == "2024-01-06"
+
+
+def test_duplicate_wells_name_the_lines_they_are_on(tmp_path):
+    with pytest.raises(PlateMapError, match=r"duplicate well\(s\): B02 \(lines 2, 4\)"):
+        load_plate_map(write(tmp_path, "Well,Role\nB2,control\nB03,disease\nb02,disease\n"))
