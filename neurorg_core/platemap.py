@@ -27,6 +27,8 @@ understood (an unknown unit such as ``mg/mL``, extra words such as ``Dose group`
 a problem naming the column and the value: a dose column is never silently dropped.
 
 ``-``, ``NA``, ``N/A``, ``none`` (``_NO_VALUE``) in a dose, compound or class cell mean blank.
+A map without a well column but with ``Row`` (``B`` or ``2``) and ``Column`` columns has its wells
+made of them.
 
 Rows. The header is the first row that names a well column (title and comment rows above it are
 skipped), else the first non-blank row. Rows whose every cell is blank (Excel's trailing rows,
@@ -344,7 +346,7 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
             mapping[next(c for c in df.columns if str(c) == spec.unit_column)] = _UNIT_COLUMN
     if WELL not in mapping.values():
         problems.append(
-            f"no well column; expected {WELL} (or well / Well); columns found: "
+            f"no well column; expected {WELL} (or well / Well, or Row and Column); columns found: "
             f"{', '.join(map(str, df.columns)) or 'none'}"
         )
     unused = [str(c) for i, c in enumerate(df.columns)
@@ -358,6 +360,31 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
     if second:
         df = df.iloc[:, [i for i in range(len(df.columns)) if i not in second]]
     return df.rename(columns=mapping), spec, problems
+
+
+_ROW_COLUMNS = ("row", "well_row", "metadata_row")
+_COL_COLUMNS = ("column", "col", "well_column", "well_col", "metadata_col", "metadata_column")
+
+
+def _well_from_row_col(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """A table with a row and a column column but no well column (``Row`` ``B``/``2``, ``Column``
+    ``3``: instrument exports) -> the table with a well column made of them in their place, and
+    the note problems with its wells carry; the table unchanged otherwise."""
+    keys = {_column_key(c): c for c in df.columns}
+    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
+    row = next((keys[k] for k in _ROW_COLUMNS if k in keys), None)
+    col = next((keys[k] for k in _COL_COLUMNS if k in keys), None)
+    if row is None or col is None or any(k in wells for k in keys):
+        return df, ""
+
+    def well(r: str, c: str) -> str:
+        return "" if not (r or c) else f"r{r}c{c}" if r.isdigit() else f"{r}{c}"
+
+    made = [well(r, c) for r, c in zip(_text(df[row]), _text(df[col]))]
+    log.info("plate map: wells made of columns %r and %r", row, col)
+    out = df.drop(columns=[row, col])
+    out.insert(0, WELL, np.array(made, object))
+    return out, f"made of columns {row!r} and {col!r}"
 
 
 def _text(series: pd.Series) -> list[str]:
@@ -386,6 +413,7 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
     how the file's separator reads ``1,5``)."""
     line = list(line) if line is not None else [i + 2 for i in range(len(df))]
     df, line = _drop_blank_rows(df, line)
+    df, made_of = _well_from_row_col(df)
     df, spec, problems = _rename(df)
     if WELL not in df.columns:
         return df, problems
@@ -401,7 +429,8 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
             parsed.append(None)
             bad_wells.append(f"line {ln}: {text!r}")
     if bad_wells:
-        problems.append(f"unknown well name(s) (expected e.g. A01, A1, r01c01): {_listed(bad_wells)}")
+        problems.append(f"unknown well name(s){' ' + made_of if made_of else ''} (expected e.g. A01, A1, "
+                        f"r01c01): {_listed(bad_wells)}")
     wells = [format_well(*rc) if rc else "" for rc in parsed]
     compounds = ([c if c.lower() not in _NO_VALUE else "" for c in _text(df[COMPOUND])]
                  if COMPOUND in df.columns else [""] * n)

@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 import openpyxl
-import pandas as pd
 import pytest
 
 from neurorg_core.errors import PlateMapError
@@ -282,3 +281,19 @@ def test_xlsx_dates_as_plate_names_read_as_the_date(tmp_path):
 def test_duplicate_wells_name_the_lines_they_are_on(tmp_path):
     with pytest.raises(PlateMapError, match=r"duplicate well\(s\): B02 \(lines 2, 4\)"):
         load_plate_map(write(tmp_path, "Well,Role\nB2,control\nB03,disease\nb02,disease\n"))
+
+
+@pytest.mark.parametrize("header, rows", [
+    ("Row,Column,Role", ["B,2,control", "b,3,disease", "P,24,control"]),      # letters
+    ("Row,Col,Role", ["2,2,control", "2,03,disease", "16,24,control"]),       # Harmony's numbers
+])
+def test_row_and_column_columns_instead_of_a_well_column(tmp_path, header, rows):
+    pm = load_plate_map(write(tmp_path, header + "\n" + "\n".join(rows) + "\n"))
+    assert pm[WELL].tolist() == ["B02", "B03", "P24"]
+    assert pm[ROLE].tolist() == ["control", "disease", "control"]
+
+
+def test_a_bad_row_or_column_is_named_with_its_line(tmp_path):
+    with pytest.raises(PlateMapError, match=r"unknown well name\(s\) made of columns 'Row' and 'Column'.*"
+                                            r"line 3: 'Bx'"):
+        load_plate_map(write(tmp_path, "Row,Column,Role\nB,2,control\nB,x,disease\n"))
