@@ -345,9 +345,14 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
         if spec.unit_column is not None:
             mapping[next(c for c in df.columns if str(c) == spec.unit_column)] = _UNIT_COLUMN
     if WELL not in mapping.values():
+        numbered = [str(c).strip() for c in df.columns if str(c).strip().isdigit()]
+        grid = len(numbered) >= 3 and numbered == [str(i) for i in range(1, len(numbered) + 1)]
         problems.append(
             f"no well column; expected {WELL} (or well / Well, or Row and Column); columns found: "
             f"{', '.join(map(str, df.columns)) or 'none'}"
+            + ("; this looks like a plate-shaped grid (rows A, B, ... by columns 1, 2, ...), which "
+               "is not read: write one row per well, with columns Well, Compound, Dose (uM), Role"
+               if grid else "")
         )
     unused = [str(c) for i, c in enumerate(df.columns)
               if c not in mapping and i not in second and not str(c).startswith("column ")

@@ -297,3 +297,9 @@ def test_a_bad_row_or_column_is_named_with_its_line(tmp_path):
     with pytest.raises(PlateMapError, match=r"unknown well name\(s\) made of columns 'Row' and 'Column'.*"
                                             r"line 3: 'Bx'"):
         load_plate_map(write(tmp_path, "Row,Column,Role\nB,2,control\nB,x,disease\n"))
+
+
+def test_a_plate_shaped_grid_is_refused_with_what_to_write_instead(tmp_path):
+    grid = ",1,2,3\nA,control,control,disease\nB,Cmpd X,Cmpd X,disease\n"
+    with pytest.raises(PlateMapError, match="plate-shaped grid.*one row per well"):
+        load_plate_map(write(tmp_path, grid))
