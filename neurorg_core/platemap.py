@@ -21,8 +21,9 @@ its unit: in brackets (``Dose (µM)``, ``Concentration [nM]``) or as the last wo
 ``Concentration``) is taken as µM, and a warning says so. A cell may carry its own unit
 (``500 nM``), and a separate unit column (``Dose unit``, ``Concentration Units``, a plain ``Unit``
 beside a dose column) may give one per row. In a semicolon-separated file (European Excel) ``1,5``
-is 1.5; in a tab-separated one too, unless three digits follow the comma (``1,500``: a thousands
-separator?), which is a problem, as is any comma in a number of a comma-separated file. A column that looks like a dose but cannot be
+is 1.5 (and ``1.000``, which could be European Excel's thousands-formatted 1000, is a problem); in
+a tab-separated one too, unless three digits follow the comma (``1,500``: a thousands separator?),
+which is a problem, as is any comma in a number of a comma-separated file. A column that looks like a dose but cannot be
 understood (an unknown unit such as ``mg/mL``, extra words such as ``Dose group``, text values) is
 a problem naming the column and the value: a dose column is never silently dropped.
 
@@ -119,6 +120,7 @@ _CELL_WITH_UNIT = re.compile(r"^([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\
 _UNITS_SHOWN = "pM, nM, µM (uM), mM, M, or their mol/L forms"
 _NO_VALUE = frozenset({"-", "--", "\u2013", "\u2014", "na", "n/a", "n.a.", "nan", "none", "null"})
 """What labs (and R / pandas exports) write for "no dose", "no compound" (compared in lower case)."""
+_POINT_THOUSANDS = re.compile(r"^[-+]?[1-9]\d{0,2}(?:\.\d{3})+(?:\s*[^\d.,\s].*)?$")
 _COMMA_NUMBER = re.compile(r"^([-+]?\d+),(\d+)(\s*[^\d.,\s].*)?$")
 DecimalComma = Literal["no", "yes", "unless_thousands"]
 """How a file's dose cells treat ``1,5``: an error (comma-separated files: ambiguous), a decimal
@@ -246,7 +248,10 @@ def _parse_dose(text: str) -> tuple[float, float | None] | None:
 def _decimal_point(text: str, decimal_comma: DecimalComma) -> str | None:
     """A dose cell with a decimal comma (``1,5``, ``2,5 nM``) written with a point, when the file's
     separator makes the comma a decimal comma; the cell unchanged when it has no such comma; None
-    when the comma could as well be a thousands separator."""
+    when the comma (or, where commas are decimal, a point: ``1.000``) could as well be a
+    thousands separator."""
+    if decimal_comma == "yes" and _POINT_THOUSANDS.match(text):
+        return None   # 1.000: 1, or European Excel's thousands-formatted 1000?
     m = _COMMA_NUMBER.match(text)
     if m is None:
         return text
@@ -299,9 +304,10 @@ def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
         problems.append(f"column {col!r}: non-numeric dose(s) (expected a number, e.g. 0.5, or a "
                         f"number with its unit, e.g. '500 nM', or blank): {_listed(bad)}")
     if comma:
-        problems.append(f"column {col!r}: is the comma in these doses a decimal comma or a thousands "
-                        "separator? write 1.5 or 1500 (or save the file semicolon-separated, as "
-                        f"European Excel does, where 1,5 is read as 1.5): {_listed(comma)}")
+        problems.append(f"column {col!r}: is the comma or point in these doses a decimal mark or a "
+                        "thousands separator? write the number without thousands separators, e.g. 1.5 "
+                        "or 1500 (in a semicolon-separated file, as European Excel writes, 1,5 is 1.5): "
+                        f"{_listed(comma)}")
     if neg:
         problems.append(f"column {col!r}: negative dose(s): {_listed(neg)}")
     if no_unit:

@@ -187,13 +187,13 @@ def test_tab_separated_decimal_commas_are_read_unless_they_could_be_thousands(tm
     pm = load_plate_map(write(tmp_path, "Well\tCompound\tDose (uM)\tRole\nB02\tX\t0,5\ttreatment\n",
                               name="map.tsv"))
     assert pm[DOSE].tolist() == [0.5]
-    with pytest.raises(PlateMapError, match=r"decimal comma or a thousands separator.*line 2: '1,500'"):
+    with pytest.raises(PlateMapError, match=r"decimal mark or a thousands separator.*line 2: '1,500'"):
         load_plate_map(write(tmp_path, "Well\tCompound\tDose (nM)\tRole\nB02\tX\t1,500\ttreatment\n",
                              name="amb.tsv"))
 
 
 def test_decimal_comma_in_a_comma_separated_file_is_a_problem_with_a_hint(tmp_path):
-    with pytest.raises(PlateMapError, match=r"decimal comma or a thousands separator.*line 2: '1,5'"):
+    with pytest.raises(PlateMapError, match=r"decimal mark or a thousands separator.*line 2: '1,5'"):
         load_plate_map(write(tmp_path, 'Well,Compound,Dose (uM),Role\nB02,X,"1,5",treatment\n'))
 
 
@@ -303,3 +303,13 @@ def test_a_plate_shaped_grid_is_refused_with_what_to_write_instead(tmp_path):
     grid = ",1,2,3\nA,control,control,disease\nB,Cmpd X,Cmpd X,disease\n"
     with pytest.raises(PlateMapError, match="plate-shaped grid.*one row per well"):
         load_plate_map(write(tmp_path, grid))
+
+
+def test_a_thousands_point_in_a_semicolon_file_is_a_problem_not_read_as_a_decimal(tmp_path):
+    # European Excel writes 1000 formatted with a thousands separator as 1.000
+    with pytest.raises(PlateMapError, match=r"decimal mark or a thousands separator.*line 2: '1.000'"):
+        load_plate_map(write(tmp_path, "Well;Compound;Dose (nM);Role\nB02;X;1.000;treatment\n"
+                                       "B03;X;2,5;treatment\n"))
+    pm = load_plate_map(write(tmp_path, "Well;Compound;Dose (nM);Role\nB02;X;0.005;treatment\n"
+                                        "B03;X;12.5;treatment\n", name="points.csv"))
+    np.testing.assert_allclose(pm[DOSE], [0.005e-3, 12.5e-3])   # cannot be thousands: read
