@@ -81,7 +81,7 @@ COLUMN_ALIASES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "well_position")),
     (PLATE, ("metadata_plate", "plate", "plate_id", "plate_name", "barcode", "metadata_barcode")),
     (COMPOUND, ("metadata_compound", "compound", "compound_name", "metadata_compound_name", "drug",
-                "compound_id", "drug_name")),
+                "drug_name")),
     (ROLE, ("metadata_role", "role", "well_role", "metadata_control_type", "control_type", "well_type")),
     (CLASS, ("metadata_class", "class", "class_label", "label", "metadata_label")),
 )

@@ -45,7 +45,7 @@ def test_plate_names_that_differ_only_in_case_within_one_map_are_a_problem(tmp_p
     ("Plate ID", "Well ID", "Compound Name", "Well Role"),
     ("Plate Name", "Well Name", "Compound-Name", "Control Type"),
     ("Metadata Plate", "Metadata Well", "Metadata Compound", "Metadata Role"),
-    ("plate", "Well Position", "compound id", "well type"),
+    ("plate", "Well Position", "Drug Name", "well type"),
 ])
 def test_column_names_with_spaces_and_hyphens_are_the_aliases(tmp_path, plate, well, compound, role):
     pm = load_plate_map(write(tmp_path, f"{plate},{well},{compound},Dose (uM),{role}\n"
@@ -313,3 +313,8 @@ def test_a_thousands_point_in_a_semicolon_file_is_a_problem_not_read_as_a_decima
     pm = load_plate_map(write(tmp_path, "Well;Compound;Dose (nM);Role\nB02;X;0.005;treatment\n"
                                         "B03;X;12.5;treatment\n", name="points.csv"))
     np.testing.assert_allclose(pm[DOSE], [0.005e-3, 12.5e-3])   # cannot be thousands: read
+
+
+def test_a_compound_id_beside_the_compound_name_is_not_a_clash(tmp_path):
+    pm = load_plate_map(write(tmp_path, "Well,Compound,Compound ID,Role\nB02,Cmpd X,NRG-0001,treatment\n"))
+    assert pm[COMPOUND].tolist() == ["Cmpd X"]
