@@ -493,6 +493,13 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
                         "treatment = stimulated cells with a compound; empty = no cells, not in the "
                         "statistics; a vehicle or DMSO well is control or disease by its stimulus): "
                         f"{_listed(bad_roles)}")
+    contradict = [f"line {ln}: {role}, class {cls}" for ln, role, cls in zip(line, roles, classes)
+                  if cls is not pd.NA and ((role == "control") != (cls == CONTROL_CLASS))
+                  and role in ("control", "disease")]
+    if contradict:
+        problems.append(f"role and class label disagree (control wells are class {CONTROL_CLASS}, "
+                        f"unstimulated; disease wells are stimulated, not class {CONTROL_CLASS}): "
+                        f"{_listed(contradict)}")
     if blank:
         problems.append(
             f"no role, class or compound, so the role is unknown (allowed: {', '.join(ROLES)}): "

@@ -318,3 +318,12 @@ def test_a_thousands_point_in_a_semicolon_file_is_a_problem_not_read_as_a_decima
 def test_a_compound_id_beside_the_compound_name_is_not_a_clash(tmp_path):
     pm = load_plate_map(write(tmp_path, "Well,Compound,Compound ID,Role\nB02,Cmpd X,NRG-0001,treatment\n"))
     assert pm[COMPOUND].tolist() == ["Cmpd X"]
+
+
+def test_a_role_that_contradicts_the_class_label_is_a_problem(tmp_path):
+    with pytest.raises(PlateMapError) as err:
+        load_plate_map(write(tmp_path, "Well,Role,Class\nB02,control,5\nB03,disease,0\nB04,control,0\n"
+                                       "B05,disease,5\nB06,treatment,3\n"))
+    text = str(err.value)
+    assert "line 2: control, class 5" in text and "line 3: disease, class 0" in text
+    assert "line 4" not in text and "line 5" not in text and "line 6" not in text
