@@ -245,6 +245,15 @@ def _parse_dose(text: str) -> tuple[float, float | None] | None:
     return None
 
 
+def _to_um(value: float, factor: float | None) -> float:
+    """``value`` in a unit of ``factor`` µM (a power of ten; None: µM) -> µM, as the number the same
+    dose written in µM reads as (700 nM -> 0.7, not 700 * 0.001 = 0.7000000000000001): treatments
+    are grouped by dose, so one dose written in two units must be one number."""
+    if factor is None or factor == 1.0:
+        return value
+    return float(f"{value!r}e{round(math.log10(factor))}")
+
+
 def _decimal_point(text: str, decimal_comma: DecimalComma) -> str | None:
     """A dose cell with a decimal comma (``1,5``, ``2,5 nM``) written with a point, when the file's
     separator makes the comma a decimal comma; the cell unchanged when it has no such comma; None
@@ -289,7 +298,7 @@ def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
                 continue
         if factor is None and spec.factor is None:
             assumed += 1
-        value *= factor if factor is not None else (spec.factor if spec.factor is not None else 1.0)
+        value = _to_um(value, factor if factor is not None else spec.factor)
         if value < 0:
             neg.append(f"line {ln}: {text}")
         out[i] = value

@@ -327,3 +327,11 @@ def test_a_role_that_contradicts_the_class_label_is_a_problem(tmp_path):
     text = str(err.value)
     assert "line 2: control, class 5" in text and "line 3: disease, class 0" in text
     assert "line 4" not in text and "line 5" not in text and "line 6" not in text
+
+
+def test_a_dose_in_nm_is_the_same_number_as_written_in_um(tmp_path):
+    # treatments are grouped by (compound, dose): 700 nM and 0.7 µM must be one dose, not 0.7000000000000001
+    pm = load_plate_map(write(tmp_path, "Well,Compound,Dose,Unit,Role\nB02,X,700,nM,treatment\n"
+                                        "B03,X,0.7,uM,treatment\nB04,X,0.0007,mM,treatment\n"
+                                        "B05,X,30,nM,treatment\n"))
+    assert pm[DOSE].tolist() == [0.7, 0.7, 0.7, 0.03]
