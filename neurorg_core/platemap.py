@@ -515,6 +515,9 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
             f"{_listed(blank)}"
         )
 
+    if len(set(plates) - {""}) > 1 and "" in plates:
+        problems.append("no plate on rows of a map that names several plates (write the plate on every "
+                        f"row): {_listed([f'line {ln}' for ln, p in zip(line, plates) if not p])}")
     spellings: dict[str, set[str]] = {}
     for p in plates:
         if p:

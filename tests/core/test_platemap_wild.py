@@ -335,3 +335,10 @@ def test_a_dose_in_nm_is_the_same_number_as_written_in_um(tmp_path):
                                         "B03,X,0.7,uM,treatment\nB04,X,0.0007,mM,treatment\n"
                                         "B05,X,30,nM,treatment\n"))
     assert pm[DOSE].tolist() == [0.7, 0.7, 0.7, 0.03]
+
+
+def test_rows_without_a_plate_in_a_map_of_several_plates_are_named(tmp_path):
+    # a plate name written once per block ("fill down" by eye), as lab sheets often are
+    with pytest.raises(PlateMapError, match=r"no plate.*several plates.*line 3, line 5"):
+        load_plate_map(write(tmp_path, "Plate,Well,Role\nP1,B02,control\n,B03,disease\n"
+                                       "P2,B02,control\n,B03,disease\n"))
