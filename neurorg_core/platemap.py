@@ -40,9 +40,9 @@ row (Excel) as a spreadsheet shows it.
 Excel. The sheet read is the first one named like a plate map (``Plate map``, ``platemap``,
 ``Plate layout``, ``Layout``, ``Map``; case, spaces, ``_`` and ``-`` ignored), else the first whose
 rows name a well column, else the workbook's first sheet (a warning names other sheets that hold a
-map too). Cells are read as values (a formula's last computed value, as Excel saved it; a formula
-with no saved value is a problem); a merged range gives its value to every cell it covers. Old
-binary ``.xls`` files are refused: save as ``.xlsx`` or CSV.
+map too). Cells are read as values (a formula's last computed value, as Excel saved it; formulas
+never computed, a sheet where no formula has a saved value, are a problem); a merged range gives
+its value to every cell it covers. Old binary ``.xls`` files are refused: save as ``.xlsx`` or CSV.
 
 A blank or absent role is derived from the class label when there is one: class 0 -> control,
 class 5 -> disease, other classes -> treatment (training plates carry class labels only).
@@ -715,8 +715,9 @@ def _sheet_rows(sheet: Any) -> list[list[str]]:
 
 
 def _unsaved_formulas(path: Path, sheet: str, rows: list[list[str]]) -> list[str]:
-    """Cells of ``sheet`` holding a formula but no saved value (a workbook written by a program
-    that does not compute formulas, e.g. openpyxl or pandas): ``data_only`` reads them blank."""
+    """The formula cells of ``sheet`` when none of them has a saved value (a workbook written by a
+    program that does not compute formulas, e.g. openpyxl or pandas: ``data_only`` reads them
+    blank); [] when any has one (Excel computed the sheet: a blank one computed to "")."""
     import openpyxl
     from openpyxl.utils import get_column_letter
 
@@ -726,9 +727,11 @@ def _unsaved_formulas(path: Path, sheet: str, rows: list[list[str]]) -> list[str
         for r, row in enumerate(book[sheet].iter_rows(values_only=True)):
             for c, value in enumerate(row):
                 text = value if isinstance(value, str) else getattr(value, "text", None)
-                blank = r >= len(rows) or c >= len(rows[r]) or rows[r][c] == ""
-                if isinstance(text, str) and text.startswith("=") and blank:
-                    found.append(f"{get_column_letter(c + 1)}{r + 1}: {text}")
+                if not (isinstance(text, str) and text.startswith("=")):
+                    continue
+                if r < len(rows) and c < len(rows[r]) and rows[r][c] != "":
+                    return []
+                found.append(f"{get_column_letter(c + 1)}{r + 1}: {text}")
         return found
     finally:
         book.close()

@@ -342,3 +342,31 @@ def test_rows_without_a_plate_in_a_map_of_several_plates_are_named(tmp_path):
     with pytest.raises(PlateMapError, match=r"no plate.*several plates.*line 3, line 5"):
         load_plate_map(write(tmp_path, "Plate,Well,Role\nP1,B02,control\n,B03,disease\n"
                                        "P2,B02,control\n,B03,disease\n"))
+
+
+def test_xlsx_formula_that_excel_computed_as_empty_is_blank(tmp_path):
+    # Excel saves =IF(...,"",...) as an empty value, which openpyxl reads as None, as it reads a
+    # formula never computed; a sheet whose other formulas have values was computed
+    import re
+    import zipfile
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Well", "Compound", "Role"])
+    sheet.append(["B02", '=IF(C2="control","","Cmpd X")', "control"])
+    sheet.append(["B03", '=IF(C3="control","","Cmpd X")', "treatment"])
+    raw = tmp_path / "raw.xlsx"
+    book.save(raw)
+    path = tmp_path / "computed.xlsx"
+    with zipfile.ZipFile(raw) as src, zipfile.ZipFile(path, "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":   # the values Excel would have saved
+                xml = data.decode()
+                xml = re.sub(r'<c r="B2"><f>(.*?)</f><v ?/></c>', r'<c r="B2" t="str"><f>\1</f><v></v></c>', xml)
+                xml = re.sub(r'<c r="B3"><f>(.*?)</f><v ?/></c>', r'<c r="B3" t="str"><f>\1</f><v>Cmpd X</v></c>',
+                             xml)
+                data = xml.encode()
+            out.writestr(item, data)
+    pm = load_plate_map(path)
+    assert pm[COMPOUND].tolist() == ["", "Cmpd X"]
