@@ -441,16 +441,19 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
     plates = _text(df[PLATE]) if PLATE in df.columns else [""] * n
 
     parsed: list[tuple[int, int] | None] = []
-    bad_wells = []
+    bad_wells, numbered = [], False
     for ln, text in zip(line, _text(df[WELL])):
         try:
             parsed.append(parse_well(text))
         except NeuroRGError:
             parsed.append(None)
             bad_wells.append(f"line {ln}: {text!r}")
+            numbered = numbered or text.isdigit()
     if bad_wells:
         problems.append(f"unknown well name(s){' ' + made_of if made_of else ''} (expected e.g. A01, A1, "
-                        f"r01c01): {_listed(bad_wells)}")
+                        f"r01c01): {_listed(bad_wells)}"
+                        + ("; wells numbered 1, 2, ... are not read: whether they count by row or by "
+                           "column, and on which plate size, is not written in the file" if numbered else ""))
     wells = [format_well(*rc) if rc else "" for rc in parsed]
     compounds = ([c if c.lower() not in _NO_VALUE else "" for c in _text(df[COMPOUND])]
                  if COMPOUND in df.columns else [""] * n)

@@ -370,3 +370,8 @@ def test_xlsx_formula_that_excel_computed_as_empty_is_blank(tmp_path):
             out.writestr(item, data)
     pm = load_plate_map(path)
     assert pm[COMPOUND].tolist() == ["", "Cmpd X"]
+
+
+def test_well_numbers_are_refused_with_why(tmp_path):
+    with pytest.raises(PlateMapError, match=r"line 2: '1'.*numbered 1, 2, \.\.\. are not read.*by row or by column"):
+        load_plate_map(write(tmp_path, "Well,Role\n1,control\n2,disease\n"))
