@@ -23,9 +23,10 @@ its unit: in brackets (``Dose (µM)``, ``Concentration [nM]``) or as the last wo
 beside a dose column) may give one per row. In a semicolon-separated file (European Excel) ``1,5``
 is 1.5 (and ``1.000``, which could be European Excel's thousands-formatted 1000, is a problem); in
 a tab-separated one too, unless three digits follow the comma (``1,500``: a thousands separator?),
-which is a problem, as is any comma in a number of a comma-separated file. A column that looks like a dose but cannot be
-understood (an unknown unit such as ``mg/mL``, extra words such as ``Dose group``, text values) is
-a problem naming the column and the value: a dose column is never silently dropped.
+which is a problem, as is any comma in a number of a comma-separated file. A column that looks
+like a dose but cannot be understood (an unknown unit such as ``mg/mL``, extra words such as
+``Dose group``, text values) is a problem naming the column and the value: a dose column is never
+silently dropped.
 
 ``-``, ``NA``, ``N/A``, ``none`` (``_NO_VALUE``) in a dose, compound or class cell mean blank.
 A map without a well column but with ``Row`` (``B`` or ``2``) and ``Column`` columns has its wells
@@ -389,7 +390,7 @@ _COL_COLUMNS = ("column", "col", "well_column", "well_col", "metadata_col", "met
 def _well_from_row_col(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """A table with a row and a column column but no well column (``Row`` ``B``/``2``, ``Column``
     ``3``: instrument exports) -> the table with a well column made of them in their place, and
-    the note problems with its wells carry; the table unchanged otherwise."""
+    a note for the problems of its wells; the table unchanged otherwise."""
     keys = {_column_key(c): c for c in df.columns}
     wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
     row = next((keys[k] for k in _ROW_COLUMNS if k in keys), None)
@@ -450,10 +451,10 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
             bad_wells.append(f"line {ln}: {text!r}")
             numbered = numbered or text.isdigit()
     if bad_wells:
+        why = ("; wells numbered 1, 2, ... are not read: whether they count by row or by column, and "
+               "on which plate size, is not written in the file") if numbered else ""
         problems.append(f"unknown well name(s){' ' + made_of if made_of else ''} (expected e.g. A01, A1, "
-                        f"r01c01): {_listed(bad_wells)}"
-                        + ("; wells numbered 1, 2, ... are not read: whether they count by row or by "
-                           "column, and on which plate size, is not written in the file" if numbered else ""))
+                        f"r01c01): {_listed(bad_wells)}{why}")
     wells = [format_well(*rc) if rc else "" for rc in parsed]
     compounds = ([c if c.lower() not in _NO_VALUE else "" for c in _text(df[COMPOUND])]
                  if COMPOUND in df.columns else [""] * n)
@@ -518,6 +519,22 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
             f"{_listed(blank)}"
         )
 
+    problems += _plate_and_well_problems(line, plates, wells)
+    # object arrays, as pandas' own text columns were: the same column types for an empty map too
+    out = pd.DataFrame({
+        PLATE: np.array(plates, object), WELL: np.array(wells, object),
+        ROW: pd.array([rc[0] if rc else pd.NA for rc in parsed], dtype="Int64"),
+        COL: pd.array([rc[1] if rc else pd.NA for rc in parsed], dtype="Int64"),
+        COMPOUND: np.array(compounds, object), DOSE: dose, ROLE: np.array(roles, object),
+        CLASS: pd.array(classes, dtype="Int64"),
+    }, index=range(n))
+    return out[list(OUTPUT_COLUMNS)], problems
+
+
+def _plate_and_well_problems(line: list[int], plates: list[str], wells: list[str]) -> list[str]:
+    """Rows without a plate in a map naming several, plate names that differ only in case or
+    spaces, and duplicate wells (per plate, with their lines)."""
+    problems = []
     if len(set(plates) - {""}) > 1 and "" in plates:
         problems.append("no plate on rows of a map that names several plates (write the plate on every "
                         f"row): {_listed([f'line {ln}' for ln, p in zip(line, plates) if not p])}")
@@ -529,7 +546,6 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
     if clashes:
         problems.append(f"plate names that differ only in case or spaces (write each plate one way): "
                         f"{_listed(clashes)}")
-
     where: dict[tuple[str, str], list[int]] = {}
     for ln, p, w in zip(line, plates, wells):
         if w:
@@ -538,15 +554,7 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None,
             for (p, w), lns in sorted(where.items()) if len(lns) > 1]
     if dups:
         problems.append(f"duplicate well(s): {_listed(dups)}")
-    # object arrays, as pandas' own text columns were: the same column types for an empty map too
-    out = pd.DataFrame({
-        PLATE: np.array(plates, object), WELL: np.array(wells, object),
-        ROW: pd.array([rc[0] if rc else pd.NA for rc in parsed], dtype="Int64"),
-        COL: pd.array([rc[1] if rc else pd.NA for rc in parsed], dtype="Int64"),
-        COMPOUND: np.array(compounds, object), DOSE: dose, ROLE: np.array(roles, object),
-        CLASS: pd.array(classes, dtype="Int64"),
-    }, index=range(n))
-    return out[list(OUTPUT_COLUMNS)], problems
+    return problems
 
 
 # --- reading files --------------------------------------------------------------------------
@@ -627,8 +635,8 @@ def _decode(path: Path) -> str:
             text = ""
         if text and _looks_like_text(text):
             return text
-        raise PlateMapError(["cannot read the plate map: it starts like UTF-16 text but is not; "
-                             "expected a CSV or TSV file (UTF-8, UTF-16 or Windows-1252) or .xlsx"], path=path)
+        raise PlateMapError(["cannot read the plate map: it starts like UTF-16 text but is not; expected "
+                             "a CSV or TSV file (UTF-8, UTF-16 or Windows-1252) or .xlsx"], path=path)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
