@@ -544,7 +544,8 @@ def _plate_and_well_problems(line: list[int], plates: list[str], wells: list[str
             spellings.setdefault(_plate_key(p), set()).add(p)
     clashes = [" / ".join(map(repr, sorted(names))) for names in spellings.values() if len(names) > 1]
     if clashes:
-        problems.append(f"plate names that differ only in case or spaces (write each plate one way): "
+        problems.append(f"plate names that differ only in case, separators or leading zeros (write each "
+                        "plate one way): "
                         f"{_listed(clashes)}")
     where: dict[tuple[str, str], list[int]] = {}
     for ln, p, w in zip(line, plates, wells):
@@ -887,8 +888,10 @@ def _match_problems(table: pd.DataFrame, imaged_wells: Iterable[str], plate: str
 
 
 def _plate_key(name: object) -> str:
-    """A plate name as compared with a folder's: case and runs of spaces ignored."""
-    return " ".join(str(name).split()).casefold()
+    """A plate name as compared with a folder's: case, the separators between words (spaces, ``_``,
+    ``-``) and leading zeros of numbers ignored (``Plate 01`` is ``plate_1``)."""
+    words = re.sub(r"[\s_\-]+", " ", str(name)).strip().casefold()
+    return re.sub(r"\d+", lambda m: str(int(m.group())), words)
 
 
 def map_plates(df: pd.DataFrame) -> list[str]:
@@ -900,10 +903,11 @@ def map_plates(df: pd.DataFrame) -> list[str]:
 
 def select_plate(df: pd.DataFrame, *candidates: str | None) -> str | None:
     """Which plate of a multi-plate map applies: the first candidate name the map holds, compared
-    as written, else ignoring case and spaces (``plate_01`` finds ``Plate_01``) (callers give the
-    name the run is stored under, then the images' folder name). ``None`` when the map
-    describes at most one plate (nothing to choose) or names none of the candidates (then
-    ``check_plate_map`` reports that the map holds several plates)."""
+    as written, else ignoring case, separators and leading zeros when that finds one plate only
+    (``plate 1`` finds ``Plate_01``; ``_plate_key``). Callers give the name the run is stored
+    under, then the images' folder name. ``None`` when the map describes at most one plate
+    (nothing to choose) or names none of the candidates (then ``check_plate_map`` reports that the
+    map holds several plates)."""
     plates = map_plates(df)
     if len(plates) <= 1:
         return None
@@ -914,7 +918,8 @@ def select_plate(df: pd.DataFrame, *candidates: str | None) -> str | None:
             return candidate
         same = [p for p in plates if _plate_key(p) == _plate_key(candidate)]
         if len(same) == 1:
-            log.info("plate map: plate %r is the map's %r (case and spaces ignored)", candidate, same[0])
+            log.info("plate map: plate %r is the map's %r (case, separators and leading zeros ignored)",
+                     candidate, same[0])
             return same[0]
     return None
 

@@ -375,3 +375,10 @@ def test_xlsx_formula_that_excel_computed_as_empty_is_blank(tmp_path):
 def test_well_numbers_are_refused_with_why(tmp_path):
     with pytest.raises(PlateMapError, match=r"line 2: '1'.*numbered 1, 2, \.\.\. are not read.*by row or by column"):
         load_plate_map(write(tmp_path, "Well,Role\n1,control\n2,disease\n"))
+
+
+@pytest.mark.parametrize("folder", ["Plate 01", "plate-01", "PLATE_1", " plate__01 "])
+def test_folder_names_without_spaces_or_leading_zeros_find_their_plate(tmp_path, folder):
+    pm = load_plate_map(write(tmp_path, "Plate,Well,Role\nPlate_01,B02,control\nPlate_10,B02,disease\n"))
+    assert select_plate(pm, folder) == "Plate_01"
+    assert select_plate(pm, "plate_100") is None
