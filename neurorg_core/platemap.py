@@ -26,7 +26,8 @@ a tab-separated one too, unless three digits follow the comma (``1,500``: a thou
 which is a problem, as is any comma in a number of a comma-separated file. A column that looks
 like a dose but cannot be understood (an unknown unit such as ``mg/mL``, extra words such as
 ``Dose group``, text values) is a problem naming the column and the value: a dose column is never
-silently dropped.
+silently dropped. Beside one dose column, a column with extra words (``LPS conc (ng/mL)``: the
+stimulus's concentration) is not the dose and is named in a warning.
 
 ``-``, ``NA``, ``N/A``, ``none`` (``_NO_VALUE``) in a dose, compound or class cell mean blank.
 A map without a well column but with ``Row`` (``B`` or ``2``) and ``Column`` columns has its wells
@@ -149,10 +150,11 @@ def unit_to_um(unit: str) -> float | None:
 class _DoseHeader:
     """What a column name says about doses."""
 
-    kind: str                  # "dose" | "unit" (a per-row unit column) | "bad"
+    kind: str                  # "dose" | "unit" (a per-row unit column) | "bad" | "other" (words
+                               # beyond a dose: another concentration, e.g. "LPS conc", or not a dose)
     factor: float | None = None  # µM per unit named in the header; None: no unit named
     unit: str = ""             # the unit as written in the header
-    problem: str = ""          # for kind "bad": why it cannot be understood
+    problem: str = ""          # for kinds "bad" and "other": why it cannot be understood
 
 
 def _dose_header(name: object) -> _DoseHeader | None:
@@ -175,7 +177,7 @@ def _dose_header(name: object) -> _DoseHeader | None:
         unit = tokens.pop()
     rest = [t for t in tokens if t not in _DOSE_WORDS | _DOSE_QUALIFIERS]
     if rest:
-        return _DoseHeader("bad", problem=(
+        return _DoseHeader("other", problem=(
             f"column {text!r} looks like a dose (it says {said[0]!r}) but {' '.join(rest)!r} is not a "
             f"concentration unit; name the unit as in 'Dose (uM)', 'dose_nM' or 'Concentration [mM]' "
             f"({_UNITS_SHOWN}), or rename the column if it is not a dose"))
@@ -202,17 +204,23 @@ def _dose_columns(columns: Iterable[object]) -> tuple[_DoseSpec | None, list[str
     """Find the dose column (and unit column) among ``columns``; problems for the rest."""
     problems: list[str] = []
     doses: list[tuple[str, _DoseHeader]] = []
+    others: list[tuple[str, _DoseHeader]] = []
     units: list[str] = []
     for col in columns:
         header = _dose_header(col)
         if header is None:
             continue
-        if header.kind == "bad":
-            problems.append(header.problem)
+        if header.kind in ("bad", "other"):
+            others.append((str(col), header))
         elif header.kind == "unit":
             units.append(str(col))
         else:
             doses.append((str(col), header))
+    for col, header in others:
+        if header.kind == "other" and len(doses) == 1:   # "LPS conc" beside "Compound conc (uM)"
+            log.warning("plate map: column %r is not read (not the dose: that is column %r)", col, doses[0][0])
+        else:
+            problems.append(header.problem)
     if doses and not units:   # a plain "Unit" column beside a dose column is its unit
         units = [str(c) for c in columns if _column_key(c) in ("unit", "units", "metadata_unit")]
     if len(doses) > 1:

@@ -382,3 +382,16 @@ def test_folder_names_without_spaces_or_leading_zeros_find_their_plate(tmp_path,
     pm = load_plate_map(write(tmp_path, "Plate,Well,Role\nPlate_01,B02,control\nPlate_10,B02,disease\n"))
     assert select_plate(pm, folder) == "Plate_01"
     assert select_plate(pm, "plate_100") is None
+
+
+# --- the stimulus's concentration beside the compound's -----------------------------------------
+
+def test_a_stimulus_concentration_beside_the_compound_dose_is_not_the_dose(tmp_path, caplog):
+    pm = load_plate_map(write(tmp_path, "Well,Compound,Compound conc (uM),LPS conc (ng/mL),Role\n"
+                                        "B02,Cmpd X,0.5,100,treatment\nB03,,,0,control\n"))
+    np.testing.assert_allclose(pm[DOSE], [0.5, np.nan])
+    assert "'LPS conc (ng/mL)'" in caplog.text            # said, not dropped in silence
+    # without a dose column it is still a problem: a dose column is never dropped in silence
+    with pytest.raises(PlateMapError, match="'LPS conc \\(ng/mL\\)' looks like a dose"):
+        load_plate_map(write(tmp_path, "Well,Compound,LPS conc (ng/mL),Role\nB02,Cmpd X,100,treatment\n",
+                             name="only.csv"))
