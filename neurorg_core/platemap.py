@@ -578,12 +578,18 @@ def _is_comment(row: list[str]) -> bool:
     return first.startswith("#") and not _EXCEL_ERROR.fullmatch(first)
 
 
+def _names_wells(row: list[str]) -> bool:
+    """Whether a row names a well column, or a row and a column column (``_well_from_row_col``)."""
+    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
+    keys = {_column_key(c) for c in row}
+    return bool(keys & wells) or bool(keys & set(_ROW_COLUMNS) and keys & set(_COL_COLUMNS))
+
+
 def _header_index(rows: list[list[str]]) -> int | None:
     """The header row: the first that names a well column (title and comment rows above it are
     skipped), else the first non-blank row (whose columns the "no well column" problem lists)."""
-    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
     filled = [i for i, r in enumerate(rows) if any(c.strip() for c in r) and not _is_comment(r)]
-    named = next((i for i in filled if any(_column_key(c) in wells for c in rows[i])), None)
+    named = next((i for i in filled if _names_wells(rows[i])), None)
     return named if named is not None else (filled[0] if filled else None)
 
 
@@ -709,8 +715,7 @@ def _pick_sheet(sheets: dict[str, list[list[str]]], path: Path) -> str:
     def key(name: str) -> str:
         return re.sub(r"[\s_\-]+", "", name).lower()
     names = list(sheets)
-    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
-    maps = [n for n in names if any(_column_key(c) in wells for r in sheets[n] for c in r)]
+    maps = [n for n in names if any(_names_wells(r) for r in sheets[n])]
     preferred = [n for n in names if key(n) in PLATE_MAP_SHEET_NAMES]
     sheet = (preferred or maps or names)[0]
     others = [n for n in maps if n != sheet]

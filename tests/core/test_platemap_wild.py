@@ -395,3 +395,8 @@ def test_a_stimulus_concentration_beside_the_compound_dose_is_not_the_dose(tmp_p
     with pytest.raises(PlateMapError, match="'LPS conc \\(ng/mL\\)' looks like a dose"):
         load_plate_map(write(tmp_path, "Well,Compound,LPS conc (ng/mL),Role\nB02,Cmpd X,100,treatment\n",
                              name="only.csv"))
+
+
+def test_title_row_above_a_row_and_column_header(tmp_path):
+    pm = load_plate_map(write(tmp_path, "Layout exported 2024-01-05,,\nRow,Column,Role\nB,2,control\n"))
+    assert pm[WELL].tolist() == ["B02"]
