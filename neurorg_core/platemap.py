@@ -578,6 +578,10 @@ def _is_comment(row: list[str]) -> bool:
     return first.startswith("#") and not _EXCEL_ERROR.fullmatch(first)
 
 
+_TITLE_ROWS = 20
+"""How many non-blank rows may stand above the header (a title block, not a page of notes)."""
+
+
 def _names_wells(row: list[str]) -> bool:
     """Whether a row names a well column, or a row and a column column (``_well_from_row_col``)."""
     wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
@@ -586,10 +590,11 @@ def _names_wells(row: list[str]) -> bool:
 
 
 def _header_index(rows: list[list[str]]) -> int | None:
-    """The header row: the first that names a well column (title and comment rows above it are
-    skipped), else the first non-blank row (whose columns the "no well column" problem lists)."""
+    """The header row: the first of the first ``_TITLE_ROWS`` non-blank rows that names a well
+    column (title and comment rows above it are skipped), else the first non-blank row (whose
+    columns the "no well column" problem lists)."""
     filled = [i for i, r in enumerate(rows) if any(c.strip() for c in r) and not _is_comment(r)]
-    named = next((i for i in filled if _names_wells(rows[i])), None)
+    named = next((i for i in filled[:_TITLE_ROWS] if _names_wells(rows[i])), None)
     return named if named is not None else (filled[0] if filled else None)
 
 
