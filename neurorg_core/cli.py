@@ -73,7 +73,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from neurorg_core.errors import PlateMapError
     from neurorg_core.plates import load_plate
-    from neurorg_core.platemap import check_plate_map, load_plate_map
+    from neurorg_core.platemap import check_plate_map, load_plate_map, select_plate
 
     # a zip is extracted into a temporary folder that the plate owns and removes on leaving `with`
     with load_plate(args.path, _parse_channel_map(args.channels)) as plate:
@@ -84,7 +84,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     report["plate_map_problems"] = []
     if args.plate_map:
         try:
-            report["plate_map_problems"] = check_plate_map(load_plate_map(args.plate_map), plate.wells())
+            plate_map = load_plate_map(args.plate_map)
+            # a multi-plate map's plate as `score` picks it (the images' folder name)
+            report["plate_map_problems"] = check_plate_map(plate_map, plate.wells(),
+                                                           plate=select_plate(plate_map, plate.name))
         except PlateMapError as exc:
             report["plate_map_problems"] = exc.problems
     report["scoreable"] = not report["file_problems"] and not report["plate_map_problems"]

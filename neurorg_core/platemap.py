@@ -19,19 +19,32 @@ its unit: in brackets (``Dose (µM)``, ``Concentration [nM]``) or as the last wo
 ``conc_mM``, ``Metadata_Dose_uM``). Units: pM, nM, µM / uM, mM, M and their ``mol/L`` and word forms
 (``DOSE_UNITS_UM``); values are converted to µM. A dose column without a unit (``Dose``,
 ``Concentration``) is taken as µM, and a warning says so. A cell may carry its own unit
-(``500 nM``), and a separate unit column (``Dose unit``, ``Concentration Units``) may give one per
-row. A column that looks like a dose but cannot be understood (an unknown unit such as ``mg/mL``,
-extra words such as ``Dose group``, text values) is a problem naming the column and the value: a
-dose column is never silently dropped.
+(``500 nM``), and a separate unit column (``Dose unit``, ``Concentration Units``, a plain ``Unit``
+beside a dose column) may give one per row. In a semicolon-separated file (European Excel) ``1,5``
+is 1.5 (and ``1.000``, which could be European Excel's thousands-formatted 1000, is a problem); in
+a tab-separated one too, unless three digits follow the comma (``1,500``: a thousands separator?),
+which is a problem, as is any comma in a number of a comma-separated file. A column that looks
+like a dose but cannot be understood (an unknown unit such as ``mg/mL``, extra words such as
+``Dose group``, text values) is a problem naming the column and the value: a dose column is never
+silently dropped. Beside one dose column, a column with extra words (``LPS conc (ng/mL)``: the
+stimulus's concentration) is not the dose and is named in a warning.
 
-Rows. Rows whose every cell is blank (Excel's trailing rows, spacer rows) are skipped wherever they
-are; a row with a well and nothing else is kept (and then needs a role). Problems name the line
-(CSV) or the sheet row (Excel) as a spreadsheet shows it.
+``-``, ``NA``, ``N/A``, ``none`` (``_NO_VALUE``) in a dose, compound or class cell mean blank.
+A map without a well column but with ``Row`` (``B`` or ``2``) and ``Column`` columns has its wells
+made of them.
+
+Rows. The header is the first row that names a well column (title and comment rows above it are
+skipped), else the first non-blank row. Rows whose every cell is blank (Excel's trailing rows,
+spacer rows) and comment rows (first cell ``# ...``) are skipped wherever they are; a row with a
+well and nothing else is kept (and then needs a role). Problems name the line (CSV) or the sheet
+row (Excel) as a spreadsheet shows it.
 
 Excel. The sheet read is the first one named like a plate map (``Plate map``, ``platemap``,
-``Plate layout``, ``Layout``, ``Map``; case, spaces, ``_`` and ``-`` ignored), else the workbook's
-first sheet; its first non-blank row is the header. Cells are read as values (a formula's last
-computed value, as Excel saved it). Old binary ``.xls`` files are refused: save as ``.xlsx`` or CSV.
+``Plate layout``, ``Layout``, ``Map``; case, spaces, ``_`` and ``-`` ignored), else the first whose
+rows name a well column, else the workbook's first sheet (a warning names other sheets that hold a
+map too). Cells are read as values (a formula's last computed value, as Excel saved it; formulas
+never computed, a sheet where no formula has a saved value, are a problem); a merged range gives
+its value to every cell it covers. Old binary ``.xls`` files are refused: save as ``.xlsx`` or CSV.
 
 A blank or absent role is derived from the class label when there is one: class 0 -> control,
 class 5 -> disease, other classes -> treatment (training plates carry class labels only).
@@ -46,13 +59,12 @@ import logging
 import math
 import re
 import zipfile
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -67,13 +79,16 @@ from neurorg_core.wells import format_well, parse_well
 log = logging.getLogger(__name__)
 
 COLUMN_ALIASES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (WELL, ("metadata_well", "well", "wells", "well_name", "wellname", "well_id", "metadata_wellname")),
+    (WELL, ("metadata_well", "well", "wells", "well_name", "wellname", "well_id", "metadata_wellname",
+            "well_position")),
     (PLATE, ("metadata_plate", "plate", "plate_id", "plate_name", "barcode", "metadata_barcode")),
-    (COMPOUND, ("metadata_compound", "compound", "compound_name", "metadata_compound_name", "drug")),
-    (ROLE, ("metadata_role", "role", "well_role", "metadata_control_type", "control_type")),
+    (COMPOUND, ("metadata_compound", "compound", "compound_name", "metadata_compound_name", "drug",
+                "drug_name")),
+    (ROLE, ("metadata_role", "role", "well_role", "metadata_control_type", "control_type", "well_type")),
     (CLASS, ("metadata_class", "class", "class_label", "label", "metadata_label")),
 )
-"""Schema column -> accepted input spellings (compared after strip + lower-case). Dose columns are
+"""Schema column -> accepted input spellings (compared as ``_column_key`` writes a name: lower case,
+runs of spaces, ``-`` and ``.`` as one ``_``, so ``Well Name`` is ``well_name``). Dose columns are
 recognised by name and unit instead (see the module docstring and ``DOSE_UNITS_UM``)."""
 
 DOSE_UNITS_UM: Mapping[str, float] = MappingProxyType({
@@ -82,6 +97,14 @@ DOSE_UNITS_UM: Mapping[str, float] = MappingProxyType({
     "picomolar": 1e-6, "nanomolar": 1e-3, "micromolar": 1.0, "millimolar": 1e3, "molar": 1e6,
 })
 """Concentration unit (lower case, µ/μ written u, no spaces) -> µM per unit."""
+
+ROLE_ALIASES: Mapping[str, str] = MappingProxyType({
+    "ctrl": "control", "ctl": "control", "controls": "control",
+    "treated": "treatment", "compound": "treatment", "cmpd": "treatment", "test": "treatment",
+})
+"""Role spellings (lower case) that can mean one role only. Words that could mean either control or
+disease in this assay (``DMSO``, ``vehicle``, ``untreated``, ``LPS``, ``blank``, ``negative control``)
+are problems whose message says what each role means."""
 
 OUTPUT_COLUMNS = PLATE_MAP_COLUMNS
 """What ``load_plate_map`` returns (``schema.PLATE_MAP_COLUMNS``)."""
@@ -97,6 +120,14 @@ _UNIT_WORDS = frozenset({"unit", "units"})
 _UNIT_COLUMN = "__dose_unit"
 _CELL_WITH_UNIT = re.compile(r"^([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*(\D.*)$")
 _UNITS_SHOWN = "pM, nM, µM (uM), mM, M, or their mol/L forms"
+_NO_VALUE = frozenset({"-", "--", "\u2013", "\u2014", "na", "n/a", "n.a.", "nan", "none", "null"})
+"""What labs (and R / pandas exports) write for "no dose", "no compound" (compared in lower case)."""
+_POINT_THOUSANDS = re.compile(r"^[-+]?[1-9]\d{0,2}(?:\.\d{3})+(?:\s*[^\d.,\s].*)?$")
+_COMMA_NUMBER = re.compile(r"^([-+]?\d+),(\d+)(\s*[^\d.,\s].*)?$")
+DecimalComma = Literal["no", "yes", "unless_thousands"]
+"""How a file's dose cells treat ``1,5``: an error (comma-separated files: ambiguous), a decimal
+comma (semicolon-separated: European Excel), or a decimal comma unless three digits follow it
+(tab-separated: ``1,500`` could be either)."""
 
 
 def _listed(items: list[str]) -> str:
@@ -119,10 +150,11 @@ def unit_to_um(unit: str) -> float | None:
 class _DoseHeader:
     """What a column name says about doses."""
 
-    kind: str                  # "dose" | "unit" (a per-row unit column) | "bad"
+    kind: str                  # "dose" | "unit" (a per-row unit column) | "bad" | "other" (words
+                               # beyond a dose: another concentration, e.g. "LPS conc", or not a dose)
     factor: float | None = None  # µM per unit named in the header; None: no unit named
     unit: str = ""             # the unit as written in the header
-    problem: str = ""          # for kind "bad": why it cannot be understood
+    problem: str = ""          # for kinds "bad" and "other": why it cannot be understood
 
 
 def _dose_header(name: object) -> _DoseHeader | None:
@@ -145,7 +177,7 @@ def _dose_header(name: object) -> _DoseHeader | None:
         unit = tokens.pop()
     rest = [t for t in tokens if t not in _DOSE_WORDS | _DOSE_QUALIFIERS]
     if rest:
-        return _DoseHeader("bad", problem=(
+        return _DoseHeader("other", problem=(
             f"column {text!r} looks like a dose (it says {said[0]!r}) but {' '.join(rest)!r} is not a "
             f"concentration unit; name the unit as in 'Dose (uM)', 'dose_nM' or 'Concentration [mM]' "
             f"({_UNITS_SHOWN}), or rename the column if it is not a dose"))
@@ -172,17 +204,25 @@ def _dose_columns(columns: Iterable[object]) -> tuple[_DoseSpec | None, list[str
     """Find the dose column (and unit column) among ``columns``; problems for the rest."""
     problems: list[str] = []
     doses: list[tuple[str, _DoseHeader]] = []
+    others: list[tuple[str, _DoseHeader]] = []
     units: list[str] = []
     for col in columns:
         header = _dose_header(col)
         if header is None:
             continue
-        if header.kind == "bad":
-            problems.append(header.problem)
+        if header.kind in ("bad", "other"):
+            others.append((str(col), header))
         elif header.kind == "unit":
             units.append(str(col))
         else:
             doses.append((str(col), header))
+    for col, header in others:
+        if header.kind == "other" and len(doses) == 1:   # "LPS conc" beside "Compound conc (uM)"
+            log.warning("plate map: column %r is not read (not the dose: that is column %r)", col, doses[0][0])
+        else:
+            problems.append(header.problem)
+    if doses and not units:   # a plain "Unit" column beside a dose column is its unit
+        units = [str(c) for c in columns if _column_key(c) in ("unit", "units", "metadata_unit")]
     if len(doses) > 1:
         problems.append(f"columns {doses[0][0]!r} and {doses[1][0]!r} both mean {DOSE}; keep one")
     if len(units) > 1:
@@ -214,15 +254,44 @@ def _parse_dose(text: str) -> tuple[float, float | None] | None:
     return None
 
 
+def _to_um(value: float, factor: float | None) -> float:
+    """``value`` in a unit of ``factor`` µM (a power of ten; None: µM) -> µM, as the number the same
+    dose written in µM reads as (700 nM -> 0.7, not 700 * 0.001 = 0.7000000000000001): treatments
+    are grouped by dose, so one dose written in two units must be one number."""
+    if factor is None or factor == 1.0:
+        return value
+    return float(f"{value!r}e{round(math.log10(factor))}")
+
+
+def _decimal_point(text: str, decimal_comma: DecimalComma) -> str | None:
+    """A dose cell with a decimal comma (``1,5``, ``2,5 nM``) written with a point, when the file's
+    separator makes the comma a decimal comma; the cell unchanged when it has no such comma; None
+    when the comma (or, where commas are decimal, a point: ``1.000``) could as well be a
+    thousands separator."""
+    if decimal_comma == "yes" and _POINT_THOUSANDS.match(text):
+        return None   # 1.000: 1, or European Excel's thousands-formatted 1000?
+    m = _COMMA_NUMBER.match(text)
+    if m is None:
+        return text
+    if decimal_comma == "yes" or (decimal_comma == "unless_thousands" and len(m.group(2)) != 3):
+        return f"{m.group(1)}.{m.group(2)}{m.group(3) or ''}"
+    return None
+
+
 def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
-           line: list[int]) -> tuple[np.ndarray, list[str]]:
+           line: list[int], decimal_comma: DecimalComma = "no") -> tuple[np.ndarray, list[str]]:
     """Dose cells -> µM (NaN for blank) and the problems, naming the column, line and value."""
     out = np.full(len(raw), np.nan)
-    bad, neg, no_unit, bad_unit, assumed = [], [], [], [], 0
+    bad, neg, no_unit, bad_unit, comma, assumed, decimal = [], [], [], [], [], 0, 0
     for i, (ln, text) in enumerate(zip(line, raw)):
-        if text == "":
+        if text == "" or text.lower() in _NO_VALUE:
             continue
-        parsed = _parse_dose(text)
+        number = _decimal_point(text, decimal_comma)
+        if number is None:
+            comma.append(f"line {ln}: {text!r}")
+            continue
+        decimal += number != text
+        parsed = _parse_dose(number)
         if parsed is None or not math.isfinite(parsed[0]):
             bad.append(f"line {ln}: {text!r}")
             continue
@@ -238,7 +307,7 @@ def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
                 continue
         if factor is None and spec.factor is None:
             assumed += 1
-        value *= factor if factor is not None else (spec.factor if spec.factor is not None else 1.0)
+        value = _to_um(value, factor if factor is not None else spec.factor)
         if value < 0:
             neg.append(f"line {ln}: {text}")
         out[i] = value
@@ -246,10 +315,17 @@ def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
     if assumed:
         log.warning("plate map: column %r names no unit; its doses are taken as µM (%d value(s); name "
                     "the unit to be explicit, e.g. 'Dose (nM)')", col, assumed)
+    if decimal:
+        log.info("plate map: column %r: %d dose(s) with a decimal comma (1,5 = 1.5)", col, decimal)
     problems = []
     if bad:
         problems.append(f"column {col!r}: non-numeric dose(s) (expected a number, e.g. 0.5, or a "
                         f"number with its unit, e.g. '500 nM', or blank): {_listed(bad)}")
+    if comma:
+        problems.append(f"column {col!r}: is the comma or point in these doses a decimal mark or a "
+                        "thousands separator? write the number without thousands separators, e.g. 1.5 "
+                        "or 1500 (in a semicolon-separated file, as European Excel writes, 1,5 is 1.5): "
+                        f"{_listed(comma)}")
     if neg:
         problems.append(f"column {col!r}: negative dose(s): {_listed(neg)}")
     if no_unit:
@@ -263,6 +339,11 @@ def _doses(raw: list[str], units: list[str] | None, spec: _DoseSpec,
 
 # --- columns and rows -----------------------------------------------------------------------
 
+def _column_key(name: object) -> str:
+    """A column name as ``COLUMN_ALIASES`` spells it: ``" Well Name "`` -> ``"well_name"``."""
+    return re.sub(r"[\s\-.]+", "_", str(name).strip().lower()).strip("_")
+
+
 def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]]:
     """Map input spellings to schema names; the dose column; problems for a missing well column,
     ambiguous or dose-like columns that cannot be understood. Of two columns meaning the same, the
@@ -273,7 +354,7 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
     spec, dose_problems = _dose_columns(df.columns)
     second: list[int] = []
     for i, col in enumerate(df.columns):
-        target = lookup.get(str(col).strip().lower())
+        target = lookup.get(_column_key(col))
         if target is None:
             continue
         clash = [c for c, t in mapping.items() if t == target]
@@ -288,13 +369,51 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
         if spec.unit_column is not None:
             mapping[next(c for c in df.columns if str(c) == spec.unit_column)] = _UNIT_COLUMN
     if WELL not in mapping.values():
+        numbered = [str(c).strip() for c in df.columns if str(c).strip().isdigit()]
+        grid = len(numbered) >= 3 and numbered == [str(i) for i in range(1, len(numbered) + 1)]
         problems.append(
-            f"no well column; expected {WELL} (or well / Well); columns found: "
+            f"no well column; expected {WELL} (or well / Well, or Row and Column); columns found: "
             f"{', '.join(map(str, df.columns)) or 'none'}"
+            + ("; this looks like a plate-shaped grid (rows A, B, ... by columns 1, 2, ...), which "
+               "is not read: write one row per well, with columns Well, Compound, Dose (uM), Role"
+               if grid else "")
         )
+    unused = [str(c) for i, c in enumerate(df.columns)
+              if c not in mapping and i not in second and not str(c).startswith("column ")
+              and c not in OUTPUT_COLUMNS   # Metadata_Row / _Col of a map loaded before
+              and _dose_header(c) is None]   # a dose-like column not used is a problem already
+    if unused:
+        log.warning("plate map: column(s) not used: %s (the columns read are well, plate, compound, "
+                    "dose, dose unit, role and class, by name; rename a column to be read)",
+                    ", ".join(map(repr, unused)))
     if second:
         df = df.iloc[:, [i for i in range(len(df.columns)) if i not in second]]
     return df.rename(columns=mapping), spec, problems
+
+
+_ROW_COLUMNS = ("row", "well_row", "metadata_row")
+_COL_COLUMNS = ("column", "col", "well_column", "well_col", "metadata_col", "metadata_column")
+
+
+def _well_from_row_col(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """A table with a row and a column column but no well column (``Row`` ``B``/``2``, ``Column``
+    ``3``: instrument exports) -> the table with a well column made of them in their place, and
+    a note for the problems of its wells; the table unchanged otherwise."""
+    keys = {_column_key(c): c for c in df.columns}
+    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
+    row = next((keys[k] for k in _ROW_COLUMNS if k in keys), None)
+    col = next((keys[k] for k in _COL_COLUMNS if k in keys), None)
+    if row is None or col is None or any(k in wells for k in keys):
+        return df, ""
+
+    def well(r: str, c: str) -> str:
+        return "" if not (r or c) else f"r{r}c{c}" if r.isdigit() else f"{r}{c}"
+
+    made = [well(r, c) for r, c in zip(_text(df[row]), _text(df[col]))]
+    log.info("plate map: wells made of columns %r and %r", row, col)
+    out = df.drop(columns=[row, col])
+    out.insert(0, WELL, np.array(made, object))
+    return out, f"made of columns {row!r} and {col!r}"
 
 
 def _text(series: pd.Series) -> list[str]:
@@ -316,11 +435,14 @@ def _drop_blank_rows(df: pd.DataFrame, line: list[int]) -> tuple[pd.DataFrame, l
     return df[filled].reset_index(drop=True), [ln for ln, keep in zip(line, filled) if keep]
 
 
-def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.DataFrame, list[str]]:
+def _normalize(df: pd.DataFrame, line: list[int] | None = None,
+               decimal_comma: DecimalComma = "no") -> tuple[pd.DataFrame, list[str]]:
     """Raw table -> schema table plus every content problem (rows named as in a spreadsheet:
-    ``line`` gives each row's line; default header on line 1, rows from line 2)."""
+    ``line`` gives each row's line; default header on line 1, rows from line 2; ``decimal_comma``:
+    how the file's separator reads ``1,5``)."""
     line = list(line) if line is not None else [i + 2 for i in range(len(df))]
     df, line = _drop_blank_rows(df, line)
+    df, made_of = _well_from_row_col(df)
     df, spec, problems = _rename(df)
     if WELL not in df.columns:
         return df, problems
@@ -328,21 +450,26 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
     plates = _text(df[PLATE]) if PLATE in df.columns else [""] * n
 
     parsed: list[tuple[int, int] | None] = []
-    bad_wells = []
+    bad_wells, numbered = [], False
     for ln, text in zip(line, _text(df[WELL])):
         try:
             parsed.append(parse_well(text))
         except NeuroRGError:
             parsed.append(None)
             bad_wells.append(f"line {ln}: {text!r}")
+            numbered = numbered or text.isdigit()
     if bad_wells:
-        problems.append(f"unknown well name(s) (expected e.g. A01, A1, r01c01): {_listed(bad_wells)}")
+        why = ("; wells numbered 1, 2, ... are not read: whether they count by row or by column, and "
+               "on which plate size, is not written in the file") if numbered else ""
+        problems.append(f"unknown well name(s){' ' + made_of if made_of else ''} (expected e.g. A01, A1, "
+                        f"r01c01): {_listed(bad_wells)}{why}")
     wells = [format_well(*rc) if rc else "" for rc in parsed]
-    compounds = _text(df[COMPOUND]) if COMPOUND in df.columns else [""] * n
+    compounds = ([c if c.lower() not in _NO_VALUE else "" for c in _text(df[COMPOUND])]
+                 if COMPOUND in df.columns else [""] * n)
 
     if spec is not None and DOSE in df.columns:
         units = _text(df[_UNIT_COLUMN]) if _UNIT_COLUMN in df.columns else None
-        dose, dose_problems = _doses(_text(df[DOSE]), units, spec, line)
+        dose, dose_problems = _doses(_text(df[DOSE]), units, spec, line, decimal_comma)
         problems += dose_problems
     else:
         dose = np.full(n, np.nan)
@@ -351,7 +478,7 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
     if CLASS in df.columns:
         bad = []
         for i, (ln, v) in enumerate(zip(line, _text(df[CLASS]))):
-            if v == "":
+            if v == "" or v.lower() in _NO_VALUE:
                 continue
             try:
                 num = float(v)
@@ -364,9 +491,11 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
         if bad:
             problems.append(f"class label(s) outside 0-{N_CLASSES - 1}: {_listed(bad)}")
 
-    raw_roles = [r.lower() for r in _text(df[ROLE])] if ROLE in df.columns else [""] * n
+    typed_roles = _text(df[ROLE]) if ROLE in df.columns else [""] * n
     roles, bad_roles, blank = [], [], []
-    for i, (ln, role) in enumerate(zip(line, raw_roles)):
+    for i, (ln, typed) in enumerate(zip(line, typed_roles)):
+        role = " ".join(typed.lower().split())
+        role = ROLE_ALIASES.get(role, role)
         if role == "":
             cls = classes[i]
             if cls is not pd.NA:
@@ -377,20 +506,28 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
             else:
                 blank.append(f"line {ln}")
         elif role not in ROLES:
-            bad_roles.append(f"line {ln}: {role!r}")
+            bad_roles.append(f"line {ln}: {typed!r}")
         roles.append(role)
     if bad_roles:
-        problems.append(f"unknown role(s) (allowed: {', '.join(ROLES)}): {_listed(bad_roles)}")
+        problems.append(f"unknown role(s) (allowed: {', '.join(ROLES)}: control = unstimulated cells, "
+                        "the 100 % rescue reference; disease = stimulated cells without compound, 0 %; "
+                        "treatment = stimulated cells with a compound; empty = no cells, not in the "
+                        "statistics; a vehicle or DMSO well is control or disease by its stimulus): "
+                        f"{_listed(bad_roles)}")
+    contradict = [f"line {ln}: {role}, class {cls}" for ln, role, cls in zip(line, roles, classes)
+                  if cls is not pd.NA and ((role == "control") != (cls == CONTROL_CLASS))
+                  and role in ("control", "disease")]
+    if contradict:
+        problems.append(f"role and class label disagree (control wells are class {CONTROL_CLASS}, "
+                        f"unstimulated; disease wells are stimulated, not class {CONTROL_CLASS}): "
+                        f"{_listed(contradict)}")
     if blank:
         problems.append(
             f"no role, class or compound, so the role is unknown (allowed: {', '.join(ROLES)}): "
             f"{_listed(blank)}"
         )
 
-    seen = Counter((p, w) for p, w in zip(plates, wells) if w)
-    dups = sorted({w for (_, w), k in seen.items() if k > 1})
-    if dups:
-        problems.append(f"duplicate well(s): {_listed(dups)}")
+    problems += _plate_and_well_problems(line, plates, wells)
     # object arrays, as pandas' own text columns were: the same column types for an empty map too
     out = pd.DataFrame({
         PLATE: np.array(plates, object), WELL: np.array(wells, object),
@@ -402,14 +539,80 @@ def _normalize(df: pd.DataFrame, line: list[int] | None = None) -> tuple[pd.Data
     return out[list(OUTPUT_COLUMNS)], problems
 
 
+def _plate_and_well_problems(line: list[int], plates: list[str], wells: list[str]) -> list[str]:
+    """Rows without a plate in a map naming several, plate names that differ only in case or
+    spaces, and duplicate wells (per plate, with their lines)."""
+    problems = []
+    if len(set(plates) - {""}) > 1 and "" in plates:
+        problems.append("no plate on rows of a map that names several plates (write the plate on every "
+                        f"row): {_listed([f'line {ln}' for ln, p in zip(line, plates) if not p])}")
+    spellings: dict[str, set[str]] = {}
+    for p in plates:
+        if p:
+            spellings.setdefault(_plate_key(p), set()).add(p)
+    clashes = [" / ".join(map(repr, sorted(names))) for names in spellings.values() if len(names) > 1]
+    if clashes:
+        problems.append(f"plate names that differ only in case, separators or leading zeros (write each "
+                        "plate one way): "
+                        f"{_listed(clashes)}")
+    where: dict[tuple[str, str], list[int]] = {}
+    for ln, p, w in zip(line, plates, wells):
+        if w:
+            where.setdefault((p, w), []).append(ln)
+    dups = [f"{p + ' ' if p else ''}{w} (lines {', '.join(map(str, lns))})"
+            for (p, w), lns in sorted(where.items()) if len(lns) > 1]
+    if dups:
+        problems.append(f"duplicate well(s): {_listed(dups)}")
+    return problems
+
+
 # --- reading files --------------------------------------------------------------------------
 
+_EXCEL_ERROR = re.compile(r"#(N/A|REF!|VALUE!|DIV/0!|NAME\?|NUM!|NULL!|SPILL!|CALC!)", re.IGNORECASE)
+
+
+def _is_comment(row: list[str]) -> bool:
+    """A row whose first non-blank cell starts with ``#`` (but is not an Excel error value such as
+    ``#N/A``, which is a problem of its row)."""
+    first = next((c.strip() for c in row if c.strip()), "")
+    return first.startswith("#") and not _EXCEL_ERROR.fullmatch(first)
+
+
+_TITLE_ROWS = 20
+"""How many non-blank rows may stand above the header (a title block, not a page of notes)."""
+
+
+def _names_wells(row: list[str]) -> bool:
+    """Whether a row names a well column, or a row and a column column (``_well_from_row_col``)."""
+    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
+    keys = {_column_key(c) for c in row}
+    return bool(keys & wells) or bool(keys & set(_ROW_COLUMNS) and keys & set(_COL_COLUMNS))
+
+
+def _header_index(rows: list[list[str]]) -> int | None:
+    """The header row: the first of the first ``_TITLE_ROWS`` non-blank rows that names a well
+    column (title and comment rows above it are skipped), else the first non-blank row (whose
+    columns the "no well column" problem lists)."""
+    filled = [i for i, r in enumerate(rows) if any(c.strip() for c in r) and not _is_comment(r)]
+    named = next((i for i in filled[:_TITLE_ROWS] if _names_wells(rows[i])), None)
+    return named if named is not None else (filled[0] if filled else None)
+
+
 def _table(rows: list[list[str]], lines: list[int], path: Path) -> tuple[pd.DataFrame, list[int]]:
-    """Header (first non-blank row) + data rows -> a table of text, with each row's line."""
-    start = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), None)
+    """Header (``_header_index``) + data rows -> a table of text, with each row's line. Comment
+    rows (``#`` ...) are skipped wherever they are, and said."""
+    start = _header_index(rows)
     if start is None:
         raise PlateMapError(["the plate map is empty; expected a header line and one row per well"],
                             path=path)
+    if any(c.strip() for r in rows[:start] for c in r):
+        log.info("plate map %s: header on line %d (the lines above it skipped)", path.name, lines[start])
+    comments = [i for i in range(start + 1, len(rows)) if _is_comment(rows[i])]
+    if comments:
+        log.info("plate map %s: comment line(s) skipped: %s", path.name,
+                 _listed([f"line {lines[i]}" for i in comments]))
+        keep = [i for i in range(len(rows)) if i not in set(comments)]
+        rows, lines = [rows[i] for i in keep], [lines[i] for i in keep]
     header = [c.strip() for c in rows[start]]
     while header and header[-1] == "" and all(len(r) < len(header) or not r[len(header) - 1].strip()
                                               for r in rows[start + 1:]):
@@ -428,12 +631,52 @@ def _table(rows: list[list[str]], lines: list[int], path: Path) -> tuple[pd.Data
     return pd.DataFrame(data, columns=names, dtype=object), data_lines
 
 
-def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
-    """A CSV / TSV / semicolon-separated plate map as text cells, with each row's line number."""
+def _looks_like_text(text: str) -> bool:
+    """No control characters but tab and line ends, and a header line mostly ASCII (column names
+    are): what bytes decoded by a guessed encoding must look like to be taken as a plate map."""
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text):
+        return False
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    return sum(c.isascii() for c in first) >= len(first) / 2
+
+
+def _decode(path: Path) -> str:
+    """A text plate map's characters: UTF-8 (with or without a byte-order mark), UTF-16 with its
+    byte-order mark (Excel's "Unicode Text"), else Windows-1252 (Excel's "CSV" on Windows, where µ
+    is one byte), which a warning names."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlateMapError([f"cannot read the plate map as UTF-8 text ({exc})"], path=path) from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PlateMapError([f"cannot read the plate map ({exc.strerror})"], path=path) from exc
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = raw.decode("utf-16")
+        except UnicodeDecodeError:
+            text = ""
+        if text and _looks_like_text(text):
+            return text
+        raise PlateMapError(["cannot read the plate map: it starts like UTF-16 text but is not; expected "
+                             "a CSV or TSV file (UTF-8, UTF-16 or Windows-1252) or .xlsx"], path=path)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        utf8_problem = str(exc)
+    try:
+        text = raw.decode("cp1252")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or not _looks_like_text(text):
+        raise PlateMapError([f"cannot read the plate map as UTF-8 text ({utf8_problem}), nor as "
+                             "Windows-1252; expected a CSV or TSV file or .xlsx"], path=path)
+    log.warning("plate map %s is not UTF-8; read as Windows-1252 (Excel's CSV on Windows). If names "
+                "look wrong, save it as 'CSV UTF-8'", path.name)
+    return text
+
+
+def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int], DecimalComma]:
+    """A CSV / TSV / semicolon-separated plate map as text cells, with each row's line number and
+    how its separator reads a decimal comma."""
+    text = _decode(path)
     if not text.strip():
         raise PlateMapError(["the plate map is empty; expected a header line and one row per well"],
                             path=path)
@@ -443,7 +686,8 @@ def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
     except csv.Error:
         first = sample.strip().splitlines()[0]
         delimiter = "\t" if "\t" in first else ";" if ";" in first else ","
-    reader = csv.reader(StringIO(text), delimiter=delimiter, skipinitialspace=True, strict=True)
+    # newline=None: lines may end in \r\n, \n or \r alone (Excel's "CSV (Macintosh)")
+    reader = csv.reader(StringIO(text, newline=None), delimiter=delimiter, skipinitialspace=True, strict=True)
     rows, lines = [], []
     try:
         for row in reader:
@@ -451,7 +695,8 @@ def _read_text_table(path: Path) -> tuple[pd.DataFrame, list[int]]:
             lines.append(reader.line_num)
     except csv.Error as exc:
         raise PlateMapError([f"malformed plate map (line {reader.line_num}: {exc})"], path=path) from exc
-    return _table(rows, lines, path)
+    decimal_comma: DecimalComma = {";": "yes", "\t": "unless_thousands"}.get(delimiter, "no")
+    return (*_table(rows, lines, path), decimal_comma)
 
 
 def _cell_text(value: object) -> str:
@@ -462,16 +707,64 @@ def _cell_text(value: object) -> str:
         return str(value).upper()
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, dt.datetime) and value.time() == dt.time():
+        return value.date().isoformat()   # a date cell (Excel stores dates as date-times)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     return str(value)
 
 
-def _pick_sheet(names: list[str]) -> str:
+def _pick_sheet(sheets: dict[str, list[list[str]]], path: Path) -> str:
+    """The sheet named like a plate map, else the first whose rows name a well column, else the
+    first sheet; the choice is logged, as a warning when another sheet holds a map too."""
     def key(name: str) -> str:
         return re.sub(r"[\s_\-]+", "", name).lower()
+    names = list(sheets)
+    maps = [n for n in names if any(_names_wells(r) for r in sheets[n])]
     preferred = [n for n in names if key(n) in PLATE_MAP_SHEET_NAMES]
-    return preferred[0] if preferred else names[0]
+    sheet = (preferred or maps or names)[0]
+    others = [n for n in maps if n != sheet]
+    if others:
+        log.warning("plate map %s: reading sheet %r; sheet(s) %s hold a plate map too and are not read "
+                    "(one plate map per workbook, or one sheet with a plate column)", path.name, sheet,
+                    ", ".join(map(repr, others)))
+    elif len(names) > 1:
+        log.info("plate map %s: reading sheet %r (of %s)", path.name, sheet, ", ".join(names))
+    return sheet
+
+
+def _sheet_rows(sheet: Any) -> list[list[str]]:
+    """A worksheet's cells as text; a merged range gives its value to every cell it covers."""
+    values = [list(row) for row in sheet.iter_rows(values_only=True)]
+    for merged in sheet.merged_cells.ranges:
+        top = values[merged.min_row - 1][merged.min_col - 1]
+        for r in range(merged.min_row - 1, min(merged.max_row, len(values))):
+            for c in range(merged.min_col - 1, min(merged.max_col, len(values[r]))):
+                values[r][c] = top
+    return [[_cell_text(v) for v in row] for row in values]
+
+
+def _unsaved_formulas(path: Path, sheet: str, rows: list[list[str]]) -> list[str]:
+    """The formula cells of ``sheet`` when none of them has a saved value (a workbook written by a
+    program that does not compute formulas, e.g. openpyxl or pandas: ``data_only`` reads them
+    blank); [] when any has one (Excel computed the sheet: a blank one computed to "")."""
+    import openpyxl
+    from openpyxl.utils import get_column_letter
+
+    book = openpyxl.load_workbook(path, read_only=True, data_only=False)
+    try:
+        found = []
+        for r, row in enumerate(book[sheet].iter_rows(values_only=True)):
+            for c, value in enumerate(row):
+                text = value if isinstance(value, str) else getattr(value, "text", None)
+                if not (isinstance(text, str) and text.startswith("=")):
+                    continue
+                if r < len(rows) and c < len(rows[r]) and rows[r][c] != "":
+                    return []
+                found.append(f"{get_column_letter(c + 1)}{r + 1}: {text}")
+        return found
+    finally:
+        book.close()
 
 
 def _read_excel(path: Path) -> tuple[pd.DataFrame, list[int]]:
@@ -480,28 +773,29 @@ def _read_excel(path: Path) -> tuple[pd.DataFrame, list[int]]:
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        # not read_only: merged cells are known only to a full worksheet (plate maps are small)
+        book = openpyxl.load_workbook(path, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError, TypeError) as exc:
         raise PlateMapError([f"cannot read the Excel workbook ({exc}); expected an .xlsx file, or "
                              "save the plate map as CSV"], path=path) from exc
     try:
-        names = list(book.sheetnames)
-        if not names:
+        if not book.sheetnames:
             raise PlateMapError(["the workbook has no sheet"], path=path)
-        sheet = _pick_sheet(names)
-        if len(names) > 1:
-            log.info("plate map %s: reading sheet %r (of %s)", path.name, sheet, ", ".join(names))
-        rows, lines = [], []
-        for number, row in enumerate(book[sheet].iter_rows(values_only=True), start=1):
-            rows.append([_cell_text(v) for v in row])
-            lines.append(number)
+        sheets = {name: _sheet_rows(book[name]) for name in book.sheetnames}
     finally:
         book.close()
-    table, data_lines = _table(rows, lines, path)
+    sheet = _pick_sheet(sheets, path)
+    rows = sheets[sheet]
+    unsaved = _unsaved_formulas(path, sheet, rows)
+    if unsaved:
+        raise PlateMapError([f"sheet {sheet!r}: formula(s) without a saved value (the workbook was "
+                             "written by a program that does not compute formulas); open and save "
+                             f"it in Excel, or write the values: {_listed(unsaved)}"], path=path)
+    table, data_lines = _table(rows, list(range(1, len(rows) + 1)), path)
     return table, data_lines
 
 
-def _read_any(path: Path) -> tuple[pd.DataFrame, list[int]]:
+def _read_any(path: Path) -> tuple[pd.DataFrame, list[int], DecimalComma]:
     suffix = path.suffix.lower()
     if suffix == ".xls":
         raise PlateMapError(["old binary .xls workbooks are not read; save the plate map as .xlsx "
@@ -512,7 +806,7 @@ def _read_any(path: Path) -> tuple[pd.DataFrame, list[int]]:
     except OSError as exc:
         raise PlateMapError([f"cannot read the plate map ({exc.strerror})"], path=path) from exc
     if suffix in EXCEL_SUFFIXES or is_zip:
-        return _read_excel(path)
+        return (*_read_excel(path), "no")   # Excel numbers are numbers; text "1,5" stays ambiguous
     return _read_text_table(path)
 
 
@@ -541,12 +835,14 @@ def load_plate_map(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise PlateMapError(["no such plate map file"], path=path)
-    table, lines = _read_any(path)
-    df, problems = _normalize(table, lines)
+    table, lines, decimal_comma = _read_any(path)
+    df, problems = _normalize(table, lines, decimal_comma)
     if problems:
         raise PlateMapError(problems, path=path)
     log.info("plate map %s: %d wells", path.name, len(df))
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["source"] = str(path)   # so that problems found later (plate_map_for) name the file
+    return df
 
 
 def check_plate_map(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | None = None) -> list[str]:
@@ -609,6 +905,13 @@ def _match_problems(table: pd.DataFrame, imaged_wells: Iterable[str], plate: str
     return problems
 
 
+def _plate_key(name: object) -> str:
+    """A plate name as compared with a folder's: case, the separators between words (spaces, ``_``,
+    ``-``) and leading zeros of numbers ignored (``Plate 01`` is ``plate_1``)."""
+    words = re.sub(r"[\s_\-]+", " ", str(name)).strip().casefold()
+    return re.sub(r"\d+", lambda m: str(int(m.group())), words)
+
+
 def map_plates(df: pd.DataFrame) -> list[str]:
     """The plate names a plate map describes (``Metadata_Plate``), sorted; [] when it names none."""
     if PLATE not in df.columns:
@@ -617,14 +920,26 @@ def map_plates(df: pd.DataFrame) -> list[str]:
 
 
 def select_plate(df: pd.DataFrame, *candidates: str | None) -> str | None:
-    """Which plate of a multi-plate map applies: the first candidate name the map holds (callers
-    give the name the run is stored under, then the images' folder name). ``None`` when the map
-    describes at most one plate (nothing to choose) or names none of the candidates (then
-    ``check_plate_map`` reports that the map holds several plates)."""
+    """Which plate of a multi-plate map applies: the first candidate name the map holds, compared
+    as written, else ignoring case, separators and leading zeros when that finds one plate only
+    (``plate 1`` finds ``Plate_01``; ``_plate_key``). Callers give the name the run is stored
+    under, then the images' folder name. ``None`` when the map describes at most one plate
+    (nothing to choose) or names none of the candidates (then ``check_plate_map`` reports that the
+    map holds several plates)."""
     plates = map_plates(df)
     if len(plates) <= 1:
         return None
-    return next((c for c in candidates if c is not None and c in plates), None)
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        if candidate in plates:
+            return candidate
+        same = [p for p in plates if _plate_key(p) == _plate_key(candidate)]
+        if len(same) == 1:
+            log.info("plate map: plate %r is the map's %r (case, separators and leading zeros ignored)",
+                     candidate, same[0])
+            return same[0]
+    return None
 
 
 def plate_rows(df: pd.DataFrame, plate: str) -> pd.DataFrame:
@@ -644,12 +959,13 @@ def plate_map_for(df: pd.DataFrame, imaged_wells: Iterable[str], plate: str | No
     Raises
     ------
     PlateMapError
-        Every problem ``check_plate_map`` finds.
+        Every problem ``check_plate_map`` finds, naming the file a ``load_plate_map`` table came
+        from (its ``attrs["source"]``).
     """
     wells = list(imaged_wells)
     table, problems = _checked(df, wells, plate)
     if problems:
-        raise PlateMapError(problems)
+        raise PlateMapError(problems, path=df.attrs.get("source"))
     if plate is not None:
         table = plate_rows(table, plate)
     imaged = {format_well(*parse_well(w)) for w in wells}

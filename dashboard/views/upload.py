@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import auth, components, flows, resources
 from neurorg_core.devices import BACKENDS
 from neurorg_core.errors import NeuroRGError, PlateMapError
-from neurorg_core.platemap import check_plate_map, load_plate_map, map_plates, plate_rows
+from neurorg_core.platemap import check_plate_map, load_plate_map, map_plates, plate_rows, select_plate
 from neurorg_core.pipeline import ScoreOptions
 from neurorg_core.schema import CHANNELS, READOUT_LABELS, READOUTS
 
@@ -131,8 +131,10 @@ except NeuroRGError as exc:
 plates_in_map = map_plates(plate_map)
 map_plate = None
 if len(plates_in_map) > 1:
+    # the images' own plate to begin with (folder name, case and spaces ignored), as the CLI picks it
+    own = select_plate(plate_map, plate.name)
     map_plate = st.selectbox("The map describes several plates: which one is this?", plates_in_map,
-                             key="map_plate")
+                             index=plates_in_map.index(own) if own is not None else 0, key="map_plate")
     plate_map = plate_rows(plate_map, map_plate)
 problems = check_plate_map(plate_map, plate.wells(), plate=map_plate)
 if problems:

@@ -116,3 +116,13 @@ def test_inspect_subprocess_no_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "neurorg_core", "inspect", str(zpath)],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and json.loads(run.stdout)["source"] == str(zpath)
+
+
+def test_inspect_picks_the_plate_of_a_multi_plate_map_as_score_does(tmp_path, capsys):
+    root = make_plate(tmp_path / "Plate_07")
+    pm = tmp_path / "map.csv"
+    pm.write_text("Plate,Well,Role\nplate_07,B02,control\nplate_07,B03,disease\n"
+                  "plate_08,B02,disease\nplate_08,B03,control\n")
+    assert cli.main(["inspect", str(root), "--plate-map", str(pm)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["plate_map_problems"] == [] and report["scoreable"] is True

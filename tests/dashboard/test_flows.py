@@ -186,8 +186,11 @@ def test_multi_plate_map_asks_which_plate(model_env: Path, tiny_plate: Path) -> 
     at.button(key="use_server_path").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.selectbox(key="map_plate").options == ["other plate", "plate_01"]
-    at.selectbox(key="map_plate").set_value("plate_01").run()
+    # the images' own plate is chosen to begin with (platemap.select_plate), not the first in the list
+    assert at.selectbox(key="map_plate").value == "plate_01"
     assert any("matches the images: 96 wells" in s.value for s in at.success)
+    at.selectbox(key="map_plate").set_value("other plate").run()
+    assert at.selectbox(key="map_plate").value == "other plate"   # the user's choice stands
 
 
 def test_corrupt_image_files_are_listed_before_scoring(model_env: Path, tiny_plate: Path) -> None:
