@@ -1,7 +1,10 @@
 """Plate maps: which compound, dose and role each well has (pycytominer ``Metadata_*`` columns).
 
-Size (~650 lines): most of it is recognising how labs spell columns, wells, roles and dose units
-(CSV, TSV, .xlsx) and reporting every problem of a file at once; it has one job.
+Size (~980 lines): most of it is recognising how labs write maps (encodings, separators and decimal
+commas, title rows, merged cells and formulas in .xlsx) and spell columns, wells, roles and dose
+units, and reporting every problem of a file at once; it has one job. The file reading (``# ---
+reading files``) finds the header by the same column names the normalising uses, so the two stay
+in one module.
 
 ``load_plate_map(path)`` reads a CSV or TSV (delimiter sniffed) or an Excel ``.xlsx`` workbook, maps
 common column spellings to the schema names and validates the content; every problem in the file is
