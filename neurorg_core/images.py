@@ -131,9 +131,22 @@ def image_header(path: Path) -> ImageHeader:
         return png_header(path)
     try:
         with tifffile.TiffFile(path) as tif:
-            return tiff_header(tif)
+            header, data_end, size = tiff_header(tif), _data_end(tif), tif.filehandle.size
     except DECODE_ERRORS as exc:
         raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
+    if data_end > size:
+        raise NeuroRGError(f"image is truncated: its header puts pixel data up to byte {data_end}, but the "
+                           f"file is {size} bytes long (an interrupted copy or upload?)", path=path)
+    return header
+
+
+def _data_end(tif: tifffile.TiffFile) -> int:
+    """Where the pixel data of the first and the last page ends, by the header (no pixels read):
+    a file cut short after its header keeps the offsets of the data it lost."""
+    pages = tif.pages
+    ends = [offset + count for page in (pages.first, pages[len(pages) - 1])
+            for offset, count in zip(page.dataoffsets, page.databytecounts) if count]
+    return max(ends, default=0)
 
 
 def header_of(path: Path, well: str) -> ImageHeader:
