@@ -665,9 +665,18 @@ def _fit_title(fits: pd.DataFrame, compound: str) -> str:
     row = fits[fits[COMPOUND] == compound]
     if row.empty or not bool(row[CONVERGED].iloc[0]):
         why = "" if row.empty else str(row[FIT_MESSAGE].iloc[0])
-        return f"{plot_text(compound)}<br><sub>no EC50: {plot_text(why[:40])}</sub>"
+        return f"{plot_text(compound)}<br><sub>no EC50: {plot_text(_shorten(why, 40))}</sub>"
     r = row.iloc[0]
     return f"{plot_text(compound)}<br><sub>EC50 {r[EC50]:.3g} uM [{r[EC50_CI_LOW]:.3g}, {r[EC50_CI_HIGH]:.3g}]</sub>"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` up to ``limit`` characters, cut between words and ended with "..." when longer
+    (the whole text is in the table beside the chart)."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
+    return cut.rstrip(" ,;:") + "..."
 
 
 def fit_table(fits: pd.DataFrame) -> pd.DataFrame:
