@@ -143,7 +143,7 @@ st.dataframe(plate_map, hide_index=True, height=200, key="platemap_table")
 
 # --- score ----------------------------------------------------------------------------------
 st.subheader("Score")
-name = st.text_input("Plate name", value=plate.name, key="plate_name")
+name = st.text_input("Plate name", value=flows.suggested_name(plate), key="plate_name")
 stored = name.strip() in components.stored_plates()
 if stored:
     st.info(f"Plate **{components.plain(name)}** is already in the result store. Open it as it is, or score again: "
