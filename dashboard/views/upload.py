@@ -155,9 +155,9 @@ with st.expander("Models: the installed bundles' cards, or add one by its path o
                               key="add_bundle_path")
     if st.button("Add this model", key="add_bundle"):
         try:
-            st.success(f"Added the model in {components.add_bundle(new_model)}.")
+            st.success(f"Added the model in {components.plain(components.add_bundle(new_model))}.")
         except NeuroRGError as exc:
-            st.error(f"That model cannot be used: {exc}")
+            st.error(f"That model cannot be used: {components.plain(exc)}")
     bundles = resources.installed_bundles(components.added_bundles())
     st.dataframe(components.bundle_table(bundles), hide_index=True, key="bundle_table")
 if not components.scoring_models(bundles):
