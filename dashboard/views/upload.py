@@ -13,6 +13,7 @@ from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.platemap import check_plate_map, load_plate_map, map_plates, plate_rows
 from neurorg_core.pipeline import ScoreOptions
 from neurorg_core.schema import CHANNELS, READOUT_LABELS, READOUTS
+from neurorg_core.stats import QC_ROLES, check_roles
 
 st.title("Upload & score")
 components.set_link("upload", None)
@@ -139,6 +140,11 @@ if problems:
     st.warning("Plate map vs images:\n" + "\n".join(f"- {components.plain(p)}" for p in problems))
 else:
     st.success(f"Plate map matches the images: {len(plate_map)} wells.")
+try:
+    check_roles(plate_map, QC_ROLES)
+except NeuroRGError as exc:
+    st.warning("The plate can be scored (P(control) per well), but plate QC, rescue % and hits need "
+               f"control and disease wells: {components.plain(exc)}.")
 st.dataframe(plate_map, hide_index=True, height=200, key="platemap_table")
 
 # --- score ----------------------------------------------------------------------------------
