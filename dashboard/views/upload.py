@@ -25,14 +25,29 @@ st.caption(
     "result appears here)."
 )
 
+
+def _forget_removed_upload(uploader: str) -> None:
+    """Files the user removed from an uploader are no longer used. (The uploaders also come back
+    empty after a visit to another page, without calling this: the files taken stay in use.)"""
+    if st.session_state.get("images_from") != "upload" or st.session_state.get(uploader):
+        return
+    if uploader == "upload_images":
+        st.session_state.pop("images_path", None)
+    else:
+        st.session_state["platemap_path"] = ""
+        st.session_state["platemap_upload"] = None
+
+
 upload_tab, server_tab = st.tabs(["Upload files", "Path on the server"])
 with upload_tab:
     image_files = st.file_uploader(
         "Plate images: one .zip, or the image files (.tif, .tiff, .png)", accept_multiple_files=True,
-        type=["zip", "tif", "tiff", "png", "npy", "csv"], key="upload_images",
+        type=["zip", "tif", "tiff", "png", "npy", "csv"], key="upload_images", on_change=_forget_removed_upload,
+        args=("upload_images",),
     )
     map_file = st.file_uploader("Plate map (CSV, TSV or Excel .xlsx)", type=["csv", "tsv", "txt", "xlsx"],
-                                key="upload_platemap")
+                                key="upload_platemap", on_change=_forget_removed_upload,
+                                args=("upload_platemap",))
     if st.button("Use these files", key="use_uploads", disabled=not image_files):
         try:
             folder = flows.save_uploads(

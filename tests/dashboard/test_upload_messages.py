@@ -49,3 +49,45 @@ def test_a_map_without_disease_wells_is_flagged_before_scoring(app_env: Path, ti
     at.text_input(key="server_platemap").set_value(str(tiny_plate / "platemap.csv"))
     at.button(key="use_server_path").click().run()
     assert not [w.value for w in at.warning if "disease" in w.value]
+
+
+def test_removing_the_uploaded_map_or_images_stops_using_them(app_env: Path, tiny_plate: Path) -> None:
+    """The map uploader showed no file after the user removed the map, while the page went on
+    checking (and would score) the plate against the removed map; the same for the images."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path in sorted(tiny_plate.glob("*.tif")):
+            zf.write(path, f"plate_01/{path.name}")
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["page"] = "upload"
+    at.run()
+    at.file_uploader(key="upload_images").set_value(("plate_01.zip", buf.getvalue(), "application/zip"))
+    at.file_uploader(key="upload_platemap").set_value(
+        ("platemap.csv", (tiny_plate / "platemap.csv").read_bytes(), "text/csv"))
+    at.run()
+    at.button(key="use_uploads").click().run()
+    assert any("matches the images" in s.value for s in at.success)
+
+    at.file_uploader(key="upload_platemap").set_value(None).run()
+    assert not at.exception
+    assert not any("matches the images" in s.value for s in at.success)
+    assert any("Add a plate map" in i.value for i in at.info), [i.value for i in at.info]
+
+    # After a visit to another page the uploaders come back empty; the images taken stay in use,
+    # also when a map is then added.
+    at.switch_page("views/overview.py").run()
+    at.switch_page("views/upload.py").run()
+    assert "Detected plate" in [h.value for h in at.subheader]
+    at.file_uploader(key="upload_platemap").set_value(
+        ("platemap.csv", (tiny_plate / "platemap.csv").read_bytes(), "text/csv")).run()
+    assert "Detected plate" in [h.value for h in at.subheader]
+    assert any("matches the images" in s.value for s in at.success)
+
+    at.file_uploader(key="upload_images").set_value(("plate_01.zip", buf.getvalue(), "application/zip")).run()
+    at.file_uploader(key="upload_images").set_value([]).run()
+    assert not at.exception
+    assert "Detected plate" not in [h.value for h in at.subheader]
+    assert any("Give the plate's images" in i.value for i in at.info)
