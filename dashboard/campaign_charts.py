@@ -24,7 +24,7 @@ def plate_qc_figure(plates: pd.DataFrame) -> go.Figure:
                              marker=dict(color="#333333", size=9)))
     fig.add_hline(y=0.5, line_dash="dot", line_color="#1b9e77", annotation_text="Z' 0.5")
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="plate (acquisition order)",
-                      yaxis=dict(title="Z'"), yaxis2=dict(title="SSMD", overlaying="y", side="right"),
+                      yaxis=dict(title="Z'"), yaxis2=dict(title="SSMD", overlaying="y", side="right", rangemode="tozero"),
                       legend=dict(orientation="h"))
     return fig
 

@@ -197,6 +197,43 @@ def _on_plate_change() -> None:
     st.query_params["plate"] = st.session_state["plate_select"]
 
 
+def plate_choice(names: list[str], key: str) -> str:
+    """A plate selectbox in a page's body (key ``key``) that starts on the plate chosen on the
+    other pages and, when changed, becomes that choice (``PLATE_KEY``)."""
+    if st.session_state.get(PLATE_KEY) in names:
+        st.session_state[key] = st.session_state[PLATE_KEY]
+    return st.selectbox("Plate", names, key=key, on_change=_remember_plate, args=(key,))
+
+
+def _remember_plate(key: str) -> None:
+    st.session_state[PLATE_KEY] = st.session_state[key]
+
+
+KEPT_CHOICES = (
+    # Upload & score: the plate being set up and how it is to be scored
+    "server_images", "server_platemap", *(f"role_{role}" for role in CHANNELS), "map_plate", "plate_name",
+    "model_path", "with_channels", "pixel_size", "bit_depth", "readout", "backend",
+    # Plate heatmap
+    "metric", "well", *(f"show_{role}" for role in CHANNELS),
+    # Library, Campaign
+    "export_table", "campaign_id", "campaign_export_table",
+)
+"""Widget keys whose values are the user's choices, kept while other pages are shown."""
+
+
+def keep_choices() -> None:
+    """Keep the user's choices (``KEPT_CHOICES``) while another page is shown.
+
+    Streamlit drops the value of every widget a run does not draw, i.e. each page's widgets as
+    soon as another page runs: channel roles corrected on Upload & score would silently be the
+    detected ones again after a look at the Overview. Writing a value back through the Session
+    State API makes it the user's, which Streamlit keeps (its documented way to keep widget
+    values across pages). Run at the top of every page."""
+    for key in KEPT_CHOICES:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 def forget(*keys: str) -> None:
     """Drop earlier choices (e.g. channel roles of a previous upload) so widgets start afresh."""
     for key in keys:
@@ -628,9 +665,18 @@ def _fit_title(fits: pd.DataFrame, compound: str) -> str:
     row = fits[fits[COMPOUND] == compound]
     if row.empty or not bool(row[CONVERGED].iloc[0]):
         why = "" if row.empty else str(row[FIT_MESSAGE].iloc[0])
-        return f"{plot_text(compound)}<br><sub>no EC50: {plot_text(why[:40])}</sub>"
+        return f"{plot_text(compound)}<br><sub>no EC50: {plot_text(_shorten(why, 40))}</sub>"
     r = row.iloc[0]
     return f"{plot_text(compound)}<br><sub>EC50 {r[EC50]:.3g} uM [{r[EC50_CI_LOW]:.3g}, {r[EC50_CI_HIGH]:.3g}]</sub>"
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` up to ``limit`` characters, cut between words and ended with "..." when longer
+    (the whole text is in the table beside the chart)."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit + 1].rsplit(" ", 1)[0] if " " in text[:limit + 1] else text[:limit]
+    return cut.rstrip(" ,;:") + "..."
 
 
 def fit_table(fits: pd.DataFrame) -> pd.DataFrame:

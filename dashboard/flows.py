@@ -203,6 +203,21 @@ def images_path(upload: Path) -> Path:
     return zips[0] if zips else upload / "images"
 
 
+def suggested_name(plate: Plate) -> str:
+    """The plate name Upload & score offers: the plate's own (its folder or zip name), except for
+    loose uploaded files, which all live in an upload's ``images/`` folder: then what every file
+    name starts with, cut at a separator (ImageXpress ``plate_01_A01_s1_w1.tif`` ... ->
+    ``plate_01``), else ``uploaded plate <the upload's id>``, so two such plates never share a name
+    by default."""
+    source = Path(plate.source)
+    if source.name != "images" or source.parent.parent != resources.config().upload_dir:
+        return plate.name
+    stems = [p.stem for p in source.iterdir() if p.is_file()]
+    common = os.path.commonprefix(stems) if len(stems) > 1 else ""
+    name = re.sub(r"[^_\-. ]*$", "", common).rstrip("_-. ")
+    return name if len(name) >= 3 else f"uploaded plate {source.parent.name[:8]}"
+
+
 def plate_map_path(upload: Path) -> Path:
     """The uploaded plate map's path.
 

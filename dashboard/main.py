@@ -11,7 +11,7 @@ import time
 
 import streamlit as st
 
-from dashboard import auth
+from dashboard import auth, components
 from neurorg_core.config import load_config
 
 st.set_page_config(page_title="NeuroRG Screen", page_icon=":microscope:", layout="wide")
@@ -38,6 +38,7 @@ PAGES = {
                        url_path="library"),
 }
 current = st.navigation(list(PAGES.values()))
+components.keep_choices()  # a widget's value would be forgotten while another page shows
 # A shared link carries ?page=<name>&plate=<plate>: on a session's first run, open that page.
 # (Later runs follow the sidebar; each page rewrites ?page= to itself.)
 if not st.session_state.get("link_followed"):

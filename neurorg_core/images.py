@@ -149,8 +149,9 @@ def check_tiff_file(tif: tifffile.TiffFile, path: Path) -> None:
     except DECODE_ERRORS as exc:
         raise NeuroRGError(f"not a readable TIFF image ({exc})", path=path) from exc
     if end > size:
-        raise NeuroRGError(f"image is truncated: its pixel data runs to byte {end} but the file ends at "
-                           f"byte {size} (an interrupted copy?); copy the file again", path=path)
+        raise NeuroRGError(f"image is truncated: its header puts pixel data up to byte {end}, but the file "
+                           f"is {size} bytes long (an interrupted copy or upload?); copy the file again",
+                           path=path)
 
 
 def _tiff_source(tif: tifffile.TiffFile) -> Any:

@@ -436,7 +436,8 @@ class PlateCropping:
                        "the training plates' scale")
         if "detected" in self.intensity.source and self.intensity.bits != 16:
             out.append(f"16-bit images holding {self.intensity.bits}-bit data ({self.intensity.source}); "
-                       "scaled to that range (give --bit-depth if this is wrong)")
+                       "scaled to that range; if this is wrong, give the significant bits (--bit-depth, or "
+                       "the app's Significant bits)")
         return out
 
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -109,7 +111,12 @@ def check_metric(wells: pd.DataFrame, metric: str) -> None:
         )
 
 
-def check_roles(wells: pd.DataFrame, required: dict[str, int]) -> dict[str, int]:
+QC_ROLES: Mapping[str, int] = MappingProxyType({"control": 2, "disease": 2})
+"""Fewest wells per role plate QC needs (Z', SSMD, CVs); rescue % and the treatment tests need no
+more, so a plate map short of these has no QC, rescue % or hits."""
+
+
+def check_roles(wells: pd.DataFrame, required: Mapping[str, int]) -> dict[str, int]:
     """Count wells per role and raise unless each required role has its minimum number of wells.
 
     Parameters
@@ -287,7 +294,7 @@ def plate_qc(wells: pd.DataFrame, metric: str = INFLAMMATION_SCORE) -> PlateQC:
         missing / non-numeric metric.
     """
     check_metric(wells, metric)
-    check_roles(wells, {"control": 2, "disease": 2})
+    check_roles(wells, QC_ROLES)
     c, d = _values(wells, metric, "control"), _values(wells, metric, "disease")
     mc, md = float(c.mean()), float(d.mean())
     sc, sd = float(c.std(ddof=1)), float(d.std(ddof=1))

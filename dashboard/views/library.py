@@ -27,7 +27,7 @@ if not names:
     st.info("No plate has a stored run.")
     st.stop()
 st.subheader("Open, export or delete a plate")
-chosen = st.selectbox("Plate", names, key="library_plate")
+chosen = components.plate_choice(names, key="library_plate")
 res = components.plate_results_or_stop(chosen)
 open_col, table_col, csv_col, parquet_col = st.columns(4)
 if open_col.button("Open", key="library_open", type="primary"):

@@ -13,6 +13,7 @@ from neurorg_core.errors import NeuroRGError, PlateMapError
 from neurorg_core.platemap import check_plate_map, load_plate_map, map_plates, plate_rows, select_plate
 from neurorg_core.pipeline import ScoreOptions
 from neurorg_core.schema import CHANNELS, READOUT_LABELS, READOUTS
+from neurorg_core.stats import QC_ROLES, check_roles
 
 st.title("Upload & score")
 components.set_link("upload", None)
@@ -24,14 +25,29 @@ st.caption(
     "result appears here)."
 )
 
+
+def _forget_removed_upload(uploader: str) -> None:
+    """Files the user removed from an uploader are no longer used. (The uploaders also come back
+    empty after a visit to another page, without calling this: the files taken stay in use.)"""
+    if st.session_state.get("images_from") != "upload" or st.session_state.get(uploader):
+        return
+    if uploader == "upload_images":
+        st.session_state.pop("images_path", None)
+    else:
+        st.session_state["platemap_path"] = ""
+        st.session_state["platemap_upload"] = None
+
+
 upload_tab, server_tab = st.tabs(["Upload files", "Path on the server"])
 with upload_tab:
     image_files = st.file_uploader(
         "Plate images: one .zip, or the image files (.tif, .tiff, .png)", accept_multiple_files=True,
-        type=["zip", "tif", "tiff", "png", "npy", "csv"], key="upload_images",
+        type=["zip", "tif", "tiff", "png", "npy", "csv"], key="upload_images", on_change=_forget_removed_upload,
+        args=("upload_images",),
     )
     map_file = st.file_uploader("Plate map (CSV, TSV or Excel .xlsx)", type=["csv", "tsv", "txt", "xlsx"],
-                                key="upload_platemap")
+                                key="upload_platemap", on_change=_forget_removed_upload,
+                                args=("upload_platemap",))
     if st.button("Use these files", key="use_uploads", disabled=not image_files):
         try:
             folder = flows.save_uploads(
@@ -141,11 +157,16 @@ if problems:
     st.warning("Plate map vs images:\n" + "\n".join(f"- {components.plain(p)}" for p in problems))
 else:
     st.success(f"Plate map matches the images: {len(plate_map)} wells.")
+try:
+    check_roles(plate_map, QC_ROLES)
+except NeuroRGError as exc:
+    st.warning("The plate can be scored (P(control) per well), but plate QC, rescue % and hits need "
+               f"control and disease wells: {components.plain(exc)}.")
 st.dataframe(plate_map, hide_index=True, height=200, key="platemap_table")
 
 # --- score ----------------------------------------------------------------------------------
 st.subheader("Score")
-name = st.text_input("Plate name", value=plate.name, key="plate_name")
+name = st.text_input("Plate name", value=flows.suggested_name(plate), key="plate_name")
 stored = name.strip() in components.stored_plates()
 if stored:
     st.info(f"Plate **{components.plain(name)}** is already in the result store. Open it as it is, or score again: "
@@ -157,9 +178,9 @@ with st.expander("Models: the installed bundles' cards, or add one by its path o
                               key="add_bundle_path")
     if st.button("Add this model", key="add_bundle"):
         try:
-            st.success(f"Added the model in {components.add_bundle(new_model)}.")
+            st.success(f"Added the model in {components.plain(components.add_bundle(new_model))}.")
         except NeuroRGError as exc:
-            st.error(f"That model cannot be used: {exc}")
+            st.error(f"That model cannot be used: {components.plain(exc)}")
     bundles = resources.installed_bundles(components.added_bundles())
     st.dataframe(components.bundle_table(bundles), hide_index=True, key="bundle_table")
 if not components.scoring_models(bundles):

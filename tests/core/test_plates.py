@@ -332,6 +332,20 @@ def test_truncated_tiff_names_file_and_well(tmp_path):
     plate.read_field(FieldRef("B03", 2, 3, 1))      # the other fields still read
 
 
+def test_check_files_reports_a_truncated_tiff_whose_header_survived(tmp_path):
+    """A file cut short after its header (an interrupted copy or upload) has the same kind as its
+    healthy neighbours, so it is not among the fields check_files decodes; its header's strip
+    offsets point past the end of the file, which the check sees without decoding."""
+    root = write_imagexpress(tmp_path / "p", shape=(64, 64))
+    victim = root / f"180706_B03_s2_w2{GUID}.tif"
+    victim.write_bytes(victim.read_bytes()[:200])
+    plate = load_plate(root)
+    problems = plate.check_files()
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"180706_B03_s2_w2{GUID}.tif, well B03: image is truncated")
+    assert "200 bytes" in problems[0]
+
+
 def test_non_image_with_image_extension(tmp_path):
     root = write_imagexpress(tmp_path / "p")
     (root / f"180706_B02_s1_w1{GUID}.tif").write_text("I am a text file")

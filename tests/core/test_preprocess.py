@@ -323,3 +323,17 @@ def test_integer_shrink_is_the_exact_block_sum_times_one_scale(dtype, bits, edge
         tile = np.minimum(field[y:y + edge, x:x + edge], top).astype(np.int64)
         sums = tile.reshape(size, k, size, k, 3).sum(axis=(1, 3))
         np.testing.assert_array_equal(crop, sums.astype(np.float32) * np.float32(1.0 / (k * k * top)))
+
+
+def test_the_detected_bits_note_names_the_setting_in_the_app_and_the_cli():
+    """The note shown on Upload & score told a biologist to "give --bit-depth", a flag of the CLI;
+    the app's setting is *Significant bits* (the pixel-size note already names both)."""
+    from neurorg_core.preprocess import PlateCropping
+
+    v12 = np.full((8, 8, 3), 4095, np.uint16)
+    cropping = PlateCropping(geometry=CropGeometry(mode="tiles", crop_edge_px=64, pixel_size_um=0.65), edge=64,
+                             intensity=detect_intensity(np.uint16, [v12]), pixel_size_um=0.65,
+                             pixel_size_source="user")
+    [note] = cropping.notes()
+    assert note.startswith("16-bit images holding 12-bit data")
+    assert "--bit-depth" in note and "Significant bits" in note

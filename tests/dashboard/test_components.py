@@ -81,3 +81,32 @@ def test_demo_recipe_follows_the_model_card_and_env(tiny_models, monkeypatch: py
     assert recipe["params"].cell_severity_sd == 0.05 and recipe["params"].well_severity_sd == 0.01
     monkeypatch.setenv("NEURORG_DEMO_SIZE", "64")
     assert flows.demo_recipe(carded)["size"] == 64
+
+
+def test_campaign_qc_chart_draws_ssmd_from_zero() -> None:
+    """Two good plates with SSMD 16.7 and 18.9: an axis fitted to the data alone drew the first
+    point at the bottom of the chart, as if that plate's SSMD were near 0."""
+    from dashboard.campaign_charts import plate_qc_figure
+    from neurorg_core.schema import MODEL_FIT, PLATE, QC_PASS, SSMD, Z_PRIME
+
+    plates = pd.DataFrame({PLATE: ["p1", "p2"], Z_PRIME: [0.76, 0.80], SSMD: [16.7, 18.9],
+                           QC_PASS: [True, True], MODEL_FIT: ["ok", "ok"]})
+    fig = plate_qc_figure(plates)
+    assert fig.layout.yaxis2.rangemode == "tozero"
+    assert fig.layout.yaxis2.title.text == "SSMD"
+
+
+def test_a_long_no_ec50_reason_is_cut_at_a_word_and_marked() -> None:
+    """The panel title of a compound without an EC50 ended mid-word ("... better than a f")."""
+    from neurorg_core.schema import CONVERGED, FIT_MESSAGE
+
+    why = "flat response: no 4PL is better than a flat line (F-test p = 0.31); inactive"
+    fits = pd.DataFrame({COMPOUND: ["CPD-004"], CONVERGED: [False], FIT_MESSAGE: [why]})
+    title = components._fit_title(fits, "CPD-004")
+    shown = title.split("<sub>")[1].removesuffix("</sub>")
+    assert shown.startswith("no EC50: flat response: no 4PL is better than a")
+    assert shown.endswith("...") and not shown.endswith(" ...")
+    reason = shown.removeprefix("no EC50: ").removesuffix("...")
+    assert why.startswith(reason) and why[len(reason)] == " "  # cut between words
+    short = pd.DataFrame({COMPOUND: ["C"], CONVERGED: [False], FIT_MESSAGE: ["too few doses: 3 distinct"]})
+    assert components._fit_title(short, "C").endswith("no EC50: too few doses: 3 distinct</sub>")
