@@ -25,7 +25,7 @@ from neurorg_core.model import Bundle
 from neurorg_core.pipeline import RunResult, ScoreOptions, run_plate
 from neurorg_core.plates import Plate
 from neurorg_core.platemap import load_plate_map
-from neurorg_core.schema import MODEL_ID, PLATE, PLATE_MAP_COLUMNS, SOURCE
+from neurorg_core.schema import MODEL_ID, PLATE_MAP_COLUMNS, SOURCE
 from neurorg_core.synth import DEFAULT_PARAMS, write_synthetic_plates
 
 from dashboard import resources
