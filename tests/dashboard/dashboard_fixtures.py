@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from neurorg_core.pipeline import hash_field
 from neurorg_core.plates import load_plate
@@ -34,6 +35,26 @@ SERVER = REPO / "dashboard" / "app.py"
 """What ``streamlit run`` is given: ``st.App`` serving ``APP`` behind the login gate."""
 TRUTH_PLATE = "truth plate"
 """Name of the stored plate whose scores are derived from the ground truth (no model involved)."""
+
+
+def open_page(page: str, *, timeout: float = 60, **query: str) -> AppTest:
+    """Open a page the way a link does (``?page=...``): one script run, which raised nothing."""
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    at.query_params.update({"page": page, **query})
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def open_server_plate(plate: Path, plate_map: Path, *, timeout: float = 60) -> AppTest:
+    """Upload & score with a plate folder and its map given by path on the server, taken without
+    an exception or an error message."""
+    at = open_page("upload", timeout=timeout)
+    at.text_input(key="server_images").set_value(str(plate))
+    at.text_input(key="server_platemap").set_value(str(plate_map))
+    at.button(key="use_server_path").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return at
 
 
 def shown(markdown: str) -> str:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from dashboard import resources
-from dashboard_fixtures import APP
+from dashboard_fixtures import open_server_plate
 from neurorg_core.schema import WELL
 
 
@@ -18,13 +17,7 @@ def test_backend_setting_defaults_to_the_config_and_scores_with_the_choice(
         app_env: Path, tiny_models: Path, tiny_plate: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEURORG_MODEL_DIR", str(tiny_models))
     monkeypatch.setenv("NEURORG_BACKEND", "keras")
-    at = AppTest.from_file(str(APP), default_timeout=300)
-    at.query_params["page"] = "upload"
-    at.run()
-    at.text_input(key="server_images").set_value(str(tiny_plate))
-    at.text_input(key="server_platemap").set_value(str(tiny_plate / "platemap.csv"))
-    at.button(key="use_server_path").click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    at = open_server_plate(tiny_plate, tiny_plate / "platemap.csv", timeout=300)
     select = at.selectbox(key="backend")
     assert select.options == ["auto (here: LiteRT)", "LiteRT (CPU fast path)", "Keras (the Keras backend's device)"]
     assert select.value == "keras"                                   # NEURORG_BACKEND

@@ -10,16 +10,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard_fixtures import APP, store_campaign
+from dashboard_fixtures import open_page, store_campaign
 from neurorg_core.schema import COMPOUND, EC50_GEOMEAN, MESSAGE, N_PLATES_HIT, N_PLATES_TESTED, PLATE, Z_PRIME
-
-
-def _open(**query: str) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params.update({"page": "campaign", **query})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def _frame_with(at: AppTest, column: str):
@@ -34,12 +26,12 @@ def campaign_store(app_env: Path, tiny_plate: Path) -> Path:
 
 
 def test_campaign_page_on_an_empty_store_says_how_to_make_one(app_env: Path) -> None:
-    at = _open()
+    at = open_page("campaign")
     assert not at.error and "score-campaign" in at.info[0].value
 
 
 def test_campaign_page_shows_plates_side_by_side(campaign_store: Path) -> None:
-    at = _open()
+    at = open_page("campaign")
     assert not at.error, [e.value for e in at.error]
     assert any("SYNTHETIC" in w.value for w in at.warning)                 # the plates are synthetic
     assert any("1 plate(s) of this campaign have no stored run" in w.value for w in at.warning)
@@ -55,7 +47,7 @@ def test_campaign_page_shows_plates_side_by_side(campaign_store: Path) -> None:
 
 
 def test_campaign_filters_and_exports(campaign_store: Path) -> None:
-    at = _open()
+    at = open_page("campaign")
     at.multiselect(key="campaign_batches").set_value(["b2"]).run()
     assert not at.exception
     assert _frame_with(at, Z_PRIME)[PLATE].tolist() == ["second"]
@@ -67,7 +59,7 @@ def test_campaign_filters_and_exports(campaign_store: Path) -> None:
 
 
 def test_campaign_filters_by_date_and_model(campaign_store: Path) -> None:
-    at = _open()
+    at = open_page("campaign")
     at.date_input(key="campaign_dates").set_value((date(2026, 3, 5), date(2026, 3, 9))).run()
     assert not at.exception
     assert _frame_with(at, Z_PRIME)[PLATE].tolist() == ["second"]           # "first" was acquired on 03-01

@@ -12,15 +12,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from dashboard_fixtures import APP, TRUTH_PLATE, store_truth_run
-
-
-def _open(page: str) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params.update({"page": page})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+from dashboard_fixtures import TRUTH_PLATE, open_page, open_server_plate, store_truth_run
 
 
 def _visit(at: AppTest, view: str) -> None:
@@ -29,11 +21,7 @@ def _visit(at: AppTest, view: str) -> None:
 
 
 def test_upload_channel_roles_and_plate_name_survive_another_page(app_env: Path, tiny_plate: Path) -> None:
-    at = _open("upload")
-    at.text_input(key="server_images").set_value(str(tiny_plate))
-    at.text_input(key="server_platemap").set_value(str(tiny_plate / "platemap.csv"))
-    at.button(key="use_server_path").click().run()
-    assert not at.error, [e.value for e in at.error]
+    at = open_server_plate(tiny_plate, tiny_plate / "platemap.csv")
     assert at.selectbox(key="role_nucleus").value == "w1"
     at.selectbox(key="role_nucleus").set_value("w3")
     at.selectbox(key="role_microglia").set_value("w1").run()
@@ -49,7 +37,7 @@ def test_upload_channel_roles_and_plate_name_survive_another_page(app_env: Path,
 
 
 def test_heatmap_metric_well_and_channels_survive_another_page(truth_store: Path) -> None:
-    at = _open("plate")
+    at = open_page("plate")
     at.selectbox(key="metric").set_value("Called_class")
     at.selectbox(key="well").set_value("D05")
     at.checkbox(key="show_neuron").uncheck().run()
@@ -64,7 +52,7 @@ def test_heatmap_metric_well_and_channels_survive_another_page(truth_store: Path
 
 def test_library_starts_on_the_plate_the_user_is_looking_at(truth_store: Path, tiny_plate: Path) -> None:
     store_truth_run(truth_store / "store.duckdb", tiny_plate, name="second plate")
-    at = _open("plate")
+    at = open_page("plate")
     assert at.selectbox(key="plate_select").options[0] == "second plate"  # not the first listed
     at.selectbox(key="plate_select").set_value(TRUTH_PLATE).run()
 

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import flows, resources
-from dashboard_fixtures import APP, shown
+from dashboard_fixtures import open_server_plate, shown
 from neurorg_core.errors import NeuroRGError
 from neurorg_core.model import build_model, save_bundle
 from neurorg_core.schema import CALLED_CLASS, MODEL_ID, WELL
@@ -43,17 +43,6 @@ def models_env(app_env: Path, tiny_models: Path, monkeypatch: pytest.MonkeyPatch
     return app_env
 
 
-def _open_plate(plate: Path, plate_map: Path) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=300)
-    at.query_params["page"] = "upload"
-    at.run()
-    at.text_input(key="server_images").set_value(str(plate))
-    at.text_input(key="server_platemap").set_value(str(plate_map))
-    at.button(key="use_server_path").click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    return at
-
-
 def _model_table(at: AppTest):
     tables = [d.value for d in at.dataframe if "Architecture" in d.value.columns]
     assert len(tables) == 1
@@ -63,7 +52,7 @@ def _model_table(at: AppTest):
 def test_installed_models_are_listed_with_their_cards_and_one_is_added_by_path(
         models_env: Path, tiny_models: Path, tiny_plate: Path, study: tuple[Path, Path]) -> None:
     _, study_bundle = study
-    at = _open_plate(tiny_plate, tiny_plate / "platemap.csv")
+    at = open_server_plate(tiny_plate, tiny_plate / "platemap.csv", timeout=300)
     table = _model_table(at)
     ensemble, single = str((tiny_models / "ensemble").resolve()), str((tiny_models / "single_channel").resolve())
     mine = str((models_env / "data" / "models" / "lab" / "mine").resolve())
@@ -103,7 +92,7 @@ def test_installed_models_are_listed_with_their_cards_and_one_is_added_by_path(
 @pytest.mark.slow
 def test_the_study_model_scores_its_npy_plate_from_the_page(models_env: Path, study: tuple[Path, Path]) -> None:
     folder, study_bundle = study
-    at = _open_plate(folder / "plate", folder / "plate" / "platemap.csv")
+    at = open_server_plate(folder / "plate", folder / "plate" / "platemap.csv", timeout=300)
     at.text_input(key="add_bundle_path").set_value(str(study_bundle))
     at.button(key="add_bundle").click().run()
     at.text_input(key="plate_name").set_value("study plate").run()

@@ -14,19 +14,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard_fixtures import APP, TRUTH_PLATE, shown, store_truth_run
+from dashboard_fixtures import APP, TRUTH_PLATE, open_page, shown, store_truth_run
 from dashboard import auth, resources
 
 PAGES = ("overview", "upload", "plate", "treatments", "channels", "library")
-
-
-def _open(page: str, **query: str) -> AppTest:
-    """Open a page the way a link does (``?page=...``): one script run."""
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params.update({"page": page, **query})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def _charts(at: AppTest) -> list[dict]:
@@ -56,27 +47,27 @@ def _synthetic_labelled(at: AppTest) -> bool:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_runs_on_an_empty_store(app_env: Path, page: str) -> None:
-    at = _open(page)
+    at = open_page(page)
     assert not at.error
     # Each page says what is missing instead of failing.
     assert at.info, f"{page}: no hint shown on an empty store"
 
 
 def test_overview_without_a_model_says_where_the_model_belongs(app_env: Path) -> None:
-    at = _open("overview")
+    at = open_page("overview")
     assert "no model is installed" in at.info[0].value
     assert str(app_env / "no_models") in at.info[0].value
 
 
 @pytest.mark.parametrize("page", ["overview", "plate", "treatments", "channels", "library"])
 def test_pages_with_a_scored_synthetic_plate_are_labelled_synthetic(truth_store: Path, page: str) -> None:
-    at = _open(page)
+    at = open_page(page)
     assert not at.error, [e.value for e in at.error]
     assert _synthetic_labelled(at)
 
 
 def test_plate_page_heatmap_geometry_hover_and_qc(truth_store: Path) -> None:
-    at = _open("plate")
+    at = open_page("plate")
     heat = _charts(at)[0]["data"][0]
     assert heat["type"] == "heatmap"
     z, text = _array(heat["z"]).astype(float), _array(heat["text"])
@@ -97,7 +88,7 @@ def test_plate_page_heatmap_geometry_hover_and_qc(truth_store: Path) -> None:
 
 
 def test_plate_page_metric_switch_and_well_selection(truth_store: Path) -> None:
-    at = _open("plate")
+    at = open_page("plate")
     at.selectbox(key="metric").set_value("Called_class").run()
     heat = _charts(at)[0]["data"][0]
     assert heat["zmax"] == pytest.approx(5.5)
@@ -113,7 +104,7 @@ def test_plate_page_metric_switch_and_well_selection(truth_store: Path) -> None:
 
 
 def test_treatments_page_fits_bands_and_table(truth_store: Path) -> None:
-    at = _open("treatments")
+    at = open_page("treatments")
     dose, strip = _charts(at)
     titles = " ".join(_titles(dose))
     for active in ("CPD-001", "CPD-002", "CPD-003"):
@@ -138,7 +129,7 @@ def test_treatments_page_fits_bands_and_table(truth_store: Path) -> None:
 
 
 def test_channels_page_orders_the_channels(truth_store: Path) -> None:
-    at = _open("channels")
+    at = open_page("channels")
     titles = _titles(_charts(at)[0])
     r = {t.split(":")[0]: float(t.split("r = ")[1].split(",")[0]) for t in titles}
     assert r["microglia"] > r["neuron"] > abs(r["nucleus"])
@@ -158,7 +149,7 @@ def test_shared_link_opens_the_named_page_and_plate(truth_store: Path, tiny_plat
 
 def test_choosing_a_plate_updates_the_link(truth_store: Path, tiny_plate: Path) -> None:
     store_truth_run(truth_store / "store.duckdb", tiny_plate, name="second plate")
-    at = _open("plate")
+    at = open_page("plate")
     assert at.selectbox(key="plate_select").value == "second plate"  # plates sorted by name
     at.selectbox(key="plate_select").set_value(TRUTH_PLATE).run()
     assert _query(at, "plate") == TRUTH_PLATE and _query(at, "page") == "plate"
@@ -173,7 +164,7 @@ def _query(at: AppTest, key: str) -> str:
 
 
 def test_library_lists_exports_and_deletes_after_confirmation(truth_store: Path) -> None:
-    at = _open("library")
+    at = open_page("library")
     assert TRUTH_PLATE in list(_frame_with(at, "Layout")["Metadata_Plate"])
     runs = _frame_with(at, "Run_Id")
     assert list(runs["Model_Id"]) == ["ground-truth"] and "crops_per_well" in runs["Parameters"][0]
@@ -185,7 +176,7 @@ def test_library_lists_exports_and_deletes_after_confirmation(truth_store: Path)
 
 
 def test_library_open_navigates_to_the_plate(truth_store: Path) -> None:
-    at = _open("library")
+    at = open_page("library")
     at.button(key="library_open").click().run()
     assert not at.exception
     assert at.title[0].value == "Plate heatmap"
@@ -235,15 +226,15 @@ def _assert_literal(texts: list[str]) -> None:
 
 def test_a_crafted_plate_name_is_shown_as_plain_text(truth_store: Path, tiny_plate: Path) -> None:
     store_truth_run(truth_store / "store.duckdb", tiny_plate, name=CRAFTED)
-    at = _open("overview")  # opens the first plate by name: the crafted one
+    at = open_page("overview")  # opens the first plate by name: the crafted one
     _assert_literal(_markdown_texts(at))
     assert shown(at.subheader[0].value) == f"Plate {CRAFTED}"
-    at = _open("library")
+    at = open_page("library")
     at.selectbox(key="library_plate").set_value(CRAFTED).run()
     _assert_literal(_markdown_texts(at))
     assert shown(at.checkbox(key="confirm_delete").label) == f"Yes, delete {CRAFTED}"
     # A link naming a plate that is not stored (the name comes from whoever wrote the link).
-    at = _open("plate", plate=CRAFTED + " (gone)")
+    at = open_page("plate", plate=CRAFTED + " (gone)")
     assert at.warning and "not in the result store" in at.warning[0].value
     _assert_literal(_markdown_texts(at))
 
@@ -258,7 +249,7 @@ def test_crafted_compound_names_are_plain_text_in_charts(app_env: Path, tiny_pla
     plate_map.to_csv(plate / "platemap.csv", index=False)
     store_truth_run(app_env / "store.duckdb", plate)
     for page in ("treatments", "plate"):
-        specs = json.dumps([json.loads(el.proto.spec) for el in _open(page).get("plotly_chart")])
+        specs = json.dumps([json.loads(el.proto.spec) for el in open_page(page).get("plotly_chart")])
         assert "<a href" not in specs and "&lt;a href=\\\"http://evil.example\\\"&gt;CPD-001&lt;/a&gt;" in specs
 
 
@@ -270,7 +261,7 @@ def test_path_on_the_server_only_under_the_roots(app_env: Path, tiny_plate: Path
     data = app_env / "data"
     data.mkdir()
     (data / "link").symlink_to(tiny_plate, target_is_directory=True)
-    at = _open("upload")
+    at = open_page("upload")
     assert str(data) in at.caption[1].value
     climb = os.path.relpath(tiny_plate, data)  # ../../plates0/plate_01
     assert climb.startswith("..")
@@ -300,7 +291,7 @@ def test_a_store_held_by_another_process_is_reported_in_plain_words(app_env: Pat
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        at = _open("plate")
+        at = open_page("plate")
         assert not at.exception
         assert "result store cannot be opened" in at.error[0].value
         assert "in use by another process" in at.error[0].value
@@ -316,7 +307,7 @@ def test_hits_are_provisional_when_the_model_fit_is_poor(app_env: Path, tiny_pla
         {"name": "window", "value": 0.1, "expected": ">= 60%", "passed": False,
          "reason": "disease and control wells are 0.40 apart in inflammation score"}]}
     store_truth_run(app_env / "store.duckdb", tiny_plate, params={"model_fit": fit, "readout": "p_control"})
-    at = _open("treatments")
+    at = open_page("treatments")
     assert any("Model fit: POOR" in e.value and "0.40 apart" in e.value for e in at.error)
     assert any("Hits are provisional" in w.value and "model-fit check says POOR" in w.value for w in at.warning)
     assert any("Readout for rescue %, hits, QC and EC50: **P(control)**" in c.value for c in at.caption)
@@ -330,12 +321,12 @@ def test_treatments_page_calls_hits_with_the_configured_rule(truth_store: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The hit thresholds are settings (``NEURORG_HIT_RESCUE_PCT``, ``NEURORG_HIT_FDR``): the hits, the
     metric and its help follow them, also for a run already read with other thresholds (#12)."""
-    at = _open("treatments")
+    at = open_page("treatments")
     hits = next(m for m in at.metric if m.label.startswith("Hits"))
     assert "rescue >= 50 %" in hits.help and not hits.value.startswith("0 of")
     monkeypatch.setenv("NEURORG_HIT_RESCUE_PCT", "1000")   # no rescue reaches 1000 %: no hits
     monkeypatch.setenv("NEURORG_HIT_FDR", "0.2")
-    at = _open("treatments")
+    at = open_page("treatments")
     hits = next(m for m in at.metric if m.label.startswith("Hits"))
     table = _frame_with(at, "Q_welch")
     assert hits.value == f"0 of {len(table)}" and not table["Hit"].any()

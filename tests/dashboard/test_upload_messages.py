@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamlit.testing.v1 import AppTest
-
-from dashboard_fixtures import APP, shown
+from dashboard_fixtures import open_page, open_server_plate, shown
 
 CRAFTED = "no_such **model** [x](evil.example)"
 
@@ -14,12 +12,7 @@ CRAFTED = "no_such **model** [x](evil.example)"
 def test_a_model_path_that_cannot_be_used_is_quoted_as_plain_text(app_env: Path, tiny_plate: Path) -> None:
     """Every other message escapes what users supply (``components.plain``); this one put the
     typed path into Markdown as it was: bold text and a link in an error box."""
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params["page"] = "upload"
-    at.run()
-    at.text_input(key="server_images").set_value(str(tiny_plate))
-    at.text_input(key="server_platemap").set_value(str(tiny_plate / "platemap.csv"))
-    at.button(key="use_server_path").click().run()
+    at = open_server_plate(tiny_plate, tiny_plate / "platemap.csv")
     at.text_input(key="add_bundle_path").set_value(str(tiny_plate.parent / CRAFTED))
     at.button(key="add_bundle").click().run()
     assert not at.exception
@@ -35,13 +28,7 @@ def test_a_map_without_disease_wells_is_flagged_before_scoring(app_env: Path, ti
     lines = (tiny_plate / "platemap.csv").read_text().splitlines()
     no_disease = tmp_path / "no_disease.csv"
     no_disease.write_text("\n".join(l.replace(",disease", ",treatment") for l in lines) + "\n")
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params["page"] = "upload"
-    at.run()
-    at.text_input(key="server_images").set_value(str(tiny_plate))
-    at.text_input(key="server_platemap").set_value(str(no_disease))
-    at.button(key="use_server_path").click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    at = open_server_plate(tiny_plate, no_disease)
     warned = [w.value for w in at.warning if "disease" in w.value]
     assert warned and "rescue %" in warned[0] and "disease 0" in shown(warned[0]), [w.value for w in at.warning]
     assert "Score" in [h.value for h in at.subheader]  # it can still be scored: P(control) needs no references
@@ -61,9 +48,7 @@ def test_removing_the_uploaded_map_or_images_stops_using_them(app_env: Path, tin
     with zipfile.ZipFile(buf, "w") as zf:
         for path in sorted(tiny_plate.glob("*.tif")):
             zf.write(path, f"plate_01/{path.name}")
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params["page"] = "upload"
-    at.run()
+    at = open_page("upload")
     at.file_uploader(key="upload_images").set_value(("plate_01.zip", buf.getvalue(), "application/zip"))
     at.file_uploader(key="upload_platemap").set_value(
         ("platemap.csv", (tiny_plate / "platemap.csv").read_bytes(), "text/csv"))

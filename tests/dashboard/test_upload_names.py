@@ -9,15 +9,7 @@ import numpy as np
 import tifffile
 from streamlit.testing.v1 import AppTest
 
-from dashboard_fixtures import APP
-
-
-def _open(page: str) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.query_params.update({"page": page})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+from dashboard_fixtures import open_page
 
 
 def _use_loose_files(at: AppTest, files: list[tuple[str, bytes]], plate_map: bytes) -> None:
@@ -32,7 +24,7 @@ def test_loose_uploaded_files_suggest_their_own_plate_name(app_env: Path, tiny_p
     """Loose image files are saved in the upload's ``images/`` folder, so the suggested plate name
     was "images" for every plate uploaded that way: a name that says nothing, and the next such
     plate was offered "Score again" onto the first one's name."""
-    at = _open("upload")
+    at = open_page("upload")
     tifs = sorted(tiny_plate.glob("*.tif"))
     _use_loose_files(at, [(p.name, p.read_bytes()) for p in tifs], (tiny_plate / "platemap.csv").read_bytes())
     assert tifs[0].name.startswith("plate_01_")
@@ -40,7 +32,7 @@ def test_loose_uploaded_files_suggest_their_own_plate_name(app_env: Path, tiny_p
 
     # Files whose names carry no common name (multi-channel <well>_s<site>.tif): a name of this
     # upload's own, not "images".
-    at = _open("upload")
+    at = open_page("upload")
     files = []
     for well in ("A01", "A02"):
         buf = io.BytesIO()
