@@ -396,6 +396,7 @@ def _rename(df: pd.DataFrame) -> tuple[pd.DataFrame, _DoseSpec | None, list[str]
 
 _ROW_COLUMNS = ("row", "well_row", "metadata_row")
 _COL_COLUMNS = ("column", "col", "well_column", "well_col", "metadata_col", "metadata_column")
+_WELL_COLUMNS = frozenset(alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases)
 
 
 def _well_from_row_col(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -403,10 +404,9 @@ def _well_from_row_col(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     ``3``: instrument exports) -> the table with a well column made of them in their place, and
     a note for the problems of its wells; the table unchanged otherwise."""
     keys = {_column_key(c): c for c in df.columns}
-    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
     row = next((keys[k] for k in _ROW_COLUMNS if k in keys), None)
     col = next((keys[k] for k in _COL_COLUMNS if k in keys), None)
-    if row is None or col is None or any(k in wells for k in keys):
+    if row is None or col is None or any(k in _WELL_COLUMNS for k in keys):
         return df, ""
 
     def well(r: str, c: str) -> str:
@@ -587,9 +587,8 @@ _TITLE_ROWS = 20
 
 def _names_wells(row: list[str]) -> bool:
     """Whether a row names a well column, or a row and a column column (``_well_from_row_col``)."""
-    wells = {alias for target, aliases in COLUMN_ALIASES if target == WELL for alias in aliases}
     keys = {_column_key(c) for c in row}
-    return bool(keys & wells) or bool(keys & set(_ROW_COLUMNS) and keys & set(_COL_COLUMNS))
+    return bool(keys & _WELL_COLUMNS) or bool(keys & set(_ROW_COLUMNS) and keys & set(_COL_COLUMNS))
 
 
 def _header_index(rows: list[list[str]]) -> int | None:
